@@ -1,0 +1,111 @@
+# smtptap - see README.md.  `make` builds build/smtptap; `make check` runs
+# every test (unit, end-to-end, both again under ASan+UBSan, brief fuzzing).
+
+PREFIX ?= /usr/local
+CC ?= cc
+# O is the build directory; the sanitizer run uses O=build/asan.
+O ?= build
+SAN ?=
+
+PKGS := libevent libevent_openssl libevent_pthreads openssl sqlite3
+PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+
+WARN := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
+	-Wformat=2 -Wno-format-nonliteral -Wvla
+CFLAGS ?= -O2 -g
+ifeq ($(SAN),1)
+CFLAGS := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+LDFLAGS += -fsanitize=address,undefined
+endif
+ALL_CFLAGS = -std=c11 -D_DEFAULT_SOURCE -D_POSIX_C_SOURCE=200809L $(WARN) $(CFLAGS) \
+	-Iinclude $(PKG_CFLAGS) -MMD -MP
+LIBS = $(PKG_LIBS) -lpthread
+
+VERSION := $(shell cat VERSION 2>/dev/null || echo 0.1.0)
+
+SRCS := $(wildcard src/*.c)
+OBJS := $(SRCS:src/%.c=$(O)/obj/%.o) $(O)/obj/gen_schema.o
+LIB_OBJS := $(filter-out $(O)/obj/main.o,$(OBJS))
+UNIT_SRCS := $(wildcard tests/unit/test_*.c)
+UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(O)/tests/%)
+FUZZ_SRCS := $(wildcard tests/fuzz/fuzz_*.c)
+FUZZ_BINS := $(FUZZ_SRCS:tests/fuzz/%.c=build/fuzz/%)
+# The parsers the fuzzers link: pure modules only.
+FUZZ_LIB_SRCS := src/smtp.c src/mime.c
+
+.PHONY: all deps run check unit e2e fuzz fuzz-brief bench install uninstall clean asan
+
+all: $(O)/smtptap
+
+$(O)/smtptap: $(OBJS)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
+
+$(O)/obj/%.o: src/%.c | deps-build
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) -DSMTPTAP_VERSION='"$(VERSION)"' -c -o $@ $<
+
+$(O)/gen/schema.c: $(wildcard sql/*.sql) tools/embed-sql.sh
+	@mkdir -p $(@D)
+	sh tools/embed-sql.sh $(wildcard sql/*.sql) > $@.tmp && mv $@.tmp $@
+
+$(O)/obj/gen_schema.o: $(O)/gen/schema.c
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) -c -o $@ $<
+
+$(O)/tests/%: tests/unit/%.c $(LIB_OBJS)
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $< $(LIB_OBJS) $(LIBS) -lcmocka
+
+unit-bins: $(UNIT_BINS)
+
+build/fuzz/%: tests/fuzz/%.c $(FUZZ_LIB_SRCS)
+	@mkdir -p $(@D)
+	clang -std=c11 -D_DEFAULT_SOURCE -g -O1 -Iinclude -fsanitize=fuzzer,address,undefined \
+		-o $@ $< $(FUZZ_LIB_SRCS)
+
+fuzz-bins: $(FUZZ_BINS)
+
+# Install missing Debian packages (quick no-op when all are present).
+deps-build:
+	@sh tools/install-deps.sh build
+deps:
+	@sh tools/install-deps.sh all
+
+run: deps all
+	./$(O)/smtptap proxy --listen 127.0.0.1:2525 --db ./smtptap.db -v
+
+asan:
+	$(MAKE) O=build/asan SAN=1 all unit-bins
+
+check: deps
+	@bash tests/run-all.sh
+
+unit: all unit-bins
+	@bash tests/run-all.sh --only unit
+
+e2e: all
+	@bash tests/run-all.sh --only e2e
+
+# Longer fuzzing: FUZZ_SECONDS per target (default 60).
+fuzz: fuzz-bins
+	@for f in $(FUZZ_BINS); do n=$$(basename $$f); mkdir -p build/fuzz/corpus-$$n; \
+		echo "fuzz: $$n for $${FUZZ_SECONDS:-60}s"; \
+		$$f -max_total_time=$${FUZZ_SECONDS:-60} -print_final_stats=1 build/fuzz/corpus-$$n \
+			tests/fuzz/corpus/$${n#fuzz_} || exit 1; done
+
+bench: deps all
+	@bash tools/bench.sh
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1
+	install -m 0755 $(O)/smtptap $(DESTDIR)$(PREFIX)/bin/smtptap
+	install -m 0644 docs/smtptap.1 $(DESTDIR)$(PREFIX)/share/man/man1/smtptap.1
+
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/bin/smtptap $(DESTDIR)$(PREFIX)/share/man/man1/smtptap.1
+
+clean:
+	rm -rf build
+
+-include $(wildcard $(O)/obj/*.d)

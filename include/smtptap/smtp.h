@@ -1,0 +1,157 @@
+/*
+ * smtp.h - pure SMTP protocol parsers (RFC 5321 and extensions).
+ *
+ * Bytes in, structs out: nothing here touches a socket, allocates, or keeps
+ * global state, so the session state machine, the unit tests and the fuzzers
+ * all drive the same code.  Every function accepts arbitrary (hostile) input
+ * and never reads past the length it is given.  Returned pointers point into
+ * the caller's buffer and live as long as it does.
+ */
+#ifndef SMTPTAP_SMTP_H
+#define SMTPTAP_SMTP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Longest command or reply line we accept, terminator included.  RFC 5321
+ * says 512 for commands and replies, but extensions (AUTH initial responses,
+ * long XOAUTH2 tokens) routinely go beyond; be generous but bounded. */
+#define SMTP_LINE_MAX (64 * 1024)
+/* ESMTP parameters kept per MAIL/RCPT command; extra ones are counted only. */
+#define SMTP_PARAMS_MAX 16
+
+enum smtp_verb {
+	SMTP_VERB_UNKNOWN = 0,
+	SMTP_VERB_HELO,
+	SMTP_VERB_EHLO,
+	SMTP_VERB_LHLO,
+	SMTP_VERB_MAIL,
+	SMTP_VERB_RCPT,
+	SMTP_VERB_DATA,
+	SMTP_VERB_BDAT,
+	SMTP_VERB_RSET,
+	SMTP_VERB_NOOP,
+	SMTP_VERB_VRFY,
+	SMTP_VERB_EXPN,
+	SMTP_VERB_HELP,
+	SMTP_VERB_QUIT,
+	SMTP_VERB_STARTTLS,
+	SMTP_VERB_AUTH,
+};
+
+/* A borrowed slice of the caller's buffer. */
+struct smtp_str {
+	const char *p;
+	size_t len;
+};
+
+struct smtp_param {
+	struct smtp_str key;   /* e.g. "SIZE" (case as sent) */
+	struct smtp_str value; /* empty (len 0, p may be NULL) when no '=' */
+};
+
+struct smtp_cmd {
+	enum smtp_verb verb;
+	struct smtp_str verb_text; /* the verb as sent, e.g. "ehlo" */
+	struct smtp_str arg;	   /* everything after the verb and its spaces,
+				      without the line terminator */
+	/* MAIL FROM:<path> / RCPT TO:<path>: the path without the angle
+	 * brackets ("" for the null sender <>); has_path false when the
+	 * FROM:/TO: part is missing or malformed. */
+	bool has_path;
+	struct smtp_str path;
+	struct smtp_param params[SMTP_PARAMS_MAX];
+	size_t nparams;	      /* how many are stored in params[] */
+	size_t nparams_total; /* how many were on the line */
+	/* BDAT: chunk size and LAST; bdat_ok false when the size is missing,
+	 * not a decimal number or does not fit in 64 bits. */
+	bool bdat_ok;
+	uint64_t bdat_size;
+	bool bdat_last;
+	/* AUTH mechanism [initial-response] */
+	struct smtp_str auth_mech;
+	struct smtp_str auth_initial; /* len 0 when absent */
+};
+
+/*
+ * Parse one command line.  `line` is the line with or without its
+ * terminator (CRLF or bare LF, both stripped here).  Verbs are matched
+ * case-insensitively; anything unrecognised is SMTP_VERB_UNKNOWN with
+ * verb_text set, so the caller can still pass it through.
+ * Returns 0 on success, -1 when the line is empty (no verb at all).
+ */
+int smtp_parse_command(const char *line, size_t len, struct smtp_cmd *out);
+
+/* Upper-case name of a verb ("EHLO"), "UNKNOWN" for SMTP_VERB_UNKNOWN. */
+const char *smtp_verb_name(enum smtp_verb verb);
+
+struct smtp_reply_line {
+	int code;	      /* 200..599 (first digit 2-5), or 0 if malformed */
+	bool last;	      /* "250 " (or bare "250") ends the reply; "250-" does not */
+	struct smtp_str text; /* after the separator, terminator stripped */
+	/* RFC 3463 enhanced status code at the start of text ("2.1.0"),
+	 * with its class matching the reply code's first digit. */
+	bool has_enhanced;
+	int enh_class, enh_subject, enh_detail;
+};
+
+/*
+ * Parse one reply line (with or without its terminator).  Returns 0 when
+ * the line starts with three digits (first 2-5) followed by ' ', '-' or the
+ * end of line; -1 otherwise (out->code is then 0 and last is true, so a
+ * caller can treat a garbage line as a complete, malformed reply).
+ */
+int smtp_parse_reply_line(const char *line, size_t len, struct smtp_reply_line *out);
+
+/* EHLO capability line text, e.g. "SIZE 10240000" or "AUTH PLAIN LOGIN". */
+struct smtp_ehlo_kw {
+	struct smtp_str keyword; /* "SIZE" */
+	struct smtp_str params;	 /* "10240000" (rest of the line, may be empty) */
+};
+
+/* Split the text of an EHLO reply line (not the first one, which is the
+ * greeting domain) into keyword and parameters.  Returns 0, or -1 when the
+ * text holds no keyword. */
+int smtp_parse_ehlo_keyword(const char *text, size_t len, struct smtp_ehlo_kw *out);
+
+/* Case-insensitive: is `kw` equal to the NUL-terminated `name`? */
+bool smtp_str_eq_ci(struct smtp_str s, const char *name);
+
+/*
+ * DATA streaming: find the end of the message (a line holding only "."
+ * terminated by CRLF, or by bare LF as many servers accept) and
+ * dot-unstuff, across arbitrary chunk boundaries.  Start with
+ * smtp_data_init() right after the 354 reply.
+ */
+enum smtp_data_st {
+	SMTP_DATA_LINE_START = 0, /* at the start of a line */
+	SMTP_DATA_MID,		  /* inside a line */
+	SMTP_DATA_DOT,		  /* line start, then '.' */
+	SMTP_DATA_DOT_CR,	  /* line start, '.', CR */
+	SMTP_DATA_MID_CR,	  /* inside a line, just after a CR */
+	SMTP_DATA_DONE,		  /* terminator seen */
+};
+
+struct smtp_data {
+	enum smtp_data_st st;
+	uint64_t wire_bytes;  /* bytes consumed so far, terminator included */
+	uint64_t body_bytes;  /* unstuffed message bytes produced so far */
+	bool bare_lf;	      /* a line ended in LF without CR */
+};
+
+void smtp_data_init(struct smtp_data *d);
+
+/*
+ * Consume bytes of the DATA stream.  Scans `in[0..len)` and stops right
+ * after the terminating ".\r\n" (or ".\n") if it is in there.  Returns the
+ * number of bytes consumed (== len unless the terminator was found, then
+ * d->st == SMTP_DATA_DONE).  When `out` is not NULL, the unstuffed message
+ * bytes (leading dot of each line removed, terminator line excluded) are
+ * written to it; it must hold at least `len` + 2 bytes (a held-back ".\r"
+ * can be released by a following byte) and *out_len is set to the count.
+ */
+size_t smtp_data_scan(struct smtp_data *d, const char *in, size_t len, char *out, size_t *out_len);
+/* export uses the same function over the stored wire chunks, in order. */
+
+#endif

@@ -1,0 +1,226 @@
+/*
+ * store.h - the SQLite recording store.
+ *
+ * Writing: the event loop (one thread) calls the store_* recording
+ * functions below.  They copy what they are given into a record, append it
+ * to an in-memory queue and return at once: no SQLite call ever runs on the
+ * event loop.  One writer thread drains the queue in batched transactions
+ * (WAL, synchronous=NORMAL, prepared statements).  store_close() drains
+ * everything and joins the writer, so a clean shutdown loses nothing; a
+ * kill -9 loses at most the last uncommitted batch and, thanks to WAL,
+ * never corrupts the file.
+ *
+ * Ids are assigned by the caller's thread (store_*_new_id) from MAX(id) at
+ * open time, so sessions, events and messages can be linked without a
+ * round trip to the writer.
+ *
+ * Reading (the CLI): store_reader_* open the file read-only and walk rows
+ * with callbacks; a row's pointers are valid only during its callback.
+ *
+ * Schema: sql/NNN_*.sql, applied in order while PRAGMA user_version is
+ * lower than NNN.  See docs/architecture.md for the tables.
+ */
+#ifndef SMTPTAP_STORE_H
+#define SMTPTAP_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Who produced the bytes of an event. */
+enum store_side {
+	STORE_SIDE_CLIENT = 0,	 /* the mail client */
+	STORE_SIDE_UPSTREAM = 1, /* the real server */
+	STORE_SIDE_PROXY = 2,	 /* smtptap itself (injected bytes, notes) */
+};
+
+enum store_kind {
+	STORE_KIND_CONNECT = 0, /* a leg connected; text says who */
+	STORE_KIND_COMMAND,	/* one client command line, raw = exact bytes */
+	STORE_KIND_REPLY,	/* one complete (multi-line) reply, raw = exact bytes */
+	STORE_KIND_DATA,	/* message content as sent on the wire (DATA
+				   stream with dot-stuffing and terminator, or
+				   a BDAT chunk's bytes); message_id set */
+	STORE_KIND_AUTH,	/* a client line answering a 334 challenge */
+	STORE_KIND_ACTION,	/* a proxy decision or note; text explains */
+	STORE_KIND_CLOSE,	/* a leg closed; text says why */
+	STORE_KIND_TLS,		/* a TLS handshake on a leg (later issues) */
+};
+
+/* Event flags (bit set). */
+#define STORE_F_INJECTED 0x01	 /* smtptap produced these bytes */
+#define STORE_F_ALTERED 0x02	 /* not forwarded as is (a following proxy event
+				    holds what was sent instead) */
+#define STORE_F_DROPPED 0x04	 /* not forwarded at all */
+#define STORE_F_REDACTED 0x08	 /* raw holds a redacted form, not the bytes sent */
+#define STORE_F_TO_CLIENT 0x10	 /* proxy bytes went to the client leg */
+#define STORE_F_TO_UPSTREAM 0x20 /* proxy bytes went to the upstream leg */
+#define STORE_F_INCOMPLETE 0x40	 /* a line cut short by a close or a bound */
+
+const char *store_side_name(enum store_side side); /* "client", ... */
+const char *store_kind_name(enum store_kind kind); /* "command", ... */
+
+struct store;
+
+/* ---- writing (event loop thread) ---- */
+
+/*
+ * Open (creating with mode 0600 if needed) and migrate the database at
+ * `path`, then start the writer thread.  Sessions left unfinished by a
+ * previous crash are marked outcome 'interrupted'.  Returns NULL with a
+ * one-line reason in err on failure.  The caller owns the result and
+ * releases it with store_close().
+ */
+struct store *store_open(const char *path, char *err, size_t errsz);
+
+/* Flush every queued record, stop the writer, close the database.
+ * Returns 0, or -1 if any write failed during the run (already logged). */
+int store_close(struct store *st);
+
+int64_t store_session_new_id(struct store *st);
+int64_t store_message_new_id(struct store *st);
+
+struct store_session {
+	int64_t id;
+	int64_t started_us; /* unix time, microseconds */
+	const char *listener;	   /* "127.0.0.1:2525" */
+	const char *client;	   /* "127.0.0.1:53422" */
+	const char *upstream;	   /* as configured, NULL in sink mode */
+	const char *mode;	   /* "relay" or "sink" */
+};
+void store_session_open(struct store *st, const struct store_session *s);
+
+/* Resolved upstream address once connected ("[::1]:25"). */
+void store_session_set_upstream_addr(struct store *st, int64_t session_id, const char *addr);
+/* client_tls / upstream_tls: a JSON object text, for later issues. */
+void store_session_set_tls(struct store *st, int64_t session_id, enum store_side side, const char *json);
+
+/* outcome: short word ("quit", "client-closed", "upstream-unreachable", ...);
+ * detail: one human line or NULL. */
+void store_session_close(struct store *st, int64_t session_id, int64_t ended_us, const char *outcome,
+			 const char *detail);
+
+struct store_event {
+	int64_t session_id;
+	int64_t seq; /* 1, 2, ... within the session, in the order things happened */
+	int64_t t_us; /* unix time, microseconds */
+	enum store_side side;
+	enum store_kind kind;
+	unsigned flags;
+	int64_t message_id; /* 0 = none */
+	const char *text;   /* NUL-terminated or NULL; for actions, notes */
+	const void *raw;    /* exact bytes, or NULL */
+	size_t raw_len;
+};
+void store_event_add(struct store *st, const struct store_event *ev);
+
+struct store_rcpt {
+	const char *address;  /* path without <> */
+	const char *params;   /* ESMTP parameters as written, or NULL */
+	int reply_code;	      /* 0 if no reply was seen */
+	const char *reply;    /* full reply text (lines joined by "\n"), or NULL */
+};
+
+/* A message starts when DATA is accepted (354) or the first BDAT chunk is
+ * sent: the envelope is known by then. */
+struct store_message {
+	int64_t id;
+	int64_t session_id;
+	int idx;		/* 1-based within the session */
+	int64_t started_us;
+	const char *mail_from;	/* path without <>; "" for the null sender */
+	const char *mail_params; /* or NULL */
+	const char *transport;	/* "data" or "bdat" */
+	const struct store_rcpt *rcpts;
+	size_t nrcpts;
+};
+void store_message_open(struct store *st, const struct store_message *m);
+
+struct store_message_end {
+	int64_t id;
+	int64_t ended_us;
+	uint64_t size;	   /* message bytes after dot-unstuffing */
+	bool complete;	   /* false: the stream was cut short */
+	const char *subject, *from, *to, *message_id, *date; /* decoded summaries */
+	int reply_code;	   /* upstream's final reply, 0 if none */
+	const char *reply; /* its full text, or NULL */
+};
+void store_message_close(struct store *st, const struct store_message_end *m);
+
+/* Bytes queued but not yet written: the session pauses reading from its
+ * client while this is above STORE_BACKLOG_HIGH, so a slow disk slows the
+ * flow instead of growing memory without bound. */
+#define STORE_BACKLOG_HIGH (16u * 1024 * 1024)
+#define STORE_BACKLOG_LOW (4u * 1024 * 1024)
+size_t store_backlog_bytes(struct store *st);
+
+/* ---- reading (CLI, any thread, read-only) ---- */
+
+struct store_reader;
+
+/* Returns NULL with a reason in err (missing file, not an smtptap
+ * database, newer schema than this binary knows). */
+struct store_reader *store_reader_open(const char *path, char *err, size_t errsz);
+void store_reader_close(struct store_reader *rd);
+
+struct store_session_row {
+	int64_t id;
+	int64_t started_us, ended_us; /* ended_us 0 while live */
+	const char *listener, *client, *upstream, *upstream_addr, *mode;
+	const char *client_tls, *upstream_tls; /* JSON text or NULL */
+	const char *outcome, *detail;	       /* NULL while live */
+	int64_t nmessages, nevents;
+};
+
+struct store_event_row {
+	int64_t seq, t_us;
+	enum store_side side;
+	enum store_kind kind;
+	unsigned flags;
+	int64_t message_id;
+	const char *text; /* NULL if none */
+	const void *raw;  /* NULL if none */
+	size_t raw_len;
+};
+
+struct store_rcpt_row {
+	const char *address, *params, *reply;
+	int reply_code;
+};
+
+struct store_message_row {
+	int64_t id, session_id;
+	int idx;
+	int64_t started_us, ended_us;
+	const char *mail_from, *mail_params, *transport;
+	int64_t size;
+	bool complete;
+	const char *subject, *from, *to, *message_id, *date;
+	int reply_code;
+	const char *reply;
+	const struct store_rcpt_row *rcpts;
+	size_t nrcpts;
+};
+
+/* Callbacks return 0 to go on, anything else to stop (which is returned).
+ * The walkers return 0 when done, -1 on a database error (err filled). */
+typedef int (*store_session_cb)(const struct store_session_row *row, void *arg);
+typedef int (*store_event_cb)(const struct store_event_row *row, void *arg);
+typedef int (*store_message_cb)(const struct store_message_row *row, void *arg);
+typedef int (*store_chunk_cb)(const void *data, size_t len, void *arg);
+
+/* The most recent `limit` sessions (all if limit <= 0), oldest first. */
+int store_reader_sessions(struct store_reader *rd, int limit, store_session_cb cb, void *arg, char *err,
+			  size_t errsz);
+/* One session: returns 0 found, 1 not found, -1 error. */
+int store_reader_session(struct store_reader *rd, int64_t id, store_session_cb cb, void *arg, char *err,
+			 size_t errsz);
+int store_reader_events(struct store_reader *rd, int64_t session_id, store_event_cb cb, void *arg, char *err,
+			size_t errsz);
+int store_reader_messages(struct store_reader *rd, int64_t session_id, store_message_cb cb, void *arg,
+			  char *err, size_t errsz);
+/* The wire bytes of a message (STORE_KIND_DATA events), in order. */
+int store_reader_message_data(struct store_reader *rd, int64_t message_id, store_chunk_cb cb, void *arg,
+			      char *err, size_t errsz);
+
+#endif
