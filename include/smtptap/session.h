@@ -1,0 +1,61 @@
+/*
+ * session.h - one client connection and its upstream connection.
+ *
+ * A session owns two legs (client, upstream), each a libevent bufferevent.
+ * Client bytes are parsed as commands, DATA/BDAT message content or AUTH
+ * responses; upstream bytes as replies, matched in order against a FIFO of
+ * commands awaiting a reply (so PIPELINING works).  Everything either peer
+ * sends is recorded through the store before it is forwarded unchanged.
+ * In sink mode there is no upstream leg: sink.c writes the replies, which
+ * then take the same path.
+ *
+ * Lifetime: created by the proxy's accept callback, freed by itself once
+ * both legs are closed (never from inside a callback further up the stack).
+ */
+#ifndef SMTPTAP_SESSION_H
+#define SMTPTAP_SESSION_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/queue.h>
+#include <sys/socket.h>
+
+#include <event2/event.h>
+#include <event2/util.h>
+
+#include "smtptap/proxy.h"
+
+struct store;
+struct evdns_base;
+struct session;
+
+/* What all sessions of one proxy share; owned by the proxy. */
+struct session_ctx {
+	struct event_base *base;
+	struct evdns_base *dns;
+	struct store *store;
+	const struct proxy_config *cfg;
+	TAILQ_HEAD(session_list, session) sessions;
+	size_t nsessions;
+	/* Sessions paused because the store's backlog is too high are resumed
+	 * by this timer once it has drained. */
+	struct event *backlog_timer;
+	size_t npaused_backlog;
+	/* Called after a session is freed (the proxy re-enables listeners and
+	 * ends the loop during shutdown). */
+	void (*on_session_end)(void *arg);
+	void *arg;
+};
+
+int session_ctx_init(struct session_ctx *ctx, struct event_base *base, struct evdns_base *dns,
+		     struct store *store, const struct proxy_config *cfg);
+void session_ctx_free(struct session_ctx *ctx);
+
+/* Take over an accepted socket.  Returns 0, or -1 (the socket is closed). */
+int session_start(struct session_ctx *ctx, evutil_socket_t fd, const struct sockaddr *peer, int peerlen,
+		  const char *listener);
+
+/* Shutdown: close every session now (their outcome is "shutdown"). */
+void session_ctx_close_all(struct session_ctx *ctx);
+
+#endif

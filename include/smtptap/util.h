@@ -1,0 +1,29 @@
+/*
+ * util.h - small helpers shared by the proxy and the CLI.
+ */
+#ifndef SMTPTAP_UTIL_H
+#define SMTPTAP_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+/* Wall-clock time in microseconds since the epoch. */
+int64_t util_now_us(void);
+
+/* "127.0.0.1:25" or "[::1]:25" into buf (at least UTIL_ADDR_MAX bytes);
+ * returns buf.  Unknown families give "?". */
+#define UTIL_ADDR_MAX 64
+char *util_format_addr(const struct sockaddr *sa, char *buf, size_t bufsz);
+
+/*
+ * Split "host:port", "[v6]:port" into host and port.  The host may be
+ * empty (":2525").  Returns 0, or -1 with a reason in err.
+ */
+int util_split_hostport(const char *spec, char *host, size_t hostsz, char *port, size_t portsz, char *err,
+			size_t errsz);
+
+/* Parse a decimal integer in [min, max]; returns 0 or -1. */
+int util_parse_int(const char *s, long min, long max, long *out);
+
+#endif

@@ -1,0 +1,288 @@
+/*
+ * proxy.c - listeners, signals and the event loop; see proxy.h.
+ *
+ * Shutdown (SIGTERM/SIGINT): the listeners close at once so no new session
+ * starts; running sessions get --grace seconds to finish on their own; then
+ * whatever is left is closed.  Only after the loop ends is the store closed,
+ * which drains its queue: a clean stop loses nothing.  A second signal skips
+ * the rest of the grace period.
+ */
+#include "smtptap/proxy.h"
+
+#include <errno.h>
+#include <netdb.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include <event2/dns.h>
+#include <event2/event.h>
+#include <event2/listener.h>
+#include <event2/thread.h>
+
+#include "smtptap/log.h"
+#include "smtptap/session.h"
+#include "smtptap/store.h"
+#include "smtptap/util.h"
+
+struct proxy_listener {
+	struct evconnlistener *lev;
+	char name[UTIL_ADDR_MAX];
+	struct proxy *proxy;
+};
+
+struct proxy {
+	const struct proxy_config *cfg;
+	struct event_base *base;
+	struct evdns_base *dns;
+	struct store *store;
+	struct session_ctx sessions;
+	struct proxy_listener listeners[PROXY_LISTEN_MAX];
+	size_t nlisteners;
+	bool listeners_paused;
+	struct event *sigterm, *sigint, *grace_timer;
+	bool stopping;
+};
+
+static int proxy_listen(struct proxy *px, const char *spec);
+static void proxy_accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struct sockaddr *sa, int salen,
+			    void *arg);
+static void proxy_accept_error_cb(struct evconnlistener *lev, void *arg);
+static void proxy_signal_cb(evutil_socket_t sig, short what, void *arg);
+static void proxy_grace_cb(evutil_socket_t fd, short what, void *arg);
+static void proxy_session_end_cb(void *arg);
+static void proxy_listeners_enable(struct proxy *px, bool on);
+static void proxy_free(struct proxy *px);
+
+int
+proxy_run(const struct proxy_config *cfg)
+{
+	struct proxy px;
+	char err[512];
+	size_t i;
+	int rc = -1;
+
+	memset(&px, 0, sizeof(px));
+	px.cfg = cfg;
+	/* A client that vanishes must not kill the process with SIGPIPE. */
+	signal(SIGPIPE, SIG_IGN);
+
+	px.base = event_base_new();
+	if (px.base == NULL) {
+		log_warnx("cannot create the event loop");
+		goto out;
+	}
+	if (cfg->upstream != NULL) {
+		px.dns = evdns_base_new(px.base, EVDNS_BASE_INITIALIZE_NAMESERVERS);
+		if (px.dns == NULL) {
+			/* No resolv.conf: IP addresses and /etc/hosts still work. */
+			px.dns = evdns_base_new(px.base, 0);
+			if (px.dns == NULL) {
+				log_warnx("cannot set up the DNS resolver");
+				goto out;
+			}
+		}
+	}
+	px.store = store_open(cfg->db_path, err, sizeof(err));
+	if (px.store == NULL) {
+		log_warnx("cannot open the database %s: %s (use --db PATH)", cfg->db_path, err);
+		goto out;
+	}
+	if (session_ctx_init(&px.sessions, px.base, px.dns, px.store, cfg) < 0) {
+		log_warnx("cannot set up sessions: out of memory");
+		goto out;
+	}
+	px.sessions.on_session_end = proxy_session_end_cb;
+	px.sessions.arg = &px;
+
+	for (i = 0; i < cfg->nlisten; i++) {
+		if (proxy_listen(&px, cfg->listen[i]) < 0)
+			goto out;
+	}
+	px.sigterm = evsignal_new(px.base, SIGTERM, proxy_signal_cb, &px);
+	px.sigint = evsignal_new(px.base, SIGINT, proxy_signal_cb, &px);
+	px.grace_timer = evtimer_new(px.base, proxy_grace_cb, &px);
+	if (px.sigterm == NULL || px.sigint == NULL || px.grace_timer == NULL || evsignal_add(px.sigterm, NULL) < 0 ||
+	    evsignal_add(px.sigint, NULL) < 0) {
+		log_warnx("cannot install signal handlers");
+		goto out;
+	}
+
+	for (i = 0; i < px.nlisteners; i++)
+		log_info("listening on %s (%s%s, recording to %s)", px.listeners[i].name,
+			 cfg->upstream ? "relay to " : "sink mode", cfg->upstream ? cfg->upstream : "", cfg->db_path);
+	if (event_base_dispatch(px.base) < 0) {
+		log_warnx("event loop failed");
+		goto out;
+	}
+	rc = 0;
+out:
+	proxy_free(&px);
+	return rc;
+}
+
+static int
+proxy_listen(struct proxy *px, const char *spec)
+{
+	struct proxy_listener *pl = &px->listeners[px->nlisteners];
+	struct addrinfo hints, *res = NULL;
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof(ss);
+	char host[256], port[8], err[256];
+	int gai;
+
+	if (util_split_hostport(spec, host, sizeof(host), port, sizeof(port), err, sizeof(err)) < 0) {
+		log_warnx("--listen %s", err);
+		return -1;
+	}
+	memset(&hints, 0, sizeof(hints));
+	hints.ai_family = AF_UNSPEC;
+	hints.ai_socktype = SOCK_STREAM;
+	hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+	/* Start-up only: a blocking lookup is fine here. */
+	gai = getaddrinfo(host[0] ? host : NULL, port, &hints, &res);
+	if (gai != 0) {
+		log_warnx("--listen %s: cannot resolve '%s': %s", spec, host, gai_strerror(gai));
+		return -1;
+	}
+	pl->proxy = px;
+	pl->lev = evconnlistener_new_bind(px->base, proxy_accept_cb, pl,
+					  LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC, 1024,
+					  res->ai_addr, (int)res->ai_addrlen);
+	if (pl->lev == NULL) {
+		log_warn("--listen %s: cannot listen", spec);
+		freeaddrinfo(res);
+		return -1;
+	}
+	freeaddrinfo(res);
+	evconnlistener_set_error_cb(pl->lev, proxy_accept_error_cb);
+	/* With port 0 the kernel picked one: report the real address. */
+	if (getsockname(evconnlistener_get_fd(pl->lev), (struct sockaddr *)&ss, &sl) == 0)
+		util_format_addr((struct sockaddr *)&ss, pl->name, sizeof(pl->name));
+	else
+		snprintf(pl->name, sizeof(pl->name), "%s", spec);
+	px->nlisteners++;
+	return 0;
+}
+
+static void
+proxy_accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struct sockaddr *sa, int salen, void *arg)
+{
+	struct proxy_listener *pl = arg;
+	struct proxy *px = pl->proxy;
+
+	(void)lev;
+	session_start(&px->sessions, fd, sa, salen, pl->name);
+	if (!px->listeners_paused && px->sessions.nsessions >= (size_t)px->cfg->max_sessions) {
+		log_info("%zu sessions open (--max-sessions): not accepting until one ends",
+			 px->sessions.nsessions);
+		proxy_listeners_enable(px, false);
+	}
+}
+
+/* accept(2) failing (EMFILE and the like) must not end the loop: log it
+ * and keep serving the sessions we have. */
+static void
+proxy_accept_error_cb(struct evconnlistener *lev, void *arg)
+{
+	struct proxy_listener *pl = arg;
+
+	(void)lev;
+	log_warnx("accept on %s failed: %s", pl->name, evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+}
+
+static void
+proxy_listeners_enable(struct proxy *px, bool on)
+{
+	size_t i;
+
+	for (i = 0; i < px->nlisteners; i++) {
+		if (px->listeners[i].lev == NULL)
+			continue;
+		if (on)
+			evconnlistener_enable(px->listeners[i].lev);
+		else
+			evconnlistener_disable(px->listeners[i].lev);
+	}
+	px->listeners_paused = !on;
+}
+
+static void
+proxy_session_end_cb(void *arg)
+{
+	struct proxy *px = arg;
+
+	if (px->stopping) {
+		if (px->sessions.nsessions == 0)
+			event_base_loopexit(px->base, NULL);
+		return;
+	}
+	if (px->listeners_paused && px->sessions.nsessions < (size_t)px->cfg->max_sessions)
+		proxy_listeners_enable(px, true);
+}
+
+static void
+proxy_signal_cb(evutil_socket_t sig, short what, void *arg)
+{
+	struct proxy *px = arg;
+	struct timeval grace = { px->cfg->grace, 0 };
+	size_t i;
+
+	(void)what;
+	if (px->stopping) {
+		log_info("second signal: closing %zu sessions now", px->sessions.nsessions);
+		proxy_grace_cb(-1, 0, px);
+		return;
+	}
+	px->stopping = true;
+	for (i = 0; i < px->nlisteners; i++) {
+		evconnlistener_free(px->listeners[i].lev);
+		px->listeners[i].lev = NULL;
+	}
+	log_info("%s: not accepting; %zu sessions have %d s to finish", sig == SIGTERM ? "SIGTERM" : "SIGINT",
+		 px->sessions.nsessions, px->cfg->grace);
+	if (px->sessions.nsessions == 0) {
+		event_base_loopexit(px->base, NULL);
+		return;
+	}
+	evtimer_add(px->grace_timer, &grace);
+}
+
+static void
+proxy_grace_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct proxy *px = arg;
+
+	(void)fd;
+	(void)what;
+	session_ctx_close_all(&px->sessions);
+	event_base_loopexit(px->base, NULL);
+}
+
+static void
+proxy_free(struct proxy *px)
+{
+	size_t i;
+
+	for (i = 0; i < px->nlisteners; i++) {
+		if (px->listeners[i].lev != NULL)
+			evconnlistener_free(px->listeners[i].lev);
+	}
+	px->stopping = true; /* session ends must not touch listeners now */
+	if (px->sessions.backlog_timer != NULL)
+		session_ctx_free(&px->sessions);
+	if (px->store != NULL && store_close(px->store) < 0)
+		log_warnx("some records could not be written to %s (see above)", px->cfg->db_path);
+	if (px->sigterm != NULL)
+		event_free(px->sigterm);
+	if (px->sigint != NULL)
+		event_free(px->sigint);
+	if (px->grace_timer != NULL)
+		event_free(px->grace_timer);
+	if (px->dns != NULL)
+		evdns_base_free(px->dns, 1);
+	if (px->base != NULL)
+		event_base_free(px->base);
+}

@@ -1,0 +1,102 @@
+/*
+ * util.c - see util.h.
+ */
+#include "smtptap/util.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+int64_t
+util_now_us(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+char *
+util_format_addr(const struct sockaddr *sa, char *buf, size_t bufsz)
+{
+	char host[INET6_ADDRSTRLEN];
+
+	if (sa->sa_family == AF_INET) {
+		const struct sockaddr_in *sin = (const struct sockaddr_in *)(const void *)sa;
+
+		inet_ntop(AF_INET, &sin->sin_addr, host, sizeof(host));
+		snprintf(buf, bufsz, "%s:%u", host, ntohs(sin->sin_port));
+	} else if (sa->sa_family == AF_INET6) {
+		const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)(const void *)sa;
+
+		inet_ntop(AF_INET6, &sin6->sin6_addr, host, sizeof(host));
+		snprintf(buf, bufsz, "[%s]:%u", host, ntohs(sin6->sin6_port));
+	} else {
+		snprintf(buf, bufsz, "?");
+	}
+	return buf;
+}
+
+int
+util_split_hostport(const char *spec, char *host, size_t hostsz, char *port, size_t portsz, char *err,
+		    size_t errsz)
+{
+	const char *colon, *h = spec;
+	size_t hlen;
+
+	if (spec[0] == '[') {
+		const char *close = strchr(spec, ']');
+
+		if (close == NULL || close[1] != ':') {
+			snprintf(err, errsz, "'%s': expected [IPv6]:PORT", spec);
+			return -1;
+		}
+		h = spec + 1;
+		hlen = (size_t)(close - h);
+		colon = close + 1;
+	} else {
+		colon = strrchr(spec, ':');
+		if (colon == NULL) {
+			snprintf(err, errsz, "'%s': expected HOST:PORT", spec);
+			return -1;
+		}
+		if (memchr(spec, ':', (size_t)(colon - spec)) != NULL) {
+			snprintf(err, errsz, "'%s': put an IPv6 address in brackets, e.g. [::1]:2525", spec);
+			return -1;
+		}
+		hlen = (size_t)(colon - spec);
+	}
+	if (hlen >= hostsz) {
+		snprintf(err, errsz, "'%s': host name too long", spec);
+		return -1;
+	}
+	long p;
+	if (util_parse_int(colon + 1, 0, 65535, &p) < 0) {
+		snprintf(err, errsz, "'%s': port must be a number from 0 to 65535", spec);
+		return -1;
+	}
+	memcpy(host, h, hlen);
+	host[hlen] = '\0';
+	snprintf(port, portsz, "%ld", p);
+	return 0;
+}
+
+int
+util_parse_int(const char *s, long min, long max, long *out)
+{
+	char *end;
+	long v;
+
+	if (s == NULL || *s == '\0')
+		return -1;
+	errno = 0;
+	v = strtol(s, &end, 10);
+	if (errno != 0 || *end != '\0' || v < min || v > max)
+		return -1;
+	*out = v;
+	return 0;
+}
