@@ -1624,6 +1624,10 @@ session_msg_close(struct session *s, struct msg *m, int code, const char *reply)
 		.reply_code = code,
 		.reply = reply,
 	});
+	if (s->ctx->cfg->verbosity > 0)
+		log_info("s=%" PRId64 " ** message %d: %" PRIu64 " bytes%s, subject \"%s\", final reply %d", s->id, m->idx,
+			 m->bdat ? m->size : m->data.body_bytes, m->complete ? "" : " (incomplete)",
+			 sum ? sum->subject : "", code);
 	free(sum);
 	free(m->reply);
 	free(m);
