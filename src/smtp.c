@@ -1,0 +1,551 @@
+/*
+ * smtp.c - pure SMTP protocol parsers, see smtp.h.
+ *
+ * Everything here works on (pointer, length) pairs: input is never assumed
+ * to be NUL-terminated, and every returned slice points into the caller's
+ * buffer.  Parsing is lenient where real clients and servers deviate from
+ * RFC 5321 in harmless ways (spaces after "FROM:", bare LF line endings),
+ * because the proxy's job is to record what was sent, not to police it.
+ */
+#include "smtptap/smtp.h"
+
+#include <string.h>
+
+static size_t	 smtp_strip_eol(const char *, size_t);
+static bool	 smtp_is_space(char);
+static bool	 smtp_is_digit(char);
+static char	 smtp_lower(char);
+static bool	 smtp_mem_eq_ci(const char *, size_t, const char *);
+static size_t	 smtp_skip_space(const char *, size_t, size_t);
+static size_t	 smtp_skip_token(const char *, size_t, size_t);
+static enum smtp_verb smtp_lookup_verb(const char *, size_t);
+static void	 smtp_parse_path_params(const char *, size_t, const char *, struct smtp_cmd *);
+static size_t	 smtp_find_path_end(const char *, size_t, size_t);
+static void	 smtp_parse_params(const char *, size_t, size_t, struct smtp_cmd *);
+static void	 smtp_parse_bdat(const char *, size_t, struct smtp_cmd *);
+static void	 smtp_parse_auth(const char *, size_t, struct smtp_cmd *);
+static int	 smtp_parse_num(const char *, size_t, size_t *, int);
+static void	 smtp_parse_enhanced(struct smtp_reply_line *);
+static void	 smtp_data_mid(struct smtp_data *, const char *, size_t *, size_t, char *, size_t *);
+
+static const struct {
+	enum smtp_verb verb;
+	const char *name;
+} smtp_verbs[] = {
+	{ SMTP_VERB_HELO, "HELO" },
+	{ SMTP_VERB_EHLO, "EHLO" },
+	{ SMTP_VERB_LHLO, "LHLO" },
+	{ SMTP_VERB_MAIL, "MAIL" },
+	{ SMTP_VERB_RCPT, "RCPT" },
+	{ SMTP_VERB_DATA, "DATA" },
+	{ SMTP_VERB_BDAT, "BDAT" },
+	{ SMTP_VERB_RSET, "RSET" },
+	{ SMTP_VERB_NOOP, "NOOP" },
+	{ SMTP_VERB_VRFY, "VRFY" },
+	{ SMTP_VERB_EXPN, "EXPN" },
+	{ SMTP_VERB_HELP, "HELP" },
+	{ SMTP_VERB_QUIT, "QUIT" },
+	{ SMTP_VERB_STARTTLS, "STARTTLS" },
+	{ SMTP_VERB_AUTH, "AUTH" },
+};
+
+#define SMTP_NVERBS (sizeof(smtp_verbs) / sizeof(smtp_verbs[0]))
+
+/* ------------------------------------------------------------------------
+ * Small helpers.  Character classes are ASCII-only on purpose: <ctype.h>
+ * depends on the locale and is undefined for negative chars.
+ */
+
+/* Length of `s` without one trailing CRLF or bare LF. */
+static size_t
+smtp_strip_eol(const char *s, size_t len)
+{
+	if (len > 0 && s[len - 1] == '\n') {
+		len--;
+		if (len > 0 && s[len - 1] == '\r')
+			len--;
+	}
+	return len;
+}
+
+static bool
+smtp_is_space(char c)
+{
+	return c == ' ' || c == '\t';
+}
+
+static bool
+smtp_is_digit(char c)
+{
+	return c >= '0' && c <= '9';
+}
+
+static char
+smtp_lower(char c)
+{
+	if (c >= 'A' && c <= 'Z')
+		return (char)(c - 'A' + 'a');
+	return c;
+}
+
+/* Case-insensitive: are the `len` bytes at `p` exactly the string `name`? */
+static bool
+smtp_mem_eq_ci(const char *p, size_t len, const char *name)
+{
+	size_t i;
+
+	for (i = 0; i < len; i++) {
+		/* name's NUL ends the comparison before p runs out. */
+		if (name[i] == '\0' || smtp_lower(p[i]) != smtp_lower(name[i]))
+			return false;
+	}
+	return name[len] == '\0';
+}
+
+static size_t
+smtp_skip_space(const char *s, size_t len, size_t i)
+{
+	while (i < len && smtp_is_space(s[i]))
+		i++;
+	return i;
+}
+
+static size_t
+smtp_skip_token(const char *s, size_t len, size_t i)
+{
+	while (i < len && !smtp_is_space(s[i]))
+		i++;
+	return i;
+}
+
+bool
+smtp_str_eq_ci(struct smtp_str s, const char *name)
+{
+	if (name == NULL)
+		return false;
+	if (s.p == NULL)
+		return s.len == 0 && name[0] == '\0';
+	return smtp_mem_eq_ci(s.p, s.len, name);
+}
+
+const char *
+smtp_verb_name(enum smtp_verb verb)
+{
+	size_t i;
+
+	for (i = 0; i < SMTP_NVERBS; i++)
+		if (smtp_verbs[i].verb == verb)
+			return smtp_verbs[i].name;
+	return "UNKNOWN";
+}
+
+/* ------------------------------------------------------------------------
+ * Commands.
+ */
+
+static enum smtp_verb
+smtp_lookup_verb(const char *p, size_t len)
+{
+	size_t i;
+
+	for (i = 0; i < SMTP_NVERBS; i++)
+		if (smtp_mem_eq_ci(p, len, smtp_verbs[i].name))
+			return smtp_verbs[i].verb;
+	return SMTP_VERB_UNKNOWN;
+}
+
+int
+smtp_parse_command(const char *line, size_t len, struct smtp_cmd *out)
+{
+	size_t i, vstart;
+
+	memset(out, 0, sizeof(*out));
+	if (line == NULL)
+		return -1;
+	len = smtp_strip_eol(line, len);
+
+	/* Leading blanks are not RFC 5321, but some hand-typed sessions
+	 * (telnet, nc) have them; the verb is still what matters. */
+	i = smtp_skip_space(line, len, 0);
+	if (i == len)
+		return -1;
+	vstart = i;
+	i = smtp_skip_token(line, len, i);
+	out->verb_text.p = line + vstart;
+	out->verb_text.len = i - vstart;
+	out->verb = smtp_lookup_verb(out->verb_text.p, out->verb_text.len);
+
+	i = smtp_skip_space(line, len, i);
+	out->arg.p = line + i;
+	out->arg.len = len - i;
+
+	switch (out->verb) {
+	case SMTP_VERB_MAIL:
+		smtp_parse_path_params(out->arg.p, out->arg.len, "FROM:", out);
+		break;
+	case SMTP_VERB_RCPT:
+		smtp_parse_path_params(out->arg.p, out->arg.len, "TO:", out);
+		break;
+	case SMTP_VERB_BDAT:
+		smtp_parse_bdat(out->arg.p, out->arg.len, out);
+		break;
+	case SMTP_VERB_AUTH:
+		smtp_parse_auth(out->arg.p, out->arg.len, out);
+		break;
+	default:
+		break;
+	}
+	return 0;
+}
+
+/*
+ * "FROM:<path> params" / "TO:<path> params".  Spaces between the colon and
+ * the '<' are tolerated because many clients send "MAIL FROM: <a@b>" and
+ * servers accept it.  A path without angle brackets, an unterminated one, or
+ * one followed directly by something other than a blank is malformed: the
+ * recorder then keeps only the raw arg.
+ */
+static void
+smtp_parse_path_params(const char *s, size_t len, const char *prefix, struct smtp_cmd *out)
+{
+	size_t plen = strlen(prefix), i, end;
+
+	if (len < plen || !smtp_mem_eq_ci(s, plen, prefix))
+		return;
+	i = smtp_skip_space(s, len, plen);
+	if (i == len || s[i] != '<')
+		return;
+	end = smtp_find_path_end(s, len, i + 1);
+	if (end == len)
+		return;
+	if (end + 1 < len && !smtp_is_space(s[end + 1]))
+		return;
+	out->has_path = true;
+	out->path.p = s + i + 1;
+	out->path.len = end - (i + 1);
+	smtp_parse_params(s, len, end + 1, out);
+}
+
+/*
+ * Index of the '>' closing a path whose content starts at `i`, or `len` if
+ * there is none.  A quoted local part may hold '>' (<"a>b"@c>), and inside
+ * quotes a backslash escapes the next character (RFC 5321 quoted-pairSMTP).
+ */
+static size_t
+smtp_find_path_end(const char *s, size_t len, size_t i)
+{
+	bool quoted = false;
+
+	for (; i < len; i++) {
+		if (quoted) {
+			if (s[i] == '\\') {
+				if (++i == len)
+					break;
+			} else if (s[i] == '"')
+				quoted = false;
+		} else if (s[i] == '"')
+			quoted = true;
+		else if (s[i] == '>')
+			return i;
+	}
+	return len;
+}
+
+/* Blank-separated "KEY[=VALUE]" tokens from `i` to the end. */
+static void
+smtp_parse_params(const char *s, size_t len, size_t i, struct smtp_cmd *out)
+{
+	size_t start, eq;
+	struct smtp_param *p;
+
+	for (;;) {
+		i = smtp_skip_space(s, len, i);
+		if (i == len)
+			return;
+		start = i;
+		i = smtp_skip_token(s, len, i);
+		out->nparams_total++;
+		if (out->nparams >= SMTP_PARAMS_MAX)
+			continue;
+		p = &out->params[out->nparams++];
+		for (eq = start; eq < i && s[eq] != '='; eq++)
+			;
+		p->key.p = s + start;
+		p->key.len = eq - start;
+		if (eq < i) {
+			p->value.p = s + eq + 1;
+			p->value.len = i - (eq + 1);
+		}
+	}
+}
+
+/*
+ * "BDAT <size> [LAST]" (RFC 3030).  The size decides how many bytes that
+ * follow are message data rather than commands, so it must be exact: only
+ * decimal digits, and a value past 2^64-1 is an error, never a wrap.
+ */
+static void
+smtp_parse_bdat(const char *s, size_t len, struct smtp_cmd *out)
+{
+	size_t i = 0, start;
+	uint64_t v = 0;
+	unsigned d;
+
+	while (i < len && smtp_is_digit(s[i])) {
+		d = (unsigned)(s[i] - '0');
+		if (v > (UINT64_MAX - d) / 10)
+			return;
+		v = v * 10 + d;
+		i++;
+	}
+	if (i == 0 || (i < len && !smtp_is_space(s[i])))
+		return;
+	out->bdat_ok = true;
+	out->bdat_size = v;
+	i = smtp_skip_space(s, len, i);
+	start = i;
+	i = smtp_skip_token(s, len, i);
+	out->bdat_last = smtp_mem_eq_ci(s + start, i - start, "LAST");
+}
+
+/* "AUTH <mechanism> [initial-response]" (RFC 4954). */
+static void
+smtp_parse_auth(const char *s, size_t len, struct smtp_cmd *out)
+{
+	size_t i = 0, start;
+
+	i = smtp_skip_token(s, len, i);
+	if (i == 0)
+		return;
+	out->auth_mech.p = s;
+	out->auth_mech.len = i;
+	i = smtp_skip_space(s, len, i);
+	start = i;
+	i = smtp_skip_token(s, len, i);
+	if (i > start) {
+		out->auth_initial.p = s + start;
+		out->auth_initial.len = i - start;
+	}
+}
+
+/* ------------------------------------------------------------------------
+ * Replies.
+ */
+
+int
+smtp_parse_reply_line(const char *line, size_t len, struct smtp_reply_line *out)
+{
+	memset(out, 0, sizeof(*out));
+	out->last = true;
+	if (line == NULL)
+		return -1;
+	len = smtp_strip_eol(line, len);
+	/* On failure the whole line is the text, so the recorder keeps it. */
+	out->text.p = line;
+	out->text.len = len;
+
+	if (len < 3 || line[0] < '2' || line[0] > '5' || !smtp_is_digit(line[1]) ||
+	    !smtp_is_digit(line[2]))
+		return -1;
+	if (len > 3 && line[3] != ' ' && line[3] != '-')
+		return -1;
+
+	out->code = (line[0] - '0') * 100 + (line[1] - '0') * 10 + (line[2] - '0');
+	out->last = len == 3 || line[3] == ' ';
+	out->text.p = line + (len > 3 ? 4 : 3);
+	out->text.len = len > 3 ? len - 4 : 0;
+	smtp_parse_enhanced(out);
+	return 0;
+}
+
+/*
+ * Decimal number of 1..`maxdig` digits at s[*i]; advances *i.  Returns the
+ * value, or -1 when there are no digits or too many.
+ */
+static int
+smtp_parse_num(const char *s, size_t len, size_t *i, int maxdig)
+{
+	int v = 0, n = 0;
+
+	while (*i < len && smtp_is_digit(s[*i])) {
+		if (++n > maxdig)
+			return -1;
+		v = v * 10 + (s[*i] - '0');
+		(*i)++;
+	}
+	return n == 0 ? -1 : v;
+}
+
+/*
+ * RFC 3463 "class.subject.detail" at the start of the text.  The class must
+ * agree with the reply code, otherwise "250 2.1.0" style text that merely
+ * looks like a code (a version number in a banner, say) would be taken.
+ */
+static void
+smtp_parse_enhanced(struct smtp_reply_line *out)
+{
+	const char *s = out->text.p;
+	size_t len = out->text.len, i = 0;
+	int subject, detail;
+
+	if (len < 5 || s[0] != '0' + out->code / 100 || s[1] != '.')
+		return;
+	i = 2;
+	if ((subject = smtp_parse_num(s, len, &i, 3)) < 0)
+		return;
+	if (i == len || s[i] != '.')
+		return;
+	i++;
+	if ((detail = smtp_parse_num(s, len, &i, 3)) < 0)
+		return;
+	if (i < len && s[i] != ' ')
+		return;
+	out->has_enhanced = true;
+	out->enh_class = out->code / 100;
+	out->enh_subject = subject;
+	out->enh_detail = detail;
+}
+
+/*
+ * EHLO capability text: keyword, then blank-separated parameters.  The
+ * legacy "AUTH=LOGIN PLAIN" form (old Outlook clients needed it) is split at
+ * the '=' so it names the same capability as "AUTH LOGIN PLAIN".
+ */
+int
+smtp_parse_ehlo_keyword(const char *text, size_t len, struct smtp_ehlo_kw *out)
+{
+	size_t i, start;
+
+	memset(out, 0, sizeof(*out));
+	if (text == NULL)
+		return -1;
+	len = smtp_strip_eol(text, len);
+	while (len > 0 && smtp_is_space(text[len - 1]))
+		len--;
+	i = smtp_skip_space(text, len, 0);
+	start = i;
+	while (i < len && !smtp_is_space(text[i]) && text[i] != '=')
+		i++;
+	if (i == start)
+		return -1;
+	out->keyword.p = text + start;
+	out->keyword.len = i - start;
+	if (i < len && text[i] == '=')
+		i++;
+	i = smtp_skip_space(text, len, i);
+	out->params.p = text + i;
+	out->params.len = len - i;
+	return 0;
+}
+
+/* ------------------------------------------------------------------------
+ * DATA end detection and dot-unstuffing.
+ *
+ * Only '\n' ends a line (a lone CR is line content), so "line start" means
+ * the start of the stream or just after an LF.  The state machine only
+ * visits line starts byte by byte; inside a line smtp_data_mid() jumps from
+ * LF to LF with memchr() and copies unchanged runs in bulk, since dots at a
+ * line start are rare and messages may be gigabytes.
+ */
+
+void
+smtp_data_init(struct smtp_data *d)
+{
+	memset(d, 0, sizeof(*d));
+	d->st = SMTP_DATA_LINE_START;
+}
+
+size_t
+smtp_data_scan(struct smtp_data *d, const char *in, size_t len, char *out, size_t *out_len)
+{
+	size_t i = 0, o = 0;
+
+	while (i < len && d->st != SMTP_DATA_DONE) {
+		switch (d->st) {
+		case SMTP_DATA_LINE_START:
+			if (in[i] == '.') {
+				/* Held back: stuffing dot or terminator. */
+				i++;
+				d->st = SMTP_DATA_DOT;
+			} else
+				d->st = SMTP_DATA_MID;
+			break;
+		case SMTP_DATA_DOT:
+			if (in[i] == '\r') {
+				i++;
+				d->st = SMTP_DATA_DOT_CR;
+			} else if (in[i] == '\n') {
+				i++;
+				d->bare_lf = true;
+				d->st = SMTP_DATA_DONE;
+			} else {
+				/* Stuffed line: drop the dot, the byte is
+				 * ordinary line content. */
+				d->st = SMTP_DATA_MID;
+			}
+			break;
+		case SMTP_DATA_DOT_CR:
+			if (in[i] == '\n') {
+				i++;
+				d->st = SMTP_DATA_DONE;
+			} else {
+				/* ".\rX": a stuffed line whose content starts
+				 * with CR; release the held-back CR. */
+				if (out != NULL)
+					out[o] = '\r';
+				o++;
+				d->st = SMTP_DATA_MID_CR;
+			}
+			break;
+		case SMTP_DATA_MID:
+		case SMTP_DATA_MID_CR:
+			smtp_data_mid(d, in, &i, len, out, &o);
+			break;
+		case SMTP_DATA_DONE:
+			break;
+		}
+	}
+	d->wire_bytes += i;
+	d->body_bytes += o;
+	if (out_len != NULL)
+		*out_len = o;
+	return i;
+}
+
+/*
+ * Inside a line: copy through to the next line that starts with '.' (left
+ * for the state machine) or to the end of the input, noting bare LFs on the
+ * way.  Leaves d->st at LINE_START, MID or MID_CR.
+ */
+static void
+smtp_data_mid(struct smtp_data *d, const char *in, size_t *ip, size_t len, char *out, size_t *op)
+{
+	size_t i = *ip, run = *ip, j;
+	const char *nl;
+	bool prev_cr = d->st == SMTP_DATA_MID_CR;
+
+	for (;;) {
+		nl = memchr(in + i, '\n', len - i);
+		if (nl == NULL) {
+			/* i < len here: we only loop while input remains. */
+			d->st = in[len - 1] == '\r' ? SMTP_DATA_MID_CR : SMTP_DATA_MID;
+			i = len;
+			break;
+		}
+		j = (size_t)(nl - in);
+		/* The byte before this LF is in this buffer, or, for the first
+		 * one, remembered in the state from the previous chunk. */
+		if (!d->bare_lf && !(j > i ? in[j - 1] == '\r' : prev_cr))
+			d->bare_lf = true;
+		prev_cr = false;
+		i = j + 1;
+		if (i == len || in[i] == '.') {
+			d->st = SMTP_DATA_LINE_START;
+			break;
+		}
+	}
+	if (out != NULL)
+		memcpy(out + *op, in + run, i - run);
+	*op += i - run;
+	*ip = i;
+}
