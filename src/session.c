@@ -212,6 +212,7 @@ static void session_leg_close_after_flush(struct session *s, struct leg *leg);
 static void session_client_gone(struct session *s, const char *why);
 static void session_upstream_gone(struct session *s, const char *why);
 static char *session_reply_text(const char *raw, size_t len);
+static const char *session_nonempty(const char *s);
 
 static const char local_starttls_454[] = "454 4.7.0 TLS not available: smtptap runs with --client-tls off\r\n";
 
@@ -1086,7 +1087,18 @@ static void
 session_client_gone(struct session *s, const char *why)
 {
 	bool mid_message = s->cur_msg != NULL;
+	struct evbuffer *in = bufferevent_get_input(s->client.bev);
+	size_t left = evbuffer_get_length(in);
 
+	/* Bytes the client sent but we did not get to interpret (a last line
+	 * without its CRLF, or input held while a reply was due): keep them,
+	 * and pass them on as a direct connection would have. */
+	if (left > 0) {
+		session_record(s, STORE_SIDE_CLIENT, STORE_KIND_COMMAND, STORE_F_INCOMPLETE, 0,
+			       evbuffer_pullup(in, -1), left, NULL);
+		if (s->upstream.open && !mid_message)
+			evbuffer_remove_buffer(in, bufferevent_get_output(s->upstream.bev), left);
+	}
 	session_note(s, STORE_KIND_CLOSE, "%s%s", why, mid_message ? " in the middle of a message" : "");
 	if (mid_message) {
 		session_set_outcome(s, "client-closed", "client closed the connection in the middle of message %d",
@@ -1098,8 +1110,10 @@ session_client_gone(struct session *s, const char *why)
 	}
 	s->state = ST_CLOSING;
 	session_leg_close(s, &s->client);
-	if (mid_message || s->pend_len == 0 || !s->upstream.open)
+	if (mid_message)
 		session_leg_close(s, &s->upstream);
+	else if (s->pend_len == 0)
+		session_leg_close_after_flush(s, &s->upstream);
 	/* else: upstream closes when its last reply arrives (session_reply_handle) */
 }
 
@@ -1616,11 +1630,11 @@ session_msg_close(struct session *s, struct msg *m, int code, const char *reply)
 		.ended_us = util_now_us(),
 		.size = m->bdat ? m->size : m->data.body_bytes,
 		.complete = m->complete,
-		.subject = sum ? sum->subject : NULL,
-		.from = sum ? sum->from : NULL,
-		.to = sum ? sum->to : NULL,
-		.message_id = sum ? sum->message_id : NULL,
-		.date = sum ? sum->date : NULL,
+		.subject = session_nonempty(sum ? sum->subject : NULL),
+		.from = session_nonempty(sum ? sum->from : NULL),
+		.to = session_nonempty(sum ? sum->to : NULL),
+		.message_id = session_nonempty(sum ? sum->message_id : NULL),
+		.date = session_nonempty(sum ? sum->date : NULL),
 		.reply_code = code,
 		.reply = reply,
 	});
@@ -1631,6 +1645,13 @@ session_msg_close(struct session *s, struct msg *m, int code, const char *reply)
 	free(sum);
 	free(m->reply);
 	free(m);
+}
+
+/* An absent header is NULL in the store ("unknown"), not "". */
+static const char *
+session_nonempty(const char *s)
+{
+	return s != NULL && s[0] != '\0' ? s : NULL;
 }
 
 /* A reply's text as kept with a recipient or message: CRLFs as "\n", no
