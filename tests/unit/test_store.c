@@ -1,0 +1,1378 @@
+/*
+ * test_store.c - unit tests for the SQLite store (src/store.c, store_read.c).
+ *
+ * Each test gets a fresh directory under /tmp (mkdtemp), removed with
+ * everything in it afterwards.  Rows read back are copied out of the
+ * callbacks, whose pointers die with each row, and compared byte for byte.
+ *
+ * STORE_BENCH=1 also runs a writer benchmark (records/s and MB/s); it is
+ * skipped otherwise so that `make unit` stays quick.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <sqlite3.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "smtptap/log.h"
+#include "smtptap/schema.h"
+#include "smtptap/store.h"
+
+struct fixture {
+	char dir[64];
+	char db[128];
+};
+
+/* An event as read back, owning its bytes. */
+struct ev_copy {
+	int64_t seq, t_us, message_id;
+	enum store_side side;
+	enum store_kind kind;
+	unsigned flags;
+	char *text;
+	unsigned char *raw;
+	size_t raw_len;
+	bool has_raw;
+};
+
+struct ev_list {
+	struct ev_copy *v;
+	size_t n, cap;
+	int stop_after; /* callback returns 7 after this many rows; 0 = never */
+};
+
+struct sess_list {
+	struct store_session_row v[64];
+	char *strs[64][10];
+	size_t n;
+};
+
+struct msg_copy {
+	int64_t id, session_id, started_us, ended_us, size;
+	int idx, reply_code;
+	bool complete;
+	char *mail_from, *mail_params, *transport, *subject, *from, *to, *message_id, *date, *reply;
+	size_t nrcpts;
+	char *rcpt_addr[8], *rcpt_params[8], *rcpt_reply[8];
+	int rcpt_code[8];
+};
+
+struct msg_list {
+	struct msg_copy v[8];
+	size_t n;
+};
+
+struct buf {
+	unsigned char *p;
+	size_t len, cap;
+	size_t nchunks;
+};
+
+static int setup_dir(void **);
+static int teardown_dir(void **);
+static char *dup_or_null(const char *);
+static void path_in(const struct fixture *, const char *, char *, size_t);
+static mode_t file_mode(const char *);
+static void wait_drained(struct store *);
+static struct store *open_ok(const char *);
+static struct store_reader *reader_ok(const char *);
+static int64_t db_int(const char *, const char *);
+static void db_exec(const char *, const char *);
+static void add_event(struct store *, int64_t, int64_t, enum store_side, enum store_kind, unsigned, int64_t,
+		      const char *, const void *, size_t);
+static void add_session(struct store *, int64_t, const char *);
+static int ev_collect_cb(const struct store_event_row *, void *);
+static void ev_list_free(struct ev_list *);
+static int sess_collect_cb(const struct store_session_row *, void *);
+static void sess_list_free(struct sess_list *);
+static int msg_collect_cb(const struct store_message_row *, void *);
+static void msg_list_free(struct msg_list *);
+static int buf_append_cb(const void *, size_t, void *);
+static void fill_random(unsigned char *, size_t, uint32_t *);
+static double now_s(void);
+
+/* ------------------------------------------------------------------------
+ * Helpers.
+ */
+
+static int
+setup_dir(void **state)
+{
+	struct fixture *fx = calloc(1, sizeof(*fx));
+
+	if (fx == NULL)
+		return -1;
+	snprintf(fx->dir, sizeof(fx->dir), "/tmp/smtptap-store-XXXXXX");
+	if (mkdtemp(fx->dir) == NULL) {
+		free(fx);
+		return -1;
+	}
+	snprintf(fx->db, sizeof(fx->db), "%s/test.db", fx->dir);
+	*state = fx;
+	return 0;
+}
+
+static int
+teardown_dir(void **state)
+{
+	struct fixture *fx = *state;
+	struct dirent *de;
+	char path[512];
+	DIR *d;
+
+	d = opendir(fx->dir);
+	if (d != NULL) {
+		while ((de = readdir(d)) != NULL) {
+			if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+				continue;
+			snprintf(path, sizeof(path), "%s/%s", fx->dir, de->d_name);
+			unlink(path);
+		}
+		closedir(d);
+	}
+	rmdir(fx->dir);
+	free(fx);
+	return 0;
+}
+
+static char *
+dup_or_null(const char *s)
+{
+	char *copy;
+
+	if (s == NULL)
+		return NULL;
+	copy = strdup(s);
+	assert_non_null(copy);
+	return copy;
+}
+
+static void
+path_in(const struct fixture *fx, const char *name, char *out, size_t outsz)
+{
+	snprintf(out, outsz, "%s/%s", fx->dir, name);
+}
+
+static mode_t
+file_mode(const char *path)
+{
+	struct stat sb;
+
+	assert_int_equal(stat(path, &sb), 0);
+	return sb.st_mode & 07777;
+}
+
+/* The writer commits asynchronously: wait until it has caught up. */
+static void
+wait_drained(struct store *st)
+{
+	struct timespec ms = { 0, 1000000 };
+	int i;
+
+	for (i = 0; i < 20000 && store_backlog_bytes(st) > 0; i++)
+		nanosleep(&ms, NULL);
+	assert_int_equal(store_backlog_bytes(st), 0);
+}
+
+static struct store *
+open_ok(const char *path)
+{
+	char err[256] = "";
+	struct store *st = store_open(path, err, sizeof(err));
+
+	if (st == NULL)
+		fail_msg("store_open(%s): %s", path, err);
+	return st;
+}
+
+static struct store_reader *
+reader_ok(const char *path)
+{
+	char err[256] = "";
+	struct store_reader *rd = store_reader_open(path, err, sizeof(err));
+
+	if (rd == NULL)
+		fail_msg("store_reader_open(%s): %s", path, err);
+	return rd;
+}
+
+/* One integer from the database, through SQLite directly. */
+static int64_t
+db_int(const char *path, const char *sql)
+{
+	sqlite3 *db;
+	sqlite3_stmt *stmt;
+	int64_t v;
+
+	assert_int_equal(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+	assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &stmt, NULL), SQLITE_OK);
+	assert_int_equal(sqlite3_step(stmt), SQLITE_ROW);
+	v = sqlite3_column_int64(stmt, 0);
+	sqlite3_finalize(stmt);
+	sqlite3_close(db);
+	return v;
+}
+
+static void
+db_exec(const char *path, const char *sql)
+{
+	sqlite3 *db;
+	char *msg = NULL;
+
+	assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+	if (sqlite3_exec(db, sql, NULL, NULL, &msg) != SQLITE_OK)
+		fail_msg("%s: %s", sql, msg);
+	sqlite3_close(db);
+}
+
+static void
+add_event(struct store *st, int64_t sid, int64_t seq, enum store_side side, enum store_kind kind, unsigned flags,
+	  int64_t msg_id, const char *text, const void *raw, size_t len)
+{
+	struct store_event ev = {
+		.session_id = sid,
+		.seq = seq,
+		.t_us = 1700000000000000 + seq,
+		.side = side,
+		.kind = kind,
+		.flags = flags,
+		.message_id = msg_id,
+		.text = text,
+		.raw = raw,
+		.raw_len = len,
+	};
+
+	store_event_add(st, &ev);
+}
+
+static void
+add_session(struct store *st, int64_t id, const char *upstream)
+{
+	store_session_open(st, &(struct store_session){
+		.id = id,
+		.started_us = 1700000000000000 + id,
+		.listener = "127.0.0.1:2525",
+		.client = "127.0.0.1:53422",
+		.upstream = upstream,
+		.mode = upstream != NULL ? "relay" : "sink",
+	});
+}
+
+static int
+ev_collect_cb(const struct store_event_row *row, void *arg)
+{
+	struct ev_list *l = arg;
+	struct ev_copy *c;
+
+	if (l->n == l->cap) {
+		l->cap = l->cap ? 2 * l->cap : 64;
+		l->v = realloc(l->v, l->cap * sizeof(*l->v));
+		assert_non_null(l->v);
+	}
+	c = &l->v[l->n++];
+	memset(c, 0, sizeof(*c));
+	c->seq = row->seq;
+	c->t_us = row->t_us;
+	c->message_id = row->message_id;
+	c->side = row->side;
+	c->kind = row->kind;
+	c->flags = row->flags;
+	c->text = dup_or_null(row->text);
+	c->has_raw = row->raw != NULL;
+	c->raw_len = row->raw_len;
+	if (row->raw_len > 0) {
+		c->raw = malloc(row->raw_len);
+		assert_non_null(c->raw);
+		memcpy(c->raw, row->raw, row->raw_len);
+	}
+	if (l->stop_after > 0 && l->n == (size_t)l->stop_after)
+		return 7;
+	return 0;
+}
+
+static void
+ev_list_free(struct ev_list *l)
+{
+	size_t i;
+
+	for (i = 0; i < l->n; i++) {
+		free(l->v[i].text);
+		free(l->v[i].raw);
+	}
+	free(l->v);
+	memset(l, 0, sizeof(*l));
+}
+
+static int
+sess_collect_cb(const struct store_session_row *row, void *arg)
+{
+	struct sess_list *l = arg;
+	struct store_session_row *c;
+	char **s;
+
+	assert_true(l->n < 64);
+	c = &l->v[l->n];
+	s = l->strs[l->n];
+	l->n++;
+	*c = *row;
+	c->listener = s[0] = dup_or_null(row->listener);
+	c->client = s[1] = dup_or_null(row->client);
+	c->upstream = s[2] = dup_or_null(row->upstream);
+	c->upstream_addr = s[3] = dup_or_null(row->upstream_addr);
+	c->mode = s[4] = dup_or_null(row->mode);
+	c->client_tls = s[5] = dup_or_null(row->client_tls);
+	c->upstream_tls = s[6] = dup_or_null(row->upstream_tls);
+	c->outcome = s[7] = dup_or_null(row->outcome);
+	c->detail = s[8] = dup_or_null(row->detail);
+	s[9] = NULL;
+	return 0;
+}
+
+static void
+sess_list_free(struct sess_list *l)
+{
+	size_t i, k;
+
+	for (i = 0; i < l->n; i++)
+		for (k = 0; k < 10; k++)
+			free(l->strs[i][k]);
+	l->n = 0;
+}
+
+static int
+msg_collect_cb(const struct store_message_row *row, void *arg)
+{
+	struct msg_list *l = arg;
+	struct msg_copy *c;
+	size_t i;
+
+	assert_true(l->n < 8);
+	assert_true(row->nrcpts <= 8);
+	c = &l->v[l->n++];
+	memset(c, 0, sizeof(*c));
+	c->id = row->id;
+	c->session_id = row->session_id;
+	c->started_us = row->started_us;
+	c->ended_us = row->ended_us;
+	c->size = row->size;
+	c->idx = row->idx;
+	c->reply_code = row->reply_code;
+	c->complete = row->complete;
+	c->mail_from = dup_or_null(row->mail_from);
+	c->mail_params = dup_or_null(row->mail_params);
+	c->transport = dup_or_null(row->transport);
+	c->subject = dup_or_null(row->subject);
+	c->from = dup_or_null(row->from);
+	c->to = dup_or_null(row->to);
+	c->message_id = dup_or_null(row->message_id);
+	c->date = dup_or_null(row->date);
+	c->reply = dup_or_null(row->reply);
+	c->nrcpts = row->nrcpts;
+	for (i = 0; i < row->nrcpts; i++) {
+		c->rcpt_addr[i] = dup_or_null(row->rcpts[i].address);
+		c->rcpt_params[i] = dup_or_null(row->rcpts[i].params);
+		c->rcpt_reply[i] = dup_or_null(row->rcpts[i].reply);
+		c->rcpt_code[i] = row->rcpts[i].reply_code;
+	}
+	return 0;
+}
+
+static void
+msg_list_free(struct msg_list *l)
+{
+	struct msg_copy *c;
+	size_t i, k;
+
+	for (i = 0; i < l->n; i++) {
+		c = &l->v[i];
+		free(c->mail_from);
+		free(c->mail_params);
+		free(c->transport);
+		free(c->subject);
+		free(c->from);
+		free(c->to);
+		free(c->message_id);
+		free(c->date);
+		free(c->reply);
+		for (k = 0; k < c->nrcpts; k++) {
+			free(c->rcpt_addr[k]);
+			free(c->rcpt_params[k]);
+			free(c->rcpt_reply[k]);
+		}
+	}
+	l->n = 0;
+}
+
+static int
+buf_append_cb(const void *data, size_t len, void *arg)
+{
+	struct buf *b = arg;
+
+	if (b->len + len > b->cap) {
+		b->cap = (b->len + len) * 2;
+		b->p = realloc(b->p, b->cap);
+		assert_non_null(b->p);
+	}
+	memcpy(b->p + b->len, data, len);
+	b->len += len;
+	b->nchunks++;
+	return 0;
+}
+
+/* xorshift32: reproducible bytes without touching rand()'s state. */
+static void
+fill_random(unsigned char *p, size_t len, uint32_t *seed)
+{
+	uint32_t x = *seed;
+	size_t i;
+
+	for (i = 0; i < len; i++) {
+		x ^= x << 13;
+		x ^= x >> 17;
+		x ^= x << 5;
+		p[i] = (unsigned char)x;
+	}
+	*seed = x;
+}
+
+static double
+now_s(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* ------------------------------------------------------------------------
+ * Opening, permissions, migrations.
+ */
+
+static void
+test_open_creates_0600(void **state)
+{
+	struct fixture *fx = *state;
+	char wal[160], shm[160];
+	struct store *st;
+	mode_t old;
+
+	old = umask(022);
+	st = open_ok(fx->db);
+	umask(old);
+	add_session(st, store_session_new_id(st), NULL);
+	wait_drained(st);
+	path_in(fx, "test.db-wal", wal, sizeof(wal));
+	path_in(fx, "test.db-shm", shm, sizeof(shm));
+	assert_int_equal(file_mode(fx->db), 0600);
+	assert_int_equal(file_mode(wal), 0600);
+	assert_int_equal(file_mode(shm), 0600);
+	assert_int_equal(store_close(st), 0);
+	/* A clean close folds the WAL back into the file. */
+	assert_int_equal(file_mode(fx->db), 0600);
+	assert_true(access(wal, F_OK) != 0);
+}
+
+static void
+test_migration_sets_user_version(void **state)
+{
+	struct fixture *fx = *state;
+	int newest = schema_migrations[schema_nmigrations - 1].version;
+
+	assert_int_equal(store_close(open_ok(fx->db)), 0);
+	assert_int_equal(db_int(fx->db, "PRAGMA user_version"), newest);
+	assert_int_equal(db_int(fx->db, "PRAGMA application_id"), 0x53544150);
+	assert_int_equal(db_int(fx->db, "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN "
+					"('sessions', 'events', 'messages', 'recipients')"),
+			 4);
+	assert_int_equal(db_int(fx->db, "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name IN "
+					"('events_session_seq', 'events_message', 'messages_session')"),
+			 3);
+	assert_int_equal(db_int(fx->db, "PRAGMA page_size"), 16384);
+	/* WAL is a property of the file: it stays after close. */
+	assert_int_equal(db_int(fx->db, "SELECT journal_mode = 'wal' FROM pragma_journal_mode"), 1);
+	/* Opening again applies nothing twice. */
+	assert_int_equal(store_close(open_ok(fx->db)), 0);
+	assert_int_equal(db_int(fx->db, "PRAGMA user_version"), newest);
+}
+
+static void
+test_existing_empty_file_initialised(void **state)
+{
+	struct fixture *fx = *state;
+	int fd;
+
+	fd = open(fx->db, O_CREAT | O_WRONLY, 0640);
+	assert_true(fd >= 0);
+	fchmod(fd, 0640);
+	close(fd);
+	assert_int_equal(store_close(open_ok(fx->db)), 0);
+	assert_true(db_int(fx->db, "PRAGMA user_version") >= 1);
+	/* The owner's choice of mode is kept. */
+	assert_int_equal(file_mode(fx->db), 0640);
+}
+
+static void
+test_newer_version_refused(void **state)
+{
+	struct fixture *fx = *state;
+	char err[256] = "";
+	struct store *st;
+	struct store_reader *rd;
+
+	assert_int_equal(store_close(open_ok(fx->db)), 0);
+	db_exec(fx->db, "PRAGMA user_version = 999");
+	st = store_open(fx->db, err, sizeof(err));
+	assert_null(st);
+	assert_non_null(strstr(err, "database schema version 999 is newer than this smtptap"));
+	assert_non_null(strstr(err, "upgrade smtptap"));
+	err[0] = '\0';
+	rd = store_reader_open(fx->db, err, sizeof(err));
+	assert_null(rd);
+	assert_non_null(strstr(err, "newer than this smtptap"));
+	/* Refusing did not touch it. */
+	assert_int_equal(db_int(fx->db, "PRAGMA user_version"), 999);
+}
+
+static void
+test_garbage_file_refused(void **state)
+{
+	struct fixture *fx = *state;
+	static const char junk[] = "From: someone\r\n\r\nthis is an email, not a database\r\n"
+				   "padding padding padding padding padding padding padding padding\r\n";
+	char err[256] = "", back[sizeof(junk)];
+	struct store *st;
+	struct store_reader *rd;
+	int fd;
+
+	fd = open(fx->db, O_CREAT | O_WRONLY, 0600);
+	assert_true(fd >= 0);
+	assert_int_equal(write(fd, junk, sizeof(junk) - 1), (ssize_t)sizeof(junk) - 1);
+	close(fd);
+	st = store_open(fx->db, err, sizeof(err));
+	assert_null(st);
+	assert_non_null(strstr(err, "not an SQLite database"));
+	err[0] = '\0';
+	rd = store_reader_open(fx->db, err, sizeof(err));
+	assert_null(rd);
+	assert_non_null(strstr(err, "not an SQLite database"));
+	/* Not a byte changed. */
+	fd = open(fx->db, O_RDONLY);
+	assert_int_equal(read(fd, back, sizeof(back)), (ssize_t)sizeof(junk) - 1);
+	close(fd);
+	assert_memory_equal(back, junk, sizeof(junk) - 1);
+}
+
+static void
+test_foreign_sqlite_refused(void **state)
+{
+	struct fixture *fx = *state;
+	char err[256] = "", other[160];
+	struct store_reader *rd;
+
+	/* Someone else's database, with and without a user_version. */
+	db_exec(fx->db, "CREATE TABLE contacts (name TEXT); INSERT INTO contacts VALUES ('x')");
+	assert_null(store_open(fx->db, err, sizeof(err)));
+	assert_non_null(strstr(err, "not an smtptap one"));
+	db_exec(fx->db, "PRAGMA user_version = 1");
+	err[0] = '\0';
+	assert_null(store_open(fx->db, err, sizeof(err)));
+	assert_non_null(strstr(err, "not an smtptap one"));
+	err[0] = '\0';
+	rd = store_reader_open(fx->db, err, sizeof(err));
+	assert_null(rd);
+	assert_non_null(strstr(err, "not an smtptap database"));
+	assert_int_equal(db_int(fx->db, "SELECT count(*) FROM sqlite_master"), 1);
+
+	/* An empty file is not readable as a recording either. */
+	path_in(fx, "empty.db", other, sizeof(other));
+	close(open(other, O_CREAT | O_WRONLY, 0600));
+	err[0] = '\0';
+	assert_null(store_reader_open(other, err, sizeof(err)));
+	assert_non_null(strstr(err, "not an smtptap database"));
+}
+
+static void
+test_open_errors(void **state)
+{
+	struct fixture *fx = *state;
+	char err[256] = "", path[200];
+
+	path_in(fx, "no/such/dir/x.db", path, sizeof(path));
+	assert_null(store_open(path, err, sizeof(err)));
+	assert_non_null(strstr(err, "No such file or directory"));
+	err[0] = '\0';
+	assert_null(store_reader_open(path, err, sizeof(err)));
+	assert_non_null(strstr(err, "No such file or directory"));
+	err[0] = '\0';
+	assert_null(store_open(fx->dir, err, sizeof(err)));
+	assert_true(err[0] != '\0');
+	/* The reader never creates anything. */
+	path_in(fx, "absent.db", path, sizeof(path));
+	assert_null(store_reader_open(path, err, sizeof(err)));
+	assert_true(access(path, F_OK) != 0);
+}
+
+static void
+test_second_writer_refused(void **state)
+{
+	struct fixture *fx = *state;
+	char err[256] = "";
+	struct store_reader *rd;
+	struct store *st;
+
+	st = open_ok(fx->db);
+	add_session(st, store_session_new_id(st), NULL);
+	assert_null(store_open(fx->db, err, sizeof(err)));
+	assert_non_null(strstr(err, "another smtptap proxy is recording into it"));
+	/* The refused open did not disturb the live session... */
+	wait_drained(st);
+	assert_int_equal(db_int(fx->db, "SELECT count(*) FROM sessions WHERE outcome IS NULL"), 1);
+	/* ...and readers are welcome. */
+	rd = reader_ok(fx->db);
+	store_reader_close(rd);
+	assert_int_equal(store_close(st), 0);
+	assert_int_equal(store_close(open_ok(fx->db)), 0);
+}
+
+/* ------------------------------------------------------------------------
+ * Round trips.
+ */
+
+static void
+test_reopen_keeps_data_and_ids(void **state)
+{
+	struct fixture *fx = *state;
+	struct sess_list sl = { 0 };
+	struct store_reader *rd;
+	struct store *st;
+	int64_t s1, s2, m1;
+
+	st = open_ok(fx->db);
+	s1 = store_session_new_id(st);
+	s2 = store_session_new_id(st);
+	m1 = store_message_new_id(st);
+	assert_int_equal(s1, 1);
+	assert_int_equal(s2, 2);
+	assert_int_equal(m1, 1);
+	add_session(st, s1, NULL);
+	add_session(st, s2, "mx.example:25");
+	add_event(st, s2, 1, STORE_SIDE_PROXY, STORE_KIND_CONNECT, 0, 0, "hello", NULL, 0);
+	store_message_open(st, &(struct store_message){
+		.id = m1, .session_id = s2, .idx = 1, .started_us = 5, .mail_from = "a@b", .transport = "data" });
+	store_session_close(st, s1, 10, "quit", NULL);
+	store_session_close(st, s2, 11, "client-closed", "peer reset");
+	assert_int_equal(store_close(st), 0);
+
+	st = open_ok(fx->db);
+	assert_int_equal(store_session_new_id(st), 3);
+	assert_int_equal(store_message_new_id(st), 2);
+	add_session(st, 3, NULL);
+	store_session_close(st, 3, 12, "quit", NULL);
+	assert_int_equal(store_close(st), 0);
+
+	rd = reader_ok(fx->db);
+	assert_int_equal(store_reader_sessions(rd, 0, sess_collect_cb, &sl, NULL, 0), 0);
+	assert_int_equal(sl.n, 3);
+	assert_int_equal(sl.v[0].id, 1);
+	assert_string_equal(sl.v[0].mode, "sink");
+	assert_null(sl.v[0].upstream);
+	assert_string_equal(sl.v[0].outcome, "quit");
+	assert_null(sl.v[0].detail);
+	assert_int_equal(sl.v[0].ended_us, 10);
+	assert_int_equal(sl.v[1].id, 2);
+	assert_string_equal(sl.v[1].upstream, "mx.example:25");
+	assert_string_equal(sl.v[1].mode, "relay");
+	assert_string_equal(sl.v[1].listener, "127.0.0.1:2525");
+	assert_string_equal(sl.v[1].client, "127.0.0.1:53422");
+	assert_string_equal(sl.v[1].outcome, "client-closed");
+	assert_string_equal(sl.v[1].detail, "peer reset");
+	assert_int_equal(sl.v[1].started_us, 1700000000000002);
+	assert_int_equal(sl.v[1].nevents, 1);
+	assert_int_equal(sl.v[1].nmessages, 1);
+	assert_int_equal(sl.v[2].id, 3);
+	sess_list_free(&sl);
+	store_reader_close(rd);
+}
+
+static void
+test_events_roundtrip_bytes(void **state)
+{
+	struct fixture *fx = *state;
+	static const unsigned char nul_raw[] = { 'M', 'A', 'I', 'L', 0, ' ', 0xff, 0xfe, '\r', '\n', 0 };
+	static const char latin1[] = "caf\xe9 \xff\x80 not utf-8";
+	struct ev_list el = { 0 };
+	struct store_reader *rd;
+	struct store *st;
+
+	st = open_ok(fx->db);
+	add_session(st, 1, "up:25");
+	add_event(st, 1, 1, STORE_SIDE_CLIENT, STORE_KIND_COMMAND, 0, 0, NULL, nul_raw, sizeof(nul_raw));
+	add_event(st, 1, 2, STORE_SIDE_UPSTREAM, STORE_KIND_REPLY, STORE_F_INCOMPLETE, 0, latin1, "250 ok\r\n", 8);
+	add_event(st, 1, 3, STORE_SIDE_PROXY, STORE_KIND_ACTION, STORE_F_INJECTED | STORE_F_TO_CLIENT, 0,
+		  "a note", NULL, 0);
+	add_event(st, 1, 4, STORE_SIDE_CLIENT, STORE_KIND_DATA, 0, 42, NULL, "", 0);
+	add_event(st, 1, 5, STORE_SIDE_CLIENT, STORE_KIND_AUTH, STORE_F_REDACTED, 0, NULL, "***\r\n", 5);
+	add_event(st, 1, 6, STORE_SIDE_PROXY, STORE_KIND_TLS, 0, 0, "{\"version\":\"TLSv1.3\"}", NULL, 0);
+	add_event(st, 1, 7, STORE_SIDE_UPSTREAM, STORE_KIND_CLOSE, STORE_F_DROPPED | STORE_F_ALTERED, 0, "eof",
+		  NULL, 0);
+	assert_int_equal(store_close(st), 0);
+
+	rd = reader_ok(fx->db);
+	assert_int_equal(store_reader_events(rd, 1, ev_collect_cb, &el, NULL, 0), 0);
+	assert_int_equal(el.n, 7);
+	assert_int_equal(el.v[0].seq, 1);
+	assert_int_equal(el.v[0].t_us, 1700000000000001);
+	assert_int_equal(el.v[0].side, STORE_SIDE_CLIENT);
+	assert_int_equal(el.v[0].kind, STORE_KIND_COMMAND);
+	assert_null(el.v[0].text);
+	assert_int_equal(el.v[0].raw_len, sizeof(nul_raw));
+	assert_memory_equal(el.v[0].raw, nul_raw, sizeof(nul_raw));
+	assert_int_equal(el.v[0].message_id, 0);
+
+	assert_int_equal(el.v[1].side, STORE_SIDE_UPSTREAM);
+	assert_int_equal(el.v[1].kind, STORE_KIND_REPLY);
+	assert_int_equal(el.v[1].flags, STORE_F_INCOMPLETE);
+	assert_string_equal(el.v[1].text, latin1);
+	assert_memory_equal(el.v[1].raw, "250 ok\r\n", 8);
+
+	assert_int_equal(el.v[2].side, STORE_SIDE_PROXY);
+	assert_int_equal(el.v[2].kind, STORE_KIND_ACTION);
+	assert_int_equal(el.v[2].flags, STORE_F_INJECTED | STORE_F_TO_CLIENT);
+	assert_false(el.v[2].has_raw);
+	assert_string_equal(el.v[2].text, "a note");
+
+	/* An empty raw is kept apart from a missing one. */
+	assert_int_equal(el.v[3].kind, STORE_KIND_DATA);
+	assert_int_equal(el.v[3].message_id, 42);
+	assert_true(el.v[3].has_raw);
+	assert_int_equal(el.v[3].raw_len, 0);
+
+	assert_int_equal(el.v[4].kind, STORE_KIND_AUTH);
+	assert_int_equal(el.v[4].flags, STORE_F_REDACTED);
+	assert_int_equal(el.v[5].kind, STORE_KIND_TLS);
+	assert_int_equal(el.v[6].kind, STORE_KIND_CLOSE);
+	assert_int_equal(el.v[6].flags, STORE_F_DROPPED | STORE_F_ALTERED);
+	ev_list_free(&el);
+
+	/* The names are what the sqlite3 CLI shows. */
+	assert_int_equal(db_int(fx->db, "SELECT count(*) FROM events WHERE side = 'upstream' AND kind = 'reply'"), 1);
+	assert_int_equal(db_int(fx->db, "SELECT count(*) FROM events WHERE message_id IS NULL"), 6);
+	assert_int_equal(db_int(fx->db, "SELECT typeof(raw) = 'blob' FROM events WHERE seq = 1"), 1);
+	store_reader_close(rd);
+}
+
+static void
+test_message_data_1mib(void **state)
+{
+	struct fixture *fx = *state;
+	const size_t total = 1024 * 1024;
+	struct buf out = { 0 }, other = { 0 };
+	struct store_reader *rd;
+	struct store *st;
+	unsigned char *msg;
+	uint32_t seed = 12345, lcg = 7;
+	size_t off, n, nchunks = 0;
+	int64_t seq = 0;
+
+	msg = malloc(total);
+	assert_non_null(msg);
+	fill_random(msg, total, &seed);
+	msg[0] = 0; /* NUL bytes anywhere, including chunk edges */
+	msg[total - 1] = 0;
+
+	st = open_ok(fx->db);
+	add_session(st, 1, NULL);
+	add_session(st, 2, NULL);
+	add_event(st, 1, ++seq, STORE_SIDE_CLIENT, STORE_KIND_COMMAND, 0, 0, NULL, "DATA\r\n", 6);
+	for (off = 0; off < total; off += n) {
+		/* Uneven chunks, like reads off a socket, up to 64 KiB. */
+		lcg = lcg * 1103515245u + 12345u;
+		n = 1 + (size_t)((lcg >> 8) % 65536);
+		if (n > total - off)
+			n = total - off;
+		add_event(st, 1, ++seq, STORE_SIDE_CLIENT, STORE_KIND_DATA, 0, 1, NULL, msg + off, n);
+		nchunks++;
+		/* Other traffic in between must not leak into the message. */
+		add_event(st, 2, seq, STORE_SIDE_CLIENT, STORE_KIND_DATA, 0, 2, NULL, "xyz", 3);
+		if (nchunks % 4 == 0)
+			add_event(st, 1, ++seq, STORE_SIDE_PROXY, STORE_KIND_ACTION, 0, 1, "note", "n", 1);
+	}
+	assert_true(nchunks > 16);
+	assert_int_equal(store_close(st), 0);
+
+	rd = reader_ok(fx->db);
+	assert_int_equal(store_reader_message_data(rd, 1, buf_append_cb, &out, NULL, 0), 0);
+	assert_int_equal(out.len, total);
+	assert_int_equal(out.nchunks, nchunks);
+	assert_memory_equal(out.p, msg, total);
+	assert_int_equal(store_reader_message_data(rd, 2, buf_append_cb, &other, NULL, 0), 0);
+	assert_int_equal(other.len, 3 * nchunks);
+	/* An unknown message is simply empty. */
+	other.len = 0;
+	assert_int_equal(store_reader_message_data(rd, 99, buf_append_cb, &other, NULL, 0), 0);
+	assert_int_equal(other.len, 0);
+	store_reader_close(rd);
+	free(out.p);
+	free(other.p);
+	free(msg);
+}
+
+static void
+test_messages_with_recipients(void **state)
+{
+	struct fixture *fx = *state;
+	const struct store_rcpt rcpts[] = {
+		{ "alice@example.org", NULL, 250, "250 2.1.5 ok" },
+		{ "bob@example.org", "NOTIFY=FAILURE ORCPT=rfc822;bob@example.org", 550,
+		  "550-5.1.1 no such user\n550 5.1.1 really" },
+		{ "carol@ex\xe4mple.org", NULL, 0, NULL },
+	};
+	struct msg_list ml = { 0 };
+	struct store_reader *rd;
+	struct store *st;
+	int64_t m1, m2;
+
+	st = open_ok(fx->db);
+	add_session(st, 1, "up:587");
+	m1 = store_message_new_id(st);
+	m2 = store_message_new_id(st);
+	store_message_open(st, &(struct store_message){
+		.id = m1,
+		.session_id = 1,
+		.idx = 1,
+		.started_us = 100,
+		.mail_from = "sender@example.com",
+		.mail_params = "SIZE=1234 BODY=8BITMIME",
+		.transport = "data",
+		.rcpts = rcpts,
+		.nrcpts = 3,
+	});
+	store_message_close(st, &(struct store_message_end){
+		.id = m1,
+		.ended_us = 200,
+		.size = 1234,
+		.complete = true,
+		.subject = "H\xe9llo",
+		.from = "Sender <sender@example.com>",
+		.to = "alice@example.org",
+		.message_id = "<abc@example.com>",
+		.date = "Mon, 1 Jan 2024 00:00:00 +0000",
+		.reply_code = 250,
+		.reply = "250 2.0.0 queued as ABC",
+	});
+	/* The null sender, BDAT, no recipients kept, cut short, no reply. */
+	store_message_open(st, &(struct store_message){
+		.id = m2, .session_id = 1, .idx = 2, .started_us = 300, .mail_from = "", .transport = "bdat" });
+	store_message_close(st, &(struct store_message_end){ .id = m2, .ended_us = 400, .size = 10 });
+	assert_int_equal(store_close(st), 0);
+
+	rd = reader_ok(fx->db);
+	assert_int_equal(store_reader_messages(rd, 1, msg_collect_cb, &ml, NULL, 0), 0);
+	assert_int_equal(ml.n, 2);
+	assert_int_equal(ml.v[0].id, m1);
+	assert_int_equal(ml.v[0].session_id, 1);
+	assert_int_equal(ml.v[0].idx, 1);
+	assert_int_equal(ml.v[0].started_us, 100);
+	assert_int_equal(ml.v[0].ended_us, 200);
+	assert_int_equal(ml.v[0].size, 1234);
+	assert_true(ml.v[0].complete);
+	assert_string_equal(ml.v[0].mail_from, "sender@example.com");
+	assert_string_equal(ml.v[0].mail_params, "SIZE=1234 BODY=8BITMIME");
+	assert_string_equal(ml.v[0].transport, "data");
+	assert_string_equal(ml.v[0].subject, "H\xe9llo");
+	assert_string_equal(ml.v[0].from, "Sender <sender@example.com>");
+	assert_string_equal(ml.v[0].to, "alice@example.org");
+	assert_string_equal(ml.v[0].message_id, "<abc@example.com>");
+	assert_string_equal(ml.v[0].date, "Mon, 1 Jan 2024 00:00:00 +0000");
+	assert_int_equal(ml.v[0].reply_code, 250);
+	assert_string_equal(ml.v[0].reply, "250 2.0.0 queued as ABC");
+	assert_int_equal(ml.v[0].nrcpts, 3);
+	assert_string_equal(ml.v[0].rcpt_addr[0], "alice@example.org");
+	assert_null(ml.v[0].rcpt_params[0]);
+	assert_int_equal(ml.v[0].rcpt_code[0], 250);
+	assert_string_equal(ml.v[0].rcpt_reply[0], "250 2.1.5 ok");
+	assert_string_equal(ml.v[0].rcpt_addr[1], "bob@example.org");
+	assert_string_equal(ml.v[0].rcpt_params[1], "NOTIFY=FAILURE ORCPT=rfc822;bob@example.org");
+	assert_int_equal(ml.v[0].rcpt_code[1], 550);
+	assert_string_equal(ml.v[0].rcpt_reply[1], "550-5.1.1 no such user\n550 5.1.1 really");
+	assert_string_equal(ml.v[0].rcpt_addr[2], "carol@ex\xe4mple.org");
+	assert_int_equal(ml.v[0].rcpt_code[2], 0);
+	assert_null(ml.v[0].rcpt_reply[2]);
+
+	assert_int_equal(ml.v[1].id, m2);
+	assert_int_equal(ml.v[1].idx, 2);
+	assert_string_equal(ml.v[1].mail_from, "");
+	assert_string_equal(ml.v[1].transport, "bdat");
+	assert_false(ml.v[1].complete);
+	assert_int_equal(ml.v[1].reply_code, 0);
+	assert_null(ml.v[1].reply);
+	assert_null(ml.v[1].subject);
+	assert_int_equal(ml.v[1].nrcpts, 0);
+	msg_list_free(&ml);
+
+	/* Readable as plain SQL, with NULL for "no reply". */
+	assert_int_equal(db_int(fx->db, "SELECT count(*) FROM recipients WHERE reply_code IS NULL"), 1);
+	assert_int_equal(db_int(fx->db, "SELECT upstream_code IS NULL FROM messages WHERE idx = 2"), 1);
+	/* Another session has none. */
+	assert_int_equal(store_reader_messages(rd, 2, msg_collect_cb, &ml, NULL, 0), 0);
+	assert_int_equal(ml.n, 0);
+	store_reader_close(rd);
+}
+
+static void
+test_session_tls_and_upstream_addr(void **state)
+{
+	struct fixture *fx = *state;
+	struct sess_list sl = { 0 };
+	struct store_reader *rd;
+	struct store *st;
+
+	st = open_ok(fx->db);
+	add_session(st, 1, "mx.example:25");
+	store_session_set_upstream_addr(st, 1, "[::1]:25");
+	store_session_set_tls(st, 1, STORE_SIDE_CLIENT, "{\"mode\":\"starttls\"}");
+	store_session_set_tls(st, 1, STORE_SIDE_UPSTREAM, "{\"mode\":\"implicit\"}");
+	store_session_set_tls(st, 1, STORE_SIDE_PROXY, "{}"); /* no such leg: ignored */
+	/* No outcome given: still recorded as closed, never as live. */
+	store_session_close(st, 1, 99, NULL, NULL);
+	assert_int_equal(store_close(st), 0);
+
+	rd = reader_ok(fx->db);
+	assert_int_equal(store_reader_session(rd, 1, sess_collect_cb, &sl, NULL, 0), 0);
+	assert_int_equal(sl.n, 1);
+	assert_string_equal(sl.v[0].upstream_addr, "[::1]:25");
+	assert_string_equal(sl.v[0].client_tls, "{\"mode\":\"starttls\"}");
+	assert_string_equal(sl.v[0].upstream_tls, "{\"mode\":\"implicit\"}");
+	assert_string_equal(sl.v[0].outcome, "closed");
+	assert_int_equal(sl.v[0].ended_us, 99);
+	sess_list_free(&sl);
+	store_reader_close(rd);
+}
+
+/* ------------------------------------------------------------------------
+ * Crashes, concurrency, volume.
+ */
+
+static void
+test_interrupted_on_reopen(void **state)
+{
+	struct fixture *fx = *state;
+	struct sess_list sl = { 0 };
+	struct msg_list ml = { 0 };
+	struct store_reader *rd;
+	struct store *st;
+
+	st = open_ok(fx->db);
+	add_session(st, 1, NULL);
+	add_session(st, 2, NULL);
+	add_event(st, 2, 1, STORE_SIDE_CLIENT, STORE_KIND_COMMAND, 0, 0, NULL, "EHLO x\r\n", 8);
+	add_event(st, 2, 2, STORE_SIDE_CLIENT, STORE_KIND_DATA, 0, 1, NULL, "Subject: x\r\n", 12);
+	store_message_open(st, &(struct store_message){
+		.id = 1, .session_id = 2, .idx = 1, .started_us = 1, .mail_from = "a@b", .transport = "data" });
+	store_session_close(st, 1, 5, "quit", NULL);
+	/* Session 2 is still live when this run "dies". */
+	assert_int_equal(store_close(st), 0);
+
+	rd = reader_ok(fx->db);
+	assert_int_equal(store_reader_session(rd, 2, sess_collect_cb, &sl, NULL, 0), 0);
+	assert_null(sl.v[0].outcome);
+	assert_int_equal(sl.v[0].ended_us, 0);
+	sess_list_free(&sl);
+	store_reader_close(rd);
+
+	st = open_ok(fx->db);
+	assert_int_equal(store_close(st), 0);
+	rd = reader_ok(fx->db);
+	assert_int_equal(store_reader_sessions(rd, 0, sess_collect_cb, &sl, NULL, 0), 0);
+	assert_int_equal(sl.n, 2);
+	assert_string_equal(sl.v[0].outcome, "quit");
+	assert_int_equal(sl.v[0].ended_us, 5);
+	assert_string_equal(sl.v[1].outcome, "interrupted");
+	assert_non_null(sl.v[1].detail);
+	/* Ended at its last recorded event. */
+	assert_int_equal(sl.v[1].ended_us, 1700000000000002);
+	sess_list_free(&sl);
+	assert_int_equal(store_reader_messages(rd, 2, msg_collect_cb, &ml, NULL, 0), 0);
+	assert_int_equal(ml.n, 1);
+	assert_false(ml.v[0].complete);
+	assert_int_equal(db_int(fx->db, "SELECT complete FROM messages WHERE id = 1"), 0);
+	msg_list_free(&ml);
+	store_reader_close(rd);
+}
+
+static void
+test_reader_while_writer_open(void **state)
+{
+	struct fixture *fx = *state;
+	struct sess_list sl = { 0 };
+	struct ev_list el = { 0 };
+	struct store_reader *rd;
+	struct store *st;
+	int64_t i;
+
+	st = open_ok(fx->db);
+	/* A reader on a fresh recording that has nothing in it yet. */
+	rd = reader_ok(fx->db);
+	assert_int_equal(store_reader_sessions(rd, 10, sess_collect_cb, &sl, NULL, 0), 0);
+	assert_int_equal(sl.n, 0);
+
+	add_session(st, 1, NULL);
+	for (i = 1; i <= 50; i++)
+		add_event(st, 1, i, STORE_SIDE_CLIENT, STORE_KIND_COMMAND, 0, 0, NULL, "NOOP\r\n", 6);
+	wait_drained(st);
+	assert_int_equal(store_reader_sessions(rd, 10, sess_collect_cb, &sl, NULL, 0), 0);
+	assert_int_equal(sl.n, 1);
+	assert_int_equal(sl.v[0].nevents, 50);
+	assert_null(sl.v[0].outcome);
+	sess_list_free(&sl);
+
+	/* The writer keeps going while a reader has the file open... */
+	for (i = 51; i <= 100; i++)
+		add_event(st, 1, i, STORE_SIDE_CLIENT, STORE_KIND_COMMAND, 0, 0, NULL, "NOOP\r\n", 6);
+	store_session_close(st, 1, 7, "quit", NULL);
+	wait_drained(st);
+	/* ...and each walk sees everything committed before it. */
+	assert_int_equal(store_reader_events(rd, 1, ev_collect_cb, &el, NULL, 0), 0);
+	assert_int_equal(el.n, 100);
+	for (i = 0; i < 100; i++)
+		assert_int_equal(el.v[i].seq, i + 1);
+	ev_list_free(&el);
+
+	/* A second reader opened while writing, closed after the writer. */
+	assert_int_equal(store_close(st), 0);
+	assert_int_equal(store_reader_session(rd, 1, sess_collect_cb, &sl, NULL, 0), 0);
+	assert_string_equal(sl.v[0].outcome, "quit");
+	sess_list_free(&sl);
+	store_reader_close(rd);
+}
+
+static void
+test_backlog_returns_to_zero(void **state)
+{
+	struct fixture *fx = *state;
+	static unsigned char chunk[65536];
+	struct store *st;
+	size_t peak = 0, b;
+	int64_t i;
+
+	st = open_ok(fx->db);
+	assert_int_equal(store_backlog_bytes(st), 0);
+	add_session(st, 1, NULL);
+	for (i = 1; i <= 256; i++) {
+		add_event(st, 1, i, STORE_SIDE_CLIENT, STORE_KIND_DATA, 0, 1, NULL, chunk, sizeof(chunk));
+		b = store_backlog_bytes(st);
+		if (b > peak)
+			peak = b;
+	}
+	/* It counts at least the data of what is queued, never more than
+	 * everything sent plus small per-record overhead. */
+	assert_true(peak >= sizeof(chunk));
+	assert_true(peak <= 256 * (sizeof(chunk) + 512));
+	wait_drained(st);
+	assert_int_equal(store_close(st), 0);
+	assert_int_equal(db_int(fx->db, "SELECT sum(length(raw)) FROM events"), 256 * 65536);
+}
+
+static void
+test_100k_events(void **state)
+{
+	struct fixture *fx = *state;
+	struct sess_list sl = { 0 };
+	struct ev_list el = { 0 };
+	struct store_reader *rd;
+	struct store *st;
+	char line[64];
+	int64_t sid, seq, total = 0;
+	size_t i;
+	int n;
+
+	st = open_ok(fx->db);
+	for (sid = 1; sid <= 50; sid++)
+		add_session(st, sid, NULL);
+	/* Interleaved across sessions, as the event loop would. */
+	for (seq = 1; seq <= 2000; seq++) {
+		for (sid = 1; sid <= 50; sid++) {
+			n = snprintf(line, sizeof(line), "RCPT TO:<u%" PRId64 "-%" PRId64 "@example.org>\r\n", sid,
+				     seq);
+			add_event(st, sid, seq, seq % 2 ? STORE_SIDE_CLIENT : STORE_SIDE_UPSTREAM,
+				  seq % 2 ? STORE_KIND_COMMAND : STORE_KIND_REPLY, 0, 0, NULL, line, (size_t)n);
+		}
+	}
+	for (sid = 1; sid <= 50; sid++)
+		store_session_close(st, sid, 1, "quit", NULL);
+	assert_int_equal(store_close(st), 0);
+
+	assert_int_equal(db_int(fx->db, "SELECT count(*) FROM events"), 100000);
+	rd = reader_ok(fx->db);
+	assert_int_equal(store_reader_sessions(rd, 0, sess_collect_cb, &sl, NULL, 0), 0);
+	assert_int_equal(sl.n, 50);
+	for (i = 0; i < sl.n; i++) {
+		assert_int_equal(sl.v[i].nevents, 2000);
+		total += sl.v[i].nevents;
+	}
+	assert_int_equal(total, 100000);
+	sess_list_free(&sl);
+	assert_int_equal(store_reader_events(rd, 37, ev_collect_cb, &el, NULL, 0), 0);
+	assert_int_equal(el.n, 2000);
+	for (i = 0; i < el.n; i++) {
+		n = snprintf(line, sizeof(line), "RCPT TO:<u37-%zu@example.org>\r\n", i + 1);
+		assert_int_equal(el.v[i].seq, (int64_t)i + 1);
+		assert_int_equal(el.v[i].raw_len, (size_t)n);
+		assert_memory_equal(el.v[i].raw, line, (size_t)n);
+	}
+	ev_list_free(&el);
+	store_reader_close(rd);
+}
+
+static void
+test_sessions_limit(void **state)
+{
+	struct fixture *fx = *state;
+	struct sess_list sl = { 0 };
+	struct store_reader *rd;
+	struct store *st;
+	int64_t i;
+
+	st = open_ok(fx->db);
+	for (i = 1; i <= 10; i++) {
+		add_session(st, store_session_new_id(st), NULL);
+		store_session_close(st, i, i, "quit", NULL);
+	}
+	assert_int_equal(store_close(st), 0);
+
+	rd = reader_ok(fx->db);
+	/* The newest three, oldest first. */
+	assert_int_equal(store_reader_sessions(rd, 3, sess_collect_cb, &sl, NULL, 0), 0);
+	assert_int_equal(sl.n, 3);
+	assert_int_equal(sl.v[0].id, 8);
+	assert_int_equal(sl.v[1].id, 9);
+	assert_int_equal(sl.v[2].id, 10);
+	sess_list_free(&sl);
+	assert_int_equal(store_reader_sessions(rd, 0, sess_collect_cb, &sl, NULL, 0), 0);
+	assert_int_equal(sl.n, 10);
+	for (i = 0; i < 10; i++)
+		assert_int_equal(sl.v[i].id, i + 1);
+	sess_list_free(&sl);
+	assert_int_equal(store_reader_sessions(rd, -1, sess_collect_cb, &sl, NULL, 0), 0);
+	assert_int_equal(sl.n, 10);
+	sess_list_free(&sl);
+	assert_int_equal(store_reader_sessions(rd, 1000, sess_collect_cb, &sl, NULL, 0), 0);
+	assert_int_equal(sl.n, 10);
+	sess_list_free(&sl);
+	store_reader_close(rd);
+}
+
+static void
+test_session_not_found_and_stop(void **state)
+{
+	struct fixture *fx = *state;
+	struct sess_list sl = { 0 };
+	struct ev_list el = { .stop_after = 3 };
+	struct store_reader *rd;
+	struct store *st;
+	int64_t i;
+
+	st = open_ok(fx->db);
+	add_session(st, 1, NULL);
+	for (i = 1; i <= 10; i++)
+		add_event(st, 1, i, STORE_SIDE_PROXY, STORE_KIND_ACTION, 0, 0, "x", NULL, 0);
+	assert_int_equal(store_close(st), 0);
+
+	rd = reader_ok(fx->db);
+	assert_int_equal(store_reader_session(rd, 2, sess_collect_cb, &sl, NULL, 0), 1);
+	assert_int_equal(sl.n, 0);
+	assert_int_equal(store_reader_session(rd, 1, sess_collect_cb, &sl, NULL, 0), 0);
+	assert_int_equal(sl.n, 1);
+	sess_list_free(&sl);
+	/* A callback's non-zero value stops the walk and is returned. */
+	assert_int_equal(store_reader_events(rd, 1, ev_collect_cb, &el, NULL, 0), 7);
+	assert_int_equal(el.n, 3);
+	ev_list_free(&el);
+	/* Events of a missing session: none, not an error. */
+	assert_int_equal(store_reader_events(rd, 99, ev_collect_cb, &el, NULL, 0), 0);
+	assert_int_equal(el.n, 0);
+	store_reader_close(rd);
+}
+
+static void
+test_write_errors_counted(void **state)
+{
+	struct fixture *fx = *state;
+	struct store *st;
+
+	st = open_ok(fx->db);
+	add_session(st, 1, NULL);
+	add_event(st, 1, 1, STORE_SIDE_CLIENT, STORE_KIND_COMMAND, 0, 0, NULL, "A\r\n", 3);
+	/* The same (session, seq) twice and the same session id twice are
+	 * refused by the schema: counted, and the rest still written. */
+	add_event(st, 1, 1, STORE_SIDE_CLIENT, STORE_KIND_COMMAND, 0, 0, NULL, "B\r\n", 3);
+	add_session(st, 1, NULL);
+	add_event(st, 1, 2, STORE_SIDE_CLIENT, STORE_KIND_COMMAND, 0, 0, NULL, "C\r\n", 3);
+	store_session_close(st, 1, 3, "quit", NULL);
+	assert_int_equal(store_close(st), -1);
+
+	assert_int_equal(db_int(fx->db, "SELECT count(*) FROM events"), 2);
+	assert_int_equal(db_int(fx->db, "SELECT count(*) FROM events WHERE raw = CAST('C' || char(13, 10) AS BLOB)"),
+			 1);
+	assert_int_equal(db_int(fx->db, "SELECT count(*) FROM sessions WHERE outcome = 'quit'"), 1);
+}
+
+/*
+ * A full disk, simulated with RLIMIT_FSIZE: batches fail, are counted and
+ * dropped (the backlog still drains, so memory stays bounded), and what
+ * was committed before survives in a sound file.
+ */
+static void
+test_disk_full_counted(void **state)
+{
+	struct fixture *fx = *state;
+	static unsigned char chunk[65536];
+	struct rlimit old, lim;
+	struct store *st;
+	void (*oldsig)(int);
+	int64_t i;
+	int rc;
+
+	st = open_ok(fx->db);
+	add_session(st, 1, NULL);
+	for (i = 1; i <= 10; i++)
+		add_event(st, 1, i, STORE_SIDE_CLIENT, STORE_KIND_COMMAND, 0, 0, NULL, "NOOP\r\n", 6);
+	wait_drained(st);
+
+	oldsig = signal(SIGXFSZ, SIG_IGN);
+	assert_int_equal(getrlimit(RLIMIT_FSIZE, &old), 0);
+	lim = old;
+	lim.rlim_cur = 2 * 1024 * 1024;
+	assert_int_equal(setrlimit(RLIMIT_FSIZE, &lim), 0);
+	for (i = 11; i <= 200; i++)
+		add_event(st, 1, i, STORE_SIDE_CLIENT, STORE_KIND_DATA, 0, 1, NULL, chunk, sizeof(chunk));
+	wait_drained(st);
+	rc = store_close(st);
+	setrlimit(RLIMIT_FSIZE, &old);
+	signal(SIGXFSZ, oldsig);
+
+	assert_int_equal(rc, -1);
+	assert_int_equal(db_int(fx->db, "SELECT count(*) FROM events WHERE seq <= 10"), 10);
+	assert_true(db_int(fx->db, "SELECT count(*) FROM events") < 200);
+	assert_int_equal(db_int(fx->db, "SELECT integrity_check = 'ok' FROM pragma_integrity_check"), 1);
+	/* And the store works again once there is room. */
+	st = open_ok(fx->db);
+	add_event(st, 1, 1000, STORE_SIDE_CLIENT, STORE_KIND_COMMAND, 0, 0, NULL, "QUIT\r\n", 6);
+	assert_int_equal(store_close(st), 0);
+	assert_int_equal(db_int(fx->db, "SELECT count(*) FROM events WHERE seq = 1000"), 1);
+}
+
+/* ------------------------------------------------------------------------
+ * Benchmark: STORE_BENCH=1 build/tests/test_store
+ */
+
+static void
+test_bench_writer(void **state)
+{
+	struct fixture *fx = *state;
+	const int64_t nsessions = 100, nsmall = 500000;
+	const size_t chunk = 65536, data_total = (size_t)512 * 1024 * 1024;
+	struct timespec ms = { 0, 1000000 };
+	unsigned char *buf;
+	struct store *st;
+	char text[256];
+	double t0, t1, t2;
+	int64_t i, seq[100] = { 0 };
+	size_t off;
+	uint32_t seed = 99;
+	int n;
+
+	if (getenv("STORE_BENCH") == NULL)
+		skip();
+	buf = malloc(chunk);
+	assert_non_null(buf);
+	fill_random(buf, chunk, &seed);
+
+	/* Small records: ~200-byte commands and replies across sessions. */
+	st = open_ok(fx->db);
+	for (i = 0; i < nsessions; i++)
+		add_session(st, i + 1, "mx.example:25");
+	t0 = now_s();
+	for (i = 0; i < nsmall; i++) {
+		int64_t sid = i % nsessions;
+
+		n = snprintf(text, sizeof(text),
+			     "250-mx.example.org Hello client.example.org [192.0.2.%" PRId64 "], pleased to meet you;"
+			     " this line pads the record out to a realistic reply size of about two hundred"
+			     " bytes %" PRId64 "\r\n",
+			     sid, i);
+		add_event(st, sid + 1, ++seq[sid], STORE_SIDE_UPSTREAM, STORE_KIND_REPLY, 0, 0, NULL, text,
+			  (size_t)n);
+	}
+	t1 = now_s();
+	assert_int_equal(store_close(st), 0);
+	t2 = now_s();
+	print_message("bench: %" PRId64 " small records: queued in %.3f s (%.0f/s on the event loop), "
+		      "written in %.3f s (%.0f records/s)\n",
+		      nsmall, t1 - t0, (double)nsmall / (t1 - t0), t2 - t0, (double)nsmall / (t2 - t0));
+
+	/* Message data: 64 KiB chunks, paced by the backlog as sessions are. */
+	st = open_ok(fx->db);
+	add_session(st, 1000, NULL);
+	t0 = now_s();
+	for (off = 0, i = 1; off < data_total; off += chunk, i++) {
+		add_event(st, 1000, i, STORE_SIDE_CLIENT, STORE_KIND_DATA, 0, 1, NULL, buf, chunk);
+		if (store_backlog_bytes(st) > STORE_BACKLOG_HIGH) {
+			while (store_backlog_bytes(st) > STORE_BACKLOG_LOW)
+				nanosleep(&ms, NULL);
+		}
+	}
+	assert_int_equal(store_close(st), 0);
+	t1 = now_s();
+	print_message("bench: %zu MiB of message data in 64 KiB events: %.3f s, %.0f MB/s\n",
+		      data_total >> 20, t1 - t0, (double)data_total / 1e6 / (t1 - t0));
+	free(buf);
+}
+
+int
+main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_open_creates_0600, setup_dir, teardown_dir),
+		cmocka_unit_test_setup_teardown(test_migration_sets_user_version, setup_dir, teardown_dir),
+		cmocka_unit_test_setup_teardown(test_existing_empty_file_initialised, setup_dir, teardown_dir),
+		cmocka_unit_test_setup_teardown(test_newer_version_refused, setup_dir, teardown_dir),
+		cmocka_unit_test_setup_teardown(test_garbage_file_refused, setup_dir, teardown_dir),
+		cmocka_unit_test_setup_teardown(test_foreign_sqlite_refused, setup_dir, teardown_dir),
+		cmocka_unit_test_setup_teardown(test_open_errors, setup_dir, teardown_dir),
+		cmocka_unit_test_setup_teardown(test_second_writer_refused, setup_dir, teardown_dir),
+		cmocka_unit_test_setup_teardown(test_reopen_keeps_data_and_ids, setup_dir, teardown_dir),
+		cmocka_unit_test_setup_teardown(test_events_roundtrip_bytes, setup_dir, teardown_dir),
+		cmocka_unit_test_setup_teardown(test_message_data_1mib, setup_dir, teardown_dir),
+		cmocka_unit_test_setup_teardown(test_messages_with_recipients, setup_dir, teardown_dir),
+		cmocka_unit_test_setup_teardown(test_session_tls_and_upstream_addr, setup_dir, teardown_dir),
+		cmocka_unit_test_setup_teardown(test_interrupted_on_reopen, setup_dir, teardown_dir),
+		cmocka_unit_test_setup_teardown(test_reader_while_writer_open, setup_dir, teardown_dir),
+		cmocka_unit_test_setup_teardown(test_backlog_returns_to_zero, setup_dir, teardown_dir),
+		cmocka_unit_test_setup_teardown(test_100k_events, setup_dir, teardown_dir),
+		cmocka_unit_test_setup_teardown(test_sessions_limit, setup_dir, teardown_dir),
+		cmocka_unit_test_setup_teardown(test_session_not_found_and_stop, setup_dir, teardown_dir),
+		cmocka_unit_test_setup_teardown(test_write_errors_counted, setup_dir, teardown_dir),
+		cmocka_unit_test_setup_teardown(test_disk_full_counted, setup_dir, teardown_dir),
+		cmocka_unit_test_setup_teardown(test_bench_writer, setup_dir, teardown_dir),
+	};
+
+	/* Errors the tests provoke on purpose are expected on stderr. */
+	log_init(0);
+	return cmocka_run_group_tests_name("store", tests, NULL, NULL);
+}
