@@ -18,8 +18,9 @@ ifeq ($(SAN),1)
 CFLAGS := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
 LDFLAGS += -fsanitize=address,undefined
 endif
-ALL_CFLAGS = -std=c11 -D_DEFAULT_SOURCE -D_POSIX_C_SOURCE=200809L $(WARN) $(CFLAGS) \
-	-Iinclude $(PKG_CFLAGS) -MMD -MP
+BASE_CFLAGS = -std=c11 -D_DEFAULT_SOURCE -D_POSIX_C_SOURCE=200809L $(WARN) $(CFLAGS) \
+	-Iinclude $(PKG_CFLAGS)
+ALL_CFLAGS = $(BASE_CFLAGS) -MMD -MP
 LIBS = $(PKG_LIBS) -lpthread
 
 VERSION := $(shell cat VERSION 2>/dev/null || echo 0.1.0)
@@ -55,7 +56,7 @@ $(O)/obj/gen_schema.o: $(O)/gen/schema.c
 
 $(O)/tests/%: tests/unit/%.c $(LIB_OBJS)
 	@mkdir -p $(@D)
-	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $< $(LIB_OBJS) $(LIBS) -lcmocka
+	$(CC) $(BASE_CFLAGS) $(LDFLAGS) -o $@ $< $(LIB_OBJS) $(LIBS) -lcmocka
 
 unit-bins: $(UNIT_BINS)
 
