@@ -201,6 +201,14 @@ cli_proxy(int argc, char **argv)
 	}
 	if (cfg.nlisten == 0)
 		cfg.listen[cfg.nlisten++] = "127.0.0.1:2525";
+	for (size_t i = 0; i < cfg.nlisten; i++) {
+		char host[256], port[8];
+
+		if (util_split_hostport(cfg.listen[i], host, sizeof(host), port, sizeof(port), err, sizeof(err)) < 0) {
+			log_warnx("--listen %s", err);
+			return CLI_EXIT_USAGE;
+		}
+	}
 	log_init(cfg.verbosity);
 	return proxy_run(&cfg) == 0 ? CLI_EXIT_OK : CLI_EXIT_FAIL;
 }

@@ -55,6 +55,7 @@ static void proxy_grace_cb(evutil_socket_t fd, short what, void *arg);
 static void proxy_session_end_cb(void *arg);
 static void proxy_listeners_enable(struct proxy *px, bool on);
 static void proxy_free(struct proxy *px);
+static struct event_base *proxy_base_new(void);
 
 int
 proxy_run(const struct proxy_config *cfg)
@@ -69,7 +70,7 @@ proxy_run(const struct proxy_config *cfg)
 	/* A client that vanishes must not kill the process with SIGPIPE. */
 	signal(SIGPIPE, SIG_IGN);
 
-	px.base = event_base_new();
+	px.base = proxy_base_new();
 	if (px.base == NULL) {
 		log_warnx("cannot create the event loop");
 		goto out;
@@ -121,6 +122,26 @@ proxy_run(const struct proxy_config *cfg)
 out:
 	proxy_free(&px);
 	return rc;
+}
+
+/*
+ * A relay re-arms write interest on nearly every callback (each forwarded
+ * command or reply).  With epoll's changelist, an event deleted and added
+ * again within one loop iteration costs no epoll_ctl(2) at all.  smtptap
+ * never dup()s descriptors, the changelist's one caveat.
+ */
+static struct event_base *
+proxy_base_new(void)
+{
+	struct event_config *ec = event_config_new();
+	struct event_base *base;
+
+	if (ec == NULL)
+		return NULL;
+	event_config_set_flag(ec, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
+	base = event_base_new_with_config(ec);
+	event_config_free(ec);
+	return base;
 }
 
 static int

@@ -1,0 +1,125 @@
+"""AUTH passes through; credentials are redacted in the database by default."""
+
+import base64
+import glob
+import os
+import shutil
+import smtplib
+import subprocess
+
+import pytest
+
+from conftest import export_eml, only_session, run_cli, show_json, show_raw
+
+USER = "mailuser@example.com"
+PASSWORD = "s3cret-Pa55"
+
+
+def db_bytes(db):
+    """Every byte of the database (main file, WAL, shm)."""
+    out = b""
+    for path in sorted(glob.glob(db + "*")):
+        with open(path, "rb") as f:
+            out += f.read()
+    return out
+
+
+def secrets():
+    plain_ir = base64.b64encode(b"\0" + USER.encode() + b"\0" + PASSWORD.encode())
+    return [PASSWORD.encode(), base64.b64encode(PASSWORD.encode()), plain_ir]
+
+
+def _smtplib_auth(mech):
+    # smtplib's auth_* callbacks read self.user/self.password
+    def run(host, port):
+        s = smtplib.SMTP(host, port, timeout=30)
+        try:
+            s.ehlo("auth.example")
+            s.user, s.password = USER, PASSWORD
+            if mech == "PLAIN":
+                code, resp = s.auth("PLAIN", s.auth_plain, initial_response_ok=True)
+            else:
+                code, resp = s.auth("LOGIN", s.auth_login, initial_response_ok=False)
+            s.sendmail("alice@example.com", ["bob@example.org"], b"Subject: authed\r\n\r\nhello\r\n")
+            s.quit()
+        finally:
+            s.close()
+        return code, resp
+    return run
+
+
+@pytest.mark.parametrize("redact", ["on", "off"])
+@pytest.mark.parametrize("mech", ["PLAIN", "LOGIN"])
+def test_auth_relay_redaction(aiosmtpd_factory, smtptap, mech, redact):
+    up = aiosmtpd_factory(auth=True)
+    p = smtptap(upstream=up.addr, args=["--redact-auth", redact])
+    code, _ = _smtplib_auth(mech)(p.host, p.port)
+    assert code == 235
+    # the upstream got the real credentials
+    assert up.auth_seen == [(mech, USER.encode(), PASSWORD.encode())]
+    env = up.wait_envelopes(1)[0]
+    assert env["content"] == b"Subject: authed\r\n\r\nhello\r\n"
+    sess = only_session(p.db)
+    doc = show_json(p.db, sess["id"])
+    raw = show_raw(p.db, sess["id"], "client")
+    p.stop()
+    data = db_bytes(p.db)
+    if redact == "on":
+        for sec in secrets():
+            assert sec not in data, "secret %r found in the database files" % sec
+            assert sec not in raw, "secret %r in show --raw" % sec
+            assert sec.decode() not in str(doc), "secret %r in show --json" % sec
+        flagged = [e for e in doc["events"] if "redacted" in (e.get("flags") or [])]
+        assert flagged, "no event is marked redacted"
+        # the mechanism is still visible
+        assert any(e["kind"] == "command" and ("AUTH " + mech) in (e["text"] or "").upper()
+                   for e in doc["events"]), [e["text"] for e in doc["events"]]
+    else:
+        if mech == "PLAIN":
+            assert secrets()[2] in data
+            assert secrets()[2] in raw
+        else:
+            assert secrets()[1] in data
+            assert secrets()[1] in raw
+        assert not [e for e in doc["events"] if "redacted" in (e.get("flags") or [])]
+
+
+@pytest.mark.parametrize("mech", ["PLAIN", "LOGIN"])
+def test_auth_swaks_sink(smtptap, tmp_path, mech, tools_required):
+    tools_required("swaks")
+    p = smtptap(sink=True)
+    r = subprocess.run(["swaks", "--server", "%s:%d" % (p.host, p.port), "--from", "alice@example.com",
+                        "--to", "bob@example.org", "--auth", mech, "--auth-user", USER, "--auth-password",
+                        PASSWORD, "--body", "authenticated body", "--timeout", "30"],
+                       stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)
+    out = r.stdout.decode("utf-8", "replace")
+    assert r.returncode == 0, out
+    assert "235 " in out, out
+    sess = only_session(p.db)
+    assert sess["outcome"] == "quit"
+    assert b"authenticated body" in export_eml(p.db, sess["id"])
+    raw = show_raw(p.db, sess["id"], "client")
+    p.stop()
+    data = db_bytes(p.db)
+    for sec in secrets():
+        assert sec not in data, "secret %r found in the database files" % sec
+        assert sec not in raw
+
+
+def test_auth_rejected_by_upstream(aiosmtpd_factory, smtptap):
+    up = aiosmtpd_factory(auth=True)
+    p = smtptap(upstream=up.addr)
+    s = smtplib.SMTP(p.host, p.port, timeout=30)
+    try:
+        s.ehlo("auth.example")
+        with pytest.raises(smtplib.SMTPAuthenticationError) as ei:
+            s.login(USER, "wrong-password")
+        assert ei.value.smtp_code == 535
+        s.quit()
+    finally:
+        s.close()
+    sess = only_session(p.db)
+    doc = show_json(p.db, sess["id"])
+    assert any(e["kind"] == "reply" and (e["text"] or "").startswith("535") for e in doc["events"])
+    p.stop()
+    assert b"wrong-password" not in db_bytes(p.db)
