@@ -199,6 +199,7 @@ static void session_sink_answer(struct session *s, const char *text, size_t len)
 static struct pending *session_pend_push(struct session *s, enum pend_kind kind, enum smtp_verb verb);
 static int session_pend_pop(struct session *s, struct pending *out);
 static void session_update_timeouts(struct session *s);
+static bool session_timeout_out_of_turn(struct session *s, struct leg *leg, short what);
 static void session_update_reading(struct session *s);
 
 static void session_env_reset(struct session *s);
@@ -209,6 +210,7 @@ static void session_msg_feed(struct msg *m, const char *p, size_t len);
 
 static void session_leg_close(struct session *s, struct leg *leg);
 static void session_leg_close_after_flush(struct session *s, struct leg *leg);
+static void session_leg_flush(struct session *s, struct leg *leg);
 static void session_client_gone(struct session *s, const char *why);
 static void session_upstream_gone(struct session *s, const char *why);
 static char *session_reply_text(const char *raw, size_t len);
@@ -332,6 +334,7 @@ session_start(struct session_ctx *ctx, evutil_socket_t fd, const struct sockaddr
 
 	bufferevent_setcb(s->client.bev, session_client_readcb, session_client_writecb, session_client_eventcb, s);
 	bufferevent_setwatermark(s->client.bev, EV_READ, 0, INPUT_HIGH);
+	bufferevent_disable(s->client.bev, EV_WRITE); /* see session_leg_flush() */
 	bufferevent_set_max_single_read(s->client.bev, READ_MAX);
 
 	store_session_open(ctx->store, &(struct store_session){
@@ -378,8 +381,45 @@ session_enter(struct session *s)
 static void
 session_leave(struct session *s)
 {
-	if (--s->in_callback == 0)
-		session_maybe_free(s);
+	if (--s->in_callback > 0)
+		return;
+	session_leg_flush(s, &s->client);
+	session_leg_flush(s, &s->upstream);
+	session_maybe_free(s);
+}
+
+/*
+ * Write a leg's output now, in one writev(2) for everything this callback
+ * queued.  Waiting for the socket to report writable would cost two
+ * epoll_ctl(2) per write (arm, then disarm), more than the write itself;
+ * a leg's EV_WRITE is enabled only while a write could not complete, so
+ * libevent finishes it and the write timeout catches a peer that stopped
+ * reading.  A write error also goes through libevent, so it is reported
+ * once, by the event callback.
+ */
+static void
+session_leg_flush(struct session *s, struct leg *leg)
+{
+	struct evbuffer *out;
+
+	if (!leg->open || (leg == &s->upstream && !s->upstream_connected))
+		return;
+	out = bufferevent_get_output(leg->bev);
+	if (evbuffer_get_length(out) > 0 && !(bufferevent_get_enabled(leg->bev) & EV_WRITE)) {
+		int n;
+
+		/* A bufferevent keeps its output's start frozen so that only
+		 * it drains it; its own write callback thaws it around the
+		 * write in just this way.  Plain sockets only: a TLS leg must
+		 * write through its bufferevent. */
+		evbuffer_unfreeze(out, 1);
+		n = evbuffer_write(out, bufferevent_getfd(leg->bev));
+		evbuffer_freeze(out, 1);
+		if (n < 0 || evbuffer_get_length(out) > 0)
+			bufferevent_enable(leg->bev, EV_WRITE);
+	}
+	if (leg->close_after_flush && evbuffer_get_length(out) == 0)
+		session_leg_close(s, leg);
 }
 
 static void
@@ -552,8 +592,7 @@ session_pend_push(struct session *s, enum pend_kind kind, enum smtp_verb verb)
 	memset(p, 0, sizeof(*p));
 	p->kind = kind;
 	p->verb = verb;
-	if (s->pend_len++ == 0)
-		session_update_timeouts(s);
+	s->pend_len++;
 	return p;
 }
 
@@ -564,27 +603,42 @@ session_pend_pop(struct session *s, struct pending *out)
 		return -1;
 	*out = s->pend[s->pend_head];
 	s->pend_head = (s->pend_head + 1) % PEND_MAX;
-	if (--s->pend_len == 0)
-		session_update_timeouts(s);
+	s->pend_len--;
 	return 0;
 }
 
 /*
  * The client may stay silent as long as --idle-timeout while it is its turn
  * to speak; while replies are outstanding it is the upstream's turn, bound
- * by --reply-timeout.
+ * by --reply-timeout.  The timeouts are set once and a timeout that fires
+ * out of turn is ignored (session_timeout_out_of_turn), because changing
+ * them on every command would cost more than the relaying itself.
  */
 static void
 session_update_timeouts(struct session *s)
 {
 	const struct proxy_config *cfg = s->ctx->cfg;
 	struct timeval idle = { cfg->idle_timeout, 0 }, reply = { cfg->reply_timeout, 0 };
-	bool waiting = s->pend_len > 0;
 
 	if (s->client.open)
-		bufferevent_set_timeouts(s->client.bev, waiting ? NULL : &idle, &reply);
+		bufferevent_set_timeouts(s->client.bev, &idle, &reply);
 	if (s->upstream.open && s->upstream_connected)
-		bufferevent_set_timeouts(s->upstream.bev, waiting ? &reply : NULL, &reply);
+		bufferevent_set_timeouts(s->upstream.bev, &reply, &reply);
+}
+
+/* A read timeout on a leg whose peer is not expected to speak (the client
+ * while a reply is due, the upstream while none is): re-arm and go on. */
+static bool
+session_timeout_out_of_turn(struct session *s, struct leg *leg, short what)
+{
+	bool waiting = s->pend_len > 0;
+
+	if (!(what & BEV_EVENT_READING) || (leg == &s->client) == !waiting)
+		return false;
+	bufferevent_enable(leg->bev, EV_READ);
+	if (leg == &s->client)
+		session_update_reading(s);
+	return true;
 }
 
 static void
@@ -1027,10 +1081,13 @@ session_client_writecb(struct bufferevent *bev, void *arg)
 {
 	struct session *s = arg;
 
-	(void)bev;
 	session_enter(s);
-	if (s->client.close_after_flush && evbuffer_get_length(bufferevent_get_output(s->client.bev)) == 0)
-		session_leg_close(s, &s->client);
+	if (evbuffer_get_length(bufferevent_get_output(bev)) == 0) {
+		if (s->client.close_after_flush)
+			session_leg_close(s, &s->client);
+		else
+			bufferevent_disable(bev, EV_WRITE);
+	}
 	session_leave(s);
 }
 
@@ -1042,7 +1099,9 @@ session_client_eventcb(struct bufferevent *bev, short what, void *arg)
 
 	(void)bev;
 	session_enter(s);
-	if (what & BEV_EVENT_TIMEOUT) {
+	if ((what & BEV_EVENT_TIMEOUT) && session_timeout_out_of_turn(s, &s->client, what)) {
+		/* the upstream's turn */
+	} else if (what & BEV_EVENT_TIMEOUT) {
 		if (what & BEV_EVENT_READING) {
 			char reply[128];
 			int n = snprintf(reply, sizeof(reply),
@@ -1059,8 +1118,6 @@ session_client_eventcb(struct bufferevent *bev, short what, void *arg)
 			}
 			session_leg_close(s, &s->upstream);
 			session_leg_close_after_flush(s, &s->client);
-			/* A client that does not read either: give up now. */
-			bufferevent_enable(s->client.bev, EV_WRITE);
 		} else {
 			session_set_outcome(s, "client-timeout", "client stopped reading for %d s",
 					    s->ctx->cfg->reply_timeout);
@@ -1143,7 +1200,10 @@ session_upstream_connect(struct session *s)
 	bufferevent_set_max_single_read(s->upstream.bev, READ_MAX);
 	/* Before it connects, the write timeout is the connect timeout. */
 	bufferevent_set_timeouts(s->upstream.bev, NULL, &ctv);
-	bufferevent_enable(s->upstream.bev, EV_READ | EV_WRITE);
+	/* EV_WRITE stays off: connecting arms its own write event, and
+	 * writes go through session_leg_flush(). */
+	bufferevent_disable(s->upstream.bev, EV_WRITE);
+	bufferevent_enable(s->upstream.bev, EV_READ);
 	/* Name resolution goes through evdns: the loop never blocks on DNS.
 	 * On an immediate failure the event callback has already run. */
 	bufferevent_socket_connect_hostname(s->upstream.bev, s->ctx->dns, AF_UNSPEC, cfg->upstream_host, (int)port);
@@ -1408,11 +1468,16 @@ session_upstream_writecb(struct bufferevent *bev, void *arg)
 {
 	struct session *s = arg;
 
-	(void)bev;
 	session_enter(s);
-	if (s->upstream.close_after_flush && evbuffer_get_length(bufferevent_get_output(s->upstream.bev)) == 0) {
-		session_leg_close(s, &s->upstream);
-	} else if (s->paused_output) {
+	if (evbuffer_get_length(bufferevent_get_output(bev)) == 0) {
+		if (s->upstream.close_after_flush) {
+			session_leg_close(s, &s->upstream);
+			session_leave(s);
+			return;
+		}
+		bufferevent_disable(bev, EV_WRITE);
+	}
+	if (s->paused_output) {
 		s->paused_output = false;
 		session_update_reading(s);
 		session_client_process(s);
@@ -1462,7 +1527,9 @@ session_upstream_eventcb(struct bufferevent *bev, short what, void *arg)
 		session_leave(s);
 		return;
 	}
-	if (what & BEV_EVENT_TIMEOUT) {
+	if ((what & BEV_EVENT_TIMEOUT) && session_timeout_out_of_turn(s, &s->upstream, what)) {
+		/* the client's turn */
+	} else if (what & BEV_EVENT_TIMEOUT) {
 		char reply[400];
 
 		if (what & BEV_EVENT_READING)
