@@ -19,6 +19,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <sys/prctl.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -964,6 +965,8 @@ store_writer_main(void *arg)
 	size_t n, bytes;
 	uint64_t nlost;
 
+	/* Named so that top -H, perf and gdb tell it from the event loop. */
+	prctl(PR_SET_NAME, "smtptap-writer", 0, 0, 0);
 	pthread_mutex_lock(&st->lock);
 	for (;;) {
 		while (st->head == NULL && !st->stop)
