@@ -51,7 +51,8 @@
 #define OUTPUT_HIGH (1024 * 1024)     /* pause the client beyond this ... */
 #define OUTPUT_LOW (256 * 1024)	      /* ... until the upstream drains to this */
 #define READ_MAX (64 * 1024)	      /* bytes per read(2) */
-#define RCPT_MAX 10000		      /* recipients remembered per transaction */
+#define RCPT_MAX 10000		      /* recipients remembered per transaction ... */
+#define ENV_BYTES_MAX (1024 * 1024)   /* ... and bytes of their addresses and parameters */
 #define MIME_SLICE 8192		      /* unstuffed bytes handed to mime at once */
 #define REPLY_TEXT_MAX 4096	      /* reply text kept with a message/recipient */
 #define BACKLOG_POLL_MS 10
@@ -99,6 +100,7 @@ struct envelope {
 	char *mail_params;
 	struct rcpt *rcpts;
 	size_t nrcpts, cap;
+	size_t bytes; /* of the strings kept, bounded by ENV_BYTES_MAX */
 };
 
 /* A message from its first content byte until its final reply. */
@@ -505,7 +507,9 @@ session_record(struct session *s, enum store_side side, enum store_kind kind, un
 	store_event_add(s->ctx->store, &ev);
 	if (s->ctx->cfg->verbosity > 0 && kind != STORE_KIND_DATA)
 		session_trace(s, side, flags, text, raw, len);
-	if (kind == STORE_KIND_DATA && !s->paused_backlog &&
+	/* Only the client can be paused, and whatever is recorded comes, in
+	 * the end, from what it sends. */
+	if (side == STORE_SIDE_CLIENT && !s->paused_backlog &&
 	    store_backlog_bytes(s->ctx->store) > STORE_BACKLOG_HIGH) {
 		s->paused_backlog = true;
 		s->ctx->npaused_backlog++;
@@ -807,7 +811,9 @@ session_client_command(struct session *s, struct evbuffer *in, const char *line,
 		}
 		break;
 	case SMTP_VERB_RCPT:
-		if (s->env.nrcpts < RCPT_MAX) {
+		/* Beyond the bounds a recipient is still recorded as an event
+		 * and relayed, just not summarised with the message. */
+		if (s->env.nrcpts < RCPT_MAX && s->env.bytes + len <= ENV_BYTES_MAX) {
 			struct rcpt *r;
 
 			if (s->env.nrcpts == s->env.cap) {
@@ -831,6 +837,7 @@ session_client_command(struct session *s, struct evbuffer *in, const char *line,
 			}
 			p->env_gen = s->env.gen;
 			p->rcpt_idx = (uint32_t)s->env.nrcpts++;
+			s->env.bytes += len;
 		} else {
 			p->rcpt_idx = UINT32_MAX;
 		}
@@ -1617,6 +1624,7 @@ session_env_reset(struct session *s)
 		free(s->env.rcpts[i].reply);
 	}
 	s->env.nrcpts = 0;
+	s->env.bytes = 0;
 	free(s->env.mail_from);
 	free(s->env.mail_params);
 	s->env.mail_from = NULL;
