@@ -759,10 +759,11 @@ session_client_command(struct session *s, struct evbuffer *in, const char *line,
 	const struct proxy_config *cfg = s->ctx->cfg;
 	struct smtp_cmd cmd;
 	struct pending *p;
-	char redacted[256];
+	char redacted[256], reply[SINK_REPLY_MAX];
 	const char *raw = line;
-	size_t rawlen = len;
+	size_t rawlen = len, replylen = 0;
 	unsigned flags = 0;
+	bool answer;
 
 	if (smtp_parse_command(line, len, &cmd) < 0)
 		memset(&cmd, 0, sizeof(cmd)); /* an empty line: unknown, passed through */
@@ -869,26 +870,21 @@ session_client_command(struct session *s, struct evbuffer *in, const char *line,
 		break;
 	}
 
-	if (s->sink_mode) {
-		char reply[SINK_REPLY_MAX];
-		size_t n;
-
-		if (cmd.verb == SMTP_VERB_BDAT && cmd.bdat_ok) {
-			evbuffer_drain(in, len);
-			return; /* answered once the chunk is in */
-		}
-		/* cmd points into the input buffer: answer before draining it */
-		n = sink_reply_command(&s->sink, &cmd, reply);
-		evbuffer_drain(in, len);
-		session_sink_answer(s, reply, n);
-	} else {
-		session_forward_client(s, in, len);
-	}
+	/* The sink answers BDAT once its chunk is in, anything else now; cmd
+	 * points into the input buffer, so the reply is made before it goes. */
+	answer = s->sink_mode && !(cmd.verb == SMTP_VERB_BDAT && cmd.bdat_ok);
+	if (answer)
+		replylen = sink_reply_command(&s->sink, &cmd, reply);
+	session_forward_client(s, in, len);
+	if (answer)
+		session_sink_answer(s, reply, replylen);
 }
 
 static void
 session_client_auth_line(struct session *s, struct evbuffer *in, const char *line, size_t len)
 {
+	char reply[SINK_REPLY_MAX];
+	size_t n = 0;
 	bool crlf = len >= 2 && line[len - 2] == '\r';
 	bool cancel = (len == 2 && line[0] == '*') || (len == 3 && line[0] == '*' && crlf);
 
@@ -901,15 +897,11 @@ session_client_auth_line(struct session *s, struct evbuffer *in, const char *lin
 	}
 	session_pend_push(s, PEND_AUTH_LINE, SMTP_VERB_AUTH);
 	s->state = ST_HOLD;
-	if (s->sink_mode) {
-		char reply[SINK_REPLY_MAX];
-		size_t n = sink_reply_auth_line(&s->sink, line, len - (crlf ? 2 : 1), reply);
-
-		evbuffer_drain(in, len);
+	if (s->sink_mode)
+		n = sink_reply_auth_line(&s->sink, line, len - (crlf ? 2 : 1), reply);
+	session_forward_client(s, in, len);
+	if (s->sink_mode)
 		session_sink_answer(s, reply, n);
-	} else {
-		session_forward_client(s, in, len);
-	}
 }
 
 /* Stream DATA content: record and forward up to the terminator. */
@@ -957,16 +949,12 @@ session_client_data(struct session *s, struct evbuffer *in)
 		p = session_pend_push(s, PEND_DATA_END, SMTP_VERB_DATA);
 		p->msg = m;
 	}
-	if (s->sink_mode) {
-		evbuffer_drain(in, total);
-		if (done) {
-			char reply[SINK_REPLY_MAX];
-			size_t rn = sink_reply_data_end(&s->sink, m->size, reply);
+	session_forward_client(s, in, total);
+	if (s->sink_mode && done) {
+		char reply[SINK_REPLY_MAX];
+		size_t rn = sink_reply_data_end(&s->sink, m->size, reply);
 
-			session_sink_answer(s, reply, rn);
-		}
-	} else {
-		session_forward_client(s, in, total);
+		session_sink_answer(s, reply, rn);
 	}
 }
 
@@ -994,10 +982,7 @@ session_client_bdat(struct session *s, struct evbuffer *in)
 		s->bdat_left -= len;
 		total += len;
 	}
-	if (s->sink_mode)
-		evbuffer_drain(in, total);
-	else
-		session_forward_client(s, in, total);
+	session_forward_client(s, in, total);
 	if (s->bdat_left > 0)
 		return;
 
@@ -1034,10 +1019,12 @@ session_client_bdat(struct session *s, struct evbuffer *in)
 	}
 }
 
+/* Pass len bytes of client input on to the upstream (consumed, in sink
+ * mode or once the upstream is gone). */
 static void
 session_forward_client(struct session *s, struct evbuffer *in, size_t len)
 {
-	if (!s->upstream.open) {
+	if (s->sink_mode || !s->upstream.open) {
 		evbuffer_drain(in, len);
 		return;
 	}
