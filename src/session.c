@@ -544,7 +544,7 @@ session_trace(struct session *s, enum store_side side, unsigned flags, const cha
 	      size_t len)
 {
 	const char *mark = "**";
-	const unsigned char *p = raw, *end = p + len;
+	const unsigned char *p = raw, *end;
 	char line[1024];
 
 	if (side == STORE_SIDE_CLIENT)
@@ -559,6 +559,7 @@ session_trace(struct session *s, enum store_side side, unsigned flags, const cha
 		log_info("s=%" PRId64 " %s %s", s->id, mark, text ? text : "");
 		return;
 	}
+	end = p + len;
 	while (p < end) {
 		size_t n = 0;
 

@@ -11,7 +11,7 @@
 #   unit       make all unit-bins; each build/tests/test_* (cmocka)
 #   e2e        pytest tests/e2e with SMTPTAP_BIN=build/smtptap
 #   valgrind   each unit binary under valgrind (one count per binary)
-#   asan-unit  make O=build/asan SAN=1 all unit-bins; unit tests again
+#   asan-unit  make O=build/asan SAN=1 CC=clang all unit-bins (clang, so both compilers build warning-free); unit tests again
 #   asan-e2e   pytest again with SMTPTAP_BIN=build/asan/smtptap, SMTPTAP_SANITIZER=1
 #   fuzz       make fuzz-bins; each fuzzer FUZZ_SECONDS (default 10) on a copy
 #              of its corpus; a crash is a failure
@@ -347,7 +347,7 @@ fi
 # ---- sanitizer build: unit and e2e again
 if want asan; then
 	banner "build (ASan+UBSan)"
-	if build asan-build "$TMP/asan-build.log" O=build/asan SAN=1 all unit-bins; then
+	if build asan-build "$TMP/asan-build.log" O=build/asan SAN=1 CC=clang all unit-bins; then
 		export ASAN_OPTIONS=abort_on_error=0:detect_leaks=1
 		export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 		banner "unit tests (ASan+UBSan)"
