@@ -6,6 +6,7 @@
 
 #include "smtptap/cli.h"
 #include "smtptap/log.h"
+#include "smtptap/store.h"
 
 #ifndef SMTPTAP_VERSION
 #define SMTPTAP_VERSION "unknown"
@@ -47,6 +48,7 @@ main(int argc, char **argv)
 {
 	size_t i;
 
+	store_global_init();
 	if (argc < 2) {
 		main_usage(stderr);
 		return CLI_EXIT_USAGE;

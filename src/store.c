@@ -261,6 +261,12 @@ store_kind_name(enum store_kind kind)
  * open and close
  */
 
+int
+store_global_init(void)
+{
+	return sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0) == SQLITE_OK ? 0 : -1;
+}
+
 struct store *
 store_open(const char *path, char *err, size_t errsz)
 {

@@ -62,6 +62,14 @@ const char *store_kind_name(enum store_kind kind); /* "command", ... */
 
 struct store;
 
+/*
+ * Process-wide SQLite settings; call once at start, before any other store
+ * function (main() does).  Turns off SQLite's memory statistics, whose
+ * global mutex every allocation would otherwise take.  Returns 0, or -1 if
+ * SQLite was already in use (harmless: the defaults stay).
+ */
+int store_global_init(void);
+
 /* ---- writing (event loop thread) ---- */
 
 /*
