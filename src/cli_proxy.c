@@ -9,6 +9,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include <event2/util.h>
+
 #include "smtptap/cli.h"
 #include "smtptap/log.h"
 #include "smtptap/proxy.h"
@@ -198,6 +200,10 @@ cli_proxy(int argc, char **argv)
 			log_warnx("--upstream %s: needs a host and a port other than 0", cfg.upstream);
 			return CLI_EXIT_USAGE;
 		}
+		cfg.upstream_salen = (int)sizeof(cfg.upstream_sa);
+		if (evutil_parse_sockaddr_port(cfg.upstream, (struct sockaddr *)&cfg.upstream_sa,
+					       &cfg.upstream_salen) < 0)
+			cfg.upstream_salen = 0;
 	}
 	if (cfg.nlisten == 0)
 		cfg.listen[cfg.nlisten++] = "127.0.0.1:2525";

@@ -1199,9 +1199,14 @@ session_upstream_connect(struct session *s)
 	 * writes go through session_leg_flush(). */
 	bufferevent_disable(s->upstream.bev, EV_WRITE);
 	bufferevent_enable(s->upstream.bev, EV_READ);
-	/* Name resolution goes through evdns: the loop never blocks on DNS.
-	 * On an immediate failure the event callback has already run. */
-	bufferevent_socket_connect_hostname(s->upstream.bev, s->ctx->dns, AF_UNSPEC, cfg->upstream_host, (int)port);
+	/* A host name goes through evdns: the loop never blocks on DNS.  On
+	 * an immediate failure the event callback has already run. */
+	if (cfg->upstream_salen > 0)
+		bufferevent_socket_connect(s->upstream.bev, (const struct sockaddr *)&cfg->upstream_sa,
+					   cfg->upstream_salen);
+	else
+		bufferevent_socket_connect_hostname(s->upstream.bev, s->ctx->dns, AF_UNSPEC, cfg->upstream_host,
+						    (int)port);
 }
 
 static void

@@ -8,6 +8,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <sys/socket.h>
 
 #define PROXY_LISTEN_MAX 16
 
@@ -17,6 +18,10 @@ struct proxy_config {
 	const char *upstream;	   /* "HOST:PORT" as given, NULL = sink mode */
 	char upstream_host[256];   /* split from upstream */
 	char upstream_port[8];
+	/* When the upstream host is a literal address, it is parsed once here
+	 * and sessions connect without going through the resolver. */
+	struct sockaddr_storage upstream_sa;
+	int upstream_salen; /* 0: a host name, resolved per session */
 	const char *db_path;
 	bool redact_auth;
 	int idle_timeout;    /* seconds a client may stay silent (RFC 5321: 5 min) */
