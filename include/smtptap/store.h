@@ -220,7 +220,8 @@ typedef int (*store_chunk_cb)(const void *data, size_t len, void *arg);
 /* The most recent `limit` sessions (all if limit <= 0), oldest first. */
 int store_reader_sessions(struct store_reader *rd, int limit, store_session_cb cb, void *arg, char *err,
 			  size_t errsz);
-/* One session: returns 0 found, 1 not found, -1 error. */
+/* One session: returns 0 found, 1 not found, -1 error.  Its callback
+ * should return 0 (a stop value of 1 would read as "not found"). */
 int store_reader_session(struct store_reader *rd, int64_t id, store_session_cb cb, void *arg, char *err,
 			 size_t errsz);
 int store_reader_events(struct store_reader *rd, int64_t session_id, store_event_cb cb, void *arg, char *err,
