@@ -214,6 +214,7 @@ static void session_leg_close(struct session *s, struct leg *leg);
 static void session_leg_close_after_flush(struct session *s, struct leg *leg);
 static void session_leg_flush(struct session *s, struct leg *leg);
 static void session_client_gone(struct session *s, const char *why);
+static void session_client_leftover(struct session *s, bool forward);
 static void session_upstream_gone(struct session *s, const char *why);
 static char *session_reply_text(const char *raw, size_t len);
 static const char *session_nonempty(const char *s);
@@ -1068,6 +1069,7 @@ session_fail_client(struct session *s, const char *reply, const char *outcome, c
 		s->cur_msg = NULL;
 	}
 	session_leg_close(s, &s->upstream);
+	session_client_leftover(s, false);
 	session_leg_close_after_flush(s, &s->client);
 }
 
@@ -1139,18 +1141,9 @@ static void
 session_client_gone(struct session *s, const char *why)
 {
 	bool mid_message = s->cur_msg != NULL;
-	struct evbuffer *in = bufferevent_get_input(s->client.bev);
-	size_t left = evbuffer_get_length(in);
 
-	/* Bytes the client sent but we did not get to interpret (a last line
-	 * without its CRLF, or input held while a reply was due): keep them,
-	 * and pass them on as a direct connection would have. */
-	if (left > 0) {
-		session_record(s, STORE_SIDE_CLIENT, STORE_KIND_COMMAND, STORE_F_INCOMPLETE, 0,
-			       evbuffer_pullup(in, -1), left, NULL);
-		if (s->upstream.open && !mid_message)
-			evbuffer_remove_buffer(in, bufferevent_get_output(s->upstream.bev), left);
-	}
+	/* A direct connection would have passed these on too. */
+	session_client_leftover(s, !mid_message);
 	session_note(s, STORE_KIND_CLOSE, "%s%s", why, mid_message ? " in the middle of a message" : "");
 	if (mid_message) {
 		session_set_outcome(s, "client-closed", "client closed the connection in the middle of message %d",
@@ -1167,6 +1160,30 @@ session_client_gone(struct session *s, const char *why)
 	else if (s->pend_len == 0)
 		session_leg_close_after_flush(s, &s->upstream);
 	/* else: upstream closes when its last reply arrives (session_reply_handle) */
+}
+
+/*
+ * Client bytes not interpreted when the session ends (a last line without
+ * its CRLF, input held while a reply was due) are recorded all the same,
+ * flagged incomplete: nothing a peer sent is lost.  `forward`: pass them
+ * on to the upstream as well (else they are flagged dropped).
+ */
+static void
+session_client_leftover(struct session *s, bool forward)
+{
+	struct evbuffer *in;
+	size_t left;
+
+	if (!s->client.open)
+		return;
+	in = bufferevent_get_input(s->client.bev);
+	left = evbuffer_get_length(in);
+	if (left == 0)
+		return;
+	forward = forward && s->upstream.open && !s->sink_mode;
+	session_record(s, STORE_SIDE_CLIENT, STORE_KIND_COMMAND, STORE_F_INCOMPLETE | (forward ? 0 : STORE_F_DROPPED),
+		       0, evbuffer_pullup(in, -1), left, NULL);
+	session_forward_client(s, in, left);
 }
 
 /* ------------------------------------------------------------------------
@@ -1569,6 +1586,7 @@ session_upstream_gone(struct session *s, const char *why)
 	}
 	s->state = ST_CLOSING;
 	session_leg_close(s, &s->upstream);
+	session_client_leftover(s, false);
 	session_leg_close_after_flush(s, &s->client);
 }
 

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from conftest import (RawClient, export_eml, only_session, sample_message, sessions_list, show_json, stuff_data,
-                      wait_sessions)
+from conftest import (RawClient, export_eml, only_session, sample_message, sessions_list, show_json, show_raw,
+                      stuff_data, wait_sessions)
 
 
 def next_client_ok(p, tag="next"):
@@ -283,3 +283,27 @@ def test_upstream_reply_timeout(smtptap):
     finally:
         up.close()
         t.join(5)
+
+
+@pytest.mark.parametrize("mode", ["relay", "sink"])
+def test_unterminated_last_line_is_kept(mode, aio, smtptap):
+    """Bytes a client sends without a final CRLF before it closes are not
+    lost: they are recorded (flagged incomplete) and, in relay mode, passed
+    on as a direct connection would have."""
+    p = start(mode, aio, smtptap)
+    c = p.connect()
+    sent = b"EHLO tail.example\r\nNOOP\r\nQUIT-without-crlf"
+    try:
+        assert c.reply()[0] == 220
+        c.send(sent)
+        time.sleep(0.3)
+    finally:
+        c.close()
+    sid = wait_sessions(p.db, 1)[0]["id"]
+    doc = show_json(p.db, sid)
+    assert doc["session"]["outcome"] == "client-closed", doc["session"]
+    assert show_raw(p.db, sid, side="client") == sent
+    tail = [e for e in doc["events"] if e["side"] == "client" and "incomplete" in e["flags"]]
+    assert len(tail) == 1 and tail[0]["text"] == "QUIT-without-crlf", tail
+    assert ("dropped" in tail[0]["flags"]) == (mode == "sink")
+    next_client_ok(p)
