@@ -121,6 +121,7 @@ static void cli_fmt_duration(char *buf, size_t bufsz, int64_t us, bool precise);
 static void cli_fmt_offset(char *buf, size_t bufsz, int64_t us);
 static void cli_put_escaped(FILE *f, const void *p, size_t len);
 static void cli_put_escaped_str(FILE *f, const char *s);
+static void cli_show_summary_line(FILE *f, const char *label, const char *value);
 static void cli_put_indented(FILE *f, const char *s, const char *indent);
 static int cli_out_open(struct cli_out *o, const char *path, const char *db);
 static void cli_out_check(struct cli_out *o);
@@ -483,6 +484,17 @@ cli_put_escaped(FILE *f, const void *buf, size_t len)
 		run = i;
 	}
 	fwrite(p + run, 1, i - run, f);
+}
+
+/* One summary header of a message, aligned; nothing when it is absent. */
+static void
+cli_show_summary_line(FILE *f, const char *label, const char *value)
+{
+	if (value == NULL || value[0] == '\0')
+		return;
+	fprintf(f, "  %-12s ", label);
+	cli_put_escaped_str(f, value);
+	fputc('\n', f);
 }
 
 static void
@@ -1219,31 +1231,11 @@ cli_show_message_cb(const struct store_message_row *m, void *arg)
 	}
 	fprintf(f, "  size         %" PRId64 " bytes, %s, %s\n", m->size, m->transport != NULL ? m->transport : "data",
 		m->complete ? "complete" : "INCOMPLETE (cut short)");
-	if (m->subject != NULL && m->subject[0] != '\0') {
-		fputs("  subject      ", f);
-		cli_put_escaped_str(f, m->subject);
-		fputc('\n', f);
-	}
-	if (m->from != NULL && m->from[0] != '\0') {
-		fputs("  from         ", f);
-		cli_put_escaped_str(f, m->from);
-		fputc('\n', f);
-	}
-	if (m->to != NULL && m->to[0] != '\0') {
-		fputs("  to           ", f);
-		cli_put_escaped_str(f, m->to);
-		fputc('\n', f);
-	}
-	if (m->date != NULL && m->date[0] != '\0') {
-		fputs("  date         ", f);
-		cli_put_escaped_str(f, m->date);
-		fputc('\n', f);
-	}
-	if (m->message_id != NULL && m->message_id[0] != '\0') {
-		fputs("  message-id   ", f);
-		cli_put_escaped_str(f, m->message_id);
-		fputc('\n', f);
-	}
+	cli_show_summary_line(f, "subject", m->subject);
+	cli_show_summary_line(f, "from", m->from);
+	cli_show_summary_line(f, "to", m->to);
+	cli_show_summary_line(f, "date", m->date);
+	cli_show_summary_line(f, "message-id", m->message_id);
 	fputs("  upstream     ", f);
 	cli_show_reply(f, m->reply_code, m->reply, ind);
 	fputc('\n', f);

@@ -208,6 +208,8 @@ static int store_prepare(struct store *st, char *err, size_t errsz);
 static int store_start_writer(struct store *st, char *err, size_t errsz);
 static void store_free(struct store *st);
 
+static void store_session_set(struct store *st, enum store_op op, int64_t session_id, enum store_side side,
+			      const char *value);
 static struct store_rec *store_rec_alloc(struct store *st, enum store_op op, size_t extra, const char *what,
 					 int64_t id);
 static size_t rec_strsize(const char *s);
@@ -699,40 +701,37 @@ store_session_open(struct store *st, const struct store_session *s)
 	store_enqueue(st, rec);
 }
 
-void
-store_session_set_upstream_addr(struct store *st, int64_t session_id, const char *addr)
+/* Queue an update of one text column of a session row. */
+static void
+store_session_set(struct store *st, enum store_op op, int64_t session_id, enum store_side side, const char *value)
 {
 	struct store_rec *rec;
 	char *cur;
 
-	rec = store_rec_alloc(st, STORE_OP_SESSION_ADDR, rec_strsize(addr), "session", session_id);
-	if (rec == NULL)
-		return;
-	cur = rec->data;
-	rec->u.set.id = session_id;
-	rec->u.set.side = STORE_SIDE_UPSTREAM;
-	rec->u.set.value = rec_strcpy(&cur, addr);
-	store_enqueue(st, rec);
-}
-
-void
-store_session_set_tls(struct store *st, int64_t session_id, enum store_side side, const char *json)
-{
-	struct store_rec *rec;
-	char *cur;
-
-	if (side != STORE_SIDE_CLIENT && side != STORE_SIDE_UPSTREAM) {
-		log_warnx("s=%" PRId64 " store: TLS details for side %d ignored: not a leg", session_id, (int)side);
-		return;
-	}
-	rec = store_rec_alloc(st, STORE_OP_SESSION_TLS, rec_strsize(json), "session", session_id);
+	rec = store_rec_alloc(st, op, rec_strsize(value), "session", session_id);
 	if (rec == NULL)
 		return;
 	cur = rec->data;
 	rec->u.set.id = session_id;
 	rec->u.set.side = side;
-	rec->u.set.value = rec_strcpy(&cur, json);
+	rec->u.set.value = rec_strcpy(&cur, value);
 	store_enqueue(st, rec);
+}
+
+void
+store_session_set_upstream_addr(struct store *st, int64_t session_id, const char *addr)
+{
+	store_session_set(st, STORE_OP_SESSION_ADDR, session_id, STORE_SIDE_UPSTREAM, addr);
+}
+
+void
+store_session_set_tls(struct store *st, int64_t session_id, enum store_side side, const char *json)
+{
+	if (side != STORE_SIDE_CLIENT && side != STORE_SIDE_UPSTREAM) {
+		log_warnx("s=%" PRId64 " store: TLS details for side %d ignored: not a leg", session_id, (int)side);
+		return;
+	}
+	store_session_set(st, STORE_OP_SESSION_TLS, session_id, side, json);
 }
 
 void
