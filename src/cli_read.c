@@ -137,7 +137,7 @@ static int cli_sessions_json_cb(const struct store_session_row *row, void *arg);
 static void cli_sessions_table(FILE *f, const struct cli_session *v, size_t n, bool color);
 static void cli_show_header(struct cli_show *sh, const struct cli_session *s);
 static const char *cli_side_color(enum store_side side);
-static const char *cli_side_marker(enum store_side side);
+static const char *cli_side_marker(enum store_side side, unsigned flags);
 static void cli_show_begin(struct cli_show *sh, bool first, int64_t t_us, enum store_side side, unsigned flags,
 			   const char *kind);
 static void cli_show_end(struct cli_show *sh);
@@ -1013,10 +1013,11 @@ cli_side_color(enum store_side side)
 	return "";
 }
 
-/* As swaks: "->" what the client sent, "<-" what the server answered,
- * "**" smtptap itself. */
+/* As swaks: "->" what the client sent, "<-" what the server answered;
+ * "<~" and "~>" what smtptap itself sent to the client or the server (the
+ * same marks as proxy -v), "**" its notes. */
 static const char *
-cli_side_marker(enum store_side side)
+cli_side_marker(enum store_side side, unsigned flags)
 {
 	switch (side) {
 	case STORE_SIDE_CLIENT:
@@ -1024,6 +1025,10 @@ cli_side_marker(enum store_side side)
 	case STORE_SIDE_UPSTREAM:
 		return "<-";
 	case STORE_SIDE_PROXY:
+		if (flags & STORE_F_TO_CLIENT)
+			return "<~";
+		if (flags & STORE_F_TO_UPSTREAM)
+			return "~>";
 		return "**";
 	}
 	return "??";
@@ -1045,14 +1050,15 @@ cli_show_begin(struct cli_show *sh, bool first, int64_t t_us, enum store_side si
 		cli_fmt_offset(off, sizeof(off), t_us - sh->started_us);
 	else
 		off[0] = '\0';
-	fprintf(f, "%-*s %s%s ", CLI_OFFSET_WIDTH, off, col, cli_side_marker(side));
+	fprintf(f, "%-*s %s%s ", CLI_OFFSET_WIDTH, off, col, cli_side_marker(side, flags));
 	if (!first) {
 		fprintf(f, "%*s", sh->tagw, "");
 		return;
 	}
 	sh->tagw = 0;
 	for (i = 0; i < CLI_NFLAGS; i++) {
-		if (!(flags & cli_flags[i].flag))
+		/* the marker already says where smtptap's bytes went */
+		if (!(flags & cli_flags[i].flag) || (cli_flags[i].flag & (STORE_F_TO_CLIENT | STORE_F_TO_UPSTREAM)))
 			continue;
 		fprintf(f, "%s[%s]%s ", sh->color ? CLI_C_PROXY : "", cli_flags[i].name, col);
 		sh->tagw += (int)strlen(cli_flags[i].name) + 3;

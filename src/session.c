@@ -168,6 +168,8 @@ static void session_upstream_eventcb(struct bufferevent *bev, short what, void *
 static void session_backlog_cb(evutil_socket_t fd, short what, void *arg);
 
 static void session_enter(struct session *s);
+static void session_enter_state(struct session *s, enum session_state st);
+static const char *session_strstate(enum session_state st);
 static void session_leave(struct session *s);
 static void session_maybe_free(struct session *s);
 static void session_free(struct session *s);
@@ -356,12 +358,12 @@ session_start(struct session_ctx *ctx, evutil_socket_t fd, const struct sockaddr
 		size_t n;
 
 		sink_init(&s->sink, s->id);
-		s->state = ST_CMD;
+		session_enter_state(s, ST_CMD);
 		session_pend_push(s, PEND_GREETING, SMTP_VERB_UNKNOWN);
 		n = sink_reply_greeting(&s->sink, reply);
 		session_sink_answer(s, reply, n);
 	} else {
-		s->state = ST_CONNECTING;
+		session_enter_state(s, ST_CONNECTING);
 		session_pend_push(s, PEND_GREETING, SMTP_VERB_UNKNOWN);
 		session_upstream_connect(s);
 	}
@@ -369,6 +371,41 @@ session_start(struct session_ctx *ctx, evutil_socket_t fd, const struct sockaddr
 	session_update_reading(s);
 	session_leave(s);
 	return 0;
+}
+
+/*
+ * Every change of how client input is read goes through here, so -vv shows
+ * the state machine at work ("s=3 state CMD -> HOLD").
+ */
+static void
+session_enter_state(struct session *s, enum session_state st)
+{
+	if (s->state == st)
+		return;
+	log_debug("s=%" PRId64 " state %s -> %s", s->id, session_strstate(s->state), session_strstate(st));
+	s->state = st;
+}
+
+static const char *
+session_strstate(enum session_state st)
+{
+	switch (st) {
+	case ST_CONNECTING:
+		return "CONNECTING";
+	case ST_CMD:
+		return "CMD";
+	case ST_HOLD:
+		return "HOLD";
+	case ST_DATA:
+		return "DATA";
+	case ST_BDAT:
+		return "BDAT";
+	case ST_AUTH:
+		return "AUTH";
+	case ST_CLOSING:
+		return "CLOSING";
+	}
+	return "?";
 }
 
 /*
@@ -846,10 +883,10 @@ session_client_command(struct session *s, struct evbuffer *in, const char *line,
 		}
 		break;
 	case SMTP_VERB_DATA:
-		s->state = ST_HOLD;
+		session_enter_state(s, ST_HOLD);
 		break;
 	case SMTP_VERB_AUTH:
-		s->state = ST_HOLD;
+		session_enter_state(s, ST_HOLD);
 		break;
 	case SMTP_VERB_QUIT:
 		s->quit_sent = true;
@@ -866,7 +903,7 @@ session_client_command(struct session *s, struct evbuffer *in, const char *line,
 		s->bdat_left = cmd.bdat_size;
 		s->bdat_cur_size = cmd.bdat_size;
 		s->bdat_cur_last = cmd.bdat_last;
-		s->state = ST_BDAT;
+		session_enter_state(s, ST_BDAT);
 		break;
 	default:
 		break;
@@ -898,7 +935,7 @@ session_client_auth_line(struct session *s, struct evbuffer *in, const char *lin
 		session_record(s, STORE_SIDE_CLIENT, STORE_KIND_AUTH, 0, 0, line, len, NULL);
 	}
 	session_pend_push(s, PEND_AUTH_LINE, SMTP_VERB_AUTH);
-	s->state = ST_HOLD;
+	session_enter_state(s, ST_HOLD);
 	if (s->sink_mode)
 		n = sink_reply_auth_line(&s->sink, line, len - (crlf ? 2 : 1), reply);
 	session_forward_client(s, in, len);
@@ -947,7 +984,7 @@ session_client_data(struct session *s, struct evbuffer *in)
 
 		m->complete = true;
 		s->cur_msg = NULL;
-		s->state = ST_CMD;
+		session_enter_state(s, ST_CMD);
 		p = session_pend_push(s, PEND_DATA_END, SMTP_VERB_DATA);
 		p->msg = m;
 	}
@@ -988,7 +1025,7 @@ session_client_bdat(struct session *s, struct evbuffer *in)
 	if (s->bdat_left > 0)
 		return;
 
-	s->state = ST_CMD;
+	session_enter_state(s, ST_CMD);
 	if (s->bdat_cur_last && m != NULL) {
 		struct pending *p = NULL;
 		size_t k;
@@ -1063,7 +1100,7 @@ session_fail_client(struct session *s, const char *reply, const char *outcome, c
 	session_note(s, STORE_KIND_ACTION, "%s", detail);
 	if (reply != NULL)
 		session_inject_client(s, reply, strlen(reply));
-	s->state = ST_CLOSING;
+	session_enter_state(s, ST_CLOSING);
 	if (s->cur_msg != NULL) {
 		session_msg_close(s, s->cur_msg, 0, NULL);
 		s->cur_msg = NULL;
@@ -1108,7 +1145,7 @@ session_client_eventcb(struct bufferevent *bev, short what, void *arg)
 			session_set_outcome(s, "client-timeout", "client idle for %d s", s->ctx->cfg->idle_timeout);
 			session_note(s, STORE_KIND_ACTION, "client idle for %d s: closing", s->ctx->cfg->idle_timeout);
 			session_inject_client(s, reply, (size_t)n);
-			s->state = ST_CLOSING;
+			session_enter_state(s, ST_CLOSING);
 			if (s->cur_msg != NULL) {
 				session_msg_close(s, s->cur_msg, 0, NULL);
 				s->cur_msg = NULL;
@@ -1153,7 +1190,7 @@ session_client_gone(struct session *s, const char *why)
 	} else if (!s->quit_sent) {
 		session_set_outcome(s, "client-closed", "%s", why);
 	}
-	s->state = ST_CLOSING;
+	session_enter_state(s, ST_CLOSING);
 	session_leg_close(s, &s->client);
 	if (mid_message)
 		session_leg_close(s, &s->upstream);
@@ -1362,7 +1399,7 @@ session_reply_handle(struct session *s, struct evbuffer *reply, enum store_side 
 	switch (have ? p.kind : PEND_COMMAND) {
 	case PEND_GREETING:
 		if (s->state == ST_CONNECTING)
-			s->state = ST_CMD;
+			session_enter_state(s, ST_CMD);
 		break;
 	case PEND_DATA_END:
 		text = session_reply_text(raw, len);
@@ -1370,7 +1407,7 @@ session_reply_handle(struct session *s, struct evbuffer *reply, enum store_side 
 		p.msg = NULL;
 		break;
 	case PEND_AUTH_LINE:
-		s->state = code == 334 ? ST_AUTH : ST_CMD;
+		session_enter_state(s, code == 334 ? ST_AUTH : ST_CMD);
 		break;
 	case PEND_LOCAL:
 		break;
@@ -1399,15 +1436,15 @@ session_reply_handle(struct session *s, struct evbuffer *reply, enum store_side 
 			if (s->state == ST_HOLD) {
 				if (code == 354 && (s->cur_msg = session_msg_new(s, false)) != NULL) {
 					session_msg_open(s, s->cur_msg);
-					s->state = ST_DATA;
+					session_enter_state(s, ST_DATA);
 				} else {
-					s->state = ST_CMD;
+					session_enter_state(s, ST_CMD);
 				}
 			}
 			break;
 		case SMTP_VERB_AUTH:
 			if (s->state == ST_HOLD)
-				s->state = code == 334 ? ST_AUTH : ST_CMD;
+				session_enter_state(s, code == 334 ? ST_AUTH : ST_CMD);
 			break;
 		case SMTP_VERB_BDAT:
 			if (p.bdat_last) {
@@ -1454,7 +1491,7 @@ session_reply_handle(struct session *s, struct evbuffer *reply, enum store_side 
 	if (p.verb == SMTP_VERB_QUIT && have && p.kind == PEND_COMMAND) {
 		/* After QUIT nothing more is said: close the upstream, and the
 		 * client once it has the reply. */
-		s->state = ST_CLOSING;
+		session_enter_state(s, ST_CLOSING);
 		session_leg_close(s, &s->upstream);
 		session_leg_close_after_flush(s, &s->client);
 	} else if (!s->client.open && s->pend_len == 0) {
@@ -1538,7 +1575,7 @@ session_upstream_eventcb(struct bufferevent *bev, short what, void *arg)
 			snprintf(why, sizeof(why), "%s", evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
 		snprintf(reply, sizeof(reply), "421 4.4.1 smtptap: upstream %.100s unreachable: %.200s\r\n", cfg->upstream,
 			 why);
-		s->state = ST_CLOSING;
+		session_enter_state(s, ST_CLOSING);
 		session_pend_pop(s, &(struct pending){ 0 });
 		session_fail_client(s, reply, "upstream-unreachable", why);
 		session_leave(s);
@@ -1584,7 +1621,7 @@ session_upstream_gone(struct session *s, const char *why)
 	} else if (!s->quit_ok) {
 		session_set_outcome(s, "upstream-closed", "%s", why);
 	}
-	s->state = ST_CLOSING;
+	session_enter_state(s, ST_CLOSING);
 	session_leg_close(s, &s->upstream);
 	session_client_leftover(s, false);
 	session_leg_close_after_flush(s, &s->client);
