@@ -191,7 +191,23 @@ def test_sigkill_under_load_then_restart(smtptap, tmp_path):
     for t in ts:
         t.start()
     wait_until(lambda: accepted[0] >= 300, 120, what="300 accepted messages before the kill")
+    # One session certainly live at the kill, and already in the database
+    # (the load's own sessions may all fall in the last uncommitted batch).
+    idle = RawClient(p.host, p.port, timeout=30)
+    idle.reply()
+    idle.cmd("EHLO idle.example")
+    idle_addr = "127.0.0.1:%d" % idle.sock.getsockname()[1]
+
+    def idle_recorded():
+        con = sqlite3.connect("file:%s?mode=ro" % p.db, uri=True, timeout=30)
+        try:
+            return con.execute("SELECT COUNT(*) FROM sessions WHERE client = ? AND outcome IS NULL",
+                               (idle_addr,)).fetchone()[0] == 1
+        finally:
+            con.close()
+    wait_until(idle_recorded, 60, what="the idle session to be recorded")
     p.kill()
+    idle.close()
     p.expect_rc = -signal.SIGKILL
     stop.set()
     for t in ts:
