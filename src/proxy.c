@@ -54,7 +54,7 @@ static void proxy_signal_cb(evutil_socket_t sig, short what, void *arg);
 static void proxy_grace_cb(evutil_socket_t fd, short what, void *arg);
 static void proxy_session_end_cb(void *arg);
 static void proxy_listeners_enable(struct proxy *px, bool on);
-static void proxy_free(struct proxy *px);
+static int proxy_free(struct proxy *px);
 static struct event_base *proxy_base_new(void);
 
 int
@@ -120,7 +120,9 @@ proxy_run(const struct proxy_config *cfg)
 	}
 	rc = 0;
 out:
-	proxy_free(&px);
+	/* Records that could not be written are lost data: not a clean stop. */
+	if (proxy_free(&px) < 0)
+		rc = -1;
 	return rc;
 }
 
@@ -282,10 +284,12 @@ proxy_grace_cb(evutil_socket_t fd, short what, void *arg)
 	event_base_loopexit(px->base, NULL);
 }
 
-static void
+/* Returns -1 if the store reported lost records. */
+static int
 proxy_free(struct proxy *px)
 {
 	size_t i;
+	int rc = 0;
 
 	for (i = 0; i < px->nlisteners; i++) {
 		if (px->listeners[i].lev != NULL)
@@ -294,8 +298,10 @@ proxy_free(struct proxy *px)
 	px->stopping = true; /* session ends must not touch listeners now */
 	if (px->sessions.backlog_timer != NULL)
 		session_ctx_free(&px->sessions);
-	if (px->store != NULL && store_close(px->store) < 0)
+	if (px->store != NULL && store_close(px->store) < 0) {
 		log_warnx("some records could not be written to %s (see above)", px->cfg->db_path);
+		rc = -1;
+	}
 	if (px->sigterm != NULL)
 		event_free(px->sigterm);
 	if (px->sigint != NULL)
@@ -306,4 +312,5 @@ proxy_free(struct proxy *px)
 		evdns_base_free(px->dns, 1);
 	if (px->base != NULL)
 		event_base_free(px->base);
+	return rc;
 }

@@ -33,7 +33,8 @@ struct proxy_config {
 };
 
 /* Run until SIGTERM/SIGINT and the grace period are over.  Returns 0 on a
- * clean stop, -1 if start-up failed (reason already printed). */
+ * clean stop, -1 if start-up failed or records could not be written to
+ * the database (reason already printed). */
 int proxy_run(const struct proxy_config *cfg);
 
 #endif
