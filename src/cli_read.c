@@ -106,7 +106,7 @@ static const struct {
 static void cli_sessions_usage(FILE *f);
 static void cli_show_usage(FILE *f);
 static void cli_export_usage(FILE *f);
-static int cli_parse_id(const char *cmd, const char *s, int64_t *out);
+static int cli_parse_id(const char *cmd, int argc, char **argv, int64_t *out);
 static struct store_reader *cli_reader_open(const char *db);
 static char *cli_strdup_opt(const char *s, bool *nomem);
 static const char *cli_nonempty(const char *s);
@@ -211,13 +211,23 @@ cli_export_usage(FILE *f)
  * Shared helpers.
  */
 
+/* The one session ID operand left after the options (argv[optind]). */
 static int
-cli_parse_id(const char *cmd, const char *s, int64_t *out)
+cli_parse_id(const char *cmd, int argc, char **argv, int64_t *out)
 {
 	long v;
 
-	if (util_parse_int(s, 1, LONG_MAX, &v) < 0) {
-		log_warnx("%s: session ID must be a positive number (see 'smtptap sessions'), got '%s'", cmd, s);
+	if (optind >= argc) {
+		log_warnx("%s: missing session ID (see 'smtptap sessions')", cmd);
+		return -1;
+	}
+	if (optind + 1 < argc) {
+		log_warnx("%s: one session ID at a time, got '%s' too", cmd, argv[optind + 1]);
+		return -1;
+	}
+	if (util_parse_int(argv[optind], 1, LONG_MAX, &v) < 0) {
+		log_warnx("%s: session ID must be a positive number (see 'smtptap sessions'), got '%s'", cmd,
+			  argv[optind]);
 		return -1;
 	}
 	*out = v;
@@ -1298,15 +1308,7 @@ cli_show(int argc, char **argv)
 	}
 	memset(&sh, 0, sizeof(sh));
 	sh.side = -1;
-	if (optind >= argc) {
-		log_warnx("show: missing session ID (see 'smtptap sessions')");
-		return CLI_EXIT_USAGE;
-	}
-	if (optind + 1 < argc) {
-		log_warnx("show: one session ID at a time, got '%s' too", argv[optind + 1]);
-		return CLI_EXIT_USAGE;
-	}
-	if (cli_parse_id("show", argv[optind], &id) < 0)
+	if (cli_parse_id("show", argc, argv, &id) < 0)
 		return CLI_EXIT_USAGE;
 	if (as_json && raw) {
 		log_warnx("show: --json and --raw exclude each other: choose one");
@@ -1473,15 +1475,7 @@ cli_export(int argc, char **argv)
 			return CLI_EXIT_USAGE;
 		}
 	}
-	if (optind >= argc) {
-		log_warnx("export: missing session ID (see 'smtptap sessions')");
-		return CLI_EXIT_USAGE;
-	}
-	if (optind + 1 < argc) {
-		log_warnx("export: one session ID at a time, got '%s' too", argv[optind + 1]);
-		return CLI_EXIT_USAGE;
-	}
-	if (cli_parse_id("export", argv[optind], &id) < 0)
+	if (cli_parse_id("export", argc, argv, &id) < 0)
 		return CLI_EXIT_USAGE;
 	if (nfmt != 1) {
 		log_warnx("export: choose exactly one of --eml, --mbox or --json");
