@@ -49,6 +49,8 @@ struct rcpt_list {
 static void rd_errf(char *err, size_t errsz, const char *fmt, ...) LOG_PRINTF(3, 4);
 static int rd_check(struct store_reader *rd, char *err, size_t errsz);
 static int rd_prepare(struct store_reader *rd, const char *sql, sqlite3_stmt **stmt, char *err, size_t errsz);
+static int rd_prepare_key(struct store_reader *rd, const char *sql, int64_t key, sqlite3_stmt **stmt, char *err,
+			  size_t errsz);
 static int rd_db_error(struct store_reader *rd, char *err, size_t errsz);
 static int rd_walk_sessions(struct store_reader *rd, sqlite3_stmt *stmt, store_session_cb cb, void *arg,
 			    bool *found, char *err, size_t errsz);
@@ -114,15 +116,11 @@ store_reader_sessions(struct store_reader *rd, int limit, store_session_cb cb, v
 	bool found;
 
 	/* The newest `limit` sessions, handed out oldest first like a log. */
-	if (rd_prepare(rd,
-		       "SELECT " SESSION_COLUMNS " FROM (SELECT * FROM sessions ORDER BY id DESC LIMIT ?1) s "
-		       "ORDER BY s.id",
-		       &stmt, err, errsz) < 0)
+	if (rd_prepare_key(rd,
+			   "SELECT " SESSION_COLUMNS " FROM (SELECT * FROM sessions ORDER BY id DESC LIMIT ?1) s "
+			   "ORDER BY s.id",
+			   limit > 0 ? limit : -1, &stmt, err, errsz) < 0)
 		return -1;
-	if (sqlite3_bind_int64(stmt, 1, limit > 0 ? limit : -1) != SQLITE_OK) {
-		sqlite3_finalize(stmt);
-		return rd_db_error(rd, err, errsz);
-	}
 	return rd_walk_sessions(rd, stmt, cb, arg, &found, err, errsz);
 }
 
@@ -134,12 +132,8 @@ store_reader_session(struct store_reader *rd, int64_t id, store_session_cb cb, v
 	bool found = false;
 	int rc;
 
-	if (rd_prepare(rd, "SELECT " SESSION_COLUMNS " FROM sessions s WHERE s.id = ?1", &stmt, err, errsz) < 0)
+	if (rd_prepare_key(rd, "SELECT " SESSION_COLUMNS " FROM sessions s WHERE s.id = ?1", id, &stmt, err, errsz) < 0)
 		return -1;
-	if (sqlite3_bind_int64(stmt, 1, id) != SQLITE_OK) {
-		sqlite3_finalize(stmt);
-		return rd_db_error(rd, err, errsz);
-	}
 	rc = rd_walk_sessions(rd, stmt, cb, arg, &found, err, errsz);
 	if (rc == 0 && !found)
 		return 1;
@@ -154,15 +148,11 @@ store_reader_events(struct store_reader *rd, int64_t session_id, store_event_cb 
 	sqlite3_stmt *stmt;
 	int rc, ret = 0;
 
-	if (rd_prepare(rd,
-		       "SELECT seq, t_us, side, kind, flags, message_id, text, raw FROM events "
-		       "WHERE session_id = ?1 ORDER BY seq",
-		       &stmt, err, errsz) < 0)
+	if (rd_prepare_key(rd,
+			   "SELECT seq, t_us, side, kind, flags, message_id, text, raw FROM events "
+			   "WHERE session_id = ?1 ORDER BY seq",
+			   session_id, &stmt, err, errsz) < 0)
 		return -1;
-	if (sqlite3_bind_int64(stmt, 1, session_id) != SQLITE_OK) {
-		sqlite3_finalize(stmt);
-		return rd_db_error(rd, err, errsz);
-	}
 	while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
 		memset(&row, 0, sizeof(row));
 		row.seq = sqlite3_column_int64(stmt, 0);
@@ -269,15 +259,11 @@ store_reader_message_data(struct store_reader *rd, int64_t message_id, store_chu
 
 	/* events_message (message_id, seq) delivers the rows in order: no
 	 * sort, so a message of any size streams one chunk at a time. */
-	if (rd_prepare(rd,
-		       "SELECT raw FROM events WHERE message_id = ?1 AND kind = 'data' AND raw IS NOT NULL "
-		       "ORDER BY message_id, seq",
-		       &stmt, err, errsz) < 0)
+	if (rd_prepare_key(rd,
+			   "SELECT raw FROM events WHERE message_id = ?1 AND kind = 'data' AND raw IS NOT NULL "
+			   "ORDER BY message_id, seq",
+			   message_id, &stmt, err, errsz) < 0)
 		return -1;
-	if (sqlite3_bind_int64(stmt, 1, message_id) != SQLITE_OK) {
-		sqlite3_finalize(stmt);
-		return rd_db_error(rd, err, errsz);
-	}
 	while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
 		p = rd_blob(stmt, 0, &len);
 		if (len == 0)
@@ -360,6 +346,21 @@ rd_prepare(struct store_reader *rd, const char *sql, sqlite3_stmt **stmt, char *
 {
 	if (sqlite3_prepare_v2(rd->db, sql, -1, stmt, NULL) != SQLITE_OK)
 		return rd_db_error(rd, err, errsz);
+	return 0;
+}
+
+/* Prepare a statement whose one parameter ?1 is `key`. */
+static int
+rd_prepare_key(struct store_reader *rd, const char *sql, int64_t key, sqlite3_stmt **stmt, char *err,
+	       size_t errsz)
+{
+	if (rd_prepare(rd, sql, stmt, err, errsz) < 0)
+		return -1;
+	if (sqlite3_bind_int64(*stmt, 1, key) != SQLITE_OK) {
+		sqlite3_finalize(*stmt);
+		*stmt = NULL;
+		return rd_db_error(rd, err, errsz);
+	}
 	return 0;
 }
 
