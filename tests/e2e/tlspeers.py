@@ -140,7 +140,7 @@ class TestPKI:
             return self.expired, self.expired_key
         raise ValueError(kind)
 
-    def server_context(self, kind="leaf", min_version=None, max_version=None, sni_log=None):
+    def server_context(self, kind="leaf", min_version=None, max_version=None, sni_log=None, keylog=None):
         """A server SSLContext for an upstream.  sni_log: a list that gets
         each SNI the server is sent (None appended when there is none)."""
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -152,6 +152,8 @@ class TestPKI:
             ctx.minimum_version = min_version
         if max_version is not None:
             ctx.maximum_version = max_version
+        if keylog is not None:
+            ctx.keylog_filename = keylog
         if sni_log is not None:
             def cb(sslobj, name, context):
                 sni_log.append(name)
@@ -275,10 +277,11 @@ class _RecController(_BoundController):
 class TlsUpstream:
     """aiosmtpd upstream.  mode: 'starttls' (offers STARTTLS), 'implicit'
     (TLS from the first byte), 'plain' (no TLS at all).  cert: which PKI
-    certificate it serves.  auth: AUTH PLAIN/LOGIN accepting AUTH_PASS."""
+    certificate it serves.  auth: AUTH PLAIN/LOGIN accepting AUTH_PASS.
+    keylog: the upstream's own NSS key log file."""
 
     def __init__(self, pki, mode="starttls", cert="leaf", auth=False, min_version=None, max_version=None,
-                 ident=None, reject=()):
+                 ident=None, reject=(), keylog=None):
         self.mode = mode
         self.lock = threading.Lock()
         self.conns = []
@@ -292,7 +295,8 @@ class TlsUpstream:
             kw.update(auth_require_tls=False, authenticator=self._authenticator)
         ssl_context = None
         if mode != "plain":
-            ctx = pki.server_context(cert, min_version=min_version, max_version=max_version, sni_log=self.sni)
+            ctx = pki.server_context(cert, min_version=min_version, max_version=max_version, sni_log=self.sni,
+                                     keylog=keylog)
             if mode == "starttls":
                 kw.update(tls_context=ctx, require_starttls=False)
             elif mode == "implicit":
