@@ -114,7 +114,7 @@ class TestPKI:
 
     def _leaf(self, stem, cn, nbf, naf, selfsigned=False):
         key = ec.generate_private_key(ec.SECP256R1())
-        subject = _name(cn, "smtptap e2e upstream")
+        subject = _name(cn, "smtptap e2e mail server")
         b = (x509.CertificateBuilder()
              .subject_name(subject)
              .issuer_name(subject if selfsigned else self.ca_cert.subject)
