@@ -10,9 +10,11 @@ nothing but the test PKI: smtptap gets `--upstream-ca` for it.
 """
 
 import os
+import queue
 import re
 import ssl
 import subprocess
+import threading
 
 import pytest
 
@@ -746,20 +748,74 @@ def client_swaks(port, mode, cafile, tmp_path):
 
 
 def client_openssl(port, mode, cafile, tmp_path):
+    """openssl s_client, driven one command at a time (it would otherwise
+    send all of stdin at once, pipelining DATA content before the 354)."""
     msg = sample_message("s_client-" + mode)
     argv = ["openssl", "s_client", "-connect", "localhost:%d" % port, "-CAfile", cafile, "-verify_return_error",
-            "-verify_hostname", "localhost", "-servername", "localhost", "-crlf", "-ign_eof", "-quiet"]
+            "-verify_hostname", "localhost", "-servername", "localhost", "-crlf", "-quiet"]
     if mode == "starttls":
         argv += ["-starttls", "smtp"]
-    # s_client sends stdin as it reads it, without waiting for replies: fine
-    # for servers that read one command at a time from a stream (aiosmtpd,
-    # smtptap); -crlf turns the LF line ends into CRLF.
-    script = b"EHLO sclient.example\nMAIL FROM:<%s>\nRCPT TO:<%s>\nDATA\n" % (FROM.encode(), TO.encode())
-    body = stuff_data(msg).replace(b"\r\n", b"\n")
-    rc, out, err = run(argv, stdin=script + body + b"QUIT\n", timeout=60)
-    if rc == 0 and not re.search(r"(?m)^221", out):
-        rc = 99  # no reply to QUIT: the conversation did not finish
-    return rc, out + err, msg
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    lines = queue.Queue()
+
+    def reader():
+        for l in iter(proc.stdout.readline, b""):
+            lines.put(l)
+        lines.put(None)
+
+    threading.Thread(target=reader, daemon=True).start()
+    transcript = []
+
+    def reply(multiline=False):
+        """Lines up to a final reply line; returns its code (0: closed).
+        multiline: skip final lines until one that ends a multi-line reply
+        (after -starttls, s_client prints the last line of its own EHLO
+        reply once TLS is up)."""
+        cont = False
+        for _ in range(1000):
+            l = lines.get(timeout=30)
+            if l is None:
+                return 0
+            s = l.decode("utf-8", "replace").rstrip("\r\n")
+            transcript.append(s)
+            if re.match(r"^\d{3}-", s):
+                cont = True
+            elif re.match(r"^\d{3} ", s) and (cont or not multiline):
+                return int(s[:3])
+        return 0
+
+    def cmd(line, multiline=False):
+        proc.stdin.write(line + b"\n")
+        proc.stdin.flush()
+        return reply(multiline)
+
+    try:
+        ok = True
+        if mode == "implicit":
+            ok = reply() == 220
+        # (with -starttls, s_client read the greeting and did EHLO and
+        # STARTTLS itself before the handshake)
+        ok = ok and cmd(b"EHLO sclient.example", multiline=True) == 250
+        ok = ok and cmd(b"MAIL FROM:<%s>" % FROM.encode()) == 250
+        ok = ok and cmd(b"RCPT TO:<%s>" % TO.encode()) == 250
+        ok = ok and cmd(b"DATA") == 354
+        # -crlf makes each LF a CRLF on the wire
+        ok = ok and cmd(stuff_data(msg).replace(b"\r\n", b"\n")[:-1]) == 250
+        ok = ok and cmd(b"QUIT") == 221
+    except queue.Empty:
+        ok = False
+        transcript.append("(no reply within 30 s)")
+    finally:
+        try:
+            proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(30)
+    return (0 if ok else 1), "\n".join(transcript), msg
 
 
 def client_curl(port, mode, cafile, tmp_path):
@@ -917,6 +973,8 @@ def test_real_client(client, mode, tls_proxy, tls_upstream, pki, tmp_path, tools
     assert env["mail_from"] == FROM and env["rcpt_tos"] == [TO], env
     sess = doc["session"]
     check_client_leg(sess["client_tls"], mode, sni="localhost")
+    # the certificate the client accepted mirrors the upstream's subject
+    assert cert_cn(pki.leaf_cert().subject)[0] in sess["client_tls"]["cert_subject"], sess["client_tls"]
     check_upstream_leg(sess["upstream_tls"], mode, up, pki.leaf_cert())
     assert up.connections()[-1]["mode"] == mode
     if client == "phpmailer":

@@ -630,7 +630,9 @@ class PostfixUpstream:
             try:
                 self.proc.wait(STOP_TIMEOUT)
             except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
+                # its own session (start_new_session): the group is master's
+                # PID, so this also ends the daemons it started
+                os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(STOP_TIMEOUT)
         if getattr(self, "_err", None) and not self._err.closed:
             self._err.close()
