@@ -28,6 +28,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import warnings
 
 import pytest
 
@@ -148,10 +149,13 @@ class TestPKI:
         if min_version is not None or max_version is not None:
             # old protocol versions need the lowest security level
             ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
-        if min_version is not None:
-            ctx.minimum_version = min_version
-        if max_version is not None:
-            ctx.maximum_version = max_version
+        with warnings.catch_warnings():
+            # TLS 1.0/1.1 are deprecated: that is the point of these peers
+            warnings.simplefilter("ignore", DeprecationWarning)
+            if min_version is not None:
+                ctx.minimum_version = min_version
+            if max_version is not None:
+                ctx.maximum_version = max_version
         if keylog is not None:
             ctx.keylog_filename = keylog
         if sni_log is not None:
@@ -388,10 +392,12 @@ def client_context(cafile=None, min_version=None, max_version=None, check_hostna
     ctx.check_hostname = check_hostname
     if min_version is not None or max_version is not None:
         ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
-    if min_version is not None:
-        ctx.minimum_version = min_version
-    if max_version is not None:
-        ctx.maximum_version = max_version
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        if min_version is not None:
+            ctx.minimum_version = min_version
+        if max_version is not None:
+            ctx.maximum_version = max_version
     return ctx
 
 
