@@ -28,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -104,6 +105,7 @@ static int tls_setup_server(struct tls *t, const struct tls_config *cfg, char *e
 static int tls_setup_client(struct tls *t, const struct tls_config *cfg, char *err, size_t errsz);
 static void tls_err(char *err, size_t errsz, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static bool tls_is_ip(const char *s, char *out, size_t outsz);
+static int tls_check_readable(const char *flag, const char *path, char *err, size_t errsz);
 static int tls_mkdir_p(const char *dir, char *err, size_t errsz);
 static int tls_write_pem(const char *path, mode_t mode, EVP_PKEY *key, X509 *cert, char *err, size_t errsz);
 static int tls_ca_load(const char *dir, X509 **cert, EVP_PKEY **key, char *err, size_t errsz);
@@ -166,6 +168,21 @@ tls_is_ip(const char *s, char *out, size_t outsz)
 	if (out != NULL)
 		snprintf(out, outsz, "%s", tmp);
 	return true;
+}
+
+/* A missing or unreadable file gets the system's one-line reason rather
+ * than OpenSSL's three-error chain. */
+static int
+tls_check_readable(const char *flag, const char *path, char *err, size_t errsz)
+{
+	FILE *f;
+
+	if ((f = fopen(path, "r")) == NULL) {
+		tls_err(err, errsz, "%s %s: %s", flag, path, strerror(errno));
+		return -1;
+	}
+	fclose(f);
+	return 0;
 }
 
 /* "AB:CD:..." for the SHA-256 of x's DER form (out >= 96 bytes). */
@@ -373,6 +390,9 @@ tls_setup_server(struct tls *t, const struct tls_config *cfg, char *err, size_t 
 		SSL_CTX_set_keylog_callback(t->srv, tls_keylog_cb);
 
 	if (cfg->cert_file != NULL) {
+		if (tls_check_readable("--cert", cfg->cert_file, err, errsz) < 0 ||
+		    tls_check_readable("--key", cfg->key_file, err, errsz) < 0)
+			return -1;
 		if (SSL_CTX_use_certificate_chain_file(t->srv, cfg->cert_file) != 1) {
 			tls_err(err, errsz, "--cert %s: %s", cfg->cert_file, tls_error_text(ebuf, sizeof(ebuf)));
 			return -1;
@@ -424,6 +444,8 @@ tls_setup_client(struct tls *t, const struct tls_config *cfg, char *err, size_t 
 	 * result and decides (--upstream-verify), with the reason recorded. */
 	SSL_CTX_set_verify(t->cli, SSL_VERIFY_NONE, NULL);
 	if (cfg->upstream_ca != NULL) {
+		if (tls_check_readable("--upstream-ca", cfg->upstream_ca, err, errsz) < 0)
+			return -1;
 		if (SSL_CTX_load_verify_file(t->cli, cfg->upstream_ca) != 1) {
 			tls_err(err, errsz, "--upstream-ca %s: %s", cfg->upstream_ca,
 				tls_error_text(ebuf, sizeof(ebuf)));
@@ -975,8 +997,10 @@ tls_forge(struct tls *t, X509 *upstream, const char *name, const char *sni)
 			for (i = -1; (i = X509_NAME_get_index_by_NID(usubj, NID_commonName, i)) >= 0;) {
 				ne = X509_NAME_get_entry(usubj, i);
 				cn = X509_NAME_ENTRY_get_data(ne);
-				if ((len = ASN1_STRING_to_UTF8(&utf8, cn)) < 0)
+				if ((len = ASN1_STRING_to_UTF8(&utf8, cn)) < 0) {
+					ERR_clear_error();
 					continue;
+				}
 				if (len > 0 && len < TLS_NAME_MAX && memchr(utf8, '\0', (size_t)len) == NULL &&
 				    !tls_san_add(gens, (const char *)utf8)) {
 					OPENSSL_free(utf8);
@@ -1222,53 +1246,87 @@ fail:
 	return NULL;
 }
 
+/*
+ * Serialised by a lock on the directory, so two smtptap processes started
+ * at once (a proxy and `ca init`) never both create a CA or see one half
+ * written.  Each file is written under a temporary name and renamed into
+ * place, key first: a crash leaves at most a stray *.new file, or (between
+ * the two renames) a key without certificate, which is then reported.
+ */
 int
 tls_ca_init(const char *dir, char *err, size_t errsz)
 {
-	char cpath[PATH_MAX], kpath[PATH_MAX], ebuf[256];
+	char cpath[PATH_MAX], kpath[PATH_MAX], ctmp[PATH_MAX + 8], ktmp[PATH_MAX + 8], ebuf[256];
 	bool have_cert, have_key;
 	EVP_PKEY *key = NULL;
 	X509 *cert = NULL;
 	struct stat sb;
+	int dfd, rc = -1;
 
 	if (tls_mkdir_p(dir, err, errsz) < 0)
 		return -1;
+	if ((dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0) {
+		tls_err(err, errsz, "%s: %s", dir, strerror(errno));
+		return -1;
+	}
+	while (flock(dfd, LOCK_EX) < 0) {
+		if (errno != EINTR) {
+			tls_err(err, errsz, "locking %s: %s", dir, strerror(errno));
+			close(dfd);
+			return -1;
+		}
+	}
 	tls_ca_paths(dir, cpath, sizeof(cpath), kpath, sizeof(kpath));
+	snprintf(ctmp, sizeof(ctmp), "%s.new", cpath);
+	snprintf(ktmp, sizeof(ktmp), "%s.new", kpath);
 	have_cert = lstat(cpath, &sb) == 0;
 	have_key = lstat(kpath, &sb) == 0;
 	if (have_cert && have_key) {
-		if (tls_ca_load(dir, &cert, &key, err, errsz) < 0)
-			return -1;
-		X509_free(cert);
-		EVP_PKEY_free(key);
-		return 0;
+		if (tls_ca_load(dir, &cert, &key, err, errsz) == 0)
+			rc = 0;
+		goto out;
 	}
 	/* Half a CA is someone's (or a crash's) work: never paper over it. */
 	if (have_cert != have_key) {
 		tls_err(err, errsz, "%s exists but %s does not: remove %s (or restore %s) to make a new CA",
 			have_cert ? cpath : kpath, have_cert ? kpath : cpath, have_cert ? cpath : kpath,
 			have_cert ? kpath : cpath);
-		return -1;
+		goto out;
 	}
 	if ((key = EVP_EC_gen("P-256")) == NULL) {
 		tls_err(err, errsz, "making the CA key: %s", tls_error_text(ebuf, sizeof(ebuf)));
-		return -1;
+		goto out;
 	}
 	if ((cert = tls_ca_make(key, err, errsz)) == NULL)
-		goto fail;
-	if (tls_write_pem(kpath, 0600, key, NULL, err, errsz) < 0)
-		goto fail;
-	if (tls_write_pem(cpath, 0644, NULL, cert, err, errsz) < 0) {
-		unlink(kpath);
-		goto fail;
+		goto out;
+	/* Left over by a crash of an earlier attempt (we hold the lock). */
+	unlink(ktmp);
+	unlink(ctmp);
+	if (tls_write_pem(ktmp, 0600, key, NULL, err, errsz) < 0)
+		goto out;
+	if (tls_write_pem(ctmp, 0644, NULL, cert, err, errsz) < 0) {
+		unlink(ktmp);
+		goto out;
 	}
+	if (rename(ktmp, kpath) < 0) {
+		tls_err(err, errsz, "creating %s: %s", kpath, strerror(errno));
+		unlink(ktmp);
+		unlink(ctmp);
+		goto out;
+	}
+	if (rename(ctmp, cpath) < 0) {
+		tls_err(err, errsz, "creating %s: %s", cpath, strerror(errno));
+		unlink(kpath);
+		unlink(ctmp);
+		goto out;
+	}
+	fsync(dfd);
+	rc = 1;
+out:
 	X509_free(cert);
 	EVP_PKEY_free(key);
-	return 1;
-fail:
-	X509_free(cert);
-	EVP_PKEY_free(key);
-	return -1;
+	close(dfd); /* releases the lock */
+	return rc;
 }
 
 int

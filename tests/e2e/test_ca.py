@@ -1,5 +1,6 @@
 """`smtptap ca init|show`: the local CA on disk, its output, its errors."""
 
+import json
 import os
 import shutil
 import stat
@@ -79,6 +80,27 @@ def test_show_relative_dir_prints_absolute_paths(tmp_path):
     finally:
         os.chdir(old)
     assert doc["cert"] == str(tmp_path / "ca" / "ca.pem")
+
+
+def test_concurrent_init_makes_one_ca(tmp_path):
+    """Several processes creating the same CA at once: one creates it, the
+    others find it whole (never half-made)."""
+    ca_dir = tmp_path / "ca"
+    argv = [BIN, "ca", "init", "--ca-dir", str(ca_dir), "--json"]
+    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(6)]
+    docs = []
+    try:
+        for p in procs:
+            out, err = p.communicate(timeout=120)
+            assert p.returncode == 0, err
+            docs.append(json.loads(out))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert sum(d["created"] for d in docs) == 1
+    assert len({d["fingerprint_sha256"] for d in docs}) == 1
 
 
 def test_show_without_ca(tmp_path):

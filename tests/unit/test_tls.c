@@ -410,7 +410,7 @@ static void
 test_ca_half_made_refused(void **state)
 {
 	struct fx *f = *state;
-	char cert[PATH_MAX], key[PATH_MAX], err[1024];
+	char cert[PATH_MAX], key[PATH_MAX], tmp[PATH_MAX + 8], err[1024], fp[96];
 	char *before, *after;
 	struct stat sb;
 
@@ -460,7 +460,21 @@ test_ca_half_made_refused(void **state)
 	}
 	assert_int_equal(tls_ca_init(f->ca_dir, err, sizeof(err)), -1);
 	assert_non_null(strstr(err, cert));
-	assert_int_equal(tls_ca_fingerprint(f->ca_dir, cert, 96, err, sizeof(err)), -1);
+	assert_int_equal(tls_ca_fingerprint(f->ca_dir, fp, sizeof(fp), err, sizeof(err)), -1);
+	assert_non_null(strstr(err, cert));
+
+	/* neither, but the temporary files of a crashed attempt: made anew */
+	assert_int_equal(unlink(cert), 0);
+	assert_int_equal(unlink(key), 0);
+	snprintf(tmp, sizeof(tmp), "%s.new", key);
+	write_pem(tmp, f->up_ca, NULL);
+	snprintf(tmp, sizeof(tmp), "%s.new", cert);
+	write_pem(tmp, f->up_ca, NULL);
+	assert_int_equal(tls_ca_init(f->ca_dir, err, sizeof(err)), 1);
+	assert_int_equal(stat(tmp, &sb), -1);
+	assert_int_equal(stat(key, &sb), 0);
+	assert_int_equal(sb.st_mode & 07777, 0600);
+	assert_int_equal(tls_ca_init(f->ca_dir, err, sizeof(err)), 0);
 }
 
 static void
@@ -809,6 +823,7 @@ upstream_verify(struct tls *t, X509 *cert, EVP_PKEY *key, const char *sni, const
 	tls_info_get(c, false, &info);
 	assert_int_equal(info.verified, r);
 	assert_string_equal(info.verify_error, why);
+	assert_string_equal(info.sni, sni_seen); /* what was sent is what arrived */
 	assert_false(info.forged);
 	SSL_free(c);
 	SSL_free(s);
