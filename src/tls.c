@@ -106,6 +106,7 @@ static int tls_setup_client(struct tls *t, const struct tls_config *cfg, char *e
 static void tls_err(char *err, size_t errsz, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static bool tls_is_ip(const char *s, char *out, size_t outsz);
 static int tls_check_readable(const char *flag, const char *path, char *err, size_t errsz);
+static bool tls_is_hostname(const char *s);
 static int tls_mkdir_p(const char *dir, char *err, size_t errsz);
 static int tls_write_pem(const char *path, mode_t mode, EVP_PKEY *key, X509 *cert, char *err, size_t errsz);
 static int tls_ca_load(const char *dir, X509 **cert, EVP_PKEY **key, char *err, size_t errsz);
@@ -168,6 +169,24 @@ tls_is_ip(const char *s, char *out, size_t outsz)
 	if (out != NULL)
 		snprintf(out, outsz, "%s", tmp);
 	return true;
+}
+
+/* Could s be a DNS name (letters, digits, '-', '_', '.'; at most 253)?
+ * A client's SNI is hostile input: anything else is not worth a
+ * signature and a cache slot, nor a place in a certificate. */
+static bool
+tls_is_hostname(const char *s)
+{
+	size_t i;
+
+	for (i = 0; s[i] != '\0'; i++) {
+		if (i >= 253)
+			return false;
+		if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z') || (s[i] >= '0' && s[i] <= '9') ||
+		      s[i] == '-' || s[i] == '_' || s[i] == '.'))
+			return false;
+	}
+	return i > 0;
 }
 
 /* A missing or unreadable file gets the system's one-line reason rather
@@ -284,13 +303,11 @@ tls_servername_cb(SSL *ssl, int *alert, void *arg)
 	if (sni == NULL || sni[0] == '\0' || st == NULL || !st->forged || !t->forging)
 		return SSL_TLSEXT_ERR_OK;
 	cur = SSL_get_certificate(ssl);
-	if (cur != NULL) {
-		if (tls_is_ip(sni, ip, sizeof(ip))) {
-			if (X509_check_ip_asc(cur, ip, 0) == 1)
-				return SSL_TLSEXT_ERR_OK;
-		} else if (X509_check_host(cur, sni, 0, 0, NULL) == 1)
+	if (tls_is_ip(sni, ip, sizeof(ip))) {
+		if (cur != NULL && X509_check_ip_asc(cur, ip, 0) == 1)
 			return SSL_TLSEXT_ERR_OK;
-	}
+	} else if (!tls_is_hostname(sni) || (cur != NULL && X509_check_host(cur, sni, 0, 0, NULL) == 1))
+		return SSL_TLSEXT_ERR_OK;
 	if ((leaf = tls_leaf_get(t, st->upstream, st->name, sni)) == NULL) {
 		ERR_clear_error();
 		return SSL_TLSEXT_ERR_OK;

@@ -681,6 +681,13 @@ test_sni_reforge(void **state)
 	assert_int_equal(st.cache_hits, 3); /* the base leaf once before, base and alias now */
 	X509_free(leaf);
 
+	/* an SNI that cannot be a host name is not worth a forge */
+	leaf = serve(t, up, "mx1.example.org", "bad name\x01<>", ca, NULL);
+	assert_int_equal(X509_check_host(leaf, "mx1.example.org", 0, 0, NULL), 1);
+	tls_stats_get(t, &st);
+	assert_int_equal(st.forged, 2);
+	X509_free(leaf);
+
 	/* sink mode: name and SNI differ */
 	leaf = serve(t, NULL, "127.0.0.1", "catcher.test", ca, NULL);
 	assert_int_equal(X509_check_host(leaf, "catcher.test", 0, 0, NULL), 1);
