@@ -382,6 +382,8 @@ leg_set_error(struct leg *leg, short what)
 		while ((e = bufferevent_get_openssl_error(leg->bev)) != 0) {
 			char one[256];
 
+			if (ERR_GET_LIB(e) == 0)
+				continue; /* libevent's own placeholder, no text */
 			if (leg->tls_error == 0)
 				leg->tls_error = e;
 			ERR_error_string_n(e, one, sizeof(one));
