@@ -27,6 +27,8 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as AioSMTP, AuthResult, LoginPassword
 
+from scripted import Scripted
+
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 BIN = os.path.abspath(os.environ.get("SMTPTAP_BIN") or os.path.join(REPO, "build", "smtptap"))
 SANITIZER = os.environ.get("SMTPTAP_SANITIZER") == "1"
@@ -804,6 +806,21 @@ def mini_factory():
     yield make
     for s in servers:
         s.stop()
+
+
+# --------------------------------------------------------------------------
+# scripted peers (scripted.py): a dialogue per connection, either side
+
+
+@pytest.fixture
+def scripted(smtptap):
+    """scripted.server(steps, ...) -> ScriptedServer (addr, port, [n] the
+    n-th connection's Conn); scripted.client(port, steps) -> Conn.  Depends
+    on smtptap so that the peers are stopped (sockets closed) before the
+    proxies are, and a proxy never waits out its grace period for them."""
+    f = Scripted()
+    yield f
+    f.stop_all()
 
 
 # --------------------------------------------------------------------------
