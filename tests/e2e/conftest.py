@@ -9,7 +9,6 @@ Environment:
                      workloads, no RSS assertions)
 """
 
-import asyncio
 import base64
 import hashlib
 import json

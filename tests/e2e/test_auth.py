@@ -2,14 +2,12 @@
 
 import base64
 import glob
-import os
-import shutil
 import smtplib
 import subprocess
 
 import pytest
 
-from conftest import export_eml, only_session, run_cli, show_json, show_raw
+from conftest import export_eml, only_session, show_json, show_raw
 
 USER = "mailuser@example.com"
 PASSWORD = "s3cret-Pa55"

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from conftest import (BIN, REPO, RawClient, export_eml, only_session, run_cli, sample_message, sessions_list,
+from conftest import (BIN, REPO, RawClient, export_eml, only_session, run_cli, sample_message,
                       show_json, stuff_data, wait_sessions)
 
 

@@ -6,7 +6,6 @@ the replies the client printed are the replies smtptap recorded."""
 
 import os
 import re
-import shutil
 import smtplib
 import subprocess
 

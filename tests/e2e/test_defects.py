@@ -6,7 +6,6 @@ pass once it is fixed: then the marker goes (strict, so a fix that lands
 without removing it turns the suite red instead of hiding the test).
 """
 
-import os
 import select
 import socket
 import struct

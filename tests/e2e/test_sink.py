@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from conftest import (RawClient, export_eml, only_session, run_cli, sample_message, show_json, stuff_data,
+from conftest import (RawClient, export_eml, only_session, show_json, stuff_data,
                       wait_sessions)
 
 
