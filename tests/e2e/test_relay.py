@@ -1,14 +1,13 @@
 """Relay mode is transparent: same replies, same bytes, all recorded."""
 
 import smtplib
-import socket
 import subprocess
 from email.message import EmailMessage
 
 import pytest
 
 from conftest import (RawClient, commands, content_queue_id, export_eml, only_session, reply_events_seen_by_client,
-                      reply_lines, run_cli, sample_message, show_json, show_raw, stuff_data, wait_sessions)
+                      reply_lines, sample_message, show_json, show_raw, stuff_data, wait_sessions)
 
 
 def smtplib_transcript(host, port, msg, rcpts, mail_from="alice@example.com", mail_options=()):
