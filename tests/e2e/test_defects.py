@@ -1,9 +1,8 @@
 """Defects found in review of the session code (issue 5), each driven by a
 scripted peer (scripted.py) on the leg that misbehaves.
 
-The tests marked xfail(strict=True) fail with today's session code and must
-pass once it is fixed: then the marker goes (strict, so a fix that lands
-without removing it turns the suite red instead of hiding the test).
+Each failed against the session code before the leg layer (issue 5) and
+passes since.
 """
 
 import select
@@ -63,8 +62,6 @@ SECOND = b"Subject: second\r\n\r\nthe session goes on\r\n"
 # a. the upstream closes in the middle of a reply
 
 
-@pytest.mark.xfail(strict=True, reason="issue 5: a reply cut short by the upstream's close is neither recorded "
-                   "nor passed on to the client")
 def test_upstream_closes_mid_reply(scripted, smtptap):
     cut = b"250-host hello\r\n250-PIPELI"
     up = scripted.server([send(GREET), expect(rb"EHLO " + LINE), send(cut), close(), expect_closed()])
@@ -127,8 +124,6 @@ def flood_ehlo(p, sock):
     return written, "loop bound"
 
 
-@pytest.mark.xfail(strict=True, reason="issue 5: replies to a client that does not read pile up in the client's "
-                   "output buffer without bound")
 @pytest.mark.parametrize("mode", ["sink", "relay"])
 def test_client_that_never_reads(mode, mini_factory, smtptap):
     if mode == "relay":
@@ -170,8 +165,6 @@ def test_client_that_never_reads(mode, mini_factory, smtptap):
 # c. a bare-LF "end of data" against a strict upstream
 
 
-@pytest.mark.xfail(strict=True, reason="issue 5: smtptap ends DATA at LF.LF where a strict upstream does not, "
-                   "records a different message and loses track of the replies")
 def test_bare_lf_dot_with_strict_upstream(scripted, smtptap):
     up = scripted.server(upstream_hello_steps() + upstream_envelope_steps() + [
         expect(rb"DATA\r\n"), send(b"354 go ahead\r\n"),
@@ -215,9 +208,7 @@ def test_bare_lf_dot_with_strict_upstream(scripted, smtptap):
 # d. BDAT 0 LAST
 
 
-BDAT_MODES = [pytest.param("sink", marks=pytest.mark.xfail(
-    strict=True, reason="issue 5: in sink mode BDAT 0 LAST waits for chunk bytes that never come: no reply")),
-    "relay"]
+BDAT_MODES = ["sink", "relay"]
 
 
 @pytest.mark.parametrize("mode", BDAT_MODES)
