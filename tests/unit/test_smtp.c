@@ -1137,6 +1137,11 @@ test_ehlo_edit_add(void **state)
 	/* The added line takes the greeting line's code. */
 	assert_int_equal(ehlo_edit("251 host\r\n", "STARTTLS", true, 0, got, &had), 1);
 	assert_string_equal(got, "251-host\r\n251 STARTTLS\r\n");
+	/* A bare code is a last line too: it gets its '-' (no text). */
+	assert_int_equal(ehlo_edit("250\r\n", "STARTTLS", true, 0, got, &had), 1);
+	assert_string_equal(got, "250-\r\n250 STARTTLS\r\n");
+	assert_int_equal(ehlo_edit("250\n", "STARTTLS", true, 0, got, &had), 1);
+	assert_string_equal(got, "250-\n250 STARTTLS\n");
 }
 
 static void
