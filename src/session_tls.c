@@ -257,6 +257,11 @@ session_tls_client_starttls(struct session *s, struct evbuffer *in, const char *
 					    "upstream does not offer STARTTLS (--upstream-tls starttls requires TLS)");
 			return;
 		}
+		if (!s->sink_mode && !s->upstream.tls)
+			session_note(s, STORE_KIND_TLS, "client STARTTLS answered by smtptap; the upstream leg stays "
+				     "plaintext (%s)",
+				     s->upstream_tls == PROXY_TLS_OFF ? "--upstream-tls off" :
+									"the upstream does not offer STARTTLS");
 		session_local_push(s, local_starttls_220, true);
 	}
 	session_client_discard(s, "client plaintext pipelined after STARTTLS is never interpreted (RFC 3207)");
