@@ -50,6 +50,7 @@
 #define TLS_LEAF_DAYS 364
 
 #define TLS_NAME_MAX 256 /* a DNS name is at most 253 characters */
+#define TLS_RESUME_MAX 16 /* upstream names whose last session is kept */
 #define TLS_CN_MAX 64	 /* X.520 ub-common-name */
 
 /* One cached leaf, in a hash bucket chain and in the LRU list. */
@@ -77,6 +78,16 @@ struct tls {
 	FILE *keylog;
 	struct tls_cache cache;
 	struct tls_stats stats;
+	/* The last session per upstream name, offered for resumption: a
+	 * proxy that opens a connection per message (the PHP pattern) then
+	 * costs the upstream an abbreviated handshake, as haproxy's
+	 * per-server session reuse does. */
+	struct tls_resume {
+		char name[TLS_NAME_MAX];
+		SSL_SESSION *sess;
+		uint64_t used;
+	} resume[TLS_RESUME_MAX];
+	uint64_t resume_clock;
 };
 
 /*
@@ -95,6 +106,8 @@ static int tls_ex_index = -1;
 static void tls_ex_init(void);
 static void tls_ex_free_cb(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl, void *argp);
 static void tls_keylog_cb(const SSL *ssl, const char *line);
+static int tls_resume_new_cb(SSL *ssl, SSL_SESSION *sess);
+static struct tls_resume *tls_resume_find(struct tls *t, const char *name);
 static int tls_servername_cb(SSL *ssl, int *alert, void *arg);
 static int tls_open_keylog(struct tls *t, const char *path, char *err, size_t errsz);
 static int tls_setup_server(struct tls *t, const struct tls_config *cfg, char *err, size_t errsz);
@@ -325,6 +338,8 @@ tls_free(struct tls *t)
 	if (t == NULL)
 		return;
 	tls_cache_clear(&t->cache);
+	for (size_t i = 0; i < TLS_RESUME_MAX; i++)
+		SSL_SESSION_free(t->resume[i].sess);
 	SSL_CTX_free(t->srv);
 	SSL_CTX_free(t->cli);
 	X509_free(t->ca_cert);
@@ -426,6 +441,8 @@ tls_setup_client(struct tls *t, const struct tls_config *cfg, char *err, size_t 
 	SSL_CTX_set_app_data(t->cli, t);
 	if (t->keylog != NULL)
 		SSL_CTX_set_keylog_callback(t->cli, tls_keylog_cb);
+	SSL_CTX_set_session_cache_mode(t->cli, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+	SSL_CTX_sess_set_new_cb(t->cli, tls_resume_new_cb);
 	/* Never fail the handshake on verification: the session reads the
 	 * result and decides (--upstream-verify), with the reason recorded. */
 	SSL_CTX_set_verify(t->cli, SSL_VERIFY_NONE, NULL);
@@ -507,6 +524,19 @@ tls_client_ssl_new(struct tls *t, const char *sni, const char *verify_name, char
 	}
 	if ((ssl = SSL_new(t->cli)) == NULL)
 		goto fail;
+	if (verify_name != NULL && verify_name[0] != '\0') {
+		struct tls_ssl_state *st = calloc(1, sizeof(*st));
+		struct tls_resume *r;
+
+		if (st == NULL || SSL_set_ex_data(ssl, tls_ex_index, st) != 1) {
+			free(st);
+			goto fail;
+		}
+		snprintf(st->name, sizeof(st->name), "%s", verify_name);
+		r = tls_resume_find(t, verify_name);
+		if (r != NULL && r->sess != NULL && SSL_SESSION_is_resumable(r->sess))
+			SSL_set_session(ssl, r->sess);
+	}
 	/* RFC 6066: SNI carries host names only, never an address. */
 	if (sni != NULL && sni[0] != '\0' && !tls_is_ip(sni, NULL, 0) &&
 	    SSL_set_tlsext_host_name(ssl, sni) != 1)
@@ -527,6 +557,44 @@ fail:
 	tls_err(err, errsz, "cannot set up TLS for the upstream: %s", tls_error_text(ebuf, sizeof(ebuf)));
 	SSL_free(ssl);
 	return NULL;
+}
+
+/* The slot for `name`, or the least recently used one to reuse. */
+static struct tls_resume *
+tls_resume_find(struct tls *t, const char *name)
+{
+	struct tls_resume *lru = &t->resume[0];
+	size_t i;
+
+	for (i = 0; i < TLS_RESUME_MAX; i++) {
+		struct tls_resume *r = &t->resume[i];
+
+		if (r->sess != NULL && strcmp(r->name, name) == 0) {
+			r->used = ++t->resume_clock;
+			return r;
+		}
+		if (r->used < lru->used)
+			lru = r;
+	}
+	return lru;
+}
+
+/* A session (TLS 1.3: a ticket after the handshake) worth resuming. */
+static int
+tls_resume_new_cb(SSL *ssl, SSL_SESSION *sess)
+{
+	struct tls *t = SSL_CTX_get_app_data(SSL_get_SSL_CTX(ssl));
+	struct tls_ssl_state *st = SSL_get_ex_data(ssl, tls_ex_index);
+	struct tls_resume *r;
+
+	if (t == NULL || st == NULL || st->name[0] == '\0')
+		return 0;
+	r = tls_resume_find(t, st->name);
+	SSL_SESSION_free(r->sess);
+	r->sess = sess;
+	snprintf(r->name, sizeof(r->name), "%s", st->name);
+	r->used = ++t->resume_clock;
+	return 1; /* the reference is ours now */
 }
 
 int
@@ -587,6 +655,7 @@ tls_info_get(SSL *ssl, bool server_side, struct tls_info *info)
 	}
 	info->verify_error[0] = '\0';
 	info->forged = false;
+	info->resumed = SSL_session_reused(ssl) == 1;
 	if (server_side) {
 		info->verified = -1;
 		st = SSL_get_ex_data(ssl, tls_ex_index);
@@ -631,6 +700,7 @@ tls_info_json(const struct tls_info *info)
 		json_kv_bool(&j, "verified", info->verified == 1);
 	tls_kv_text(&j, "verify_error", info->verify_error);
 	json_kv_bool(&j, "forged", info->forged);
+	json_kv_bool(&j, "resumed", info->resumed);
 	json_kv_int(&j, "handshake_us", info->handshake_us);
 	json_object_end(&j);
 	r = json_finish(&j);

@@ -92,6 +92,7 @@ struct tls_info {
 	int verified;		/* upstream leg: 1 or 0; client leg: -1 (not applicable) */
 	char verify_error[256]; /* why not verified, "" otherwise */
 	bool forged;		/* client leg: the certificate was forged by smtptap */
+	bool resumed;		/* an abbreviated handshake resumed an earlier session */
 	int64_t handshake_us;	/* handshake duration (set by the caller) */
 };
 
