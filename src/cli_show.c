@@ -16,6 +16,7 @@
 #include "smtptap/cli_json.h"
 #include "smtptap/cli_out.h"
 #include "smtptap/cli_read.h"
+#include "smtptap/cli_tls.h"
 #include "smtptap/export.h"
 #include "smtptap/log.h"
 #include "smtptap/store.h"
@@ -143,12 +144,12 @@ cli_show_header(struct cli_show *sh, const struct cli_session *s)
 		fputs("duration     -\noutcome      live (still open, or the recorder was killed)\n", f);
 	if (s->client_tls != NULL) {
 		fputs("client tls   ", f);
-		cli_read_put_escaped_str(f, s->client_tls);
+		cli_tls_put_summary(f, s->client_tls);
 		fputc('\n', f);
 	}
 	if (s->upstream_tls != NULL) {
 		fputs("upstream tls ", f);
-		cli_read_put_escaped_str(f, s->upstream_tls);
+		cli_tls_put_summary(f, s->upstream_tls);
 		fputc('\n', f);
 	}
 	fputc('\n', f);
