@@ -4,6 +4,7 @@ text built from the recorded TLS objects (never the stored JSON), while
 
 import re
 import smtplib
+import sqlite3
 import ssl
 import subprocess
 
@@ -158,3 +159,35 @@ def test_show_upstream_tls_line(aiosmtpd_factory, smtptap, tmp_path, tools_requi
             assert ut["verify_error"], ut
             assert ", NOT verified: %s, " % ut["verify_error"] in line, (line, ut)
         assert header_value(text, LABEL_CLIENT) is None, text
+
+
+def test_show_tls_hand_edited(smtptap):
+    """A database edited by hand or written by another version: a record
+    that is not JSON is printed escaped as it is stored, one with unknown,
+    nested or mistyped fields shows what it can, and neither breaks the
+    text or the --json document."""
+    p = smtptap(sink=True, args=["--client-tls", "starttls"])
+    starttls_session(p)
+    sid = only_session(p.db)["id"]
+    p.stop()
+
+    cases = [
+        ("\x1b[2Jnot json", "\\x1b[2Jnot json", "\x1b[2Jnot json"),
+        ('{"version":"TLSv1.9","future":{"x":[1,"}"]},"handshake_us":"soon","mode":7,"verified":false}',
+         "TLSv1.9, NOT verified", None),
+        ('{"unknown":true}', '{"unknown":true}', None),
+    ]
+    for stored, shown, as_string in cases:
+        db = sqlite3.connect(p.db)
+        try:
+            db.execute("UPDATE sessions SET client_tls = ? WHERE id = ?", (stored, sid))
+            db.commit()
+        finally:
+            db.close()
+        text = run_cli("show", sid, "--db", p.db).text
+        assert header_value(text, LABEL_CLIENT) == shown, (stored, text)
+        ct = show_json(p.db, sid)["session"]["client_tls"]
+        if as_string is not None:
+            assert ct == as_string, (stored, ct)
+        else:
+            assert isinstance(ct, dict), (stored, ct)
