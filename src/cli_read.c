@@ -34,10 +34,9 @@ static char *cli_read_strdup_opt(const char *s, bool *nomem);
 static int cli_read_session_copy_cb(const struct store_session_row *row, void *arg);
 
 /* ------------------------------------------------------------------------
- * Sessions.
+ * The database, the session ID, the session row.
  */
 
-/* The one session ID operand left after the options (argv[optind]). */
 int
 cli_read_parse_id(const char *cmd, int argc, char **argv, int64_t *out)
 {
@@ -72,6 +71,8 @@ cli_read_open(const char *db)
 	return rd;
 }
 
+/* strdup that keeps NULL as NULL and notes a failure in *nomem, so that a
+ * row's columns are copied in a row and checked once. */
 static char *
 cli_read_strdup_opt(const char *s, bool *nomem)
 {
@@ -83,6 +84,7 @@ cli_read_strdup_opt(const char *s, bool *nomem)
 		*nomem = true;
 	return d;
 }
+
 /* Returns 0, or -1 when out of memory (dst is then freed and zeroed). */
 int
 cli_read_session_copy(struct cli_session *dst, const struct store_session_row *row)

@@ -103,6 +103,9 @@ cli_show_put_indented(FILE *f, const char *s, const char *indent)
 	cli_read_put_escaped_str(f, s);
 }
 
+/* The session's header, one "label value" line each, every recorded text
+ * escaped.  A TLS leg's record is stored as JSON for --json; here it is a
+ * sentence (cli_tls.c), absent for a plaintext leg. */
 static void
 cli_show_header(struct cli_show *sh, const struct cli_session *s)
 {
