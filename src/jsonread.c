@@ -301,11 +301,11 @@ jsonread_number(struct jsonread_cur *c, struct jsonread_value *v)
 	bool neg, integer = true;
 	unsigned char ch;
 
-	while (c->i < c->len && (ch = c->p[c->i], (ch >= '0' && ch <= '9') || ch == '-' || ch == '+' || ch == '.' ||
-					     ch == 'e' || ch == 'E')) {
+	/* json_valid checked the grammar: the token is what follows of these */
+	while (c->i < c->len && strchr("0123456789+-.eE", c->p[c->i]) != NULL && c->p[c->i] != '\0') {
+		ch = c->p[c->i++];
 		if (ch == '.' || ch == 'e' || ch == 'E')
 			integer = false;
-		c->i++;
 	}
 	n = c->i - start;
 	if (n == 0)
