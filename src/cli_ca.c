@@ -116,7 +116,7 @@ cli_ca_json(const char *dir, const char *cert, const char *fp, int created)
 static int
 cli_ca_init(const char *dir, bool dir_given, bool as_json)
 {
-	char err[PATH_MAX + 256], cert[PATH_MAX], key[PATH_MAX], absdir[PATH_MAX], fp[96];
+	char err[PATH_MAX + 256], cert[PATH_MAX], key[PATH_MAX], absdir[PATH_MAX], fp[CA_FINGERPRINT_MAX];
 	const char *adir;
 	int r;
 
@@ -171,7 +171,7 @@ cli_ca_trust_help(FILE *f, const char *cert)
 static int
 cli_ca_show(const char *dir, bool dir_given, bool as_json)
 {
-	char err[PATH_MAX + 256], cert[PATH_MAX], key[PATH_MAX], absdir[PATH_MAX], fp[96];
+	char err[PATH_MAX + 256], cert[PATH_MAX], key[PATH_MAX], absdir[PATH_MAX], fp[CA_FINGERPRINT_MAX];
 	const char *adir;
 	struct stat sb;
 
