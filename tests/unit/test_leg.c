@@ -35,6 +35,7 @@
 #include <openssl/ssl.h>
 
 #include "smtptap/leg.h"
+#include "smtptap/ca.h"
 #include "smtptap/tls.h"
 
 #define WAIT_STEPS 200000
@@ -385,7 +386,7 @@ tls_cleanup(struct fx *f)
 {
 	char cert[400], key[400];
 
-	tls_ca_paths(f->ca, cert, sizeof(cert), key, sizeof(key));
+	ca_paths(f->ca, cert, sizeof(cert), key, sizeof(key));
 	unlink(cert);
 	unlink(key);
 	if (rmdir(f->ca) < 0 || rmdir(f->root) < 0)
