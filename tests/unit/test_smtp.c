@@ -24,7 +24,7 @@ struct ref_result {
 	size_t consumed;
 	size_t out_len;
 	bool done;
-	bool bare_lf;
+	bool bare_lf, bare_cr, nul;
 };
 
 static char *bufs[NBUFS];
@@ -35,6 +35,8 @@ static const char *dup_exact(const char *, size_t);
 static int cmd(const char *, struct smtp_cmd *);
 static int reply(const char *, struct smtp_reply_line *);
 static int ehlo_kw(const char *, struct smtp_ehlo_kw *);
+static int ehlo_edit(const char *, const char *, bool, size_t, char *, bool *);
+static char *ehlo_lines(size_t);
 static void check_str(struct smtp_str, const char *, const char *, int);
 static void ref_scan(const char *, size_t, char *, struct ref_result *);
 static size_t scan_chunks(const char *, size_t, const size_t *, size_t, char *, struct smtp_data *);
@@ -110,30 +112,34 @@ check_str(struct smtp_str s, const char *want, const char *file, int line)
 
 /*
  * Reference DATA scanner over a whole buffer, written line by line rather
- * than as a state machine so that the two can disagree.  A trailing partial
- * line "." or ".\r" produces nothing yet: it may still become the
- * terminator.
+ * than as a state machine so that the two can disagree.  Lines end with
+ * CRLF only (a bare LF or CR is content).  A trailing partial line "." or
+ * ".\r" produces nothing yet: it may still become the terminator.
  */
 static void
 ref_scan(const char *in, size_t len, char *out, struct ref_result *r)
 {
-	size_t pos = 0, end, n;
-	const char *nl;
+	size_t pos = 0, end, n, k;
+	const char *crlf;
 
 	memset(r, 0, sizeof(*r));
 	while (pos < len) {
-		nl = memchr(in + pos, '\n', len - pos);
-		end = nl != NULL ? (size_t)(nl - in) + 1 : len;
+		crlf = NULL;
+		for (k = pos; k + 1 < len; k++) {
+			if (in[k] == '\r' && in[k + 1] == '\n') {
+				crlf = in + k;
+				break;
+			}
+		}
+		end = crlf != NULL ? (size_t)(crlf - in) + 2 : len;
 		n = end - pos;
 		if (in[pos] == '.') {
-			if (nl != NULL && (n == 2 || (n == 3 && in[pos + 1] == '\r'))) {
+			if (crlf != NULL && n == 3) {
 				r->done = true;
 				r->consumed = end;
-				if (n == 2)
-					r->bare_lf = true;
 				return;
 			}
-			if (nl == NULL && (n == 1 || (n == 2 && in[pos + 1] == '\r')))
+			if (crlf == NULL && (n == 1 || (n == 2 && in[pos + 1] == '\r')))
 				break;
 			memcpy(out + r->out_len, in + pos + 1, n - 1);
 			r->out_len += n - 1;
@@ -141,8 +147,14 @@ ref_scan(const char *in, size_t len, char *out, struct ref_result *r)
 			memcpy(out + r->out_len, in + pos, n);
 			r->out_len += n;
 		}
-		if (nl != NULL && (n < 2 || in[end - 2] != '\r'))
-			r->bare_lf = true;
+		for (k = pos; k < end; k++) {
+			if (in[k] == '\n' && (k == 0 || in[k - 1] != '\r'))
+				r->bare_lf = true;
+			if (in[k] == '\r' && k + 1 < len && in[k + 1] != '\n')
+				r->bare_cr = true;
+			if (in[k] == '\0')
+				r->nul = true;
+		}
 		pos = end;
 	}
 	r->consumed = len;
@@ -225,6 +237,8 @@ check_splits(const char *in, size_t len)
 	assert_int_equal(d1.body_bytes, ref.out_len);
 	assert_int_equal(d1.st == SMTP_DATA_DONE, ref.done);
 	assert_int_equal(d1.bare_lf, ref.bare_lf);
+	assert_int_equal(d1.bare_cr, ref.bare_cr);
+	assert_int_equal(d1.nul, ref.nul);
 	if (ref.out_len > 0)
 		assert_memory_equal(o1, oref, ref.out_len);
 
@@ -235,6 +249,8 @@ check_splits(const char *in, size_t len)
 		assert_int_equal(d2.body_bytes, d1.body_bytes);
 		assert_int_equal(d2.st, d1.st);
 		assert_int_equal(d2.bare_lf, d1.bare_lf);
+		assert_int_equal(d2.bare_cr, d1.bare_cr);
+		assert_int_equal(d2.nul, d1.nul);
 		if (d1.body_bytes > 0)
 			assert_memory_equal(o2, o1, d1.body_bytes);
 	}
@@ -1016,6 +1032,268 @@ test_ehlo_keyword_empty(void **state)
 	assert_int_equal(smtp_parse_ehlo_keyword(NULL, 0, &k), -1);
 }
 
+/* ------------------------------------------------------------------------
+ * EHLO capability editing (smtp_ehlo_edit).
+ */
+
+/*
+ * smtp_ehlo_edit on an exact-size heap copy of `in` with an out buffer of
+ * exactly `outsz` bytes (0: the documented bound, len + strlen(kw) + 8),
+ * so ASan sees a read or write past either.  The output, NUL-terminated,
+ * goes to got (at least 8192 bytes) when the result is 1.
+ */
+static int
+ehlo_edit(const char *in, const char *kw, bool want, size_t outsz, char *got, bool *had)
+{
+	size_t len = strlen(in), outlen = 0;
+	char *out;
+	int r;
+
+	if (outsz == 0)
+		outsz = len + strlen(kw) + 8;
+	out = malloc(outsz);
+	assert_non_null(out);
+	*had = !want; /* must be overwritten */
+	got[0] = '\0';
+	r = smtp_ehlo_edit(dup_exact(in, len), len, kw, want, out, outsz, &outlen, had);
+	if (r == 1) {
+		assert_true(outlen <= outsz);
+		assert_true(outlen < 8192);
+		memcpy(got, out, outlen);
+		got[outlen] = '\0';
+	}
+	free(out);
+	return r;
+}
+
+static void
+test_ehlo_edit_remove_middle(void **state)
+{
+	char got[8192];
+	bool had;
+
+	(void)state;
+	assert_int_equal(ehlo_edit("250-mx.example.org Hello [127.0.0.1]\r\n250-SIZE 10240000\r\n"
+				   "250-STARTTLS\r\n250-PIPELINING\r\n250 8BITMIME\r\n",
+				   "STARTTLS", false, 0, got, &had),
+			 1);
+	assert_true(had);
+	assert_string_equal(got, "250-mx.example.org Hello [127.0.0.1]\r\n250-SIZE 10240000\r\n"
+				 "250-PIPELINING\r\n250 8BITMIME\r\n");
+	/* Right after the greeting line. */
+	assert_int_equal(ehlo_edit("250-mx\r\n250-STARTTLS\r\n250 SIZE 1000\r\n", "STARTTLS", false, 0, got, &had), 1);
+	assert_true(had);
+	assert_string_equal(got, "250-mx\r\n250 SIZE 1000\r\n");
+	/* Offered twice: both go. */
+	assert_int_equal(ehlo_edit("250-mx\r\n250-STARTTLS\r\n250-SIZE 1000\r\n250-STARTTLS\r\n250 HELP\r\n",
+				   "STARTTLS", false, 0, got, &had),
+			 1);
+	assert_true(had);
+	assert_string_equal(got, "250-mx\r\n250-SIZE 1000\r\n250 HELP\r\n");
+}
+
+static void
+test_ehlo_edit_remove_last(void **state)
+{
+	char got[8192];
+	bool had;
+
+	(void)state;
+	/* The line before becomes the last one and takes the ' '. */
+	assert_int_equal(ehlo_edit("250-mx\r\n250-SIZE 1000\r\n250 STARTTLS\r\n", "STARTTLS", false, 0, got, &had), 1);
+	assert_true(had);
+	assert_string_equal(got, "250-mx\r\n250 SIZE 1000\r\n");
+	/* Down to the greeting line alone. */
+	assert_int_equal(ehlo_edit("250-mx.example.org hi\r\n250 STARTTLS\r\n", "STARTTLS", false, 0, got, &had), 1);
+	assert_true(had);
+	assert_string_equal(got, "250 mx.example.org hi\r\n");
+	/* The last two lines both STARTTLS. */
+	assert_int_equal(ehlo_edit("250-mx\r\n250-HELP\r\n250-STARTTLS\r\n250 STARTTLS\r\n", "STARTTLS", false, 0, got,
+				   &had),
+			 1);
+	assert_string_equal(got, "250-mx\r\n250 HELP\r\n");
+	/* A keyword line with parameters is still the keyword. */
+	assert_int_equal(ehlo_edit("250-mx\r\n250 STARTTLS REQUIRED\r\n", "STARTTLS", false, 0, got, &had), 1);
+	assert_string_equal(got, "250 mx\r\n");
+}
+
+static void
+test_ehlo_edit_add(void **state)
+{
+	char got[8192];
+	bool had;
+
+	(void)state;
+	/* Multi-line: after the greeting line, every other line as it was. */
+	assert_int_equal(ehlo_edit("250-mx.example.org\r\n250-SIZE 1000\r\n250 8BITMIME\r\n", "STARTTLS", true, 0,
+				   got, &had),
+			 1);
+	assert_false(had);
+	assert_string_equal(got, "250-mx.example.org\r\n250-STARTTLS\r\n250-SIZE 1000\r\n250 8BITMIME\r\n");
+	/* Single line: the greeting line gets '-', the new line ' '. */
+	assert_int_equal(ehlo_edit("250 host\r\n", "STARTTLS", true, 0, got, &had), 1);
+	assert_false(had);
+	assert_string_equal(got, "250-host\r\n250 STARTTLS\r\n");
+	/* The added line takes the greeting line's code. */
+	assert_int_equal(ehlo_edit("251 host\r\n", "STARTTLS", true, 0, got, &had), 1);
+	assert_string_equal(got, "251-host\r\n251 STARTTLS\r\n");
+	/* A bare code is a last line too: it gets its '-' (no text). */
+	assert_int_equal(ehlo_edit("250\r\n", "STARTTLS", true, 0, got, &had), 1);
+	assert_string_equal(got, "250-\r\n250 STARTTLS\r\n");
+	assert_int_equal(ehlo_edit("250\n", "STARTTLS", true, 0, got, &had), 1);
+	assert_string_equal(got, "250-\n250 STARTTLS\n");
+}
+
+static void
+test_ehlo_edit_lf_only(void **state)
+{
+	char got[8192];
+	bool had;
+
+	(void)state;
+	assert_int_equal(ehlo_edit("250-mx\n250-STARTTLS\n250 SIZE 1000\n", "STARTTLS", false, 0, got, &had), 1);
+	assert_string_equal(got, "250-mx\n250 SIZE 1000\n");
+	assert_int_equal(ehlo_edit("250-mx\n250 STARTTLS\n", "STARTTLS", false, 0, got, &had), 1);
+	assert_string_equal(got, "250 mx\n");
+	assert_int_equal(ehlo_edit("250-mx\n250 SIZE 1000\n", "STARTTLS", true, 0, got, &had), 1);
+	assert_string_equal(got, "250-mx\n250-STARTTLS\n250 SIZE 1000\n");
+	assert_int_equal(ehlo_edit("250 mx\n", "STARTTLS", true, 0, got, &had), 1);
+	assert_string_equal(got, "250-mx\n250 STARTTLS\n");
+}
+
+static void
+test_ehlo_edit_nothing_to_change(void **state)
+{
+	char got[8192];
+	bool had;
+
+	(void)state;
+	/* Wanted and there: had true; unwanted and absent: had false. */
+	assert_int_equal(ehlo_edit("250-mx\r\n250-STARTTLS\r\n250 SIZE\r\n", "STARTTLS", true, 0, got, &had), 0);
+	assert_true(had);
+	assert_int_equal(ehlo_edit("250 mx\r\n", "STARTTLS", false, 0, got, &had), 0);
+	assert_false(had);
+	assert_int_equal(ehlo_edit("250-mx\r\n250 SIZE\r\n", "STARTTLS", false, 0, got, &had), 0);
+	assert_false(had);
+	/* Nothing to change needs no room at all. */
+	assert_int_equal(ehlo_edit("250-mx\r\n250 STARTTLS\r\n", "STARTTLS", true, 1, got, &had), 0);
+	assert_true(had);
+	assert_int_equal(ehlo_edit("", "STARTTLS", false, 1, got, &had), 0);
+	assert_false(had);
+}
+
+static void
+test_ehlo_edit_case_insensitive(void **state)
+{
+	char got[8192];
+	bool had;
+
+	(void)state;
+	assert_int_equal(ehlo_edit("250-mx\r\n250-starttls\r\n250 SIZE\r\n", "STARTTLS", false, 0, got, &had), 1);
+	assert_true(had);
+	assert_string_equal(got, "250-mx\r\n250 SIZE\r\n");
+	assert_int_equal(ehlo_edit("250-mx\r\n250 StartTls\r\n", "STARTTLS", true, 0, got, &had), 0);
+	assert_true(had);
+	/* The keyword argument itself in lower case. */
+	assert_int_equal(ehlo_edit("250-mx\r\n250 STARTTLS\r\n", "starttls", false, 0, got, &had), 1);
+	assert_string_equal(got, "250 mx\r\n");
+}
+
+static void
+test_ehlo_edit_prefix_not_matched(void **state)
+{
+	char got[8192];
+	bool had;
+
+	(void)state;
+	/* STARTTLSX (and STARTTL) are other capabilities. */
+	assert_int_equal(ehlo_edit("250-mx\r\n250-STARTTLSX\r\n250 STARTTL\r\n", "STARTTLS", false, 0, got, &had), 0);
+	assert_false(had);
+	assert_int_equal(ehlo_edit("250-mx\r\n250 STARTTLSX\r\n", "STARTTLS", true, 0, got, &had), 1);
+	assert_false(had);
+	assert_string_equal(got, "250-mx\r\n250-STARTTLS\r\n250 STARTTLSX\r\n");
+}
+
+static void
+test_ehlo_edit_greeting_not_keyword(void **state)
+{
+	char got[8192];
+	bool had;
+
+	(void)state;
+	/* A server (or its greeting) named STARTTLS offers nothing. */
+	assert_int_equal(ehlo_edit("250-STARTTLS\r\n250 SIZE 1000\r\n", "STARTTLS", false, 0, got, &had), 0);
+	assert_false(had);
+	assert_int_equal(ehlo_edit("250 STARTTLS\r\n", "STARTTLS", false, 0, got, &had), 0);
+	assert_false(had);
+	assert_int_equal(ehlo_edit("250 STARTTLS\r\n", "STARTTLS", true, 0, got, &had), 1);
+	assert_false(had);
+	assert_string_equal(got, "250-STARTTLS\r\n250 STARTTLS\r\n");
+}
+
+/* n lines: the greeting, n - 2 "250-Xk" capabilities, "250 STARTTLS". */
+static char *
+ehlo_lines(size_t n)
+{
+	char *s, *p;
+	size_t i;
+
+	s = malloc(n * 16 + 1);
+	assert_non_null(s);
+	p = s;
+	p += sprintf(p, "250-mx\r\n");
+	for (i = 1; i + 1 < n; i++)
+		p += sprintf(p, "250-X%zu\r\n", i);
+	sprintf(p, "250 STARTTLS\r\n");
+	return s;
+}
+
+static void
+test_ehlo_edit_too_many_lines(void **state)
+{
+	char *in, *out;
+	size_t len, outlen = 0;
+	bool had;
+
+	(void)state;
+	/* 1024 lines is the most handled... */
+	in = ehlo_lines(1024);
+	len = strlen(in);
+	out = malloc(len + 16);
+	assert_non_null(out);
+	assert_int_equal(smtp_ehlo_edit(in, len, "STARTTLS", false, out, len + 16, &outlen, &had), 1);
+	assert_true(had);
+	assert_int_equal(outlen, len - strlen("250 STARTTLS\r\n"));
+	assert_memory_equal(out + outlen - strlen("250 X1022\r\n"), "250 X1022\r\n", strlen("250 X1022\r\n"));
+	free(out);
+	free(in);
+	/* ... one more is refused, whatever was asked. */
+	in = ehlo_lines(1025);
+	len = strlen(in);
+	out = malloc(len + 16);
+	assert_non_null(out);
+	assert_int_equal(smtp_ehlo_edit(in, len, "STARTTLS", false, out, len + 16, &outlen, &had), -1);
+	assert_int_equal(smtp_ehlo_edit(in, len, "STARTTLS", true, out, len + 16, &outlen, &had), -1);
+	free(out);
+	free(in);
+}
+
+static void
+test_ehlo_edit_out_too_small(void **state)
+{
+	const char *in = "250-mx\r\n250 SIZE 1000\r\n";
+	size_t bound = strlen(in) + strlen("STARTTLS") + 8;
+	char got[8192];
+	bool had;
+
+	(void)state;
+	assert_int_equal(ehlo_edit(in, "STARTTLS", true, 8, got, &had), -1);
+	assert_int_equal(ehlo_edit(in, "STARTTLS", true, bound - 1, got, &had), -1);
+	assert_int_equal(ehlo_edit(in, "STARTTLS", true, bound, got, &had), 1);
+	assert_string_equal(got, "250-mx\r\n250-STARTTLS\r\n250 SIZE 1000\r\n");
+	assert_int_equal(ehlo_edit("250-mx\r\n250 STARTTLS\r\n", "STARTTLS", false, 4, got, &had), -1);
+}
+
 static void
 test_str_eq_ci(void **state)
 {
@@ -1072,7 +1350,7 @@ test_data_empty_message(void **state)
 {
 	(void)state;
 	DATA(".\r\n", "", 3, true, false);
-	DATA(".\n", "", 2, true, true);
+	DATA(".\n", "\n", 2, false, true); /* a stuffed line, not the end */
 }
 
 static void
@@ -1082,7 +1360,7 @@ test_data_stops_at_terminator(void **state)
 	/* Pipelined commands after the terminator are not consumed. */
 	DATA("a\r\n.\r\nQUIT\r\n", "a\r\n", 6, true, false);
 	DATA(".\r\nMAIL FROM:<>\r\n", "", 3, true, false);
-	DATA("x\n.\nRSET\n", "x\n", 4, true, true);
+	DATA("x\n.\nRSET\n", "x\n.\nRSET\n", 9, false, true);
 }
 
 static void
@@ -1112,12 +1390,49 @@ static void
 test_data_bare_lf(void **state)
 {
 	(void)state;
-	DATA("a\n.\r\n", "a\n", 5, true, true);
-	DATA("a\r\n.\n", "a\r\n", 5, true, true);
+	/* A bare LF ends no line: the dot after it is content, and ".\n"
+	 * after a CRLF is a stuffed line, never the terminator (RFC 5321
+	 * 4.1.1.4; the SMTP-smuggling shape). */
+	DATA("a\n.\r\n", "a\n.\r\n", 5, false, true);
+	DATA("a\r\n.\n", "a\r\n\n", 5, false, true);
 	DATA("a\r\nb\nc\r\n.\r\n", "a\r\nb\nc\r\n", 11, true, true);
-	DATA("\n.\r\n", "\n", 4, true, true);
+	DATA("\n.\r\n", "\n.\r\n", 4, false, true);
 	DATA("a\r\n\r\n.\r\n", "a\r\n\r\n", 8, true, false);
-	DATA("a\n\n.\n", "a\n\n", 5, true, true);
+	DATA("a\n\n.\n", "a\n\n.\n", 5, false, true);
+	DATA("a\n.\nb\r\n.\r\n", "a\n.\nb\r\n", 10, true, true);
+}
+
+/* Bare CR and NUL are noted (not line ends either); the reference in
+ * check_splits() checks them for every split. */
+static void
+test_data_bare_cr_nul(void **state)
+{
+	struct smtp_data d;
+	char out[64];
+	size_t olen;
+
+	(void)state;
+	smtp_data_init(&d);
+	smtp_data_scan(&d, "a\rb\r\n.\r\n", 10, out, &olen);
+	assert_true(d.bare_cr);
+	assert_false(d.bare_lf);
+	assert_false(d.nul);
+	smtp_data_init(&d);
+	smtp_data_scan(&d, "a\0b\r\n.\r\n", 10, out, &olen);
+	assert_true(d.nul);
+	assert_false(d.bare_cr);
+	/* A CR at the end of a chunk is decided by the next one. */
+	smtp_data_init(&d);
+	smtp_data_scan(&d, "a\r", 2, out, &olen);
+	assert_false(d.bare_cr);
+	smtp_data_scan(&d, "\n.\r\n", 5, out, &olen);
+	assert_false(d.bare_cr);
+	assert_int_equal(d.st, SMTP_DATA_DONE);
+	smtp_data_init(&d);
+	smtp_data_scan(&d, "a\r", 2, out, &olen);
+	smtp_data_scan(&d, "b\r\n.\r\n", 6, out, &olen);
+	assert_true(d.bare_cr);
+	check_splits("x\ry\0z\n\r\n.\r\n", 11);
 }
 
 static void
@@ -1129,7 +1444,7 @@ test_data_dot_cr_edge_cases(void **state)
 	DATA(".\r\r\n.\r\n", "\r\r\n", 7, true, false);
 	DATA(".\r.\r\n.\r\n", "\r.\r\n", 8, true, false);
 	DATA(".\r\r.\r\n.\r\n", "\r\r.\r\n", 9, true, false);
-	DATA("a\r\n.\rb\n.\r\n", "a\r\n\rb\n", 10, true, true);
+	DATA("a\r\n.\rb\n.\r\n", "a\r\n\rb\n.\r\n", 10, false, true);
 	DATA("..\r\r\n.\r\n", ".\r\r\n", 8, true, false);
 }
 
@@ -1232,7 +1547,7 @@ test_data_states(void **state)
 static void
 test_data_null_out(void **state)
 {
-	static const char in[] = "..a\r\n.\rb\r\nc\n.\r\nQUIT\r\n";
+	static const char in[] = "..a\r\n.\rb\r\nc\n\r\n.\r\nQUIT\r\n";
 	struct smtp_data d1, d2;
 	char out[sizeof(in) + 2];
 	size_t olen, c1, c2;
@@ -1248,7 +1563,7 @@ test_data_null_out(void **state)
 	assert_int_equal(d1.wire_bytes, d2.wire_bytes);
 	assert_int_equal(d1.bare_lf, d2.bare_lf);
 	assert_int_equal(d2.st, SMTP_DATA_DONE);
-	assert_memory_equal(out, ".a\r\n\rb\r\nc\n", olen);
+	assert_memory_equal(out, ".a\r\n\rb\r\nc\n\r\n", olen);
 }
 
 static void
@@ -1400,6 +1715,16 @@ main(void)
 		cmocka_unit_test_teardown(test_ehlo_keyword_basic, teardown_bufs),
 		cmocka_unit_test_teardown(test_ehlo_keyword_legacy_and_blanks, teardown_bufs),
 		cmocka_unit_test_teardown(test_ehlo_keyword_empty, teardown_bufs),
+		cmocka_unit_test_teardown(test_ehlo_edit_remove_middle, teardown_bufs),
+		cmocka_unit_test_teardown(test_ehlo_edit_remove_last, teardown_bufs),
+		cmocka_unit_test_teardown(test_ehlo_edit_add, teardown_bufs),
+		cmocka_unit_test_teardown(test_ehlo_edit_lf_only, teardown_bufs),
+		cmocka_unit_test_teardown(test_ehlo_edit_nothing_to_change, teardown_bufs),
+		cmocka_unit_test_teardown(test_ehlo_edit_case_insensitive, teardown_bufs),
+		cmocka_unit_test_teardown(test_ehlo_edit_prefix_not_matched, teardown_bufs),
+		cmocka_unit_test_teardown(test_ehlo_edit_greeting_not_keyword, teardown_bufs),
+		cmocka_unit_test(test_ehlo_edit_too_many_lines),
+		cmocka_unit_test_teardown(test_ehlo_edit_out_too_small, teardown_bufs),
 		cmocka_unit_test(test_str_eq_ci),
 		cmocka_unit_test(test_verb_name),
 		cmocka_unit_test(test_data_simple),
@@ -1409,6 +1734,7 @@ main(void)
 		cmocka_unit_test(test_data_dot_not_at_line_start),
 		cmocka_unit_test(test_data_bare_lf),
 		cmocka_unit_test(test_data_dot_cr_edge_cases),
+		cmocka_unit_test(test_data_bare_cr_nul),
 		cmocka_unit_test(test_data_unterminated),
 		cmocka_unit_test(test_data_after_done),
 		cmocka_unit_test(test_data_held_back_release),
