@@ -18,7 +18,7 @@ import threading
 
 import pytest
 
-from conftest import (RECORD_TIMEOUT, RawClient, export_eml, run_cli, sample_message, show_json, skip_or_fail_missing,
+from conftest import (RECORD_TIMEOUT, RawClient, export_eml, run_cli, sample_message, show_json, fail_missing,
                       stuff_data, wait_sessions, wait_until)
 from tlspeers import (AUTH_PASS, AUTH_USER, cert_cn, cert_names, client_context, issued_by, pem_certs,  # noqa: F401
                       pki, postfix_upstream, sha256_colon, smtplib_send, smtptap_ca, tls_upstream)
@@ -934,7 +934,7 @@ def _need_client(name, tools_required):
     if tool:
         tools_required(tool)
     if path and not os.path.exists(path):
-        skip_or_fail_missing("%s is not installed (%s; tools/install-deps.sh installs it)" % (name, path))
+        fail_missing("%s is not installed (%s; tools/install-deps.sh installs it)" % (name, path))
     return fn
 
 

@@ -40,7 +40,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from aiosmtpd.smtp import SMTP as AioSMTP, AuthResult, LoginPassword
 
-from conftest import (RECORD_TIMEOUT, STOP_TIMEOUT, RecordingHandler, _BoundController, run_cli, skip_or_fail_missing,
+from conftest import (RECORD_TIMEOUT, STOP_TIMEOUT, RecordingHandler, _BoundController, run_cli, fail_missing,
                       wait_until)
 
 UPSTREAM_NAMES = ("localhost", "mail.example.test")
@@ -663,7 +663,7 @@ def _free_port():
 @pytest.fixture
 def postfix_upstream(tmp_path, pki):
     if not os.access(os.path.join(POSTFIX_LIBEXEC, "master"), os.X_OK):
-        skip_or_fail_missing("Postfix is not installed (tools/install-deps.sh installs postfix)")
+        fail_missing("Postfix is not installed (tools/install-deps.sh installs postfix)")
     if os.geteuid() != 0:
         pytest.skip("a private Postfix instance needs root (its daemons drop privileges to the postfix user)")
     p = PostfixUpstream(tmp_path, pki)
