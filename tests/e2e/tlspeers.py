@@ -640,6 +640,13 @@ class PostfixUpstream:
                 # PID, so this also ends the daemons it started
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(STOP_TIMEOUT)
+            # master does not wait for its daemons: end any that is left in
+            # its process group (the kernel keeps the group's ID from being
+            # reused while a member lives, so this reaches only them)
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         if getattr(self, "_err", None) and not self._err.closed:
             self._err.close()
 
