@@ -446,6 +446,37 @@ def test_upstream_verify_failure_421(mode, cert, reason, tls_proxy, tls_upstream
     assert p.running()
 
 
+def test_upstream_name_mismatch_421(tls_proxy, tls_upstream):
+    """A certificate from a trusted CA that names another host (nothing for
+    127.0.0.1): verification fails on the name, 421 4.7.0, and the
+    session says so."""
+    up = tls_upstream("implicit", cert="wrongname")
+    p = tls_proxy(upstream=up.addr, client_tls="starttls", upstream_tls="implicit")
+    c = RawClient(p.host, p.port)
+    try:
+        code, text = raw_until_421(c, [None, "EHLO name.example", "STARTTLS"])
+        assert text.startswith("4.7.0"), text
+        assert "mismatch" in text.lower() or "name" in text.lower(), text
+    finally:
+        c.close()
+    ss = wait_sessions(p.db, 1)
+    assert ss[0]["outcome"] == "upstream-tls-error", ss[0]
+    assert not up.envelopes
+
+
+def test_client_sni_added_to_mirrored_certificate(tls_proxy, tls_upstream, pki):
+    """A client asking (SNI) for a name the upstream certificate does not
+    carry gets a certificate with the upstream's names plus that one."""
+    up = tls_upstream("starttls")
+    p = tls_proxy(upstream=up.addr, client_tls="starttls", upstream_tls="starttls")
+    msg = sample_message("sni-added")
+    sent = smtplib_send(p.host, p.port, "starttls", msg, ctx=p.ctx(), server_hostname="smtp.asked-for.test")
+    check_forged(sent.peer_cert, p, pki.leaf_cert(), sni="smtp.asked-for.test")
+    upstream_got(up, msg)
+    _, doc = session_doc(p)
+    check_client_leg(doc["session"]["client_tls"], "starttls", sent, sni="smtp.asked-for.test")
+
+
 def test_upstream_unknown_ca_without_upstream_ca(tls_proxy, tls_upstream):
     """Without --upstream-ca the system store is used: the test PKI is not in
     it, so even a good chain is refused (421, upstream-tls-error)."""

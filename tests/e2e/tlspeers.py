@@ -65,7 +65,8 @@ def _san(names, ips):
 class TestPKI:
     """Files under `dir`: ca.pem (the test public CA), leaf.pem/leaf.key
     (signed by it; leaf-chain.pem = leaf + CA), selfsigned.pem/.key,
-    expired.pem/.key (signed by the CA, validity over)."""
+    expired.pem/.key (signed by the CA, validity over), wrongname.pem/.key
+    (signed by the CA, valid, for other.example.test only)."""
 
     __test__ = False  # not a pytest test class
 
@@ -98,6 +99,11 @@ class TestPKI:
         self.selfsigned, self.selfsigned_key = self._leaf("selfsigned", "selfsigned.example.test",
                                                           now - datetime.timedelta(days=1),
                                                           now + datetime.timedelta(days=30), selfsigned=True)
+        # signed by the CA, valid, but for another name and no address
+        self.wrongname, self.wrongname_key = self._leaf("wrongname", "other.example.test",
+                                                        now - datetime.timedelta(days=1),
+                                                        now + datetime.timedelta(days=30),
+                                                        names=("other.example.test",), ips=())
         with open(os.path.join(self.dir, "leaf-chain.pem"), "wb") as f:
             f.write(open(self.leaf, "rb").read() + open(self.ca, "rb").read())
         self.leaf_chain = os.path.join(self.dir, "leaf-chain.pem")
@@ -113,7 +119,7 @@ class TestPKI:
         os.chmod(kpath, 0o600)
         return cpath
 
-    def _leaf(self, stem, cn, nbf, naf, selfsigned=False):
+    def _leaf(self, stem, cn, nbf, naf, selfsigned=False, names=UPSTREAM_NAMES, ips=UPSTREAM_IPS):
         key = ec.generate_private_key(ec.SECP256R1())
         subject = _name(cn, "smtptap e2e mail server")
         b = (x509.CertificateBuilder()
@@ -123,7 +129,7 @@ class TestPKI:
              .serial_number(x509.random_serial_number())
              .not_valid_before(nbf)
              .not_valid_after(naf)
-             .add_extension(_san(UPSTREAM_NAMES, UPSTREAM_IPS), critical=False)
+             .add_extension(_san(names, ips), critical=False)
              .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
              .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True))
         cert = b.sign(key if selfsigned else self.ca_key, hashes.SHA256())
@@ -132,13 +138,15 @@ class TestPKI:
 
     def cert_key(self, kind):
         """(certfile, keyfile) for kind 'leaf' (served with its chain),
-        'selfsigned' or 'expired'."""
+        'selfsigned', 'expired' or 'wrongname'."""
         if kind == "leaf":
             return self.leaf_chain, self.leaf_key
         if kind == "selfsigned":
             return self.selfsigned, self.selfsigned_key
         if kind == "expired":
             return self.expired, self.expired_key
+        if kind == "wrongname":
+            return self.wrongname, self.wrongname_key
         raise ValueError(kind)
 
     def server_context(self, kind="leaf", min_version=None, max_version=None, sni_log=None, keylog=None):
