@@ -25,6 +25,7 @@ cd "$(dirname "$0")/.." || exit 2
 ROOT=$(pwd)
 PY=/usr/bin/python3
 FUZZ_SECONDS=${FUZZ_SECONDS:-10}
+FUZZ_MAX_LEN=${FUZZ_MAX_LEN:-200000}
 # Safety nets only (a hung run must end); no test relies on them.
 E2E_TIMEOUT=${E2E_TIMEOUT:-1500}
 UNIT_TIMEOUT=${UNIT_TIMEOUT:-300}
@@ -292,10 +293,21 @@ run_fuzz() {
 			echo "   (no seed corpus at $corpus: starting empty)"
 		fi
 		out="$work/log"
-		timeout -k 10 $((FUZZ_SECONDS + 120)) "$bin" -max_total_time="$FUZZ_SECONDS" -print_final_stats=1 \
-			-artifact_prefix="$work/artifacts/" "$work/corpus" >"$out" 2>&1
+		dict="tests/fuzz/dict/${name#fuzz_}.dict"
+		if [ ! -f "$dict" ]; then
+			echo "!! $name: no dictionary at $dict"
+			fail_item "fuzz: $name has no dictionary"
+			f=$((f + 1))
+			continue
+		fi
+		# -max_len above the 64 KiB bounds so the caps are reached; UBSan
+		# is built fatal (-fno-sanitize-recover=all), these make sure.
+		ASAN_OPTIONS=abort_on_error=0:detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+			timeout -k 10 $((FUZZ_SECONDS + 120)) "$bin" -max_total_time="$FUZZ_SECONDS" -print_final_stats=1 \
+			-max_len="$FUZZ_MAX_LEN" -dict="$dict" -artifact_prefix="$work/artifacts/" "$work/corpus" >"$out" 2>&1
 		rc=$?
-		if [ "$rc" -eq 0 ] && ! ls "$work/artifacts" | grep -q .; then
+		# A UBSan report without a crash would still be a finding.
+		if [ "$rc" -eq 0 ] && ! ls "$work/artifacts" | grep -q . && ! grep -q 'runtime error' "$out"; then
 			p=$((p + 1))
 			echo "   $name: $(grep -E '^stat::number_of_executed_units' "$out" | awk '{print $2}') runs, no crash"
 		else
