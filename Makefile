@@ -58,6 +58,11 @@ $(O)/tests/%: tests/unit/%.c $(LIB_OBJS)
 	@mkdir -p $(@D)
 	$(CC) $(BASE_CFLAGS) $(LDFLAGS) -o $@ $< $(LIB_OBJS) $(LIBS) -lcmocka
 
+# The allocation-failure test wraps the allocator of every object it links
+# (see tests/unit/test_alloc_fail.c).
+ALLOC_WRAP := -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc,--wrap=strdup,--wrap=strndup,--wrap=iconv_open
+$(O)/tests/test_alloc_fail: LDFLAGS += $(ALLOC_WRAP)
+
 unit-bins: $(UNIT_BINS)
 
 # Fuzzers: libFuzzer with ASan and UBSan, every UBSan finding fatal (a
