@@ -18,6 +18,13 @@ ifeq ($(SAN),1)
 CFLAGS := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
 LDFLAGS += -fsanitize=address,undefined
 endif
+# Coverage build (make coverage, O=build/cov CC=clang): clang source-based
+# coverage, each process writing its own profile (LLVM_PROFILE_FILE).
+COV ?=
+ifeq ($(COV),1)
+CFLAGS := -O0 -g -fprofile-instr-generate -fcoverage-mapping
+LDFLAGS += -fprofile-instr-generate
+endif
 BASE_CFLAGS = -std=c11 -D_DEFAULT_SOURCE -D_POSIX_C_SOURCE=200809L $(WARN) $(CFLAGS) \
 	-Iinclude $(PKG_CFLAGS)
 ALL_CFLAGS = $(BASE_CFLAGS) -MMD -MP
@@ -35,7 +42,7 @@ FUZZ_BINS := $(FUZZ_SRCS:tests/fuzz/%.c=build/fuzz/%)
 # The parsers the fuzzers link: pure modules only.
 FUZZ_LIB_SRCS := src/smtp.c src/mime.c
 
-.PHONY: all deps run check unit e2e fuzz fuzz-bins fuzz-minimise bench install uninstall clean asan
+.PHONY: all deps run check unit e2e fuzz fuzz-bins fuzz-minimise coverage cov-fuzz-bins bench install uninstall clean asan
 
 all: $(O)/smtptap
 
@@ -78,6 +85,21 @@ build/fuzz/%: tests/fuzz/%.c $(FUZZ_LIB_SRCS) $(wildcard include/smtptap/*.h)
 		-o $@ $< $(FUZZ_LIB_SRCS)
 
 fuzz-bins: $(FUZZ_BINS)
+
+# The fuzzers again with coverage instead of sanitizers, to replay the kept
+# corpora for the coverage report.
+COV_FUZZ_BINS := $(FUZZ_SRCS:tests/fuzz/%.c=build/cov/fuzz/%)
+build/cov/fuzz/%: tests/fuzz/%.c $(FUZZ_LIB_SRCS) $(wildcard include/smtptap/*.h)
+	@mkdir -p $(@D)
+	clang -std=c11 -D_DEFAULT_SOURCE -g -O0 -Iinclude $(WARN) -fsanitize=fuzzer \
+		-fprofile-instr-generate -fcoverage-mapping -o $@ $< $(FUZZ_LIB_SRCS)
+
+cov-fuzz-bins: $(COV_FUZZ_BINS)
+
+# Line coverage of src/ by the unit tests, the e2e suite and the fuzzers'
+# kept corpora: a report on stdout and build/cov/html/index.html.
+coverage: deps
+	@bash tools/coverage.sh
 
 # Install missing Debian packages (quick no-op when all are present).
 deps-build:

@@ -8,13 +8,16 @@
 #   bash tests/run-all.sh --only fuzz      each libFuzzer target briefly
 #
 # Sections of a full run:
-#   unit       make all unit-bins; each build/tests/test_* (cmocka)
+#   unit       make all unit-bins; each build/tests/test_* (cmocka; test_alloc_fail
+#              is the allocation-failure injection, see tests/fuzz/README.md)
 #   e2e        pytest tests/e2e with SMTPTAP_BIN=build/smtptap
 #   valgrind   each unit binary under valgrind (one count per binary)
 #   asan-unit  make O=build/asan SAN=1 CC=clang all unit-bins (clang, so both compilers build warning-free); unit tests again
 #   asan-e2e   pytest again with SMTPTAP_BIN=build/asan/smtptap, SMTPTAP_SANITIZER=1
 #   fuzz       make fuzz-bins; each fuzzer FUZZ_SECONDS (default 10) on a copy
-#              of its corpus; a crash is a failure
+#              of its corpus, with its dictionary and -max_len=FUZZ_MAX_LEN
+#              (200000); a crash, leak or UBSan report is a failure
+# (coverage is separate: make coverage, tools/coverage.sh)
 #
 # A build failure counts as a failure (never as "0 tests").  The last line
 # is always "N passed, N failed, N skipped"; the exit status is non-zero if
@@ -43,7 +46,7 @@ while [ $# -gt 0 ]; do
 		shift
 		;;
 	-h | --help)
-		sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'
+		sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'
 		exit 0
 		;;
 	*)
