@@ -248,6 +248,9 @@ class Proxy:
         self._err = open(self.errpath, "wb")
         self._out = open(self.outpath, "wb")
         e = dict(os.environ)
+        # The local CA (created on first use in relay mode) goes under the
+        # test's directory, never into the user's $HOME.
+        e["XDG_DATA_HOME"] = os.path.join(self.dir, "xdg")
         if env:
             e.update(env)
         self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=self._out, stderr=self._err,
