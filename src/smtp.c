@@ -512,7 +512,7 @@ smtp_ehlo_edit(const char *in, size_t len, const char *kw, bool want, char *out,
 			out[o++] = nlines == 1 ? ' ' : '-';
 			memcpy(out + o, kw, kwlen);
 			o += kwlen;
-			memcpy(out + o, "\r\n" + (2 - eol), eol);
+			memcpy(out + o, &"\r\n"[2 - eol], eol);
 			o += eol;
 		}
 	}
