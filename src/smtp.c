@@ -502,6 +502,14 @@ smtp_ehlo_edit(const char *in, size_t len, const char *kw, bool want, char *out,
 			memcpy(out + o, lines[i], 3);
 			out[o + 3] = last ? ' ' : '-';
 			memcpy(out + o + 4, lines[i] + 4, n - 4);
+		} else if (!last && smtp_parse_reply_line(lines[i], n, &rl) == 0) {
+			/* A bare code ("250\r\n") ends its reply: followed by an
+			 * added line it needs a '-', or the client would read two
+			 * replies where the server sent one. */
+			memcpy(out + o, lines[i], 3);
+			out[o + 3] = '-';
+			memcpy(out + o + 4, lines[i] + 3, n - 3);
+			o++;
 		} else {
 			memcpy(out + o, lines[i], n);
 		}
