@@ -76,6 +76,7 @@ struct fixture {
 	char db[128];	    /* a populated database for the readers */
 	char template[128]; /* a fresh, migrated, empty database */
 	char work[128];	    /* scratch copy for the recording runs */
+	char unfinished[128]; /* a session opened and never closed (a crash) */
 	char log[128];	    /* where stderr goes during a run */
 	int64_t sid, mid;
 };
@@ -90,6 +91,7 @@ static void *sq_realloc(void *, int);
 static void alloc_install_sqlite(void);
 static void capture_begin(struct fixture *);
 static size_t capture_end(struct fixture *, char *, size_t);
+static void capture_abort(void);
 static long torture(struct fixture *, const char *, torture_op);
 static void copy_file(const char *, const char *);
 static void remove_db(const char *);
@@ -97,6 +99,8 @@ static void record_session(struct store *, int64_t *, int64_t *);
 static enum run_result check_recorded(const char *, int64_t, int64_t);
 static enum run_result op_store_open(struct fixture *, char *, size_t);
 static enum run_result op_store_record(struct fixture *, char *, size_t);
+static enum run_result op_store_recover(struct fixture *, char *, size_t);
+static int outcome_cb(const struct store_session_row *, void *);
 static enum run_result op_store_read(struct fixture *, char *, size_t);
 static enum run_result op_export(struct fixture *, char *, size_t);
 static int count_event_cb(const struct store_event_row *, void *);
@@ -215,6 +219,32 @@ capture_begin(struct fixture *fx)
 	close(fd);
 }
 
+/* A check inside an operation failed: give stderr back before cmocka
+ * reports it (it would go to the capture file) and stop the allocator
+ * from failing cmocka's own calls. */
+static void
+capture_abort(void)
+{
+	atomic_store(&armed, false);
+	if (saved_stderr < 0)
+		return;
+	fflush(stderr);
+	dup2(saved_stderr, STDERR_FILENO);
+	close(saved_stderr);
+	saved_stderr = -1;
+}
+
+#define OP_FAIL(...)                        \
+	do {                                \
+		capture_abort();            \
+		fail_msg(__VA_ARGS__);      \
+	} while (0)
+#define OP_CHECK(cond)                                                          \
+	do {                                                                    \
+		if (!(cond))                                                    \
+			OP_FAIL("%s:%d: %s is false", __FILE__, __LINE__, #cond); \
+	} while (0)
+
 /* Restore stderr; the captured text (NUL-terminated, cut at bufsz) into
  * buf, and its full length returned. */
 static size_t
@@ -331,11 +361,11 @@ copy_file(const char *from, const char *to)
 	FILE *in = fopen(from, "rb"), *out = fopen(to, "wb");
 	size_t n;
 
-	assert_non_null(in);
-	assert_non_null(out);
+	OP_CHECK((in) != NULL);
+	OP_CHECK((out) != NULL);
 	while ((n = fread(buf, 1, sizeof(buf), in)) > 0)
-		assert_int_equal(fwrite(buf, 1, n, out), n);
-	assert_int_equal(fclose(out), 0);
+		OP_CHECK((fwrite(buf, 1, n, out)) == (n));
+	OP_CHECK((fclose(out)) == (0));
 	fclose(in);
 }
 
@@ -437,11 +467,18 @@ setup(void **state)
 	snprintf(fx->template, sizeof(fx->template), "%s/empty.db", fx->dir);
 	snprintf(fx->work, sizeof(fx->work), "%s/work.db", fx->dir);
 	snprintf(fx->log, sizeof(fx->log), "%s/stderr", fx->dir);
+	snprintf(fx->unfinished, sizeof(fx->unfinished), "%s/unfinished.db", fx->dir);
 	if ((st = store_open(fx->template, err, sizeof(err))) == NULL || store_close(st) != 0)
 		return -1;
 	if ((st = store_open(fx->db, err, sizeof(err))) == NULL)
 		return -1;
 	record_session(st, &fx->sid, &fx->mid);
+	if (store_close(st) != 0)
+		return -1;
+	if ((st = store_open(fx->unfinished, err, sizeof(err))) == NULL)
+		return -1;
+	store_session_open(st, &(struct store_session){ .id = store_session_new_id(st), .started_us = 1,
+							.listener = "l", .client = "c", .mode = "sink" });
 	if (store_close(st) != 0)
 		return -1;
 	*state = fx;
@@ -495,8 +532,8 @@ op_store_open(struct fixture *fx, char *why, size_t whysz)
 		/* A failed open must leave a file the next open accepts: no
 		 * half-applied migration. */
 		if ((st = store_open(fx->work, err, sizeof(err))) == NULL)
-			fail_msg("store_open after a failed one: %s", err);
-		assert_int_equal(store_close(st), 0);
+			OP_FAIL("store_open after a failed one: %s", err);
+		OP_CHECK((store_close(st)) == (0));
 		return RUN_ERROR;
 	}
 	return rc == 0 ? RUN_OK : RUN_ERROR;
@@ -520,7 +557,7 @@ op_store_record(struct fixture *fx, char *why, size_t whysz)
 	copy_file(fx->template, fx->work);
 	st = store_open(fx->work, err, sizeof(err));
 	if (st == NULL)
-		fail_msg("store_open: %s", err);
+		OP_FAIL("store_open: %s", err);
 	atomic_store(&armed, true);
 	record_session(st, &sid, &mid);
 	rc = store_close(st);
@@ -528,6 +565,47 @@ op_store_record(struct fixture *fx, char *why, size_t whysz)
 	if (rc != 0)
 		return RUN_ERROR; /* logged by the store: checked by the loop */
 	return check_recorded(fx->work, sid, mid);
+}
+
+static int
+outcome_cb(const struct store_session_row *row, void *arg)
+{
+	bool *ok = arg;
+
+	*ok = row->outcome != NULL && strcmp(row->outcome, "interrupted") == 0;
+	return 0;
+}
+
+/* Reopen a database a crash left with a live session: store_open marks it
+ * interrupted (store_recover).  A clean run must have done so. */
+static enum run_result
+op_store_recover(struct fixture *fx, char *why, size_t whysz)
+{
+	struct store_reader *rd;
+	struct store *st;
+	char err[256] = "";
+	bool ok = false;
+	int rc;
+
+	remove_db(fx->work);
+	copy_file(fx->unfinished, fx->work);
+	atomic_store(&armed, true);
+	st = store_open(fx->work, err, sizeof(err));
+	rc = st != NULL ? store_close(st) : -1;
+	atomic_store(&armed, false);
+	if (st == NULL) {
+		snprintf(why, whysz, "%s", err);
+		return RUN_ERROR;
+	}
+	if (rc != 0)
+		return RUN_ERROR;
+	if ((rd = store_reader_open(fx->work, err, sizeof(err))) == NULL)
+		OP_FAIL("reading back %s: %s", fx->work, err);
+	OP_CHECK((store_reader_sessions(rd, 0, outcome_cb, &ok, err, sizeof(err))) == (0));
+	store_reader_close(rd);
+	if (!ok)
+		OP_FAIL("store_open succeeded but the crashed session is not marked interrupted");
+	return RUN_OK;
 }
 
 struct counts {
@@ -591,15 +669,15 @@ check_recorded(const char *path, int64_t sid, int64_t mid)
 
 	rd = store_reader_open(path, err, sizeof(err));
 	if (rd == NULL)
-		fail_msg("reading back %s: %s", path, err);
-	assert_int_equal(store_reader_session(rd, sid, count_session_cb, &c, err, sizeof(err)), 0);
-	assert_int_equal(store_reader_events(rd, sid, count_event_cb, &c, err, sizeof(err)), 0);
-	assert_int_equal(store_reader_messages(rd, sid, count_message_cb, &c, err, sizeof(err)), 0);
-	assert_int_equal(store_reader_message_data(rd, mid, sum_chunk_cb, &c, err, sizeof(err)), 0);
+		OP_FAIL("reading back %s: %s", path, err);
+	OP_CHECK((store_reader_session(rd, sid, count_session_cb, &c, err, sizeof(err))) == (0));
+	OP_CHECK((store_reader_events(rd, sid, count_event_cb, &c, err, sizeof(err))) == (0));
+	OP_CHECK((store_reader_messages(rd, sid, count_message_cb, &c, err, sizeof(err))) == (0));
+	OP_CHECK((store_reader_message_data(rd, mid, sum_chunk_cb, &c, err, sizeof(err))) == (0));
 	store_reader_close(rd);
 	if (c.nsessions != 1 || c.nevents != NEVENTS || c.nmessages != 1 || c.nrcpts != 2 ||
 	    c.data_len != sizeof(wire) - 1 || !c.bytes_ok)
-		fail_msg("store_close returned 0 but the session is not all there: %d sessions, %d events, "
+		OP_FAIL("store_close returned 0 but the session is not all there: %d sessions, %d events, "
 			 "%d messages, %d rcpts, %zu data bytes, content %s",
 			 c.nsessions, c.nevents, c.nmessages, c.nrcpts, c.data_len, c.bytes_ok ? "ok" : "wrong");
 	return RUN_OK;
@@ -629,13 +707,13 @@ op_store_read(struct fixture *fx, char *why, size_t whysz)
 	atomic_store(&armed, false);
 	if (rd == NULL || r != 0) {
 		if (r > 0)
-			fail_msg("a reader walk returned %d (a callback stop value) on an allocation failure", r);
+			OP_FAIL("a reader walk returned %d (a callback stop value) on an allocation failure", r);
 		snprintf(why, whysz, "%s", err);
 		return RUN_ERROR;
 	}
 	if (c.nsessions != 1 || c.nevents != NEVENTS || c.nmessages != 1 || c.nrcpts != 2 ||
 	    c.data_len != sizeof(wire) - 1 || !c.bytes_ok)
-		fail_msg("readers succeeded with wrong rows: %d sessions, %d events, %d messages, %d rcpts, "
+		OP_FAIL("readers succeeded with wrong rows: %d sessions, %d events, %d messages, %d rcpts, "
 			 "%zu bytes, content %s",
 			 c.nsessions, c.nevents, c.nmessages, c.nrcpts, c.data_len, c.bytes_ok ? "ok" : "wrong");
 	return RUN_OK;
@@ -655,7 +733,7 @@ op_export(struct fixture *fx, char *why, size_t whysz)
 	/* The memstreams allocate inside libc, which is not counted. */
 	f1 = open_memstream(&eml_out, &eml_len);
 	f2 = open_memstream(&mbox_out, &mbox_len);
-	assert_true(f1 != NULL && f2 != NULL);
+	OP_CHECK(f1 != NULL && f2 != NULL);
 	/* store_reader_open is tortured with the readers: unarmed here. */
 	rd = store_reader_open(fx->db, err, sizeof(err));
 	atomic_store(&armed, true);
@@ -671,23 +749,23 @@ op_export(struct fixture *fx, char *why, size_t whysz)
 		store_reader_close(rd);
 	}
 	atomic_store(&armed, false);
-	assert_int_equal(fclose(f1), 0);
-	assert_int_equal(fclose(f2), 0);
+	OP_CHECK((fclose(f1)) == (0));
+	OP_CHECK((fclose(f2)) == (0));
 	if (rd == NULL || r != 0 || r1 != EXPORT_OK || r2 != EXPORT_OK) {
 		free(eml_out);
 		free(mbox_out);
 		if (r == 0 && n != 1)
-			fail_msg("export_message_list succeeded with %zu messages", n);
+			OP_FAIL("export_message_list succeeded with %zu messages", n);
 		if (r1 == EXPORT_EWRITE || r2 == EXPORT_EWRITE)
-			fail_msg("an allocation failure reported as a write error: %s", err);
+			OP_FAIL("an allocation failure reported as a write error: %s", err);
 		snprintf(why, whysz, "%s", err);
 		return RUN_ERROR;
 	}
 	if (eml_len != sizeof(eml) - 1 || memcmp(eml_out, eml, eml_len) != 0)
-		fail_msg("export_write_eml succeeded with the wrong bytes (%zu)", eml_len);
+		OP_FAIL("export_write_eml succeeded with the wrong bytes (%zu)", eml_len);
 	if (mbox_len < sizeof(eml) || strstr(mbox_out, "\n.dotted\r\n") == NULL ||
 	    strncmp(mbox_out, "From x@y ", 9) != 0)
-		fail_msg("export_write_mbox succeeded with the wrong bytes (%zu)", mbox_len);
+		OP_FAIL("export_write_mbox succeeded with the wrong bytes (%zu)", mbox_len);
 	free(eml_out);
 	free(mbox_out);
 	return RUN_OK;
@@ -703,6 +781,15 @@ test_store_open(void **state)
 	long n;
 
 	n = torture(*state, "store_open/store_close", op_store_open);
+	assert_true(n > 10);
+}
+
+static void
+test_store_recover(void **state)
+{
+	long n;
+
+	n = torture(*state, "reopening after a crash", op_store_recover);
 	assert_true(n > 10);
 }
 
@@ -826,6 +913,7 @@ main(void)
 		cmocka_unit_test(test_pure_modules_do_not_allocate),
 		cmocka_unit_test(test_mime_iconv_open_fails),
 		cmocka_unit_test_setup_teardown(test_store_open, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_store_recover, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_store_record, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_store_read, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_export, setup, teardown),
