@@ -170,6 +170,7 @@ fuzz: fuzz-bins
 # same coverage (run after `make fuzz` has grown them for a while).
 fuzz-minimise: fuzz-bins
 	@for f in $(FUZZ_BINS); do n=$$(basename $$f); t=$${n#fuzz_}; min=build/fuzz/min-$$t; \
+		case " $(FUZZ_SKIP) " in *" $$n "*) echo "fuzz-minimise: $$n skipped (FUZZ_SKIP)"; continue ;; esac; \
 		rm -rf $$min; mkdir -p $$min; \
 		$$f $(FUZZ_FLAGS) -merge=1 $$min tests/fuzz/corpus/$$t 2>&1 | grep -E '^MERGE-OUTER: [0-9]+ new files' || exit 1; \
 		rm -rf tests/fuzz/corpus/$$t && mv $$min tests/fuzz/corpus/$$t; \
