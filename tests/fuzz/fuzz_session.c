@@ -8,6 +8,8 @@
  * input is a script:
  *
  *   byte 0        bit 0: sink mode (no upstream) instead of relay
+ *                 bit 1: -v (the live transcript on stderr, hidden)
+ *                 bit 2: relay to a port that refuses the connection
  *   then ops      op byte: low 3 bits the op, the rest (and for sends the
  *                 next byte) a length
  *       0,1,2     the client sends the next n bytes
@@ -114,8 +116,9 @@ static void	fuzz_dump(void);
 
 static char fuzz_dir[64], fuzz_template[128], fuzz_db[128];
 static struct proxy_config fuzz_cfg;
-static struct proxy_route fuzz_relay, fuzz_sink;
+static struct proxy_route fuzz_relay, fuzz_sink, fuzz_refused;
 static int fuzz_lfd = -1; /* the upstream's listening socket */
+static int fuzz_rfd = -1; /* bound, not listening: connections are refused */
 static int fuzz_errfd = 2; /* stderr, kept from before -close_fd_mask */
 
 static void
@@ -215,6 +218,15 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
 	snprintf(fuzz_relay.upstream_port, sizeof(fuzz_relay.upstream_port), "%d", ntohs(sin->sin_port));
 	fuzz_relay.client_tls = PROXY_TLS_OFF;
 	fuzz_relay.upstream_tls = PROXY_TLS_OFF;
+	fuzz_refused = fuzz_relay;
+	fuzz_rfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	sin = (struct sockaddr_in *)&fuzz_refused.upstream_sa;
+	sin->sin_port = 0;
+	sl = sizeof(*sin);
+	if (fuzz_rfd < 0 || bind(fuzz_rfd, (struct sockaddr *)sin, sl) < 0 ||
+	    getsockname(fuzz_rfd, (struct sockaddr *)sin, &sl) < 0)
+		fuzz_fail("refusing socket: %s", strerror(errno));
+	snprintf(fuzz_refused.upstream_port, sizeof(fuzz_refused.upstream_port), "%d", ntohs(sin->sin_port));
 	fuzz_sink.listen = "fuzz";
 	fuzz_sink.client_tls = PROXY_TLS_OFF;
 	fuzz_sink.upstream_tls = PROXY_TLS_OFF;
@@ -442,7 +454,9 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	memset(&r, 0, sizeof(r));
 	r.ufd = -1;
 	r.sink = (data[0] & 1) != 0;
-	route = r.sink ? &fuzz_sink : &fuzz_relay;
+	route = r.sink ? &fuzz_sink : (data[0] & 4) ? &fuzz_refused : &fuzz_relay;
+	if (getenv("FUZZ_SESSION_TRACE") == NULL)
+		log_init((data[0] & 2) ? 1 : 0);
 
 	unlink(fuzz_db);
 	snprintf(path, sizeof(path), "%s-wal", fuzz_db);
