@@ -9,12 +9,15 @@ TEST_PKGS="libcmocka-dev clang libclang-rt-14-dev valgrind python3 python3-pytes
 libnet-ssleay-perl libio-socket-ssl-perl \
 swaks postfix curl msmtp openssl php-cli libphp-phpmailer nodejs node-nodemailer"
 BENCH_PKGS="haproxy time"
+# make coverage: llvm-profdata-14 and llvm-cov-14 for clang-14's profiles.
+COVER_PKGS="clang llvm-14"
 
 case "${1:-all}" in
 build) PKGS="$BUILD_PKGS" ;;
 test) PKGS="$BUILD_PKGS $TEST_PKGS" ;;
-all) PKGS="$BUILD_PKGS $TEST_PKGS $BENCH_PKGS" ;;
-*) echo "usage: $0 [build|test|all]" >&2; exit 2 ;;
+cover) PKGS="$BUILD_PKGS $COVER_PKGS" ;;
+all) PKGS="$BUILD_PKGS $TEST_PKGS $BENCH_PKGS $COVER_PKGS" ;;
+*) echo "usage: $0 [build|test|cover|all]" >&2; exit 2 ;;
 esac
 
 missing=""
