@@ -35,6 +35,8 @@ static void leg_eventcb(struct bufferevent *bev, short what, void *arg);
 static void leg_setup_bev(struct leg *leg);
 static void leg_set_error(struct leg *leg, short what);
 static void leg_apply_reading(struct leg *leg);
+static struct evbuffer *leg_queue(struct leg *leg);
+static void leg_flush_tls(struct leg *leg);
 
 static void
 leg_setup_bev(struct leg *leg)
@@ -115,6 +117,11 @@ leg_start_tls(struct leg *leg, SSL *ssl, bool accept)
 		SSL_free(ssl);
 		return -1;
 	}
+	if (leg->stage == NULL && (leg->stage = evbuffer_new()) == NULL) {
+		snprintf(leg->err, sizeof(leg->err), "cannot start TLS: out of memory");
+		SSL_free(ssl);
+		return -1;
+	}
 	/* The plain bufferevent must not read the peer's first TLS bytes. */
 	bufferevent_disable(plain, EV_READ | EV_WRITE);
 	bev = bufferevent_openssl_socket_new(leg->base, leg->fd, ssl,
@@ -160,14 +167,31 @@ leg_input(struct leg *leg)
 size_t
 leg_output_len(struct leg *leg)
 {
-	return leg->open ? evbuffer_get_length(bufferevent_get_output(leg->bev)) : 0;
+	if (!leg->open)
+		return 0;
+	return evbuffer_get_length(bufferevent_get_output(leg->bev)) +
+	       (leg->tls ? evbuffer_get_length(leg->stage) : 0);
+}
+
+/*
+ * Where queued bytes go: a plain leg's output buffer (written at the end
+ * of the callback by leg_flush), or a TLS leg's stage.  An OpenSSL
+ * bufferevent writes a record the moment bytes reach its output, so a
+ * callback relaying five pipelined commands would cost five records and
+ * five write(2)s; the stage collects them and leg_flush hands them over
+ * at once.
+ */
+static struct evbuffer *
+leg_queue(struct leg *leg)
+{
+	return leg->tls ? leg->stage : bufferevent_get_output(leg->bev);
 }
 
 void
 leg_write(struct leg *leg, const void *data, size_t len)
 {
 	if (leg->open && len > 0)
-		bufferevent_write(leg->bev, data, len);
+		evbuffer_add(leg_queue(leg), data, len);
 }
 
 void
@@ -178,9 +202,22 @@ leg_write_from(struct leg *leg, struct evbuffer *src, size_t len)
 		return;
 	}
 	if (len == (size_t)-1)
-		bufferevent_write_buffer(leg->bev, src);
+		evbuffer_add_buffer(leg_queue(leg), src);
 	else
-		evbuffer_remove_buffer(src, bufferevent_get_output(leg->bev), len);
+		evbuffer_remove_buffer(src, leg_queue(leg), len);
+}
+
+/* A TLS leg's staged bytes go to OpenSSL: small ones as one record. */
+static void
+leg_flush_tls(struct leg *leg)
+{
+	size_t n = evbuffer_get_length(leg->stage);
+
+	if (n == 0)
+		return;
+	if (n <= LEG_TLS_RECORD)
+		evbuffer_pullup(leg->stage, -1);
+	bufferevent_write_buffer(leg->bev, leg->stage);
 }
 
 void
@@ -188,7 +225,11 @@ leg_flush(struct leg *leg)
 {
 	struct evbuffer *out;
 
-	if (!leg->open || leg->tls || leg->hold_output || leg->fd < 0)
+	if (leg->open && leg->tls) {
+		leg_flush_tls(leg);
+		return;
+	}
+	if (!leg->open || leg->hold_output || leg->fd < 0)
 		return;
 	out = bufferevent_get_output(leg->bev);
 	if (evbuffer_get_length(out) > 0 && !(bufferevent_get_enabled(leg->bev) & EV_WRITE)) {
@@ -260,6 +301,9 @@ leg_close(struct leg *leg, enum leg_close_how how)
 	bufferevent_free(leg->bev); /* TLS: closes the socket and frees the SSL */
 	if (!leg->tls && leg->fd >= 0)
 		evutil_closesocket(leg->fd);
+	if (leg->stage != NULL)
+		evbuffer_free(leg->stage);
+	leg->stage = NULL;
 	leg->bev = NULL;
 	leg->fd = -1;
 	leg->open = false;
@@ -276,6 +320,8 @@ leg_close_after_flush(struct leg *leg)
 		leg_close(leg, LEG_CLOSE_NOW);
 		return;
 	}
+	if (leg->tls)
+		leg_flush_tls(leg);
 	leg->close_after_flush = true;
 	leg->hold_output = false;
 	bufferevent_disable(leg->bev, EV_READ);

@@ -70,6 +70,7 @@ struct leg {
 	int read_timeout, write_timeout; /* seconds, 0 none */
 	char addr[UTIL_ADDR_MAX];	  /* the peer's address */
 	char err[LEG_ERR_MAX];		  /* the last error, one line */
+	struct evbuffer *stage; /* TLS: output of this callback, see leg_flush */
 	leg_cb cb;
 	void *arg;
 };
@@ -81,6 +82,7 @@ struct leg {
 #define LEG_OUTPUT_HIGH (1024 * 1024)
 #define LEG_OUTPUT_LOW (256 * 1024)
 #define LEG_READ_MAX (64 * 1024)
+#define LEG_TLS_RECORD (16 * 1024) /* staged output up to this is one record */
 
 /* Take over an accepted socket (plain; leg_start_tls() for implicit TLS).
  * Reading starts disabled.  Returns 0, or -1 (the socket is closed). */
@@ -113,8 +115,9 @@ size_t leg_output_len(struct leg *leg);
 void leg_write(struct leg *leg, const void *data, size_t len);
 /* Move len bytes (all: (size_t)-1) from src to the output, without copying. */
 void leg_write_from(struct leg *leg, struct evbuffer *src, size_t len);
-/* Write queued output now: one writev(2) on a plain socket; TLS legs
- * write through their bufferevent on their own. */
+/* Write queued output now: one writev(2) on a plain socket; on a TLS leg,
+ * hand what the callback queued to OpenSSL at once (one record when it is
+ * small).  The session calls it at the end of every callback. */
 void leg_flush(struct leg *leg);
 
 void leg_set_reading(struct leg *leg, bool on);

@@ -776,9 +776,11 @@ test_tls_upgrade_in_place(void **state)
 	WAIT(f, evbuffer_get_length(f->b.got) >= 12);
 	assert_buf(f->b.got, "220 banner\r\n");
 	leg_write(&f->b.leg, "EHLO c\r\n", 8);
+	leg_flush(&f->b.leg); /* a TLS leg stages until the flush */
 	WAIT(f, evbuffer_get_length(f->a.got) >= 8);
 	assert_buf(f->a.got, "EHLO c\r\n"); /* not "STARTTLS\r\nRSET\r\n..." */
 	leg_write(&f->a.leg, "250 ok\r\n", 8);
+	leg_flush(&f->a.leg);
 	WAIT(f, evbuffer_get_length(f->b.got) >= 20);
 	assert_buf(f->b.got, "220 banner\r\n250 ok\r\n");
 
