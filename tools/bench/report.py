@@ -397,6 +397,16 @@ def part_plain(meta, workloads, summ, all_targets):
     return L
 
 
+def busy_cpus(summ_w):
+    """{relay: CPUs kept busy during the run} from the median msg/s, the
+    pipeline's CPU per message and the other load."""
+    out = {}
+    for relay, s in summ_w.items():
+        if s.get("rate") and s.get("pipe_us") is not None:
+            out[relay] = s["rate"] * s["pipe_us"] / 1e6 + (s.get("other") or 0)
+    return out
+
+
 def part_tls(meta, workloads, summ, all_targets):
     L = ["## TLS workloads (T-B, T-D)", ""]
     L += run_header(meta, True)
@@ -422,6 +432,17 @@ def part_tls(meta, workloads, summ, all_targets):
             L.append("- %s: the two stunnel converters take %.0f-%.0f%% of the pipeline's CPU per "
                      "message; the busier one used at most %.2f of the %s CPUs."
                      % (w, 100 * min(share), 100 * max(share), busiest, meta.get("nproc", "?")))
+        busy = busy_cpus(summ[w])
+        if busy:
+            nproc = float(meta.get("nproc") or 0)
+            bound = nproc and all(b >= 0.9 * nproc for b in busy.values())
+            L.append("- %s: CPUs busy during the run (pipeline msg/s x CPU per message, plus other "
+                     "load): %s of %s. %s"
+                     % (w, ", ".join("%s %.2f" % kv for kv in busy.items()), meta.get("nproc", "?"),
+                        "The CPUs are full in every cell: they, not stunnel's threads or limits, "
+                        "bound msg/s, and more stunnel processes would only share the same CPUs."
+                        if bound else "Some cell left CPU unused: something other than CPU "
+                        "(latency, a converter's limits) bounds its msg/s."))
     L.append(noisy_line(workloads, summ))
     L.append("")
     L.append("### Setup")
