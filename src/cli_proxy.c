@@ -19,28 +19,54 @@
 static void cli_proxy_usage(FILE *f);
 static int cli_proxy_onoff(const char *flag, const char *v, bool *out);
 static int cli_proxy_seconds(const char *flag, const char *v, long max, int *out);
+struct cli_listen;
+static int cli_proxy_listen_parse(const char *arg, struct cli_listen *l);
+static int cli_proxy_mode(const char *what, const char *v, enum proxy_tls_mode *out);
+static int cli_proxy_route(struct proxy_route *r, const struct cli_listen *l, const char *upstream, bool sink,
+			   const char *client_tls, const char *upstream_tls);
 
 static void
 cli_proxy_usage(FILE *f)
 {
-	fputs("usage: smtptap proxy [--listen ADDR:PORT]... [--upstream HOST:PORT | --sink]\n"
-	      "                     [--db PATH] [--redact-auth on|off] [--client-tls off]\n"
-	      "                     [--idle-timeout S] [--reply-timeout S] [--connect-timeout S]\n"
-	      "                     [--grace S] [--max-sessions N] [-v]...\n"
+	fputs("usage: smtptap proxy [--listen ADDR:PORT[,OPTION=VALUE...]]... [--upstream HOST:PORT | --sink]\n"
+	      "                     [--db PATH] [--client-tls MODE] [--upstream-tls MODE]\n"
+	      "                     [--ca-dir DIR | --cert FILE --key FILE] [--upstream-verify on|off]\n"
+	      "                     [--upstream-ca FILE] [--upstream-sni NAME] [--keylog FILE]\n"
+	      "                     [--redact-auth on|off] [--idle-timeout S] [--reply-timeout S]\n"
+	      "                     [--connect-timeout S] [--grace S] [--max-sessions N] [-v]...\n"
 	      "\n"
 	      "Relay SMTP clients to an upstream server (or answer them as a capture\n"
 	      "server with --sink, the default without --upstream) and record every\n"
-	      "command, reply and message in an SQLite database.\n"
+	      "command, reply and message in an SQLite database.  TLS is terminated\n"
+	      "and re-originated on either leg, with certificates forged by a local CA.\n"
 	      "\n"
 	      "  -l, --listen ADDR:PORT   listen here (default 127.0.0.1:2525; repeatable;\n"
-	      "                           port 0 picks a free port, printed on stderr)\n"
+	      "                           port 0 picks a free port, printed on stderr).\n"
+	      "                           Per-listener options after commas override the\n"
+	      "                           flags: upstream=HOST:PORT, sink, client-tls=MODE,\n"
+	      "                           upstream-tls=MODE (e.g. 127.0.0.1:2465,client-tls=implicit)\n"
 	      "  -u, --upstream HOST:PORT relay to this server (host names resolved\n"
 	      "                           without blocking; [v6addr]:port for IPv6)\n"
 	      "  -s, --sink               answer clients ourselves, accept every message\n"
 	      "  -d, --db PATH            database file (default ./smtptap.db, mode 0600)\n"
+	      "      --client-tls MODE    TLS with clients: off, auto (relay default: offer\n"
+	      "                           STARTTLS exactly when the upstream does), starttls\n"
+	      "                           (always offer it), implicit (TLS from the first\n"
+	      "                           byte, as on port 465).  Sink mode default: off\n"
+	      "      --upstream-tls MODE  TLS to the upstream: off, auto (default: STARTTLS\n"
+	      "                           when offered), starttls (required), implicit\n"
+	      "      --ca-dir DIR         the local CA that signs forged certificates\n"
+	      "                           (default $XDG_DATA_HOME/smtptap/ca; created on\n"
+	      "                           first use; see 'smtptap ca show')\n"
+	      "      --cert FILE --key FILE  serve this certificate instead of forging\n"
+	      "      --upstream-verify on|off  check the upstream's certificate and name\n"
+	      "                           (default on: refused with 421 4.7.0 otherwise)\n"
+	      "      --upstream-ca FILE   trust these CAs for the upstream (default: system)\n"
+	      "      --upstream-sni NAME  the name sent and checked upstream (default: the\n"
+	      "                           upstream host)\n"
+	      "      --keylog FILE        append TLS secrets of both legs (NSS key log\n"
+	      "                           format: Wireshark decrypts a capture with it)\n"
 	      "      --redact-auth on|off keep AUTH credentials out of the database (default on)\n"
-	      "      --client-tls off     only 'off' in this version: STARTTLS is removed\n"
-	      "                           from EHLO replies and answered with 454\n"
 	      "      --idle-timeout S     close a silent client after S seconds (default 300)\n"
 	      "      --reply-timeout S    give up on an upstream silent for S seconds\n"
 	      "                           while a reply is due (default 600)\n"
@@ -80,10 +106,133 @@ cli_proxy_seconds(const char *flag, const char *v, long max, int *out)
 	return 0;
 }
 
+/* Per-listener settings, as given (NULL: not given). */
+struct cli_listen {
+	char spec[512]; /* a copy of the --listen argument, split in place */
+	const char *upstream, *client_tls, *upstream_tls;
+	bool sink;
+};
+
+/* "ADDR:PORT[,key=value|sink]...": split a copy of arg into l. */
+static int
+cli_proxy_listen_parse(const char *arg, struct cli_listen *l)
+{
+	char *p, *opt;
+
+	memset(l, 0, sizeof(*l));
+	if (snprintf(l->spec, sizeof(l->spec), "%s", arg) >= (int)sizeof(l->spec)) {
+		log_warnx("--listen %.40s...: too long", arg);
+		return -1;
+	}
+	p = strchr(l->spec, ',');
+	if (p == NULL)
+		return 0;
+	*p++ = '\0';
+	while ((opt = strsep(&p, ",")) != NULL) {
+		char *eq = strchr(opt, '=');
+		const char *v = eq != NULL ? eq + 1 : NULL;
+
+		if (eq != NULL)
+			*eq = '\0';
+		if (strcmp(opt, "sink") == 0 && v == NULL)
+			l->sink = true;
+		else if (strcmp(opt, "upstream") == 0 && v != NULL)
+			l->upstream = v;
+		else if (strcmp(opt, "client-tls") == 0 && v != NULL)
+			l->client_tls = v;
+		else if (strcmp(opt, "upstream-tls") == 0 && v != NULL)
+			l->upstream_tls = v;
+		else {
+			log_warnx("--listen %s: unknown listener option '%s' (known: upstream=HOST:PORT, sink, "
+				  "client-tls=MODE, upstream-tls=MODE)",
+				  arg, opt);
+			return -1;
+		}
+	}
+	return 0;
+}
+
+static int
+cli_proxy_mode(const char *what, const char *v, enum proxy_tls_mode *out)
+{
+	if (proxy_tls_mode_parse(v, out) < 0) {
+		log_warnx("%s: expected off, auto, starttls or implicit, got '%s'", what, v);
+		return -1;
+	}
+	return 0;
+}
+
+/* Fill route from the listener's settings and the flags' defaults. */
+static int
+cli_proxy_route(struct proxy_route *r, const struct cli_listen *l, const char *upstream, bool sink,
+		const char *client_tls, const char *upstream_tls)
+{
+	char err[256], host[256], port[8];
+	const char *up = l->upstream != NULL ? l->upstream : (l->sink ? NULL : upstream);
+	const char *ct = l->client_tls != NULL ? l->client_tls : client_tls;
+	const char *ut = l->upstream_tls != NULL ? l->upstream_tls : upstream_tls;
+
+	memset(r, 0, sizeof(*r));
+	r->listen = l->spec;
+	if (util_split_hostport(l->spec, host, sizeof(host), port, sizeof(port), err, sizeof(err)) < 0) {
+		log_warnx("--listen %s", err);
+		return -1;
+	}
+	if (l->sink && l->upstream != NULL) {
+		log_warnx("--listen %s: 'sink' and 'upstream=' exclude each other", l->spec);
+		return -1;
+	}
+	if (sink && l->upstream == NULL)
+		up = NULL;
+	r->upstream = up;
+	if (up != NULL) {
+		if (util_split_hostport(up, r->upstream_host, sizeof(r->upstream_host), r->upstream_port,
+					sizeof(r->upstream_port), err, sizeof(err)) < 0) {
+			log_warnx("--upstream %s", err);
+			return -1;
+		}
+		if (r->upstream_host[0] == '\0' || strcmp(r->upstream_port, "0") == 0) {
+			log_warnx("--upstream %s: needs a host and a port other than 0", up);
+			return -1;
+		}
+		r->upstream_salen = (int)sizeof(r->upstream_sa);
+		if (evutil_parse_sockaddr_port(up, (struct sockaddr *)&r->upstream_sa, &r->upstream_salen) < 0)
+			r->upstream_salen = 0;
+	}
+	r->client_tls = up != NULL ? PROXY_TLS_AUTO : PROXY_TLS_OFF;
+	r->upstream_tls = PROXY_TLS_AUTO;
+	if (ct != NULL && cli_proxy_mode("--client-tls", ct, &r->client_tls) < 0)
+		return -1;
+	if (ut != NULL && cli_proxy_mode("--upstream-tls", ut, &r->upstream_tls) < 0)
+		return -1;
+	/* "auto" offers STARTTLS when the upstream does: a sink has none. */
+	if (up == NULL && r->client_tls == PROXY_TLS_AUTO)
+		r->client_tls = PROXY_TLS_OFF;
+	if (up == NULL)
+		r->upstream_tls = PROXY_TLS_OFF;
+	return 0;
+}
+
 int
 cli_proxy(int argc, char **argv)
 {
-	enum { OPT_REDACT = 256, OPT_CLIENT_TLS, OPT_IDLE, OPT_REPLY, OPT_CONNECT, OPT_GRACE, OPT_MAXSESS };
+	enum {
+		OPT_REDACT = 256,
+		OPT_CLIENT_TLS,
+		OPT_UPSTREAM_TLS,
+		OPT_CA_DIR,
+		OPT_CERT,
+		OPT_KEY,
+		OPT_VERIFY,
+		OPT_UPSTREAM_CA,
+		OPT_UPSTREAM_SNI,
+		OPT_KEYLOG,
+		OPT_IDLE,
+		OPT_REPLY,
+		OPT_CONNECT,
+		OPT_GRACE,
+		OPT_MAXSESS
+	};
 	static const struct option opts[] = {
 		{ "listen", required_argument, NULL, 'l' },
 		{ "upstream", required_argument, NULL, 'u' },
@@ -91,6 +240,14 @@ cli_proxy(int argc, char **argv)
 		{ "db", required_argument, NULL, 'd' },
 		{ "redact-auth", required_argument, NULL, OPT_REDACT },
 		{ "client-tls", required_argument, NULL, OPT_CLIENT_TLS },
+		{ "upstream-tls", required_argument, NULL, OPT_UPSTREAM_TLS },
+		{ "ca-dir", required_argument, NULL, OPT_CA_DIR },
+		{ "cert", required_argument, NULL, OPT_CERT },
+		{ "key", required_argument, NULL, OPT_KEY },
+		{ "upstream-verify", required_argument, NULL, OPT_VERIFY },
+		{ "upstream-ca", required_argument, NULL, OPT_UPSTREAM_CA },
+		{ "upstream-sni", required_argument, NULL, OPT_UPSTREAM_SNI },
+		{ "keylog", required_argument, NULL, OPT_KEYLOG },
 		{ "idle-timeout", required_argument, NULL, OPT_IDLE },
 		{ "reply-timeout", required_argument, NULL, OPT_REPLY },
 		{ "connect-timeout", required_argument, NULL, OPT_CONNECT },
@@ -100,9 +257,12 @@ cli_proxy(int argc, char **argv)
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
-	struct proxy_config cfg;
+	static struct cli_listen listens[PROXY_LISTEN_MAX];
+	static struct proxy_config cfg;
+	const char *upstream = NULL, *client_tls = NULL, *upstream_tls = NULL;
+	size_t nlisten = 0, i;
+	enum proxy_tls_mode mode;
 	bool sink = false;
-	char err[256];
 	long n;
 	int c;
 
@@ -114,19 +274,21 @@ cli_proxy(int argc, char **argv)
 	cfg.connect_timeout = 30;
 	cfg.grace = 10;
 	cfg.max_sessions = 1000;
+	cfg.tls.upstream_verify = true;
 
 	optind = 1;
 	while ((c = getopt_long(argc, argv, "l:u:sd:vh", opts, NULL)) != -1) {
 		switch (c) {
 		case 'l':
-			if (cfg.nlisten == PROXY_LISTEN_MAX) {
+			if (nlisten == PROXY_LISTEN_MAX) {
 				log_warnx("--listen: at most %d listeners", PROXY_LISTEN_MAX);
 				return CLI_EXIT_USAGE;
 			}
-			cfg.listen[cfg.nlisten++] = optarg;
+			if (cli_proxy_listen_parse(optarg, &listens[nlisten++]) < 0)
+				return CLI_EXIT_USAGE;
 			break;
 		case 'u':
-			cfg.upstream = optarg;
+			upstream = optarg;
 			break;
 		case 's':
 			sink = true;
@@ -139,11 +301,36 @@ cli_proxy(int argc, char **argv)
 				return CLI_EXIT_USAGE;
 			break;
 		case OPT_CLIENT_TLS:
-			if (strcmp(optarg, "off") != 0) {
-				log_warnx("--client-tls %s: this version only supports 'off' (TLS interception "
-					  "is not built yet)", optarg);
+			if (cli_proxy_mode("--client-tls", optarg, &mode) < 0)
 				return CLI_EXIT_USAGE;
-			}
+			client_tls = optarg;
+			break;
+		case OPT_UPSTREAM_TLS:
+			if (cli_proxy_mode("--upstream-tls", optarg, &mode) < 0)
+				return CLI_EXIT_USAGE;
+			upstream_tls = optarg;
+			break;
+		case OPT_CA_DIR:
+			cfg.tls.ca_dir = optarg;
+			break;
+		case OPT_CERT:
+			cfg.tls.cert_file = optarg;
+			break;
+		case OPT_KEY:
+			cfg.tls.key_file = optarg;
+			break;
+		case OPT_VERIFY:
+			if (cli_proxy_onoff("--upstream-verify", optarg, &cfg.tls.upstream_verify) < 0)
+				return CLI_EXIT_USAGE;
+			break;
+		case OPT_UPSTREAM_CA:
+			cfg.tls.upstream_ca = optarg;
+			break;
+		case OPT_UPSTREAM_SNI:
+			cfg.upstream_sni = optarg;
+			break;
+		case OPT_KEYLOG:
+			cfg.tls.keylog = optarg;
 			break;
 		case OPT_IDLE:
 			if (cli_proxy_seconds("--idle-timeout", optarg, 86400, &cfg.idle_timeout) < 0)
@@ -186,35 +373,25 @@ cli_proxy(int argc, char **argv)
 		log_warnx("proxy: unexpected argument '%s' (try 'smtptap proxy --help')", argv[optind]);
 		return CLI_EXIT_USAGE;
 	}
-	if (sink && cfg.upstream != NULL) {
+	if (sink && upstream != NULL) {
 		log_warnx("--sink and --upstream exclude each other: choose one");
 		return CLI_EXIT_USAGE;
 	}
-	if (cfg.upstream != NULL) {
-		if (util_split_hostport(cfg.upstream, cfg.upstream_host, sizeof(cfg.upstream_host), cfg.upstream_port,
-					sizeof(cfg.upstream_port), err, sizeof(err)) < 0) {
-			log_warnx("--upstream %s", err);
-			return CLI_EXIT_USAGE;
-		}
-		if (cfg.upstream_host[0] == '\0' || strcmp(cfg.upstream_port, "0") == 0) {
-			log_warnx("--upstream %s: needs a host and a port other than 0", cfg.upstream);
-			return CLI_EXIT_USAGE;
-		}
-		cfg.upstream_salen = (int)sizeof(cfg.upstream_sa);
-		if (evutil_parse_sockaddr_port(cfg.upstream, (struct sockaddr *)&cfg.upstream_sa,
-					       &cfg.upstream_salen) < 0)
-			cfg.upstream_salen = 0;
+	if ((cfg.tls.cert_file == NULL) != (cfg.tls.key_file == NULL)) {
+		log_warnx("--cert and --key go together: give both, or neither to forge certificates");
+		return CLI_EXIT_USAGE;
 	}
-	if (cfg.nlisten == 0)
-		cfg.listen[cfg.nlisten++] = "127.0.0.1:2525";
-	for (size_t i = 0; i < cfg.nlisten; i++) {
-		char host[256], port[8];
-
-		if (util_split_hostport(cfg.listen[i], host, sizeof(host), port, sizeof(port), err, sizeof(err)) < 0) {
-			log_warnx("--listen %s", err);
-			return CLI_EXIT_USAGE;
-		}
+	if (cfg.tls.cert_file != NULL && cfg.tls.ca_dir != NULL) {
+		log_warnx("--cert/--key and --ca-dir exclude each other: serve a given certificate, or forge");
+		return CLI_EXIT_USAGE;
 	}
+	if (nlisten == 0)
+		cli_proxy_listen_parse("127.0.0.1:2525", &listens[nlisten++]);
+	for (i = 0; i < nlisten; i++) {
+		if (cli_proxy_route(&cfg.routes[i], &listens[i], upstream, sink, client_tls, upstream_tls) < 0)
+			return CLI_EXIT_USAGE;
+	}
+	cfg.nroutes = nlisten;
 	log_init(cfg.verbosity);
 	return proxy_run(&cfg) == 0 ? CLI_EXIT_OK : CLI_EXIT_FAIL;
 }

@@ -10,6 +10,7 @@
 #include "smtptap/proxy.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <netdb.h>
 #include <signal.h>
 #include <stdio.h>
@@ -30,6 +31,7 @@
 struct proxy_listener {
 	struct evconnlistener *lev;
 	char name[UTIL_ADDR_MAX];
+	const struct proxy_route *route;
 	struct proxy *proxy;
 };
 
@@ -38,6 +40,7 @@ struct proxy {
 	struct event_base *base;
 	struct evdns_base *dns;
 	struct store *store;
+	struct tls *tls;
 	struct session_ctx sessions;
 	struct proxy_listener listeners[PROXY_LISTEN_MAX];
 	size_t nlisteners;
@@ -46,7 +49,8 @@ struct proxy {
 	bool stopping;
 };
 
-static int proxy_listen(struct proxy *px, const char *spec);
+static int proxy_listen(struct proxy *px, const struct proxy_route *route);
+static int proxy_tls_setup(struct proxy *px);
 static void proxy_accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struct sockaddr *sa, int salen,
 			    void *arg);
 static void proxy_accept_error_cb(struct evconnlistener *lev, void *arg);
@@ -75,7 +79,9 @@ proxy_run(const struct proxy_config *cfg)
 		log_warnx("cannot create the event loop");
 		goto out;
 	}
-	if (cfg->upstream != NULL) {
+	for (i = 0; i < cfg->nroutes && px.dns == NULL; i++) {
+		if (cfg->routes[i].upstream == NULL)
+			continue;
 		px.dns = evdns_base_new(px.base, EVDNS_BASE_INITIALIZE_NAMESERVERS);
 		if (px.dns == NULL) {
 			/* No resolv.conf: IP addresses and /etc/hosts still work. */
@@ -91,15 +97,17 @@ proxy_run(const struct proxy_config *cfg)
 		log_warnx("cannot open the database %s: %s (use --db PATH)", cfg->db_path, err);
 		goto out;
 	}
-	if (session_ctx_init(&px.sessions, px.base, px.dns, px.store, cfg) < 0) {
+	if (proxy_tls_setup(&px) < 0)
+		goto out;
+	if (session_ctx_init(&px.sessions, px.base, px.dns, px.store, px.tls, cfg) < 0) {
 		log_warnx("cannot set up sessions: out of memory");
 		goto out;
 	}
 	px.sessions.on_session_end = proxy_session_end_cb;
 	px.sessions.arg = &px;
 
-	for (i = 0; i < cfg->nlisten; i++) {
-		if (proxy_listen(&px, cfg->listen[i]) < 0)
+	for (i = 0; i < cfg->nroutes; i++) {
+		if (proxy_listen(&px, &cfg->routes[i]) < 0)
 			goto out;
 	}
 	px.sigterm = evsignal_new(px.base, SIGTERM, proxy_signal_cb, &px);
@@ -111,9 +119,17 @@ proxy_run(const struct proxy_config *cfg)
 		goto out;
 	}
 
-	for (i = 0; i < px.nlisteners; i++)
-		log_info("listening on %s (%s%s, recording to %s)", px.listeners[i].name,
-			 cfg->upstream ? "relay to " : "sink mode", cfg->upstream ? cfg->upstream : "", cfg->db_path);
+	for (i = 0; i < px.nlisteners; i++) {
+		const struct proxy_route *r = px.listeners[i].route;
+
+		if (r->upstream != NULL)
+			log_info("listening on %s (relay to %s, client TLS %s, upstream TLS %s, recording to %s)",
+				 px.listeners[i].name, r->upstream, proxy_tls_mode_name(r->client_tls),
+				 proxy_tls_mode_name(r->upstream_tls), cfg->db_path);
+		else
+			log_info("listening on %s (sink mode, client TLS %s, recording to %s)", px.listeners[i].name,
+				 proxy_tls_mode_name(r->client_tls), cfg->db_path);
+	}
 	if (event_base_dispatch(px.base) < 0) {
 		log_warnx("event loop failed");
 		goto out;
@@ -146,9 +162,69 @@ proxy_base_new(void)
 	return base;
 }
 
+/*
+ * TLS contexts only when a listener needs them: a client leg that may be
+ * TLS needs the CA (created on first use) or --cert/--key; an upstream leg
+ * that may be TLS needs the trust store.
+ */
 static int
-proxy_listen(struct proxy *px, const char *spec)
+proxy_tls_setup(struct proxy *px)
 {
+	const struct proxy_config *cfg = px->cfg;
+	bool need_server = false, need_client = false;
+	char err[512];
+	size_t i;
+
+	for (i = 0; i < cfg->nroutes; i++) {
+		need_server |= cfg->routes[i].client_tls != PROXY_TLS_OFF;
+		need_client |= cfg->routes[i].upstream != NULL && cfg->routes[i].upstream_tls != PROXY_TLS_OFF;
+	}
+	if (!need_server && !need_client)
+		return 0;
+	px->tls = tls_new(&cfg->tls, need_server, need_client, err, sizeof(err));
+	if (px->tls == NULL) {
+		log_warnx("TLS: %s", err);
+		return -1;
+	}
+	return 0;
+}
+
+const char *
+proxy_tls_mode_name(enum proxy_tls_mode m)
+{
+	switch (m) {
+	case PROXY_TLS_OFF:
+		return "off";
+	case PROXY_TLS_AUTO:
+		return "auto";
+	case PROXY_TLS_STARTTLS:
+		return "starttls";
+	case PROXY_TLS_IMPLICIT:
+		return "implicit";
+	}
+	return "?";
+}
+
+int
+proxy_tls_mode_parse(const char *s, enum proxy_tls_mode *out)
+{
+	static const enum proxy_tls_mode modes[] = { PROXY_TLS_OFF, PROXY_TLS_AUTO, PROXY_TLS_STARTTLS,
+						     PROXY_TLS_IMPLICIT };
+	size_t i;
+
+	for (i = 0; i < sizeof(modes) / sizeof(modes[0]); i++) {
+		if (strcmp(s, proxy_tls_mode_name(modes[i])) == 0) {
+			*out = modes[i];
+			return 0;
+		}
+	}
+	return -1;
+}
+
+static int
+proxy_listen(struct proxy *px, const struct proxy_route *route)
+{
+	const char *spec = route->listen;
 	struct proxy_listener *pl = &px->listeners[px->nlisteners];
 	struct addrinfo hints, *res = NULL;
 	struct sockaddr_storage ss;
@@ -171,6 +247,7 @@ proxy_listen(struct proxy *px, const char *spec)
 		return -1;
 	}
 	pl->proxy = px;
+	pl->route = route;
 	pl->lev = evconnlistener_new_bind(px->base, proxy_accept_cb, pl,
 					  LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC, 1024,
 					  res->ai_addr, (int)res->ai_addrlen);
@@ -197,7 +274,7 @@ proxy_accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struct sockaddr 
 	struct proxy *px = pl->proxy;
 
 	(void)lev;
-	session_start(&px->sessions, fd, sa, salen, pl->name);
+	session_start(&px->sessions, fd, sa, salen, pl->route, pl->name);
 	if (!px->listeners_paused && px->sessions.nsessions >= (size_t)px->cfg->max_sessions) {
 		log_info("%zu sessions open (--max-sessions): not accepting until one ends",
 			 px->sessions.nsessions);
@@ -298,6 +375,17 @@ proxy_free(struct proxy *px)
 	px->stopping = true; /* session ends must not touch listeners now */
 	if (px->sessions.backlog_timer != NULL)
 		session_ctx_free(&px->sessions);
+	if (px->tls != NULL) {
+		struct tls_stats st;
+
+		tls_stats_get(px->tls, &st);
+		if (st.handshakes_client + st.handshakes_upstream > 0)
+			log_info("tls: %" PRIu64 " client and %" PRIu64 " upstream handshakes; certificates forged "
+				 "%" PRIu64 ", cache hits %" PRIu64,
+				 st.handshakes_client, st.handshakes_upstream, st.forged, st.cache_hits);
+		tls_free(px->tls);
+		px->tls = NULL;
+	}
 	if (px->store != NULL && store_close(px->store) < 0) {
 		log_warnx("some records could not be written to %s (see above)", px->cfg->db_path);
 		rc = -1;

@@ -439,13 +439,98 @@ smtp_parse_ehlo_keyword(const char *text, size_t len, struct smtp_ehlo_kw *out)
 }
 
 /* ------------------------------------------------------------------------
+ * EHLO capability editing (STARTTLS is the one capability smtptap answers
+ * itself, so it adds or removes it).
+ */
+
+#define EHLO_LINES_MAX 1024
+
+int
+smtp_ehlo_edit(const char *in, size_t len, const char *kw, bool want, char *out, size_t outsz, size_t *outlen,
+	       bool *had)
+{
+	const char *lines[EHLO_LINES_MAX + 1], *p = in, *end = in + len;
+	size_t nlines = 0, i, o = 0, kwlen = strlen(kw), eol;
+	bool found = false, keep[EHLO_LINES_MAX];
+	struct smtp_reply_line rl;
+
+	*had = false;
+	while (p < end) {
+		const char *nl = memchr(p, '\n', (size_t)(end - p));
+
+		if (nlines == EHLO_LINES_MAX)
+			return -1;
+		lines[nlines++] = p;
+		p = nl != NULL ? nl + 1 : end;
+	}
+	if (nlines == 0)
+		return 0;
+	lines[nlines] = end;
+	for (i = 0; i < nlines; i++) {
+		struct smtp_ehlo_kw k;
+
+		keep[i] = true;
+		smtp_parse_reply_line(lines[i], (size_t)(lines[i + 1] - lines[i]), &rl);
+		if (i > 0 && smtp_parse_ehlo_keyword(rl.text.p, rl.text.len, &k) == 0 && smtp_str_eq_ci(k.keyword, kw)) {
+			found = true;
+			keep[i] = false;
+		}
+	}
+	*had = found;
+	if (found == want)
+		return 0;
+	if (len + kwlen + 8 > outsz)
+		return -1;
+	/* The added line copies the first line's code and line ending. */
+	eol = lines[1] - lines[0] >= 2 && lines[1][-2] == '\r' ? 2 : 1;
+	for (i = 0; i < nlines; i++) {
+		size_t n = (size_t)(lines[i + 1] - lines[i]);
+		bool last = true;
+		size_t k;
+
+		if (!keep[i])
+			continue;
+		for (k = i + 1; k < nlines; k++) {
+			if (keep[k]) {
+				last = false;
+				break;
+			}
+		}
+		if (want && i == 0)
+			last = false;
+		if (n >= 4 && (lines[i][3] == '-' || lines[i][3] == ' ')) {
+			memcpy(out + o, lines[i], 3);
+			out[o + 3] = last ? ' ' : '-';
+			memcpy(out + o + 4, lines[i] + 4, n - 4);
+		} else {
+			memcpy(out + o, lines[i], n);
+		}
+		o += n;
+		if (want && i == 0) {
+			memcpy(out + o, lines[0], n >= 3 ? 3 : n);
+			o += n >= 3 ? 3 : n;
+			out[o++] = nlines == 1 ? ' ' : '-';
+			memcpy(out + o, kw, kwlen);
+			o += kwlen;
+			memcpy(out + o, &"\r\n"[2 - eol], eol);
+			o += eol;
+		}
+	}
+	*outlen = o;
+	return 1;
+}
+
+/* ------------------------------------------------------------------------
  * DATA end detection and dot-unstuffing.
  *
- * Only '\n' ends a line (a lone CR is line content), so "line start" means
- * the start of the stream or just after an LF.  The state machine only
- * visits line starts byte by byte; inside a line smtp_data_mid() jumps from
- * LF to LF with memchr() and copies unchanged runs in bulk, since dots at a
- * line start are rare and messages may be gigabytes.
+ * RFC 5321 4.1.1.4: the data ends with <CRLF>.<CRLF>, and lines (hence
+ * dot-stuffing) are delimited by CRLF only.  A bare LF or a bare CR is line
+ * content: treating it as a line end would let smtptap see a different
+ * message than a strict server does (the SMTP-smuggling shape), so they
+ * are noted instead, like NUL bytes.  The state machine only visits line
+ * starts byte by byte; inside a line smtp_data_mid() jumps from LF to LF
+ * with memchr() and copies unchanged runs in bulk, since dots at a line
+ * start are rare and messages may be gigabytes.
  */
 
 void
@@ -474,10 +559,6 @@ smtp_data_scan(struct smtp_data *d, const char *in, size_t len, char *out, size_
 			if (in[i] == '\r') {
 				i++;
 				d->st = SMTP_DATA_DOT_CR;
-			} else if (in[i] == '\n') {
-				i++;
-				d->bare_lf = true;
-				d->st = SMTP_DATA_DONE;
 			} else {
 				/* Stuffed line: drop the dot, the byte is
 				 * ordinary line content. */
@@ -490,11 +571,12 @@ smtp_data_scan(struct smtp_data *d, const char *in, size_t len, char *out, size_
 				d->st = SMTP_DATA_DONE;
 			} else {
 				/* ".\rX": a stuffed line whose content starts
-				 * with CR; release the held-back CR. */
+				 * with a bare CR; release the held-back CR. */
 				if (out != NULL)
 					out[o] = '\r';
 				o++;
-				d->st = SMTP_DATA_MID_CR;
+				d->bare_cr = true;
+				d->st = SMTP_DATA_MID;
 			}
 			break;
 		case SMTP_DATA_MID:
@@ -514,20 +596,25 @@ smtp_data_scan(struct smtp_data *d, const char *in, size_t len, char *out, size_
 
 /*
  * Inside a line: copy through to the next line that starts with '.' (left
- * for the state machine) or to the end of the input, noting bare LFs on the
- * way.  Leaves d->st at LINE_START, MID or MID_CR.
+ * for the state machine) or to the end of the input, noting bare LF, bare
+ * CR and NUL on the way.  Leaves d->st at LINE_START, MID or MID_CR.
  */
 static void
 smtp_data_mid(struct smtp_data *d, const char *in, size_t *ip, size_t len, char *out, size_t *op)
 {
-	size_t i = *ip, run = *ip, j;
+	size_t i = *ip, run = *ip, j, k;
 	const char *nl;
 	bool prev_cr = d->st == SMTP_DATA_MID_CR;
 
+	/* A CR that ended the previous chunk is bare unless an LF follows. */
+	if (prev_cr && in[i] != '\n')
+		d->bare_cr = true;
 	for (;;) {
+		bool crlf;
+
 		nl = memchr(in + i, '\n', len - i);
 		if (nl == NULL) {
-			/* i < len here: we only loop while input remains. */
+			/* i < len here unless a bare LF ended the input. */
 			d->st = in[len - 1] == '\r' ? SMTP_DATA_MID_CR : SMTP_DATA_MID;
 			i = len;
 			break;
@@ -535,14 +622,29 @@ smtp_data_mid(struct smtp_data *d, const char *in, size_t *ip, size_t len, char 
 		j = (size_t)(nl - in);
 		/* The byte before this LF is in this buffer, or, for the first
 		 * one, remembered in the state from the previous chunk. */
-		if (!d->bare_lf && !(j > i ? in[j - 1] == '\r' : prev_cr))
-			d->bare_lf = true;
-		prev_cr = false;
+		crlf = j > run ? in[j - 1] == '\r' : prev_cr;
 		i = j + 1;
+		if (!crlf) {
+			d->bare_lf = true; /* line content, not a line end */
+			continue;
+		}
 		if (i == len || in[i] == '.') {
 			d->st = SMTP_DATA_LINE_START;
 			break;
 		}
+	}
+	if (!d->nul && i > run && memchr(in + run, '\0', i - run) != NULL)
+		d->nul = true;
+	/* A CR is bare unless an LF follows; a CR ending the input is
+	 * decided by the next chunk (MID_CR). */
+	for (k = run; !d->bare_cr && k < i; k++) {
+		const char *cr = memchr(in + k, '\r', i - k);
+
+		if (cr == NULL)
+			break;
+		k = (size_t)(cr - in);
+		if (k + 1 < len && in[k + 1] != '\n')
+			d->bare_cr = true;
 	}
 	if (out != NULL)
 		memcpy(out + *op, in + run, i - run);

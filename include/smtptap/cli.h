@@ -22,5 +22,6 @@ int cli_proxy(int argc, char **argv);	 /* cli_proxy.c */
 int cli_sessions(int argc, char **argv); /* cli_read.c */
 int cli_show(int argc, char **argv);	 /* cli_read.c */
 int cli_export(int argc, char **argv);	 /* cli_read.c */
+int cli_ca(int argc, char **argv);	 /* cli_ca.c */
 
 #endif

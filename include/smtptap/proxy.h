@@ -10,11 +10,26 @@
 #include <stddef.h>
 #include <sys/socket.h>
 
+#include "smtptap/tls.h"
+
 #define PROXY_LISTEN_MAX 16
 
-struct proxy_config {
-	const char *listen[PROXY_LISTEN_MAX]; /* "ADDR:PORT" specs */
-	size_t nlisten;
+/* TLS on a leg: off, auto (client leg: offer STARTTLS exactly when the
+ * upstream does; upstream leg: STARTTLS when offered), STARTTLS, or TLS
+ * from the first byte (implicit, RFC 8314). */
+enum proxy_tls_mode {
+	PROXY_TLS_OFF = 0,
+	PROXY_TLS_AUTO,
+	PROXY_TLS_STARTTLS,
+	PROXY_TLS_IMPLICIT,
+};
+const char *proxy_tls_mode_name(enum proxy_tls_mode m); /* "off", ... */
+/* Returns 0, or -1 for a word that is not a mode. */
+int proxy_tls_mode_parse(const char *s, enum proxy_tls_mode *out);
+
+/* One listener and where its sessions go. */
+struct proxy_route {
+	const char *listen;	   /* "ADDR:PORT" as given */
 	const char *upstream;	   /* "HOST:PORT" as given, NULL = sink mode */
 	char upstream_host[256];   /* split from upstream */
 	char upstream_port[8];
@@ -22,6 +37,15 @@ struct proxy_config {
 	 * and sessions connect without going through the resolver. */
 	struct sockaddr_storage upstream_sa;
 	int upstream_salen; /* 0: a host name, resolved per session */
+	enum proxy_tls_mode client_tls;	  /* resolved: never AUTO in sink mode */
+	enum proxy_tls_mode upstream_tls;
+};
+
+struct proxy_config {
+	struct proxy_route routes[PROXY_LISTEN_MAX];
+	size_t nroutes;
+	struct tls_config tls;	  /* CA, certificate, verification, key log */
+	const char *upstream_sni; /* --upstream-sni, NULL: the upstream host name */
 	const char *db_path;
 	bool redact_auth;
 	int idle_timeout;    /* seconds a client may stay silent (RFC 5321: 5 min) */

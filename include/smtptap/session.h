@@ -1,8 +1,8 @@
 /*
  * session.h - one client connection and its upstream connection.
  *
- * A session owns two legs (client, upstream), each a libevent bufferevent.
- * Client bytes are parsed as commands, DATA/BDAT message content or AUTH
+ * A session owns two legs (client, upstream; see leg.h), and keeps the SMTP
+ * conversation between them; it never touches a socket itself.  Client bytes are parsed as commands, DATA/BDAT message content or AUTH
  * responses; upstream bytes as replies, matched in order against a FIFO of
  * commands awaiting a reply (so PIPELINING works).  Everything either peer
  * sends is recorded through the store before it is forwarded unchanged.
@@ -26,6 +26,7 @@
 #include "smtptap/proxy.h"
 
 struct store;
+struct tls;
 struct evdns_base;
 struct session;
 
@@ -34,6 +35,7 @@ struct session_ctx {
 	struct event_base *base;
 	struct evdns_base *dns;
 	struct store *store;
+	struct tls *tls; /* NULL when no listener uses TLS */
 	const struct proxy_config *cfg;
 	TAILQ_HEAD(session_list, session) sessions;
 	size_t nsessions;
@@ -48,12 +50,13 @@ struct session_ctx {
 };
 
 int session_ctx_init(struct session_ctx *ctx, struct event_base *base, struct evdns_base *dns,
-		     struct store *store, const struct proxy_config *cfg);
+		     struct store *store, struct tls *tls, const struct proxy_config *cfg);
 void session_ctx_free(struct session_ctx *ctx);
 
-/* Take over an accepted socket.  Returns 0, or -1 (the socket is closed). */
+/* Take over a socket accepted by `route`'s listener (named `listener`,
+ * its actual address).  Returns 0, or -1 (the socket is closed). */
 int session_start(struct session_ctx *ctx, evutil_socket_t fd, const struct sockaddr *peer, int peerlen,
-		  const char *listener);
+		  const struct proxy_route *route, const char *listener);
 
 /* Shutdown: close every session now (their outcome is "shutdown"). */
 void session_ctx_close_all(struct session_ctx *ctx);

@@ -115,13 +115,29 @@ struct smtp_ehlo_kw {
  * text holds no keyword. */
 int smtp_parse_ehlo_keyword(const char *text, size_t len, struct smtp_ehlo_kw *out);
 
+/*
+ * Make capability `kw` (e.g. "STARTTLS") present (want) or absent in a
+ * complete, possibly multi-line, EHLO reply in[0..len), each line ending
+ * in LF (or CRLF, kept as sent).  An added capability becomes the line
+ * after the first (the greeting line), with its line ending; every line
+ * but the last gets '-' after the code and the last ' '.  Returns 1 with
+ * the new reply in out (outsz >= len + strlen(kw) + 8 always suffices),
+ * 0 when nothing needs to change, -1 when the reply holds more than 1024
+ * lines or out is too small (the reply is then best passed on as is).
+ * *had tells whether the reply offered kw.
+ */
+int smtp_ehlo_edit(const char *in, size_t len, const char *kw, bool want, char *out, size_t outsz,
+		   size_t *outlen, bool *had);
+
 /* Case-insensitive: is `kw` equal to the NUL-terminated `name`? */
 bool smtp_str_eq_ci(struct smtp_str s, const char *name);
 
 /*
- * DATA streaming: find the end of the message (a line holding only "."
- * terminated by CRLF, or by bare LF as many servers accept) and
- * dot-unstuff, across arbitrary chunk boundaries.  Start with
+ * DATA streaming: find the end of the message (<CRLF>.<CRLF>, RFC 5321
+ * 4.1.1.4: a bare LF ends neither a line nor the message) and dot-unstuff,
+ * across arbitrary chunk boundaries.  Bare LF, bare CR and NUL in the data
+ * are flagged: they are the SMTP-smuggling shape, and strict servers
+ * (Postfix 3.9+) reject bare LF.  Start with
  * smtp_data_init() right after the 354 reply.
  */
 enum smtp_data_st {
@@ -137,14 +153,16 @@ struct smtp_data {
 	enum smtp_data_st st;
 	uint64_t wire_bytes;  /* bytes consumed so far, terminator included */
 	uint64_t body_bytes;  /* unstuffed message bytes produced so far */
-	bool bare_lf;	      /* a line ended in LF without CR */
+	bool bare_lf;	      /* an LF without CR before it */
+	bool bare_cr;	      /* a CR without LF after it */
+	bool nul;	      /* a NUL byte */
 };
 
 void smtp_data_init(struct smtp_data *d);
 
 /*
  * Consume bytes of the DATA stream.  Scans `in[0..len)` and stops right
- * after the terminating ".\r\n" (or ".\n") if it is in there.  Returns the
+ * after the terminating ".\r\n" (at the start of a line) if it is in there.  Returns the
  * number of bytes consumed (== len unless the terminator was found, then
  * d->st == SMTP_DATA_DONE).  When `out` is not NULL, the unstuffed message
  * bytes (leading dot of each line removed, terminator line excluded) are

@@ -46,6 +46,7 @@ struct tls;
  */
 struct tls *tls_new(const struct tls_config *cfg, bool need_server, bool need_client, char *err,
 		    size_t errsz);
+/* Free after every SSL made from t: their callbacks (SNI, key log) use it. */
 void tls_free(struct tls *t);
 
 /*
@@ -116,9 +117,15 @@ struct tls_stats {
 	uint64_t forged;     /* leaves signed */
 	uint64_t cache_hits; /* leaves served from the cache */
 	uint64_t handshakes_client, handshakes_upstream;
+	uint64_t cached;     /* leaves in the cache now */
+	uint64_t evicted;    /* leaves dropped from the full cache */
 };
 void tls_stats_get(const struct tls *t, struct tls_stats *out);
 void tls_stats_count_handshake(struct tls *t, bool server_side);
+
+/* Bound the forged-leaf cache (default and ceiling 1024 leaves; at least
+ * 1), evicting the least recently used at once.  For tests and tuning. */
+void tls_cache_set_max(struct tls *t, size_t max);
 
 /* ---- the local CA (smtptap ca init|show) ---- */
 

@@ -2,14 +2,12 @@
 
 import base64
 import glob
-import os
-import shutil
 import smtplib
 import subprocess
 
 import pytest
 
-from conftest import export_eml, only_session, run_cli, show_json, show_raw
+from conftest import export_eml, only_session, show_json, show_raw
 
 USER = "mailuser@example.com"
 PASSWORD = "s3cret-Pa55"
@@ -24,9 +22,24 @@ def db_bytes(db):
     return out
 
 
+PLAIN_IR = base64.b64encode(b"\0" + USER.encode() + b"\0" + PASSWORD.encode())  # AUTH PLAIN <this>
+LOGIN_USER = base64.b64encode(USER.encode())  # the answer to "334 VXNlcm5hbWU6"
+LOGIN_PASSWORD = base64.b64encode(PASSWORD.encode())  # the answer to "334 UGFzc3dvcmQ6"
+
+
 def secrets():
-    plain_ir = base64.b64encode(b"\0" + USER.encode() + b"\0" + PASSWORD.encode())
-    return [PASSWORD.encode(), base64.b64encode(PASSWORD.encode()), plain_ir]
+    """What must not be stored: the password in clear, and each base64
+    form smtplib and swaks put on the wire."""
+    return [PASSWORD.encode(), PLAIN_IR, LOGIN_USER, LOGIN_PASSWORD]
+
+
+def on_the_wire(mech):
+    """The credentials as the client sends them for this mechanism."""
+    return [PLAIN_IR] if mech == "PLAIN" else [LOGIN_USER, LOGIN_PASSWORD]
+
+
+def commands_of(doc):
+    return [e for e in doc["events"] if e["kind"] == "command"]
 
 
 def _smtplib_auth(mech):
@@ -52,7 +65,7 @@ def _smtplib_auth(mech):
 @pytest.mark.parametrize("mech", ["PLAIN", "LOGIN"])
 def test_auth_relay_redaction(aiosmtpd_factory, smtptap, mech, redact):
     up = aiosmtpd_factory(auth=True)
-    p = smtptap(upstream=up.addr, args=["--redact-auth", redact])
+    p = smtptap(upstream=up.addr, args=["--redact-auth", redact, "-v"])
     code, _ = _smtplib_auth(mech)(p.host, p.port)
     assert code == 235
     # the upstream got the real credentials
@@ -64,30 +77,33 @@ def test_auth_relay_redaction(aiosmtpd_factory, smtptap, mech, redact):
     raw = show_raw(p.db, sess["id"], "client")
     p.stop()
     data = db_bytes(p.db)
+    verbose = p.stderr().encode()  # -v: the conversation on stderr
+    assert b"AUTH " + mech.encode() in verbose, verbose[-2000:]
     if redact == "on":
         for sec in secrets():
             assert sec not in data, "secret %r found in the database files" % sec
             assert sec not in raw, "secret %r in show --raw" % sec
             assert sec.decode() not in str(doc), "secret %r in show --json" % sec
+            assert sec not in verbose, "secret %r in the -v output" % sec
+        assert b"[redacted]" in verbose, verbose[-2000:]
         flagged = [e for e in doc["events"] if "redacted" in (e.get("flags") or [])]
         assert flagged, "no event is marked redacted"
         # the mechanism is still visible
         assert any(e["kind"] == "command" and ("AUTH " + mech) in (e["text"] or "").upper()
                    for e in doc["events"]), [e["text"] for e in doc["events"]]
     else:
-        if mech == "PLAIN":
-            assert secrets()[2] in data
-            assert secrets()[2] in raw
-        else:
-            assert secrets()[1] in data
-            assert secrets()[1] in raw
+        # the checks above can see the credentials: off keeps them all
+        for sec in on_the_wire(mech):
+            assert sec in data, "%r not in the database with --redact-auth off" % sec
+            assert sec in raw, "%r not in show --raw with --redact-auth off" % sec
+            assert sec in verbose, "%r not in the -v output with --redact-auth off" % sec
         assert not [e for e in doc["events"] if "redacted" in (e.get("flags") or [])]
 
 
 @pytest.mark.parametrize("mech", ["PLAIN", "LOGIN"])
 def test_auth_swaks_sink(smtptap, tmp_path, mech, tools_required):
     tools_required("swaks")
-    p = smtptap(sink=True)
+    p = smtptap(sink=True, args=["-v"])
     r = subprocess.run(["swaks", "--server", "%s:%d" % (p.host, p.port), "--from", "alice@example.com",
                         "--to", "bob@example.org", "--auth", mech, "--auth-user", USER, "--auth-password",
                         PASSWORD, "--body", "authenticated body", "--timeout", "30"],
@@ -95,15 +111,22 @@ def test_auth_swaks_sink(smtptap, tmp_path, mech, tools_required):
     out = r.stdout.decode("utf-8", "replace")
     assert r.returncode == 0, out
     assert "235 " in out, out
+    # swaks prints its side of the dialogue: the forms looked for below are
+    # the ones it sent
+    for sec in on_the_wire(mech):
+        assert sec.decode() in out, "swaks did not send %r:\n%s" % (sec, out)
     sess = only_session(p.db)
     assert sess["outcome"] == "quit"
     assert b"authenticated body" in export_eml(p.db, sess["id"])
     raw = show_raw(p.db, sess["id"], "client")
     p.stop()
     data = db_bytes(p.db)
+    verbose = p.stderr().encode()
+    assert b"[redacted]" in verbose, verbose[-2000:]
     for sec in secrets():
         assert sec not in data, "secret %r found in the database files" % sec
-        assert sec not in raw
+        assert sec not in raw, "secret %r in show --raw" % sec
+        assert sec not in verbose, "secret %r in the -v output" % sec
 
 
 def test_auth_rejected_by_upstream(aiosmtpd_factory, smtptap):
@@ -122,4 +145,10 @@ def test_auth_rejected_by_upstream(aiosmtpd_factory, smtptap):
     doc = show_json(p.db, sess["id"])
     assert any(e["kind"] == "reply" and (e["text"] or "").startswith("535") for e in doc["events"])
     p.stop()
-    assert b"wrong-password" not in db_bytes(p.db)
+    data = db_bytes(p.db)
+    # smtplib's login() tries PLAIN, then LOGIN, each with an initial response
+    assert [e["text"] for e in commands_of(doc) if e["text"].upper().startswith("AUTH ")] == \
+        ["AUTH PLAIN [redacted]", "AUTH LOGIN [redacted]"], [e["text"] for e in commands_of(doc)]
+    for sec in (b"wrong-password", base64.b64encode(b"\0" + USER.encode() + b"\0wrong-password"), LOGIN_USER,
+                base64.b64encode(b"wrong-password")):
+        assert sec not in data, "secret %r found in the database files" % sec

@@ -8,7 +8,6 @@ skipped: the sanitizer's shadow memory and quarantine dominate RSS there.
 
 import hashlib
 import os
-import shutil
 
 import pytest
 

@@ -6,14 +6,13 @@ the replies the client printed are the replies smtptap recorded."""
 
 import os
 import re
-import shutil
 import smtplib
 import subprocess
 
 import pytest
 
 from conftest import (CLIENTS, content_queue_id, export_eml, only_session, reply_events_seen_by_client,
-                      reply_lines, sample_message, show_json, show_raw, skip_or_fail_missing, stuff_data,
+                      reply_lines, sample_message, show_json, show_raw, fail_missing, stuff_data,
                       unstuff_data)
 
 FROM = "alice@example.com"
@@ -150,9 +149,9 @@ def test_client(client, mode, aio, smtptap, tmp_path, tools_required):
     if tool:
         tools_required(tool)
     if client == "phpmailer" and not os.path.exists("/usr/share/php/libphp-phpmailer/autoload.php"):
-        skip_or_fail_missing("PHPMailer is not installed (Debian package libphp-phpmailer)")
+        fail_missing("PHPMailer is not installed (Debian package libphp-phpmailer)")
     if client == "nodemailer" and not os.path.isdir("/usr/share/nodejs/nodemailer"):
-        skip_or_fail_missing("Nodemailer is not installed (Debian package node-nodemailer)")
+        fail_missing("Nodemailer is not installed (Debian package node-nodemailer)")
     msg = sample_message(client)
     msgfile = str(tmp_path / "msg.eml")
     with open(msgfile, "wb") as f:

@@ -1,14 +1,13 @@
 """Relay mode is transparent: same replies, same bytes, all recorded."""
 
 import smtplib
-import socket
 import subprocess
 from email.message import EmailMessage
 
 import pytest
 
 from conftest import (RawClient, commands, content_queue_id, export_eml, only_session, reply_events_seen_by_client,
-                      reply_lines, run_cli, sample_message, show_json, show_raw, stuff_data, wait_sessions)
+                      reply_lines, sample_message, show_json, show_raw, stuff_data, wait_sessions)
 
 
 def smtplib_transcript(host, port, msg, rcpts, mail_from="alice@example.com", mail_options=()):
@@ -241,7 +240,7 @@ def test_pipelining_one_write(mode, aio, smtptap):
 
 def test_starttls_removed_and_answered_454(mini_factory, smtptap):
     up = mini_factory(caps=("PIPELINING", "STARTTLS", "8BITMIME", "ENHANCEDSTATUSCODES"))
-    p = smtptap(upstream=up.addr)
+    p = smtptap(upstream=up.addr, args=["--client-tls", "off", "--upstream-tls", "off"])
     c = p.connect()
     try:
         assert c.reply()[0] == 220
@@ -422,9 +421,11 @@ def test_upstream_ipv6_literal(mini_factory, smtptap):
 
 
 def test_starttls_real_upstream(aiosmtpd_factory, smtptap, tmp_path, tools_required):
-    """A real upstream offering STARTTLS (aiosmtpd with a certificate): the
-    client does not see STARTTLS; msmtp requiring STARTTLS gives up without
-    sending mail; smtplib gets 454 for STARTTLS and goes on in plaintext."""
+    """A real upstream offering STARTTLS (aiosmtpd with a certificate) behind
+    --client-tls off: the client does not see STARTTLS; msmtp requiring
+    STARTTLS gives up without sending mail; smtplib gets 454 for STARTTLS
+    and goes on in plaintext.  (test_tls.py covers the default, transparent
+    STARTTLS.)"""
     tools_required("msmtp", "openssl")
     import ssl
     key, cert = str(tmp_path / "key.pem"), str(tmp_path / "cert.pem")
@@ -443,7 +444,7 @@ def test_starttls_real_upstream(aiosmtpd_factory, smtptap, tmp_path, tools_requi
         s.quit()
     finally:
         s.close()
-    p = smtptap(upstream=up.addr)
+    p = smtptap(upstream=up.addr, args=["--client-tls", "off", "--upstream-tls", "off"])
     r = subprocess.run(["msmtp", "--host=%s" % p.host, "--port=%d" % p.port, "--from=a@example.com", "--auth=off",
                         "--tls=on", "--tls-starttls=on", "--tls-certcheck=off", "--timeout=30", "--",
                         "b@example.org"], input=b"Subject: must not be sent\r\n\r\nsecret\r\n",

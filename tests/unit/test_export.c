@@ -183,7 +183,9 @@ stuff(const char *msg, size_t len, struct bytes *wire)
 		if (bol && msg[i] == '.')
 			wire->p[wire->len++] = '.';
 		wire->p[wire->len++] = msg[i];
-		bol = msg[i] == '\n';
+		/* RFC 5321: lines end with CRLF only; a dot after a bare LF
+		 * is not at a line start and is not stuffed. */
+		bol = msg[i] == '\n' && i > 0 && msg[i - 1] == '\r';
 	}
 	if (!bol) {
 		memcpy(wire->p + wire->len, "\r\n", 2);
@@ -410,7 +412,7 @@ test_eml_unstuffing_roundtrip(void **state)
 		"Subject: no final newline\r\n\r\nlast line",
 		"",
 		".",
-		"Subject: bare lf\n\n.dot after bare lf\nend\n",
+		"Subject: bare lf\n\n.dot after bare lf\nend\r\n",
 		"Subject: cr\r\n\r\n.\rcr after dot\r\n\r.\r\n",
 		"From here\r\n>From there\r\n",
 	};

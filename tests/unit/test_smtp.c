@@ -24,7 +24,7 @@ struct ref_result {
 	size_t consumed;
 	size_t out_len;
 	bool done;
-	bool bare_lf;
+	bool bare_lf, bare_cr, nul;
 };
 
 static char *bufs[NBUFS];
@@ -110,30 +110,34 @@ check_str(struct smtp_str s, const char *want, const char *file, int line)
 
 /*
  * Reference DATA scanner over a whole buffer, written line by line rather
- * than as a state machine so that the two can disagree.  A trailing partial
- * line "." or ".\r" produces nothing yet: it may still become the
- * terminator.
+ * than as a state machine so that the two can disagree.  Lines end with
+ * CRLF only (a bare LF or CR is content).  A trailing partial line "." or
+ * ".\r" produces nothing yet: it may still become the terminator.
  */
 static void
 ref_scan(const char *in, size_t len, char *out, struct ref_result *r)
 {
-	size_t pos = 0, end, n;
-	const char *nl;
+	size_t pos = 0, end, n, k;
+	const char *crlf;
 
 	memset(r, 0, sizeof(*r));
 	while (pos < len) {
-		nl = memchr(in + pos, '\n', len - pos);
-		end = nl != NULL ? (size_t)(nl - in) + 1 : len;
+		crlf = NULL;
+		for (k = pos; k + 1 < len; k++) {
+			if (in[k] == '\r' && in[k + 1] == '\n') {
+				crlf = in + k;
+				break;
+			}
+		}
+		end = crlf != NULL ? (size_t)(crlf - in) + 2 : len;
 		n = end - pos;
 		if (in[pos] == '.') {
-			if (nl != NULL && (n == 2 || (n == 3 && in[pos + 1] == '\r'))) {
+			if (crlf != NULL && n == 3) {
 				r->done = true;
 				r->consumed = end;
-				if (n == 2)
-					r->bare_lf = true;
 				return;
 			}
-			if (nl == NULL && (n == 1 || (n == 2 && in[pos + 1] == '\r')))
+			if (crlf == NULL && (n == 1 || (n == 2 && in[pos + 1] == '\r')))
 				break;
 			memcpy(out + r->out_len, in + pos + 1, n - 1);
 			r->out_len += n - 1;
@@ -141,8 +145,14 @@ ref_scan(const char *in, size_t len, char *out, struct ref_result *r)
 			memcpy(out + r->out_len, in + pos, n);
 			r->out_len += n;
 		}
-		if (nl != NULL && (n < 2 || in[end - 2] != '\r'))
-			r->bare_lf = true;
+		for (k = pos; k < end; k++) {
+			if (in[k] == '\n' && (k == 0 || in[k - 1] != '\r'))
+				r->bare_lf = true;
+			if (in[k] == '\r' && k + 1 < len && in[k + 1] != '\n')
+				r->bare_cr = true;
+			if (in[k] == '\0')
+				r->nul = true;
+		}
 		pos = end;
 	}
 	r->consumed = len;
@@ -225,6 +235,8 @@ check_splits(const char *in, size_t len)
 	assert_int_equal(d1.body_bytes, ref.out_len);
 	assert_int_equal(d1.st == SMTP_DATA_DONE, ref.done);
 	assert_int_equal(d1.bare_lf, ref.bare_lf);
+	assert_int_equal(d1.bare_cr, ref.bare_cr);
+	assert_int_equal(d1.nul, ref.nul);
 	if (ref.out_len > 0)
 		assert_memory_equal(o1, oref, ref.out_len);
 
@@ -235,6 +247,8 @@ check_splits(const char *in, size_t len)
 		assert_int_equal(d2.body_bytes, d1.body_bytes);
 		assert_int_equal(d2.st, d1.st);
 		assert_int_equal(d2.bare_lf, d1.bare_lf);
+		assert_int_equal(d2.bare_cr, d1.bare_cr);
+		assert_int_equal(d2.nul, d1.nul);
 		if (d1.body_bytes > 0)
 			assert_memory_equal(o2, o1, d1.body_bytes);
 	}
@@ -1072,7 +1086,7 @@ test_data_empty_message(void **state)
 {
 	(void)state;
 	DATA(".\r\n", "", 3, true, false);
-	DATA(".\n", "", 2, true, true);
+	DATA(".\n", "\n", 2, false, true); /* a stuffed line, not the end */
 }
 
 static void
@@ -1082,7 +1096,7 @@ test_data_stops_at_terminator(void **state)
 	/* Pipelined commands after the terminator are not consumed. */
 	DATA("a\r\n.\r\nQUIT\r\n", "a\r\n", 6, true, false);
 	DATA(".\r\nMAIL FROM:<>\r\n", "", 3, true, false);
-	DATA("x\n.\nRSET\n", "x\n", 4, true, true);
+	DATA("x\n.\nRSET\n", "x\n.\nRSET\n", 9, false, true);
 }
 
 static void
@@ -1112,12 +1126,49 @@ static void
 test_data_bare_lf(void **state)
 {
 	(void)state;
-	DATA("a\n.\r\n", "a\n", 5, true, true);
-	DATA("a\r\n.\n", "a\r\n", 5, true, true);
+	/* A bare LF ends no line: the dot after it is content, and ".\n"
+	 * after a CRLF is a stuffed line, never the terminator (RFC 5321
+	 * 4.1.1.4; the SMTP-smuggling shape). */
+	DATA("a\n.\r\n", "a\n.\r\n", 5, false, true);
+	DATA("a\r\n.\n", "a\r\n\n", 5, false, true);
 	DATA("a\r\nb\nc\r\n.\r\n", "a\r\nb\nc\r\n", 11, true, true);
-	DATA("\n.\r\n", "\n", 4, true, true);
+	DATA("\n.\r\n", "\n.\r\n", 4, false, true);
 	DATA("a\r\n\r\n.\r\n", "a\r\n\r\n", 8, true, false);
-	DATA("a\n\n.\n", "a\n\n", 5, true, true);
+	DATA("a\n\n.\n", "a\n\n.\n", 5, false, true);
+	DATA("a\n.\nb\r\n.\r\n", "a\n.\nb\r\n", 10, true, true);
+}
+
+/* Bare CR and NUL are noted (not line ends either); the reference in
+ * check_splits() checks them for every split. */
+static void
+test_data_bare_cr_nul(void **state)
+{
+	struct smtp_data d;
+	char out[64];
+	size_t olen;
+
+	(void)state;
+	smtp_data_init(&d);
+	smtp_data_scan(&d, "a\rb\r\n.\r\n", 10, out, &olen);
+	assert_true(d.bare_cr);
+	assert_false(d.bare_lf);
+	assert_false(d.nul);
+	smtp_data_init(&d);
+	smtp_data_scan(&d, "a\0b\r\n.\r\n", 10, out, &olen);
+	assert_true(d.nul);
+	assert_false(d.bare_cr);
+	/* A CR at the end of a chunk is decided by the next one. */
+	smtp_data_init(&d);
+	smtp_data_scan(&d, "a\r", 2, out, &olen);
+	assert_false(d.bare_cr);
+	smtp_data_scan(&d, "\n.\r\n", 5, out, &olen);
+	assert_false(d.bare_cr);
+	assert_int_equal(d.st, SMTP_DATA_DONE);
+	smtp_data_init(&d);
+	smtp_data_scan(&d, "a\r", 2, out, &olen);
+	smtp_data_scan(&d, "b\r\n.\r\n", 6, out, &olen);
+	assert_true(d.bare_cr);
+	check_splits("x\ry\0z\n\r\n.\r\n", 11);
 }
 
 static void
@@ -1129,7 +1180,7 @@ test_data_dot_cr_edge_cases(void **state)
 	DATA(".\r\r\n.\r\n", "\r\r\n", 7, true, false);
 	DATA(".\r.\r\n.\r\n", "\r.\r\n", 8, true, false);
 	DATA(".\r\r.\r\n.\r\n", "\r\r.\r\n", 9, true, false);
-	DATA("a\r\n.\rb\n.\r\n", "a\r\n\rb\n", 10, true, true);
+	DATA("a\r\n.\rb\n.\r\n", "a\r\n\rb\n.\r\n", 10, false, true);
 	DATA("..\r\r\n.\r\n", ".\r\r\n", 8, true, false);
 }
 
@@ -1232,7 +1283,7 @@ test_data_states(void **state)
 static void
 test_data_null_out(void **state)
 {
-	static const char in[] = "..a\r\n.\rb\r\nc\n.\r\nQUIT\r\n";
+	static const char in[] = "..a\r\n.\rb\r\nc\n\r\n.\r\nQUIT\r\n";
 	struct smtp_data d1, d2;
 	char out[sizeof(in) + 2];
 	size_t olen, c1, c2;
@@ -1248,7 +1299,7 @@ test_data_null_out(void **state)
 	assert_int_equal(d1.wire_bytes, d2.wire_bytes);
 	assert_int_equal(d1.bare_lf, d2.bare_lf);
 	assert_int_equal(d2.st, SMTP_DATA_DONE);
-	assert_memory_equal(out, ".a\r\n\rb\r\nc\n", olen);
+	assert_memory_equal(out, ".a\r\n\rb\r\nc\n\r\n", olen);
 }
 
 static void
@@ -1409,6 +1460,7 @@ main(void)
 		cmocka_unit_test(test_data_dot_not_at_line_start),
 		cmocka_unit_test(test_data_bare_lf),
 		cmocka_unit_test(test_data_dot_cr_edge_cases),
+		cmocka_unit_test(test_data_bare_cr_nul),
 		cmocka_unit_test(test_data_unterminated),
 		cmocka_unit_test(test_data_after_done),
 		cmocka_unit_test(test_data_held_back_release),

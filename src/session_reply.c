@@ -1,0 +1,320 @@
+/*
+ * session_reply.c - replies: the upstream's (assembled from lines), the
+ * sink's, and smtptap's own, all matched in order with the FIFO of commands
+ * awaiting a reply, so PIPELINING works and a local reply never overtakes
+ * one still due from the upstream.
+ */
+#include "smtptap/session_int.h"
+
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/buffer.h>
+
+#include "smtptap/log.h"
+
+static void session_reply_handle(struct session *s, struct evbuffer *reply, enum store_side side, int code);
+static bool session_reply_desync(struct session *s, struct evbuffer *reply, enum store_side side, int code);
+
+/* ------------------------------------------------------------------------
+ * the FIFO of commands awaiting a reply
+ */
+
+struct pending *
+session_pend_push(struct session *s, enum pend_kind kind, enum smtp_verb verb)
+{
+	struct pending *p;
+
+	/* Callers check for room first (session_client_process stops at PEND_MAX). */
+	p = &s->pend[(s->pend_head + s->pend_len) % PEND_MAX];
+	memset(p, 0, sizeof(*p));
+	p->kind = kind;
+	p->verb = verb;
+	s->pend_len++;
+	return p;
+}
+
+int
+session_pend_pop(struct session *s, struct pending *out)
+{
+	if (s->pend_len == 0)
+		return -1;
+	*out = s->pend[s->pend_head];
+	s->pend_head = (s->pend_head + 1) % PEND_MAX;
+	s->pend_len--;
+	return 0;
+}
+
+/* smtptap answers in the FIFO's order: `text` (static storage) once every
+ * reply due before it has been passed on; `starttls`: then upgrade the
+ * client leg. */
+void
+session_local_push(struct session *s, const char *text, bool starttls)
+{
+	struct pending *p = session_pend_push(s, PEND_LOCAL, SMTP_VERB_UNKNOWN);
+
+	p->text = text;
+	p->local_starttls = starttls;
+	session_pend_flush_local(s);
+}
+
+/* Answer the local entries that reached the head of the FIFO. */
+void
+session_pend_flush_local(struct session *s)
+{
+	while (s->pend_len > 0 && s->pend[s->pend_head].kind == PEND_LOCAL) {
+		struct pending p;
+
+		session_pend_pop(s, &p);
+		session_inject_client(s, p.text, strlen(p.text));
+		if (p.local_starttls)
+			s->ctls = CTLS_AFTER_FLUSH; /* upgraded once the 220 is out */
+	}
+}
+
+/* ------------------------------------------------------------------------
+ * the upstream's replies
+ */
+
+void
+session_upstream_lines(struct session *s)
+{
+	while (s->upstream.open && !s->upstream.handshaking) {
+		struct evbuffer *in = leg_input(&s->upstream);
+		struct evbuffer_ptr eol;
+		struct smtp_reply_line rl;
+		size_t eol_len = 0, len;
+		const char *line;
+
+		eol = evbuffer_search_eol(in, NULL, &eol_len, EVBUFFER_EOL_LF);
+		if (eol.pos < 0) {
+			if (evbuffer_get_length(in) < SMTP_LINE_MAX)
+				return;
+			len = SMTP_LINE_MAX;
+		} else {
+			len = (size_t)eol.pos + eol_len;
+		}
+		if (len > SMTP_LINE_MAX || evbuffer_get_length(s->reply_buf) + len > REPLY_MAX || eol.pos < 0) {
+			evbuffer_remove_buffer(in, s->reply_buf, len < SMTP_LINE_MAX ? len : SMTP_LINE_MAX);
+			session_record(s, STORE_SIDE_UPSTREAM, STORE_KIND_REPLY, STORE_F_DROPPED | STORE_F_INCOMPLETE, 0,
+				       evbuffer_pullup(s->reply_buf, -1), evbuffer_get_length(s->reply_buf), NULL);
+			evbuffer_drain(s->reply_buf, evbuffer_get_length(s->reply_buf));
+			session_fail_client(s, "421 4.5.0 smtptap: upstream sent an over-long reply, closing\r\n",
+					    "protocol-error", "upstream sent a reply line or reply over the size limit");
+			return;
+		}
+		line = (const char *)evbuffer_pullup(in, (ev_ssize_t)len);
+		smtp_parse_reply_line(line, len, &rl);
+		evbuffer_remove_buffer(in, s->reply_buf, len);
+		if (rl.last)
+			session_reply_handle(s, s->reply_buf, STORE_SIDE_UPSTREAM, rl.code);
+	}
+}
+
+/*
+ * The upstream closed: the lines of a reply it did not finish, and a last
+ * line without its LF, are recorded (flagged incomplete) and passed to the
+ * client as a direct connection would have: nothing a peer sent is lost.
+ */
+void
+session_upstream_tail(struct session *s)
+{
+	size_t len;
+
+	if (s->upstream.open && !s->upstream.handshaking)
+		evbuffer_add_buffer(s->reply_buf, leg_input(&s->upstream));
+	len = evbuffer_get_length(s->reply_buf);
+	if (len == 0)
+		return;
+	session_record(s, STORE_SIDE_UPSTREAM, STORE_KIND_REPLY, STORE_F_INCOMPLETE | (s->prelude ? STORE_F_DROPPED : 0),
+		       0, evbuffer_pullup(s->reply_buf, -1), len, NULL);
+	if (s->prelude || !s->client.open)
+		evbuffer_drain(s->reply_buf, len);
+	else
+		leg_write_from(&s->client, s->reply_buf, (size_t)-1);
+}
+
+/* In sink mode the sink's reply takes the same road as an upstream's. */
+void
+session_sink_answer(struct session *s, const char *text, size_t len)
+{
+	struct smtp_reply_line rl;
+	const char *last = text;
+	size_t i;
+
+	for (i = 0; i + 1 < len; i++) {
+		if (text[i] == '\n')
+			last = text + i + 1;
+	}
+	smtp_parse_reply_line(last, len - (size_t)(last - text), &rl);
+	evbuffer_add(s->reply_buf, text, len);
+	session_reply_handle(s, s->reply_buf, STORE_SIDE_PROXY, rl.code);
+}
+
+/* The upstream's greeting reaches the client (held during the prelude). */
+void
+session_greeting_release(struct session *s)
+{
+	s->upstream_ready = true;
+	if (s->held_greeting != NULL)
+		leg_write_from(&s->client, s->held_greeting, (size_t)-1);
+	if (s->state == ST_CONNECTING)
+		session_enter_state(s, ST_CMD);
+}
+
+/*
+ * A reply while smtptap still counts the client's bytes as message data:
+ * the upstream ended the data where smtptap did not (a lenient server
+ * taking a bare-LF "\n.\n" for the end, say).  The proxy must not stall or
+ * swallow it: the message ends here, marked incomplete, the reply is
+ * recorded and passed on, and what the client sends next is read as
+ * commands again, as the upstream reads it.
+ */
+static bool
+session_reply_desync(struct session *s, struct evbuffer *reply, enum store_side side, int code)
+{
+	struct msg *m = s->cur_msg;
+	size_t len = evbuffer_get_length(reply);
+	const char *raw;
+	char *text;
+
+	if (side != STORE_SIDE_UPSTREAM || s->state != ST_DATA || m == NULL || s->pend_len > 0)
+		return false;
+	raw = (const char *)evbuffer_pullup(reply, -1);
+	session_note(s, STORE_KIND_ACTION,
+		     "desync: the upstream replied %d while smtptap still read message %d as data (the upstream "
+		     "ended the data elsewhere%s); resynchronising on the upstream's view",
+		     code, m->idx, m->data.bare_lf ? ", likely at a bare LF" : "");
+	session_record(s, side, STORE_KIND_REPLY, 0, 0, raw, len, NULL);
+	text = session_reply_text(raw, len);
+	s->cur_msg = NULL;
+	session_msg_close(s, m, code, text);
+	free(text);
+	session_enter_state(s, ST_CMD);
+	leg_write_from(&s->client, reply, (size_t)-1);
+	return true;
+}
+
+/*
+ * A complete reply arrived (from the upstream, or from the sink).  Match it
+ * with the oldest outstanding command, apply its effect on the session,
+ * record it and pass it to the client.
+ */
+static void
+session_reply_handle(struct session *s, struct evbuffer *reply, enum store_side side, int code)
+{
+	struct pending p = { .kind = PEND_COMMAND, .verb = SMTP_VERB_UNKNOWN };
+	bool have;
+	unsigned flags = side == STORE_SIDE_PROXY ? STORE_F_INJECTED | STORE_F_TO_CLIENT : 0;
+	size_t len = evbuffer_get_length(reply);
+	const char *raw;
+	struct evbuffer *altered = NULL;
+	char *text = NULL;
+
+	if (session_reply_desync(s, reply, side, code))
+		return;
+	have = session_pend_pop(s, &p) == 0;
+	if (have && session_tls_reply(s, &p, reply, code)) {
+		session_pend_flush_local(s);
+		return;
+	}
+	raw = (const char *)evbuffer_pullup(reply, -1);
+	switch (have ? p.kind : PEND_COMMAND) {
+	case PEND_GREETING:
+		s->upstream_ready = true;
+		if (s->state == ST_CONNECTING)
+			session_enter_state(s, ST_CMD);
+		break;
+	case PEND_DATA_END:
+		text = session_reply_text(raw, len);
+		session_msg_close(s, p.msg, code, text);
+		p.msg = NULL;
+		break;
+	case PEND_AUTH_LINE:
+		session_enter_state(s, code == 334 ? ST_AUTH : ST_CMD);
+		break;
+	case PEND_LOCAL:
+	case PEND_STARTTLS:
+	case PEND_PRELUDE_EHLO:
+	case PEND_PRELUDE_STARTTLS:
+		break;
+	case PEND_COMMAND:
+		switch (p.verb) {
+		case SMTP_VERB_EHLO:
+		case SMTP_VERB_LHLO:
+			if (code / 100 == 2) {
+				altered = evbuffer_new();
+				if (altered != NULL && !session_tls_ehlo_rewrite(s, reply, altered)) {
+					evbuffer_free(altered);
+					altered = NULL;
+				}
+			}
+			break;
+		case SMTP_VERB_RCPT:
+			if (have)
+				session_env_rcpt_reply(s, &p, code, raw, len);
+			break;
+		case SMTP_VERB_DATA:
+			if (s->state == ST_HOLD) {
+				if (code == 354 && (s->cur_msg = session_msg_new(s, false)) != NULL) {
+					session_msg_open(s, s->cur_msg);
+					session_enter_state(s, ST_DATA);
+				} else {
+					session_enter_state(s, ST_CMD);
+				}
+			}
+			break;
+		case SMTP_VERB_AUTH:
+			if (s->state == ST_HOLD)
+				session_enter_state(s, code == 334 ? ST_AUTH : ST_CMD);
+			break;
+		case SMTP_VERB_BDAT:
+			if (p.bdat_last) {
+				text = session_reply_text(raw, len);
+				if (p.msg != NULL) {
+					session_msg_close(s, p.msg, code, text);
+					p.msg = NULL;
+				} else if (s->cur_msg != NULL && s->cur_msg->bdat) {
+					/* answered before the chunk was through */
+					s->cur_msg->early_reply = true;
+					s->cur_msg->reply_code = code;
+					s->cur_msg->reply = text;
+					text = NULL;
+				}
+			}
+			break;
+		case SMTP_VERB_QUIT:
+			s->quit_ok = code / 100 == 2;
+			break;
+		default:
+			break;
+		}
+		break;
+	}
+
+	session_record(s, side, STORE_KIND_REPLY, flags | (altered ? STORE_F_ALTERED : 0), 0, raw, len, NULL);
+	if (altered != NULL) {
+		session_record(s, STORE_SIDE_PROXY, STORE_KIND_REPLY, STORE_F_INJECTED | STORE_F_TO_CLIENT, 0,
+			       evbuffer_pullup(altered, -1), evbuffer_get_length(altered), NULL);
+		leg_write_from(&s->client, altered, (size_t)-1);
+		evbuffer_free(altered);
+		evbuffer_drain(reply, len);
+	} else {
+		leg_write_from(&s->client, reply, (size_t)-1);
+	}
+	free(text);
+	if (p.msg != NULL)
+		session_msg_close(s, p.msg, 0, NULL);
+
+	session_pend_flush_local(s);
+	if (p.verb == SMTP_VERB_QUIT && have && p.kind == PEND_COMMAND) {
+		/* After QUIT nothing more is said: close the upstream, and the
+		 * client once it has the reply. */
+		session_enter_state(s, ST_CLOSING);
+		leg_close(&s->upstream, LEG_CLOSE_NOW);
+		leg_close_after_flush(&s->client);
+	} else if (!s->client.open && s->pend_len == 0) {
+		leg_close(&s->upstream, LEG_CLOSE_NOW);
+	}
+}

@@ -1,0 +1,1370 @@
+/*
+ * tls.c - see tls.h.
+ *
+ * Three things live here: the local CA on disk (created once, the key
+ * never readable by others), the two SSL_CTXs a process needs (one to
+ * accept clients, one to connect upstream), and the forged-leaf cache.
+ *
+ * Forging follows SSLsplit's ssl_x509_forge in spirit: the leaf copies the
+ * names a client checks (subject and subjectAltNames) from the upstream's
+ * certificate, is issued by the local CA, and carries one key shared by
+ * every leaf, so a connection costs one signature at most and, once the
+ * cache is warm, none.  What the leaf does not copy is anything that could
+ * make it more than a server certificate (CA:FALSE, serverAuth only) or
+ * weaker than ours (always SHA-256, whatever the original used).
+ *
+ * Every X509 handed out is a reference of its own: the cache may evict a
+ * leaf while an SSL still serves it, and the SSL's reference keeps it
+ * alive.
+ */
+#include "smtptap/tls.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <openssl/bn.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/rand.h>
+#include <openssl/x509v3.h>
+
+#include "smtptap/json.h"
+
+/* Forged leaves kept; a leaf is a few hundred bytes of DER plus
+ * OpenSSL's parsed form, so the default costs a few MiB at most. */
+#define TLS_CACHE_MAX 1024
+#define TLS_CACHE_BUCKETS 2048 /* power of two, >= TLS_CACHE_MAX */
+
+/* Validity: a leaf is good from a day ago (clients with a slow clock)
+ * to just under a year ahead (browsers' and mail clients' upper bound
+ * for leaves is 398 days); the CA for ten years. */
+#define TLS_LEAF_BACKDATE_DAYS 1
+#define TLS_LEAF_DAYS 364
+#define TLS_CA_DAYS 3650
+
+#define TLS_NAME_MAX 256 /* a DNS name is at most 253 characters */
+#define TLS_CN_MAX 64	 /* X.520 ub-common-name */
+
+/* One cached leaf, in a hash bucket chain and in the LRU list. */
+struct tls_leaf {
+	unsigned char key[32]; /* SHA-256 of (upstream fingerprint, name, SNI) */
+	X509 *cert;
+	struct tls_leaf *hnext;
+	struct tls_leaf *prev, *next; /* most recently used first */
+};
+
+struct tls_cache {
+	struct tls_leaf *bucket[TLS_CACHE_BUCKETS];
+	struct tls_leaf *head, *tail;
+	size_t n, max;
+};
+
+struct tls {
+	SSL_CTX *srv; /* NULL unless need_server */
+	SSL_CTX *cli; /* NULL unless need_client */
+	bool forging; /* false with --cert/--key */
+	X509 *ca_cert;
+	EVP_PKEY *ca_key;
+	EVP_PKEY *leaf_key; /* shared by every forged leaf */
+	bool upstream_verify;
+	FILE *keylog;
+	struct tls_cache cache;
+	struct tls_stats stats;
+};
+
+/*
+ * What a client-side SSL needs to forge again from the servername
+ * callback, hung on the SSL (ex_data) and freed with it.
+ */
+struct tls_ssl_state {
+	X509 *upstream; /* own reference, or NULL */
+	char name[TLS_NAME_MAX];
+	bool forged;
+};
+
+static pthread_once_t tls_ex_once = PTHREAD_ONCE_INIT;
+static int tls_ex_index = -1;
+
+static void tls_ex_init(void);
+static void tls_ex_free_cb(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl, void *argp);
+static void tls_keylog_cb(const SSL *ssl, const char *line);
+static int tls_servername_cb(SSL *ssl, int *alert, void *arg);
+static int tls_open_keylog(struct tls *t, const char *path, char *err, size_t errsz);
+static int tls_setup_server(struct tls *t, const struct tls_config *cfg, char *err, size_t errsz);
+static int tls_setup_client(struct tls *t, const struct tls_config *cfg, char *err, size_t errsz);
+static void tls_err(char *err, size_t errsz, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static bool tls_is_ip(const char *s, char *out, size_t outsz);
+static int tls_check_readable(const char *flag, const char *path, char *err, size_t errsz);
+static bool tls_is_hostname(const char *s);
+static int tls_mkdir_p(const char *dir, char *err, size_t errsz);
+static int tls_write_pem(const char *path, mode_t mode, EVP_PKEY *key, X509 *cert, char *err, size_t errsz);
+static int tls_ca_load(const char *dir, X509 **cert, EVP_PKEY **key, char *err, size_t errsz);
+static X509 *tls_ca_make(EVP_PKEY *key, char *err, size_t errsz);
+static int tls_set_serial(X509 *x);
+static int tls_add_ext(X509 *issuer, X509 *subject, int nid, const char *value);
+static int tls_san_add(GENERAL_NAMES *gens, const char *name);
+static X509 *tls_forge(struct tls *t, X509 *upstream, const char *name, const char *sni);
+static X509 *tls_leaf_get(struct tls *t, X509 *upstream, const char *name, const char *sni);
+static size_t tls_cache_slot(const unsigned char key[32]);
+static void tls_kv_text(struct json *j, const char *key, const char *s);
+static void tls_cache_key(X509 *upstream, const char *name, const char *sni, unsigned char key[32]);
+static struct tls_leaf *tls_cache_find(struct tls_cache *c, const unsigned char key[32]);
+static void tls_cache_put(struct tls_cache *c, const unsigned char key[32], X509 *cert);
+static void tls_cache_unlink(struct tls_cache *c, struct tls_leaf *l);
+static void tls_cache_clear(struct tls_cache *c);
+static void tls_fingerprint(X509 *x, char *out, size_t outsz);
+static void tls_name_text(const X509_NAME *name, char *out, size_t outsz);
+
+/* ------------------------------------------------------------------------
+ * Small helpers.
+ */
+
+static void
+tls_err(char *err, size_t errsz, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (errsz == 0)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(err, errsz, fmt, ap);
+	va_end(ap);
+}
+
+/* Is s an IPv4 or IPv6 address literal ("[::1]" too)?  The bare form goes
+ * to out when it is. */
+static bool
+tls_is_ip(const char *s, char *out, size_t outsz)
+{
+	unsigned char buf[sizeof(struct in6_addr)];
+	char tmp[INET6_ADDRSTRLEN + 2];
+	size_t len;
+
+	if (s == NULL)
+		return false;
+	len = strlen(s);
+	if (len >= 2 && s[0] == '[' && s[len - 1] == ']') {
+		if (len - 2 >= sizeof(tmp))
+			return false;
+		memcpy(tmp, s + 1, len - 2);
+		tmp[len - 2] = '\0';
+	} else {
+		if (len >= sizeof(tmp))
+			return false;
+		memcpy(tmp, s, len + 1);
+	}
+	if (inet_pton(AF_INET, tmp, buf) != 1 && inet_pton(AF_INET6, tmp, buf) != 1)
+		return false;
+	if (out != NULL)
+		snprintf(out, outsz, "%s", tmp);
+	return true;
+}
+
+/* Could s be a DNS name (letters, digits, '-', '_', '.'; at most 253)?
+ * A client's SNI is hostile input: anything else is not worth a
+ * signature and a cache slot, nor a place in a certificate. */
+static bool
+tls_is_hostname(const char *s)
+{
+	size_t i;
+
+	for (i = 0; s[i] != '\0'; i++) {
+		if (i >= 253)
+			return false;
+		if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z') || (s[i] >= '0' && s[i] <= '9') ||
+		      s[i] == '-' || s[i] == '_' || s[i] == '.'))
+			return false;
+	}
+	return i > 0;
+}
+
+/* A missing or unreadable file gets the system's one-line reason rather
+ * than OpenSSL's three-error chain. */
+static int
+tls_check_readable(const char *flag, const char *path, char *err, size_t errsz)
+{
+	FILE *f;
+
+	if ((f = fopen(path, "r")) == NULL) {
+		tls_err(err, errsz, "%s %s: %s", flag, path, strerror(errno));
+		return -1;
+	}
+	fclose(f);
+	return 0;
+}
+
+/* "AB:CD:..." for the SHA-256 of x's DER form (out >= 96 bytes). */
+static void
+tls_fingerprint(X509 *x, char *out, size_t outsz)
+{
+	unsigned char md[EVP_MAX_MD_SIZE];
+	unsigned int len = 0, i;
+	size_t off = 0;
+
+	if (outsz == 0)
+		return;
+	out[0] = '\0';
+	if (x == NULL || X509_digest(x, EVP_sha256(), md, &len) != 1)
+		return;
+	for (i = 0; i < len && off + 3 <= outsz; i++) {
+		snprintf(out + off, outsz - off, "%s%02X", i == 0 ? "" : ":", md[i]);
+		off += i == 0 ? 2 : 3;
+	}
+}
+
+/* The RFC 2253 one-line form, UTF-8 kept as is (the JSON writer and the
+ * terminal escaping deal with hostile bytes). */
+static void
+tls_name_text(const X509_NAME *name, char *out, size_t outsz)
+{
+	BIO *b;
+	int n;
+
+	if (outsz == 0)
+		return;
+	out[0] = '\0';
+	if (name == NULL || (b = BIO_new(BIO_s_mem())) == NULL)
+		return;
+	if (X509_NAME_print_ex(b, name, 0, XN_FLAG_RFC2253 & ~ASN1_STRFLGS_ESC_MSB) >= 0) {
+		n = BIO_read(b, out, (int)(outsz - 1 > INT_MAX ? INT_MAX : outsz - 1));
+		out[n > 0 ? n : 0] = '\0';
+	}
+	BIO_free(b);
+}
+
+/* ------------------------------------------------------------------------
+ * Per-SSL state and callbacks.
+ */
+
+static void
+tls_ex_init(void)
+{
+	tls_ex_index = SSL_get_ex_new_index(0, NULL, NULL, NULL, tls_ex_free_cb);
+}
+
+static void
+tls_ex_free_cb(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl, void *argp)
+{
+	struct tls_ssl_state *st = ptr;
+
+	(void)parent;
+	(void)ad;
+	(void)idx;
+	(void)argl;
+	(void)argp;
+	if (st == NULL)
+		return;
+	X509_free(st->upstream);
+	free(st);
+}
+
+/* One NSS key log line per secret, flushed at once so Wireshark (and a
+ * kill -9) sees every line that was written. */
+static void
+tls_keylog_cb(const SSL *ssl, const char *line)
+{
+	struct tls *t = SSL_CTX_get_app_data(SSL_get_SSL_CTX(ssl));
+
+	if (t == NULL || t->keylog == NULL)
+		return;
+	fprintf(t->keylog, "%s\n", line);
+	fflush(t->keylog);
+}
+
+/*
+ * The client asked for a name (SNI) the leaf does not cover: forge again
+ * with that name added, so a client that checks the name it was told to
+ * connect to is satisfied.  A failure keeps the first leaf: the client
+ * then decides, and the session records what it said.
+ */
+static int
+tls_servername_cb(SSL *ssl, int *alert, void *arg)
+{
+	struct tls *t = arg;
+	struct tls_ssl_state *st;
+	const char *sni;
+	X509 *cur, *leaf;
+	char ip[INET6_ADDRSTRLEN];
+
+	(void)alert;
+	sni = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
+	st = SSL_get_ex_data(ssl, tls_ex_index);
+	if (sni == NULL || sni[0] == '\0' || st == NULL || !st->forged || !t->forging)
+		return SSL_TLSEXT_ERR_OK;
+	cur = SSL_get_certificate(ssl);
+	if (tls_is_ip(sni, ip, sizeof(ip))) {
+		if (cur != NULL && X509_check_ip_asc(cur, ip, 0) == 1)
+			return SSL_TLSEXT_ERR_OK;
+	} else if (!tls_is_hostname(sni) || (cur != NULL && X509_check_host(cur, sni, 0, 0, NULL) == 1))
+		return SSL_TLSEXT_ERR_OK;
+	if ((leaf = tls_leaf_get(t, st->upstream, st->name, sni)) == NULL) {
+		ERR_clear_error();
+		return SSL_TLSEXT_ERR_OK;
+	}
+	/* The SSL takes its own reference; the shared key stays set. */
+	if (SSL_use_certificate(ssl, leaf) != 1)
+		ERR_clear_error();
+	X509_free(leaf);
+	return SSL_TLSEXT_ERR_OK;
+}
+
+/* ------------------------------------------------------------------------
+ * Contexts.
+ */
+
+struct tls *
+tls_new(const struct tls_config *cfg, bool need_server, bool need_client, char *err, size_t errsz)
+{
+	struct tls *t;
+
+	if (pthread_once(&tls_ex_once, tls_ex_init) != 0 || tls_ex_index < 0) {
+		tls_err(err, errsz, "OpenSSL: cannot register per-connection data");
+		return NULL;
+	}
+	if ((t = calloc(1, sizeof(*t))) == NULL) {
+		tls_err(err, errsz, "out of memory");
+		return NULL;
+	}
+	t->upstream_verify = cfg->upstream_verify;
+	t->cache.max = TLS_CACHE_MAX;
+	if (cfg->keylog != NULL && tls_open_keylog(t, cfg->keylog, err, errsz) < 0)
+		goto fail;
+	if (need_server && tls_setup_server(t, cfg, err, errsz) < 0)
+		goto fail;
+	if (need_client && tls_setup_client(t, cfg, err, errsz) < 0)
+		goto fail;
+	return t;
+fail:
+	tls_free(t);
+	return NULL;
+}
+
+void
+tls_free(struct tls *t)
+{
+	if (t == NULL)
+		return;
+	tls_cache_clear(&t->cache);
+	SSL_CTX_free(t->srv);
+	SSL_CTX_free(t->cli);
+	X509_free(t->ca_cert);
+	EVP_PKEY_free(t->ca_key);
+	EVP_PKEY_free(t->leaf_key);
+	if (t->keylog != NULL)
+		fclose(t->keylog);
+	free(t);
+}
+
+/* The key log holds every session key: created 0600, appended to so
+ * several runs can share one file in Wireshark. */
+static int
+tls_open_keylog(struct tls *t, const char *path, char *err, size_t errsz)
+{
+	int fd;
+
+	fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOCTTY, 0600);
+	if (fd < 0) {
+		tls_err(err, errsz, "--keylog %s: %s", path, strerror(errno));
+		return -1;
+	}
+	if ((t->keylog = fdopen(fd, "a")) == NULL) {
+		tls_err(err, errsz, "--keylog %s: %s", path, strerror(errno));
+		close(fd);
+		return -1;
+	}
+	return 0;
+}
+
+static int
+tls_setup_server(struct tls *t, const struct tls_config *cfg, char *err, size_t errsz)
+{
+	const char *dir;
+	char ebuf[256];
+
+	if ((cfg->cert_file == NULL) != (cfg->key_file == NULL)) {
+		tls_err(err, errsz, "%s", cfg->cert_file != NULL ? "--cert needs --key" : "--key needs --cert");
+		return -1;
+	}
+	if ((t->srv = SSL_CTX_new(TLS_server_method())) == NULL) {
+		tls_err(err, errsz, "OpenSSL: cannot make the server context: %s",
+			tls_error_text(ebuf, sizeof(ebuf)));
+		return -1;
+	}
+	SSL_CTX_set_min_proto_version(t->srv, TLS1_2_VERSION);
+	SSL_CTX_set_app_data(t->srv, t);
+	if (t->keylog != NULL)
+		SSL_CTX_set_keylog_callback(t->srv, tls_keylog_cb);
+
+	if (cfg->cert_file != NULL) {
+		if (tls_check_readable("--cert", cfg->cert_file, err, errsz) < 0 ||
+		    tls_check_readable("--key", cfg->key_file, err, errsz) < 0)
+			return -1;
+		if (SSL_CTX_use_certificate_chain_file(t->srv, cfg->cert_file) != 1) {
+			tls_err(err, errsz, "--cert %s: %s", cfg->cert_file, tls_error_text(ebuf, sizeof(ebuf)));
+			return -1;
+		}
+		if (SSL_CTX_use_PrivateKey_file(t->srv, cfg->key_file, SSL_FILETYPE_PEM) != 1) {
+			tls_err(err, errsz, "--key %s: %s", cfg->key_file, tls_error_text(ebuf, sizeof(ebuf)));
+			return -1;
+		}
+		if (SSL_CTX_check_private_key(t->srv) != 1) {
+			ERR_clear_error();
+			tls_err(err, errsz, "--key %s does not match the certificate in --cert %s", cfg->key_file,
+				cfg->cert_file);
+			return -1;
+		}
+		return 0;
+	}
+
+	dir = cfg->ca_dir != NULL ? cfg->ca_dir : tls_default_ca_dir();
+	if (dir == NULL) {
+		tls_err(err, errsz, "no --ca-dir given and neither XDG_DATA_HOME nor HOME is set");
+		return -1;
+	}
+	if (tls_ca_init(dir, err, errsz) < 0 || tls_ca_load(dir, &t->ca_cert, &t->ca_key, err, errsz) < 0)
+		return -1;
+	if ((t->leaf_key = EVP_EC_gen("P-256")) == NULL) {
+		tls_err(err, errsz, "OpenSSL: cannot make the leaf key: %s", tls_error_text(ebuf, sizeof(ebuf)));
+		return -1;
+	}
+	t->forging = true;
+	SSL_CTX_set_tlsext_servername_callback(t->srv, tls_servername_cb);
+	SSL_CTX_set_tlsext_servername_arg(t->srv, t);
+	return 0;
+}
+
+static int
+tls_setup_client(struct tls *t, const struct tls_config *cfg, char *err, size_t errsz)
+{
+	char ebuf[256];
+
+	if ((t->cli = SSL_CTX_new(TLS_client_method())) == NULL) {
+		tls_err(err, errsz, "OpenSSL: cannot make the client context: %s",
+			tls_error_text(ebuf, sizeof(ebuf)));
+		return -1;
+	}
+	SSL_CTX_set_app_data(t->cli, t);
+	if (t->keylog != NULL)
+		SSL_CTX_set_keylog_callback(t->cli, tls_keylog_cb);
+	/* Never fail the handshake on verification: the session reads the
+	 * result and decides (--upstream-verify), with the reason recorded. */
+	SSL_CTX_set_verify(t->cli, SSL_VERIFY_NONE, NULL);
+	if (cfg->upstream_ca != NULL) {
+		if (tls_check_readable("--upstream-ca", cfg->upstream_ca, err, errsz) < 0)
+			return -1;
+		if (SSL_CTX_load_verify_file(t->cli, cfg->upstream_ca) != 1) {
+			tls_err(err, errsz, "--upstream-ca %s: %s", cfg->upstream_ca,
+				tls_error_text(ebuf, sizeof(ebuf)));
+			return -1;
+		}
+	} else if (SSL_CTX_set_default_verify_paths(t->cli) != 1) {
+		tls_err(err, errsz, "cannot load the system's trusted certificates (try --upstream-ca FILE): %s",
+			tls_error_text(ebuf, sizeof(ebuf)));
+		return -1;
+	}
+	return 0;
+}
+
+/* ------------------------------------------------------------------------
+ * SSL objects.
+ */
+
+SSL *
+tls_server_ssl_new(struct tls *t, X509 *upstream_cert, const char *name, char *err, size_t errsz)
+{
+	struct tls_ssl_state *st = NULL;
+	X509 *leaf = NULL;
+	SSL *ssl;
+	char ebuf[256];
+
+	if (t->srv == NULL) {
+		tls_err(err, errsz, "TLS towards clients was not set up");
+		return NULL;
+	}
+	if ((ssl = SSL_new(t->srv)) == NULL)
+		goto ossl_fail;
+	if ((st = calloc(1, sizeof(*st))) == NULL) {
+		tls_err(err, errsz, "out of memory");
+		SSL_free(ssl);
+		return NULL;
+	}
+	if (SSL_set_ex_data(ssl, tls_ex_index, st) != 1) {
+		free(st);
+		goto ossl_fail;
+	}
+	/* From here the SSL owns st (freed by tls_ex_free_cb). */
+	if (!t->forging)
+		return ssl;
+	st->forged = true;
+	snprintf(st->name, sizeof(st->name), "%s", name != NULL ? name : "");
+	if (upstream_cert != NULL) {
+		X509_up_ref(upstream_cert);
+		st->upstream = upstream_cert;
+	}
+	if ((leaf = tls_leaf_get(t, upstream_cert, st->name, NULL)) == NULL)
+		goto ossl_fail;
+	if (SSL_use_certificate(ssl, leaf) != 1 || SSL_use_PrivateKey(ssl, t->leaf_key) != 1)
+		goto ossl_fail;
+	X509_free(leaf);
+	return ssl;
+ossl_fail:
+	tls_err(err, errsz, "cannot set up TLS for the client: %s", tls_error_text(ebuf, sizeof(ebuf)));
+	X509_free(leaf);
+	SSL_free(ssl);
+	return NULL;
+}
+
+SSL *
+tls_client_ssl_new(struct tls *t, const char *sni, const char *verify_name, char *err, size_t errsz)
+{
+	X509_VERIFY_PARAM *param;
+	char ip[INET6_ADDRSTRLEN], ebuf[256];
+	SSL *ssl;
+
+	if (t->cli == NULL) {
+		tls_err(err, errsz, "TLS towards the upstream was not set up");
+		return NULL;
+	}
+	if ((ssl = SSL_new(t->cli)) == NULL)
+		goto fail;
+	/* RFC 6066: SNI carries host names only, never an address. */
+	if (sni != NULL && sni[0] != '\0' && !tls_is_ip(sni, NULL, 0) &&
+	    SSL_set_tlsext_host_name(ssl, sni) != 1)
+		goto fail;
+	if (verify_name != NULL && verify_name[0] != '\0') {
+		param = SSL_get0_param(ssl);
+		if (tls_is_ip(verify_name, ip, sizeof(ip))) {
+			if (X509_VERIFY_PARAM_set1_ip_asc(param, ip) != 1)
+				goto fail;
+		} else {
+			SSL_set_hostflags(ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+			if (SSL_set1_host(ssl, verify_name) != 1)
+				goto fail;
+		}
+	}
+	return ssl;
+fail:
+	tls_err(err, errsz, "cannot set up TLS for the upstream: %s", tls_error_text(ebuf, sizeof(ebuf)));
+	SSL_free(ssl);
+	return NULL;
+}
+
+int
+tls_verify_result(SSL *ssl, char *why, size_t whysz)
+{
+	long r;
+
+	if (whysz > 0)
+		why[0] = '\0';
+	/* X509_V_OK is also what an SSL that saw no certificate says. */
+	if (SSL_get0_peer_certificate(ssl) == NULL) {
+		tls_err(why, whysz, "no certificate");
+		return 0;
+	}
+	r = SSL_get_verify_result(ssl);
+	if (r != X509_V_OK) {
+		tls_err(why, whysz, "%s", X509_verify_cert_error_string(r));
+		return 0;
+	}
+	return 1;
+}
+
+bool
+tls_upstream_verify(const struct tls *t)
+{
+	return t->upstream_verify;
+}
+
+X509 *
+tls_peer_cert(SSL *ssl)
+{
+	return SSL_get1_peer_certificate(ssl);
+}
+
+/* ------------------------------------------------------------------------
+ * What a handshake was.
+ */
+
+void
+tls_info_get(SSL *ssl, bool server_side, struct tls_info *info)
+{
+	struct tls_ssl_state *st;
+	const char *s;
+	X509 *x;
+
+	snprintf(info->version, sizeof(info->version), "%s", SSL_get_version(ssl));
+	s = SSL_get_cipher_name(ssl);
+	snprintf(info->cipher, sizeof(info->cipher), "%s", s != NULL ? s : "");
+	s = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
+	snprintf(info->sni, sizeof(info->sni), "%s", s != NULL ? s : "");
+	x = server_side ? SSL_get_certificate(ssl) : SSL_get0_peer_certificate(ssl);
+	if (x != NULL) {
+		tls_name_text(X509_get_subject_name(x), info->cert_subject, sizeof(info->cert_subject));
+		tls_name_text(X509_get_issuer_name(x), info->cert_issuer, sizeof(info->cert_issuer));
+		tls_fingerprint(x, info->cert_sha256, sizeof(info->cert_sha256));
+	} else {
+		info->cert_subject[0] = info->cert_issuer[0] = info->cert_sha256[0] = '\0';
+	}
+	info->verify_error[0] = '\0';
+	info->forged = false;
+	if (server_side) {
+		info->verified = -1;
+		st = SSL_get_ex_data(ssl, tls_ex_index);
+		info->forged = st != NULL && st->forged;
+	} else
+		info->verified = tls_verify_result(ssl, info->verify_error, sizeof(info->verify_error));
+}
+
+/* Empty strings are unknowns: null in JSON, as elsewhere in the record. */
+static void
+tls_kv_text(struct json *j, const char *key, const char *s)
+{
+	if (s[0] == '\0')
+		json_kv_null(j, key);
+	else
+		json_kv_string(j, key, s);
+}
+
+char *
+tls_info_json(const struct tls_info *info)
+{
+	struct json j;
+	char *buf = NULL;
+	size_t len = 0;
+	FILE *f;
+	int r;
+
+	if ((f = open_memstream(&buf, &len)) == NULL)
+		return NULL;
+	json_init(&j, f, 0);
+	json_object_begin(&j);
+	tls_kv_text(&j, "mode", info->mode);
+	tls_kv_text(&j, "version", info->version);
+	tls_kv_text(&j, "cipher", info->cipher);
+	tls_kv_text(&j, "sni", info->sni);
+	tls_kv_text(&j, "cert_subject", info->cert_subject);
+	tls_kv_text(&j, "cert_issuer", info->cert_issuer);
+	tls_kv_text(&j, "cert_sha256", info->cert_sha256);
+	if (info->verified < 0)
+		json_kv_null(&j, "verified");
+	else
+		json_kv_bool(&j, "verified", info->verified == 1);
+	tls_kv_text(&j, "verify_error", info->verify_error);
+	json_kv_bool(&j, "forged", info->forged);
+	json_kv_int(&j, "handshake_us", info->handshake_us);
+	json_object_end(&j);
+	r = json_finish(&j);
+	if (fclose(f) != 0 || r < 0) {
+		free(buf);
+		return NULL;
+	}
+	/* json_finish ends the document with a newline: not part of a value
+	 * stored in a column. */
+	if (len > 0 && buf[len - 1] == '\n')
+		buf[len - 1] = '\0';
+	return buf;
+}
+
+/* ------------------------------------------------------------------------
+ * Errors and counters.
+ */
+
+char *
+tls_error_text(char *buf, size_t bufsz)
+{
+	unsigned long e;
+	char one[256];
+	size_t off = 0;
+	int n;
+
+	if (bufsz == 0) {
+		ERR_clear_error();
+		return buf;
+	}
+	buf[0] = '\0';
+	/* Drained to the end even when buf is full: a stale error must not
+	 * be blamed on the next operation. */
+	while ((e = ERR_get_error()) != 0) {
+		if (off + 1 >= bufsz)
+			continue;
+		ERR_error_string_n(e, one, sizeof(one));
+		n = snprintf(buf + off, bufsz - off, "%s%s", off > 0 ? "; " : "", one);
+		if (n < 0)
+			continue;
+		off += (size_t)n < bufsz - off ? (size_t)n : bufsz - off - 1;
+	}
+	return buf;
+}
+
+bool
+tls_error_is_untrusted(unsigned long err)
+{
+	if (ERR_GET_LIB(err) != ERR_LIB_SSL)
+		return false;
+	switch (ERR_GET_REASON(err)) {
+	case SSL_R_TLSV1_ALERT_UNKNOWN_CA:
+	case SSL_R_SSLV3_ALERT_BAD_CERTIFICATE:
+	case SSL_R_SSLV3_ALERT_CERTIFICATE_UNKNOWN:
+	case SSL_R_SSLV3_ALERT_UNSUPPORTED_CERTIFICATE:
+	case SSL_R_SSLV3_ALERT_CERTIFICATE_EXPIRED:
+	case SSL_R_SSLV3_ALERT_CERTIFICATE_REVOKED:
+		return true;
+	default:
+		return false;
+	}
+}
+
+void
+tls_stats_get(const struct tls *t, struct tls_stats *out)
+{
+	*out = t->stats;
+	out->cached = t->cache.n;
+}
+
+void
+tls_stats_count_handshake(struct tls *t, bool server_side)
+{
+	if (server_side)
+		t->stats.handshakes_client++;
+	else
+		t->stats.handshakes_upstream++;
+}
+
+void
+tls_cache_set_max(struct tls *t, size_t max)
+{
+	t->cache.max = max == 0 ? 1 : max > TLS_CACHE_MAX ? TLS_CACHE_MAX : max;
+	while (t->cache.n > t->cache.max) {
+		struct tls_leaf *l = t->cache.tail;
+
+		tls_cache_unlink(&t->cache, l);
+		X509_free(l->cert);
+		free(l);
+		t->stats.evicted++;
+	}
+}
+
+/* ------------------------------------------------------------------------
+ * Forging and the leaf cache.
+ */
+
+/* A new reference to the leaf for (upstream, name, sni): from the cache,
+ * or forged and cached.  NULL with OpenSSL's error queue set. */
+static X509 *
+tls_leaf_get(struct tls *t, X509 *upstream, const char *name, const char *sni)
+{
+	unsigned char key[32];
+	struct tls_leaf *l;
+	X509 *x;
+
+	tls_cache_key(upstream, name, sni, key);
+	if ((l = tls_cache_find(&t->cache, key)) != NULL) {
+		t->stats.cache_hits++;
+		X509_up_ref(l->cert);
+		return l->cert;
+	}
+	if ((x = tls_forge(t, upstream, name, sni)) == NULL)
+		return NULL;
+	t->stats.forged++;
+	tls_cache_put(&t->cache, key, x);
+	if (t->cache.n > t->cache.max)
+		tls_cache_set_max(t, t->cache.max);
+	return x;
+}
+
+/*
+ * The cache key: SHA-256 over the upstream certificate's own SHA-256 (or
+ * "-" without one), the name and the SNI added, NUL-separated so no two
+ * triples collide.  A forged leaf depends on nothing else.
+ */
+static void
+tls_cache_key(X509 *upstream, const char *name, const char *sni, unsigned char key[32])
+{
+	unsigned char fp[EVP_MAX_MD_SIZE];
+	unsigned int fplen = 0;
+	EVP_MD_CTX *md;
+
+	memset(key, 0, 32);
+	if (upstream == NULL || X509_digest(upstream, EVP_sha256(), fp, &fplen) != 1) {
+		fp[0] = '-';
+		fplen = 1;
+	}
+	if ((md = EVP_MD_CTX_new()) == NULL)
+		return;
+	if (EVP_DigestInit_ex(md, EVP_sha256(), NULL) == 1) {
+		EVP_DigestUpdate(md, fp, fplen);
+		EVP_DigestUpdate(md, "", 1);
+		EVP_DigestUpdate(md, name != NULL ? name : "", name != NULL ? strlen(name) : 0);
+		EVP_DigestUpdate(md, "", 1);
+		EVP_DigestUpdate(md, sni != NULL ? sni : "", sni != NULL ? strlen(sni) : 0);
+		EVP_DigestFinal_ex(md, key, NULL);
+	}
+	EVP_MD_CTX_free(md);
+}
+
+static size_t
+tls_cache_slot(const unsigned char key[32])
+{
+	return ((size_t)key[0] | (size_t)key[1] << 8 | (size_t)key[2] << 16) & (TLS_CACHE_BUCKETS - 1);
+}
+
+/* The leaf for key, moved to the front of the LRU list, or NULL. */
+static struct tls_leaf *
+tls_cache_find(struct tls_cache *c, const unsigned char key[32])
+{
+	struct tls_leaf *l;
+
+	for (l = c->bucket[tls_cache_slot(key)]; l != NULL; l = l->hnext) {
+		if (memcmp(l->key, key, 32) != 0)
+			continue;
+		if (l != c->head) {
+			l->prev->next = l->next;
+			if (l->next != NULL)
+				l->next->prev = l->prev;
+			else
+				c->tail = l->prev;
+			l->prev = NULL;
+			l->next = c->head;
+			c->head->prev = l;
+			c->head = l;
+		}
+		return l;
+	}
+	return NULL;
+}
+
+/* Keep a reference to cert under key.  Out of memory: not cached. */
+static void
+tls_cache_put(struct tls_cache *c, const unsigned char key[32], X509 *cert)
+{
+	struct tls_leaf *l;
+	size_t slot = tls_cache_slot(key);
+
+	if ((l = calloc(1, sizeof(*l))) == NULL)
+		return;
+	memcpy(l->key, key, 32);
+	X509_up_ref(cert);
+	l->cert = cert;
+	l->hnext = c->bucket[slot];
+	c->bucket[slot] = l;
+	l->next = c->head;
+	if (c->head != NULL)
+		c->head->prev = l;
+	c->head = l;
+	if (c->tail == NULL)
+		c->tail = l;
+	c->n++;
+}
+
+/* Take l out of its bucket and the LRU list (the caller frees it). */
+static void
+tls_cache_unlink(struct tls_cache *c, struct tls_leaf *l)
+{
+	struct tls_leaf **pp;
+
+	for (pp = &c->bucket[tls_cache_slot(l->key)]; *pp != NULL; pp = &(*pp)->hnext) {
+		if (*pp == l) {
+			*pp = l->hnext;
+			break;
+		}
+	}
+	if (l->prev != NULL)
+		l->prev->next = l->next;
+	else
+		c->head = l->next;
+	if (l->next != NULL)
+		l->next->prev = l->prev;
+	else
+		c->tail = l->prev;
+	c->n--;
+}
+
+static void
+tls_cache_clear(struct tls_cache *c)
+{
+	struct tls_leaf *l, *next;
+
+	for (l = c->head; l != NULL; l = next) {
+		next = l->next;
+		X509_free(l->cert);
+		free(l);
+	}
+	memset(c->bucket, 0, sizeof(c->bucket));
+	c->head = c->tail = NULL;
+	c->n = 0;
+}
+
+/* A random positive 128-bit serial (RFC 5280: unique per issuer, at most
+ * 20 octets; randomness also keeps a re-created CA's serials apart). */
+static int
+tls_set_serial(X509 *x)
+{
+	BIGNUM *bn;
+	int ok = 0;
+
+	if ((bn = BN_new()) == NULL)
+		return 0;
+	do {
+		if (BN_rand(bn, 128, BN_RAND_TOP_ANY, BN_RAND_BOTTOM_ANY) != 1)
+			goto out;
+	} while (BN_is_zero(bn));
+	ok = BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(x)) != NULL;
+out:
+	BN_free(bn);
+	return ok;
+}
+
+/* One extension from its OpenSSL config-string form ("critical,CA:FALSE"). */
+static int
+tls_add_ext(X509 *issuer, X509 *subject, int nid, const char *value)
+{
+	X509V3_CTX ctx;
+	X509_EXTENSION *ext;
+	int ok;
+
+	X509V3_set_ctx(&ctx, issuer, subject, NULL, NULL, 0);
+	if ((ext = X509V3_EXT_nconf_nid(NULL, &ctx, nid, value)) == NULL)
+		return 0;
+	ok = X509_add_ext(subject, ext, -1) == 1;
+	X509_EXTENSION_free(ext);
+	return ok;
+}
+
+/* Append name as an IP or DNS subjectAltName. */
+static int
+tls_san_add(GENERAL_NAMES *gens, const char *name)
+{
+	GENERAL_NAME *gen;
+	ASN1_OCTET_STRING *ip;
+	ASN1_IA5STRING *dns;
+	char bare[INET6_ADDRSTRLEN];
+
+	if ((gen = GENERAL_NAME_new()) == NULL)
+		return 0;
+	if (tls_is_ip(name, bare, sizeof(bare))) {
+		if ((ip = a2i_IPADDRESS(bare)) == NULL)
+			goto fail;
+		GENERAL_NAME_set0_value(gen, GEN_IPADD, ip);
+	} else {
+		if ((dns = ASN1_IA5STRING_new()) == NULL)
+			goto fail;
+		if (ASN1_STRING_set(dns, name, (int)strlen(name)) != 1) {
+			ASN1_IA5STRING_free(dns);
+			goto fail;
+		}
+		GENERAL_NAME_set0_value(gen, GEN_DNS, dns);
+	}
+	if (sk_GENERAL_NAME_push(gens, gen) <= 0)
+		goto fail;
+	return 1;
+fail:
+	GENERAL_NAME_free(gen);
+	return 0;
+}
+
+/*
+ * Forge a leaf signed by the CA with the shared key.  With an upstream
+ * certificate its subject and subjectAltNames are copied (an upstream
+ * without SANs gets its CNs as DNS names: clients ignore the CN when SANs
+ * exist and many ignore it always); without one, the leaf names `name`
+ * (CN and SAN).  sni, when given, is added as one more SAN.  Returns a
+ * new certificate, or NULL with OpenSSL's error queue set.
+ */
+static X509 *
+tls_forge(struct tls *t, X509 *upstream, const char *name, const char *sni)
+{
+	X509 *x;
+	X509_NAME *subj = NULL;
+	GENERAL_NAMES *gens = NULL;
+	const X509_NAME *usubj;
+	X509_NAME_ENTRY *ne;
+	ASN1_STRING *cn;
+	unsigned char *utf8;
+	int i, len;
+
+	if ((x = X509_new()) == NULL)
+		return NULL;
+	if (X509_set_version(x, X509_VERSION_3) != 1 || !tls_set_serial(x))
+		goto fail;
+	if (X509_gmtime_adj(X509_getm_notBefore(x), -(long)TLS_LEAF_BACKDATE_DAYS * 86400) == NULL ||
+	    X509_time_adj_ex(X509_getm_notAfter(x), TLS_LEAF_DAYS, 0, NULL) == NULL)
+		goto fail;
+	if (X509_set_issuer_name(x, X509_get_subject_name(t->ca_cert)) != 1 || X509_set_pubkey(x, t->leaf_key) != 1)
+		goto fail;
+
+	if (upstream != NULL) {
+		usubj = X509_get_subject_name(upstream);
+		if (X509_set_subject_name(x, usubj) != 1)
+			goto fail;
+		gens = X509_get_ext_d2i(upstream, NID_subject_alt_name, NULL, NULL);
+		if (gens == NULL) {
+			if ((gens = sk_GENERAL_NAME_new_null()) == NULL)
+				goto fail;
+			for (i = -1; (i = X509_NAME_get_index_by_NID(usubj, NID_commonName, i)) >= 0;) {
+				ne = X509_NAME_get_entry(usubj, i);
+				cn = X509_NAME_ENTRY_get_data(ne);
+				if ((len = ASN1_STRING_to_UTF8(&utf8, cn)) < 0) {
+					ERR_clear_error();
+					continue;
+				}
+				if (len > 0 && len < TLS_NAME_MAX && memchr(utf8, '\0', (size_t)len) == NULL &&
+				    !tls_san_add(gens, (const char *)utf8)) {
+					OPENSSL_free(utf8);
+					goto fail;
+				}
+				OPENSSL_free(utf8);
+			}
+		}
+	} else {
+		if ((subj = X509_NAME_new()) == NULL)
+			goto fail;
+		/* CN is bounded by X.520; a longer name lives in the SAN only. */
+		if (name != NULL && name[0] != '\0' && strlen(name) <= TLS_CN_MAX) {
+			if (X509_NAME_add_entry_by_NID(subj, NID_commonName, MBSTRING_UTF8,
+						       (const unsigned char *)name, -1, -1, 0) != 1)
+				goto fail;
+		} else if (X509_NAME_add_entry_by_NID(subj, NID_organizationName, MBSTRING_UTF8,
+						      (const unsigned char *)"smtptap", -1, -1, 0) != 1)
+			goto fail;
+		if (X509_set_subject_name(x, subj) != 1)
+			goto fail;
+		if ((gens = sk_GENERAL_NAME_new_null()) == NULL)
+			goto fail;
+	}
+	if (sk_GENERAL_NAME_num(gens) == 0 && name != NULL && name[0] != '\0' && !tls_san_add(gens, name))
+		goto fail;
+	if (sni != NULL && sni[0] != '\0' && !tls_san_add(gens, sni))
+		goto fail;
+	if (sk_GENERAL_NAME_num(gens) > 0 && X509_add1_ext_i2d(x, NID_subject_alt_name, gens, 0, 0) != 1)
+		goto fail;
+
+	if (!tls_add_ext(t->ca_cert, x, NID_basic_constraints, "critical,CA:FALSE") ||
+	    !tls_add_ext(t->ca_cert, x, NID_key_usage, "critical,digitalSignature") ||
+	    !tls_add_ext(t->ca_cert, x, NID_ext_key_usage, "serverAuth") ||
+	    !tls_add_ext(t->ca_cert, x, NID_subject_key_identifier, "hash") ||
+	    !tls_add_ext(t->ca_cert, x, NID_authority_key_identifier, "keyid:always"))
+		goto fail;
+	if (X509_sign(x, t->ca_key, EVP_sha256()) <= 0)
+		goto fail;
+	GENERAL_NAMES_free(gens);
+	X509_NAME_free(subj);
+	return x;
+fail:
+	GENERAL_NAMES_free(gens);
+	X509_NAME_free(subj);
+	X509_free(x);
+	return NULL;
+}
+
+/* ------------------------------------------------------------------------
+ * The local CA on disk.
+ */
+
+const char *
+tls_default_ca_dir(void)
+{
+	static char dir[PATH_MAX];
+	const char *base;
+	int n;
+
+	/* XDG: a relative XDG_DATA_HOME is invalid and must be ignored. */
+	base = getenv("XDG_DATA_HOME");
+	if (base != NULL && base[0] == '/')
+		n = snprintf(dir, sizeof(dir), "%s/smtptap/ca", base);
+	else if ((base = getenv("HOME")) != NULL && base[0] != '\0')
+		n = snprintf(dir, sizeof(dir), "%s/.local/share/smtptap/ca", base);
+	else
+		return NULL;
+	if (n < 0 || (size_t)n >= sizeof(dir))
+		return NULL;
+	return dir;
+}
+
+void
+tls_ca_paths(const char *dir, char *cert, size_t certsz, char *key, size_t keysz)
+{
+	if (certsz > 0)
+		snprintf(cert, certsz, "%s/ca.pem", dir);
+	if (keysz > 0)
+		snprintf(key, keysz, "%s/ca.key", dir);
+}
+
+/* mkdir -p: every missing component made 0700 (the CA key's directory
+ * is nobody else's business); existing ones are left as they are. */
+static int
+tls_mkdir_p(const char *dir, char *err, size_t errsz)
+{
+	char path[PATH_MAX];
+	struct stat sb;
+	size_t len, i;
+
+	len = strlen(dir);
+	if (len == 0 || len >= sizeof(path)) {
+		tls_err(err, errsz, "--ca-dir '%s': bad path", dir);
+		return -1;
+	}
+	memcpy(path, dir, len + 1);
+	for (i = 1; i <= len; i++) {
+		if (path[i] != '/' && path[i] != '\0')
+			continue;
+		path[i] = '\0';
+		if (mkdir(path, 0700) < 0 && errno != EEXIST) {
+			tls_err(err, errsz, "creating %s: %s", path, strerror(errno));
+			return -1;
+		}
+		path[i] = i == len ? '\0' : '/';
+	}
+	if (stat(dir, &sb) < 0 || !S_ISDIR(sb.st_mode)) {
+		tls_err(err, errsz, "%s: not a directory", dir);
+		return -1;
+	}
+	return 0;
+}
+
+/* Write key or cert as PEM to a new file (O_EXCL: never over another).
+ * On failure the file is removed. */
+static int
+tls_write_pem(const char *path, mode_t mode, EVP_PKEY *key, X509 *cert, char *err, size_t errsz)
+{
+	FILE *f;
+	int fd, ok;
+	char ebuf[256];
+
+	fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode);
+	if (fd < 0) {
+		tls_err(err, errsz, "creating %s: %s", path, strerror(errno));
+		return -1;
+	}
+	if ((f = fdopen(fd, "w")) == NULL) {
+		tls_err(err, errsz, "creating %s: %s", path, strerror(errno));
+		close(fd);
+		unlink(path);
+		return -1;
+	}
+	if (key != NULL)
+		ok = PEM_write_PrivateKey(f, key, NULL, NULL, 0, NULL, NULL) == 1;
+	else
+		ok = PEM_write_X509(f, cert) == 1;
+	if (!ok) {
+		tls_err(err, errsz, "writing %s: %s", path, tls_error_text(ebuf, sizeof(ebuf)));
+		fclose(f);
+		unlink(path);
+		return -1;
+	}
+	if (fflush(f) != 0 || fsync(fd) != 0) {
+		tls_err(err, errsz, "writing %s: %s", path, strerror(errno));
+		fclose(f);
+		unlink(path);
+		return -1;
+	}
+	if (fclose(f) != 0) {
+		tls_err(err, errsz, "writing %s: %s", path, strerror(errno));
+		unlink(path);
+		return -1;
+	}
+	return 0;
+}
+
+/* Load and cross-check the CA in dir; *cert and *key are new references. */
+static int
+tls_ca_load(const char *dir, X509 **cert, EVP_PKEY **key, char *err, size_t errsz)
+{
+	char cpath[PATH_MAX], kpath[PATH_MAX], ebuf[256];
+	FILE *f;
+
+	*cert = NULL;
+	*key = NULL;
+	tls_ca_paths(dir, cpath, sizeof(cpath), kpath, sizeof(kpath));
+	if ((f = fopen(cpath, "r")) == NULL) {
+		tls_err(err, errsz, "%s: %s", cpath, strerror(errno));
+		return -1;
+	}
+	*cert = PEM_read_X509(f, NULL, NULL, NULL);
+	fclose(f);
+	if (*cert == NULL) {
+		tls_err(err, errsz, "%s: not a PEM certificate: %s", cpath, tls_error_text(ebuf, sizeof(ebuf)));
+		return -1;
+	}
+	if ((f = fopen(kpath, "r")) == NULL) {
+		tls_err(err, errsz, "%s: %s", kpath, strerror(errno));
+		goto fail;
+	}
+	*key = PEM_read_PrivateKey(f, NULL, NULL, NULL);
+	fclose(f);
+	if (*key == NULL) {
+		tls_err(err, errsz, "%s: not a PEM private key (an encrypted key is not supported): %s", kpath,
+			tls_error_text(ebuf, sizeof(ebuf)));
+		goto fail;
+	}
+	if (X509_check_private_key(*cert, *key) != 1) {
+		ERR_clear_error();
+		tls_err(err, errsz, "%s does not match the certificate %s", kpath, cpath);
+		goto fail;
+	}
+	return 0;
+fail:
+	X509_free(*cert);
+	EVP_PKEY_free(*key);
+	*cert = NULL;
+	*key = NULL;
+	return -1;
+}
+
+/* The self-signed CA certificate for key. */
+static X509 *
+tls_ca_make(EVP_PKEY *key, char *err, size_t errsz)
+{
+	X509 *x;
+	X509_NAME *name;
+	char host[64], cn[TLS_CN_MAX + 1], ebuf[256];
+
+	if (gethostname(host, sizeof(host)) != 0)
+		snprintf(host, sizeof(host), "localhost");
+	host[sizeof(host) - 1] = '\0';
+	/* Fit the 64 characters X.520 allows a CN: the host name is cut. */
+	snprintf(cn, sizeof(cn), "smtptap local CA (%.*s)", TLS_CN_MAX - 19, host);
+
+	if ((x = X509_new()) == NULL)
+		goto fail;
+	if (X509_set_version(x, X509_VERSION_3) != 1 || !tls_set_serial(x))
+		goto fail;
+	if (X509_gmtime_adj(X509_getm_notBefore(x), -86400) == NULL ||
+	    X509_time_adj_ex(X509_getm_notAfter(x), TLS_CA_DAYS, 0, NULL) == NULL)
+		goto fail;
+	name = X509_get_subject_name(x);
+	if (X509_NAME_add_entry_by_NID(name, NID_organizationName, MBSTRING_UTF8, (const unsigned char *)"smtptap",
+				       -1, -1, 0) != 1 ||
+	    X509_NAME_add_entry_by_NID(name, NID_commonName, MBSTRING_UTF8, (const unsigned char *)cn, -1, -1,
+				       0) != 1)
+		goto fail;
+	if (X509_set_issuer_name(x, name) != 1 || X509_set_pubkey(x, key) != 1)
+		goto fail;
+	if (!tls_add_ext(x, x, NID_basic_constraints, "critical,CA:TRUE") ||
+	    !tls_add_ext(x, x, NID_key_usage, "critical,keyCertSign,cRLSign") ||
+	    !tls_add_ext(x, x, NID_subject_key_identifier, "hash"))
+		goto fail;
+	if (X509_sign(x, key, EVP_sha256()) <= 0)
+		goto fail;
+	return x;
+fail:
+	tls_err(err, errsz, "making the CA certificate: %s", tls_error_text(ebuf, sizeof(ebuf)));
+	X509_free(x);
+	return NULL;
+}
+
+/*
+ * Serialised by a lock on the directory, so two smtptap processes started
+ * at once (a proxy and `ca init`) never both create a CA or see one half
+ * written.  Each file is written under a temporary name and renamed into
+ * place, key first: a crash leaves at most a stray *.new file, or (between
+ * the two renames) a key without certificate, which is then reported.
+ */
+int
+tls_ca_init(const char *dir, char *err, size_t errsz)
+{
+	char cpath[PATH_MAX], kpath[PATH_MAX], ctmp[PATH_MAX + 8], ktmp[PATH_MAX + 8], ebuf[256];
+	bool have_cert, have_key;
+	EVP_PKEY *key = NULL;
+	X509 *cert = NULL;
+	struct stat sb;
+	int dfd, rc = -1;
+
+	if (tls_mkdir_p(dir, err, errsz) < 0)
+		return -1;
+	if ((dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0) {
+		tls_err(err, errsz, "%s: %s", dir, strerror(errno));
+		return -1;
+	}
+	while (flock(dfd, LOCK_EX) < 0) {
+		if (errno != EINTR) {
+			tls_err(err, errsz, "locking %s: %s", dir, strerror(errno));
+			close(dfd);
+			return -1;
+		}
+	}
+	tls_ca_paths(dir, cpath, sizeof(cpath), kpath, sizeof(kpath));
+	snprintf(ctmp, sizeof(ctmp), "%s.new", cpath);
+	snprintf(ktmp, sizeof(ktmp), "%s.new", kpath);
+	have_cert = lstat(cpath, &sb) == 0;
+	have_key = lstat(kpath, &sb) == 0;
+	if (have_cert && have_key) {
+		if (tls_ca_load(dir, &cert, &key, err, errsz) == 0)
+			rc = 0;
+		goto out;
+	}
+	/* Half a CA is someone's (or a crash's) work: never paper over it. */
+	if (have_cert != have_key) {
+		tls_err(err, errsz, "%s exists but %s does not: remove %s (or restore %s) to make a new CA",
+			have_cert ? cpath : kpath, have_cert ? kpath : cpath, have_cert ? cpath : kpath,
+			have_cert ? kpath : cpath);
+		goto out;
+	}
+	if ((key = EVP_EC_gen("P-256")) == NULL) {
+		tls_err(err, errsz, "making the CA key: %s", tls_error_text(ebuf, sizeof(ebuf)));
+		goto out;
+	}
+	if ((cert = tls_ca_make(key, err, errsz)) == NULL)
+		goto out;
+	/* Left over by a crash of an earlier attempt (we hold the lock). */
+	unlink(ktmp);
+	unlink(ctmp);
+	if (tls_write_pem(ktmp, 0600, key, NULL, err, errsz) < 0)
+		goto out;
+	if (tls_write_pem(ctmp, 0644, NULL, cert, err, errsz) < 0) {
+		unlink(ktmp);
+		goto out;
+	}
+	if (rename(ktmp, kpath) < 0) {
+		tls_err(err, errsz, "creating %s: %s", kpath, strerror(errno));
+		unlink(ktmp);
+		unlink(ctmp);
+		goto out;
+	}
+	if (rename(ctmp, cpath) < 0) {
+		tls_err(err, errsz, "creating %s: %s", cpath, strerror(errno));
+		unlink(kpath);
+		unlink(ctmp);
+		goto out;
+	}
+	fsync(dfd);
+	rc = 1;
+out:
+	X509_free(cert);
+	EVP_PKEY_free(key);
+	close(dfd); /* releases the lock */
+	return rc;
+}
+
+int
+tls_ca_fingerprint(const char *dir, char *out, size_t outsz, char *err, size_t errsz)
+{
+	char cpath[PATH_MAX], kpath[PATH_MAX], ebuf[256];
+	X509 *x;
+	FILE *f;
+
+	tls_ca_paths(dir, cpath, sizeof(cpath), kpath, sizeof(kpath));
+	if ((f = fopen(cpath, "r")) == NULL) {
+		tls_err(err, errsz, "%s: %s", cpath, strerror(errno));
+		return -1;
+	}
+	x = PEM_read_X509(f, NULL, NULL, NULL);
+	fclose(f);
+	if (x == NULL) {
+		tls_err(err, errsz, "%s: not a PEM certificate: %s", cpath, tls_error_text(ebuf, sizeof(ebuf)));
+		return -1;
+	}
+	tls_fingerprint(x, out, outsz);
+	X509_free(x);
+	return 0;
+}
