@@ -146,10 +146,10 @@ def forging(rows, w, relay, wl):
             conns = (min(wl["sessions"], msgs) if wl["reuse"] else msgs) + int(x["warmup_msgs"] or 0)
             where = "rep %s: %d connections including the warm-up" % (x["rep"], conns)
         line = x["forge"]
-        # key=value fields (the log style): "forged=1 cache_hits=19"; any
-        # other form is quoted as it is.
-        f = re.search(r"\bforged[=:]\s*(\d+)", line)
-        h = re.search(r"\b(?:cache[_-]?hits?|hits)[=:]\s*(\d+)", line)
+        # "certificates forged 1, cache hits 19" (proxy.c) or key=value
+        # fields; any other form is quoted as it is.
+        f = re.search(r"\bforged[=: ]\s*(\d+)", line)
+        h = re.search(r"\bcache[_ -]?hits?[=: ]\s*(\d+)", line)
         if f and h:
             return "forged %s, cache hits %s (%s)" % (f.group(1), h.group(1), where)
         return "\"%s\" (%s)" % (line.strip()[:160], where)
