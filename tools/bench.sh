@@ -33,10 +33,10 @@
 #                (--ca-dir) and trusting it upstream (--upstream-ca)
 # Before a TLS measurement one message goes through the pipeline (not
 # counted), so smtptap's forged certificate is a cache hit on every measured
-# connection.  smtptap's forging counters are read from its exit log line
-# (a line with "forged" and "cache") when it prints one without -v, else
-# from a short extra run with -v after the workload (-v logs every command,
-# which would slow the measured run).
+# connection.  smtptap's forging counters are read from the line it logs at
+# exit (with "forged" and "cache"); should a build log it only with -v, a
+# short extra run with -v after the workload reads it (-v logs every
+# command, which would slow the measured runs).
 #
 # Workloads (BENCH_SCALE multiplies the message counts; aiosmtpd, about ten
 # times slower, gets smaller counts so that every measurement takes roughly

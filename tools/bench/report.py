@@ -477,10 +477,11 @@ def part_tls(meta, workloads, summ, all_targets):
     L.append("- Before each measurement one message goes through the whole pipeline (not counted), "
              "so smtptap's forged certificate is in its cache: every measured connection is a "
              "cache hit.")
-    L.append("- smtptap's forging counters come from its exit log line (a line with \"forged\" and "
-             "\"cache\"). It prints it with `-v`, which also logs every command and reply, so "
-             "the measured runs go without `-v` and a separate short run with `-v` and no "
-             "warm-up reads the counters (expected: 1 forged, every other connection a cache hit).")
+    L.append("- smtptap's forging counters come from the line it logs at exit (with \"forged\" and "
+             "\"cache\"), quoted from its first measured run: 1 forged (at the warm-up), every "
+             "measured connection a cache hit. Were it logged only with `-v` (which also logs "
+             "every command and reply, too slow to measure), a separate short run with `-v` and "
+             "no warm-up would read it, and the note says so.")
     L.append("")
     L.append("### Results")
     for w, wl in workloads.items():
