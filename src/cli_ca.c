@@ -17,10 +17,10 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "smtptap/ca.h"
 #include "smtptap/cli.h"
 #include "smtptap/json.h"
 #include "smtptap/log.h"
-#include "smtptap/tls.h"
 
 enum cli_ca_cmd { CLI_CA_NONE, CLI_CA_INIT, CLI_CA_SHOW };
 
@@ -116,20 +116,20 @@ cli_ca_json(const char *dir, const char *cert, const char *fp, int created)
 static int
 cli_ca_init(const char *dir, bool dir_given, bool as_json)
 {
-	char err[PATH_MAX + 256], cert[PATH_MAX], key[PATH_MAX], absdir[PATH_MAX], fp[96];
+	char err[PATH_MAX + 256], cert[PATH_MAX], key[PATH_MAX], absdir[PATH_MAX], fp[CA_FINGERPRINT_MAX];
 	const char *adir;
 	int r;
 
-	if ((r = tls_ca_init(dir, err, sizeof(err))) < 0) {
+	if ((r = ca_init(dir, err, sizeof(err))) < 0) {
 		log_warnx("ca init: %s", err);
 		return CLI_EXIT_FAIL;
 	}
-	if (tls_ca_fingerprint(dir, fp, sizeof(fp), err, sizeof(err)) < 0) {
+	if (ca_fingerprint(dir, fp, sizeof(fp), err, sizeof(err)) < 0) {
 		log_warnx("ca init: %s", err);
 		return CLI_EXIT_FAIL;
 	}
 	adir = cli_ca_abs(dir, absdir, sizeof(absdir));
-	tls_ca_paths(adir, cert, sizeof(cert), key, sizeof(key));
+	ca_paths(adir, cert, sizeof(cert), key, sizeof(key));
 	if (as_json)
 		return cli_ca_json(adir, cert, fp, r);
 	printf("%s %s\n", r == 1 ? "created" : "already there:", cert);
@@ -171,23 +171,23 @@ cli_ca_trust_help(FILE *f, const char *cert)
 static int
 cli_ca_show(const char *dir, bool dir_given, bool as_json)
 {
-	char err[PATH_MAX + 256], cert[PATH_MAX], key[PATH_MAX], absdir[PATH_MAX], fp[96];
+	char err[PATH_MAX + 256], cert[PATH_MAX], key[PATH_MAX], absdir[PATH_MAX], fp[CA_FINGERPRINT_MAX];
 	const char *adir;
 	struct stat sb;
 
-	tls_ca_paths(dir, cert, sizeof(cert), key, sizeof(key));
+	ca_paths(dir, cert, sizeof(cert), key, sizeof(key));
 	if (stat(cert, &sb) < 0 && errno == ENOENT && stat(key, &sb) < 0 && errno == ENOENT) {
 		log_warnx("ca show: no CA in %s yet: run 'smtptap ca init%s%s' (smtptap proxy also creates it "
 			  "on first use)",
 			  dir, dir_given ? " --ca-dir " : "", dir_given ? dir : "");
 		return CLI_EXIT_FAIL;
 	}
-	if (tls_ca_fingerprint(dir, fp, sizeof(fp), err, sizeof(err)) < 0) {
+	if (ca_fingerprint(dir, fp, sizeof(fp), err, sizeof(err)) < 0) {
 		log_warnx("ca show: %s", err);
 		return CLI_EXIT_FAIL;
 	}
 	adir = cli_ca_abs(dir, absdir, sizeof(absdir));
-	tls_ca_paths(adir, cert, sizeof(cert), key, sizeof(key));
+	ca_paths(adir, cert, sizeof(cert), key, sizeof(key));
 	if (as_json)
 		return cli_ca_json(adir, cert, fp, -1);
 	printf("CA certificate: %s\n", cert);
@@ -253,7 +253,7 @@ cli_ca(int argc, char **argv)
 		return CLI_EXIT_USAGE;
 	}
 	dir_given = dir != NULL;
-	if (dir == NULL && (dir = tls_default_ca_dir()) == NULL) {
+	if (dir == NULL && (dir = ca_default_dir()) == NULL) {
 		log_warnx("ca: neither XDG_DATA_HOME nor HOME is set: give --ca-dir DIR");
 		return CLI_EXIT_USAGE;
 	}

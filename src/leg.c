@@ -343,11 +343,12 @@ leg_eventcb(struct bufferevent *bev, short what, void *arg)
 	if (what & BEV_EVENT_TIMEOUT) {
 		bool reading = (what & BEV_EVENT_READING) != 0;
 
-		leg->cb(leg, reading ? LEG_EV_TIMEOUT_READ : LEG_EV_TIMEOUT_WRITE, leg->arg);
-		/* libevent disabled the event: re-arm it unless the session
-		 * closed the leg or changed its mind. */
-		if (reading && leg->open)
+		/* libevent disabled the event: re-arm it first (a timeout out
+		 * of turn goes on), since the callback may free the session
+		 * this leg lives in.  A real timeout closes the leg there. */
+		if (reading)
 			leg_apply_reading(leg);
+		leg->cb(leg, reading ? LEG_EV_TIMEOUT_READ : LEG_EV_TIMEOUT_WRITE, leg->arg);
 		return;
 	}
 	if (what & BEV_EVENT_ERROR) {

@@ -541,8 +541,9 @@ session_client_timeout(struct session *s, bool reading)
 		return;
 	}
 	if (s->ctls == CTLS_HANDSHAKE) {
-		session_set_outcome(s, "client-tls-error", "no TLS handshake from the client within %d s",
-				    cfg->idle_timeout);
+		session_set_outcome(s, "client-tls-error",
+				    "no TLS handshake from the client within %d s%s", cfg->idle_timeout,
+				    s->client_tls_implicit ? " (a plaintext client on an implicit-TLS listener?)" : "");
 		session_note(s, STORE_KIND_ACTION, "%s", s->detail);
 		session_close_legs(s);
 		return;

@@ -56,7 +56,6 @@ static void session_tls_upstream_ready(struct session *s);
 static void session_tls_hold(struct session *s, struct evbuffer *reply, unsigned flags);
 static void session_tls_record(struct session *s, struct leg *leg, bool client_side);
 static const char *session_tls_client_name(struct session *s, char *buf, size_t bufsz);
-static bool session_tls_is_addr(const char *host);
 
 /* At session start, once the upstream connection is under way. */
 void
@@ -257,6 +256,11 @@ session_tls_client_starttls(struct session *s, struct evbuffer *in, const char *
 					    "upstream does not offer STARTTLS (--upstream-tls starttls requires TLS)");
 			return;
 		}
+		if (!s->sink_mode && !s->upstream.tls)
+			session_note(s, STORE_KIND_TLS, "client STARTTLS answered by smtptap; the upstream leg stays "
+				     "plaintext (%s)",
+				     s->upstream_tls == PROXY_TLS_OFF ? "--upstream-tls off" :
+									"the upstream does not offer STARTTLS");
 		session_local_push(s, local_starttls_220, true);
 	}
 	session_client_discard(s, "client plaintext pipelined after STARTTLS is never interpreted (RFC 3207)");
@@ -269,19 +273,6 @@ session_tls_client_drained(struct session *s)
 	if (s->ctls != CTLS_AFTER_FLUSH || leg_output_len(&s->client) > 0 || !s->client.open)
 		return;
 	session_tls_start_client(s);
-}
-
-static bool
-session_tls_is_addr(const char *host)
-{
-	struct sockaddr_storage ss;
-	int sl = sizeof(ss);
-	char buf[300];
-
-	snprintf(buf, sizeof(buf), "%s:1", host);
-	if (strchr(host, ':') != NULL)
-		snprintf(buf, sizeof(buf), "[%s]:1", host);
-	return evutil_parse_sockaddr_port(buf, (struct sockaddr *)&ss, &sl) == 0;
 }
 
 /* The name the forged leaf carries when there is no upstream certificate:
@@ -339,7 +330,7 @@ session_tls_start_upstream(struct session *s)
 	size_t left;
 
 	if (s->ctx->tls != NULL)
-		ssl = tls_client_ssl_new(s->ctx->tls, session_tls_is_addr(sni) ? NULL : sni, sni, err, sizeof(err));
+		ssl = tls_client_ssl_new(s->ctx->tls, sni, sni, err, sizeof(err)); /* no SNI for an address */
 	else
 		snprintf(err, sizeof(err), "TLS is not set up");
 	/* Bytes after the 220 are not the server's TLS: never read as such
@@ -372,8 +363,6 @@ session_tls_upstream_ready(struct session *s)
 		/* The client's STARTTLS: now it gets the upstream's 220. */
 		leg_write_from(&s->client, s->held_greeting, (size_t)-1);
 		s->ctls = CTLS_AFTER_FLUSH;
-		/* RFC 3207: both sides forget what was said before. */
-		session_env_reset(s);
 	}
 	if (s->ctls == CTLS_WAIT_UPSTREAM)
 		session_tls_start_client(s);
@@ -410,6 +399,15 @@ session_tls_leg_done(struct session *s, struct leg *leg)
 	}
 	session_tls_record(s, leg, true);
 	s->ctls = CTLS_ON;
+	/* RFC 3207 4.2: what was said before TLS is forgotten; the client
+	 * starts again with EHLO. */
+	session_env_reset(s);
+	if (s->sink_mode) {
+		unsigned nmsg = s->sink.nmsg; /* queue ids stay unique */
+
+		sink_init(&s->sink, s->id);
+		s->sink.nmsg = nmsg;
+	}
 	if (s->state == ST_TLS)
 		session_enter_state(s, ST_CMD);
 	session_client_process(s);
@@ -489,6 +487,12 @@ session_tls_ehlo_rewrite(struct session *s, struct evbuffer *reply, struct evbuf
 	if (buf == NULL)
 		return false;
 	r = smtp_ehlo_edit(raw, len, "STARTTLS", false, buf, len + 16, &outlen, &had);
+	if (r < 0) {
+		/* Over 1024 lines: passed on as is, noted. */
+		session_note(s, STORE_KIND_ACTION, "EHLO reply of over 1024 lines passed on without the STARTTLS check");
+		free(buf);
+		return false;
+	}
 	if (!s->sink_mode && !s->upstream.tls)
 		s->upstream_offers_starttls = had;
 	if (s->ctls != CTLS_NONE || s->ctx->tls == NULL)

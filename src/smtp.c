@@ -502,6 +502,14 @@ smtp_ehlo_edit(const char *in, size_t len, const char *kw, bool want, char *out,
 			memcpy(out + o, lines[i], 3);
 			out[o + 3] = last ? ' ' : '-';
 			memcpy(out + o + 4, lines[i] + 4, n - 4);
+		} else if (want && i == 0 && smtp_parse_reply_line(lines[0], n, &rl) == 0 &&
+			   rl.text.p == lines[0] + 3) {
+			/* A bare code ("250\r\n") ends a reply: it needs the
+			 * '-' before a line can follow (one byte more, once). */
+			memcpy(out + o, lines[0], 3);
+			out[o + 3] = '-';
+			memcpy(out + o + 4, lines[0] + 3, n - 3);
+			o++;
 		} else {
 			memcpy(out + o, lines[i], n);
 		}

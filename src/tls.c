@@ -1,9 +1,10 @@
 /*
  * tls.c - see tls.h.
  *
- * Three things live here: the local CA on disk (created once, the key
- * never readable by others), the two SSL_CTXs a process needs (one to
- * accept clients, one to connect upstream), and the forged-leaf cache.
+ * Two things live here: the two SSL_CTXs a process needs (one to accept
+ * clients, one to connect upstream) with the SSLs made from them, and the
+ * forged leaves with their cache.  The local CA they are signed by is
+ * ca.c's (loaded once by tls_new).
  *
  * Forging follows SSLsplit's ssl_x509_forge in spirit: the leaf copies the
  * names a client checks (subject and subjectAltNames) from the upstream's
@@ -28,17 +29,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/file.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
-#include <openssl/bn.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
-#include <openssl/pem.h>
-#include <openssl/rand.h>
 #include <openssl/x509v3.h>
 
+#include "smtptap/ca.h"
 #include "smtptap/json.h"
 
 /* Forged leaves kept; a leaf is a few hundred bytes of DER plus
@@ -48,12 +45,12 @@
 
 /* Validity: a leaf is good from a day ago (clients with a slow clock)
  * to just under a year ahead (browsers' and mail clients' upper bound
- * for leaves is 398 days); the CA for ten years. */
+ * for leaves is 398 days). */
 #define TLS_LEAF_BACKDATE_DAYS 1
 #define TLS_LEAF_DAYS 364
-#define TLS_CA_DAYS 3650
 
 #define TLS_NAME_MAX 256 /* a DNS name is at most 253 characters */
+#define TLS_RESUME_MAX 16 /* upstream names whose last session is kept */
 #define TLS_CN_MAX 64	 /* X.520 ub-common-name */
 
 /* One cached leaf, in a hash bucket chain and in the LRU list. */
@@ -81,6 +78,16 @@ struct tls {
 	FILE *keylog;
 	struct tls_cache cache;
 	struct tls_stats stats;
+	/* The last session per upstream name, offered for resumption: a
+	 * proxy that opens a connection per message (the PHP pattern) then
+	 * costs the upstream an abbreviated handshake, as haproxy's
+	 * per-server session reuse does. */
+	struct tls_resume {
+		char name[TLS_NAME_MAX];
+		SSL_SESSION *sess;
+		uint64_t used;
+	} resume[TLS_RESUME_MAX];
+	uint64_t resume_clock;
 };
 
 /*
@@ -99,6 +106,8 @@ static int tls_ex_index = -1;
 static void tls_ex_init(void);
 static void tls_ex_free_cb(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl, void *argp);
 static void tls_keylog_cb(const SSL *ssl, const char *line);
+static int tls_resume_new_cb(SSL *ssl, SSL_SESSION *sess);
+static struct tls_resume *tls_resume_find(struct tls *t, const char *name);
 static int tls_servername_cb(SSL *ssl, int *alert, void *arg);
 static int tls_open_keylog(struct tls *t, const char *path, char *err, size_t errsz);
 static int tls_setup_server(struct tls *t, const struct tls_config *cfg, char *err, size_t errsz);
@@ -107,12 +116,6 @@ static void tls_err(char *err, size_t errsz, const char *fmt, ...) __attribute__
 static bool tls_is_ip(const char *s, char *out, size_t outsz);
 static int tls_check_readable(const char *flag, const char *path, char *err, size_t errsz);
 static bool tls_is_hostname(const char *s);
-static int tls_mkdir_p(const char *dir, char *err, size_t errsz);
-static int tls_write_pem(const char *path, mode_t mode, EVP_PKEY *key, X509 *cert, char *err, size_t errsz);
-static int tls_ca_load(const char *dir, X509 **cert, EVP_PKEY **key, char *err, size_t errsz);
-static X509 *tls_ca_make(EVP_PKEY *key, char *err, size_t errsz);
-static int tls_set_serial(X509 *x);
-static int tls_add_ext(X509 *issuer, X509 *subject, int nid, const char *value);
 static int tls_san_add(GENERAL_NAMES *gens, const char *name);
 static X509 *tls_forge(struct tls *t, X509 *upstream, const char *name, const char *sni);
 static X509 *tls_leaf_get(struct tls *t, X509 *upstream, const char *name, const char *sni);
@@ -123,7 +126,6 @@ static struct tls_leaf *tls_cache_find(struct tls_cache *c, const unsigned char 
 static void tls_cache_put(struct tls_cache *c, const unsigned char key[32], X509 *cert);
 static void tls_cache_unlink(struct tls_cache *c, struct tls_leaf *l);
 static void tls_cache_clear(struct tls_cache *c);
-static void tls_fingerprint(X509 *x, char *out, size_t outsz);
 static void tls_name_text(const X509_NAME *name, char *out, size_t outsz);
 
 /* ------------------------------------------------------------------------
@@ -203,26 +205,6 @@ tls_check_readable(const char *flag, const char *path, char *err, size_t errsz)
 	fclose(f);
 	return 0;
 }
-
-/* "AB:CD:..." for the SHA-256 of x's DER form (out >= 96 bytes). */
-static void
-tls_fingerprint(X509 *x, char *out, size_t outsz)
-{
-	unsigned char md[EVP_MAX_MD_SIZE];
-	unsigned int len = 0, i;
-	size_t off = 0;
-
-	if (outsz == 0)
-		return;
-	out[0] = '\0';
-	if (x == NULL || X509_digest(x, EVP_sha256(), md, &len) != 1)
-		return;
-	for (i = 0; i < len && off + 3 <= outsz; i++) {
-		snprintf(out + off, outsz - off, "%s%02X", i == 0 ? "" : ":", md[i]);
-		off += i == 0 ? 2 : 3;
-	}
-}
-
 /* The RFC 2253 one-line form, UTF-8 kept as is (the JSON writer and the
  * terminal escaping deal with hostile bytes). */
 static void
@@ -356,6 +338,8 @@ tls_free(struct tls *t)
 	if (t == NULL)
 		return;
 	tls_cache_clear(&t->cache);
+	for (size_t i = 0; i < TLS_RESUME_MAX; i++)
+		SSL_SESSION_free(t->resume[i].sess);
 	SSL_CTX_free(t->srv);
 	SSL_CTX_free(t->cli);
 	X509_free(t->ca_cert);
@@ -427,12 +411,12 @@ tls_setup_server(struct tls *t, const struct tls_config *cfg, char *err, size_t 
 		return 0;
 	}
 
-	dir = cfg->ca_dir != NULL ? cfg->ca_dir : tls_default_ca_dir();
+	dir = cfg->ca_dir != NULL ? cfg->ca_dir : ca_default_dir();
 	if (dir == NULL) {
 		tls_err(err, errsz, "no --ca-dir given and neither XDG_DATA_HOME nor HOME is set");
 		return -1;
 	}
-	if (tls_ca_init(dir, err, errsz) < 0 || tls_ca_load(dir, &t->ca_cert, &t->ca_key, err, errsz) < 0)
+	if (ca_init(dir, err, errsz) < 0 || ca_load(dir, &t->ca_cert, &t->ca_key, err, errsz) < 0)
 		return -1;
 	if ((t->leaf_key = EVP_EC_gen("P-256")) == NULL) {
 		tls_err(err, errsz, "OpenSSL: cannot make the leaf key: %s", tls_error_text(ebuf, sizeof(ebuf)));
@@ -457,6 +441,8 @@ tls_setup_client(struct tls *t, const struct tls_config *cfg, char *err, size_t 
 	SSL_CTX_set_app_data(t->cli, t);
 	if (t->keylog != NULL)
 		SSL_CTX_set_keylog_callback(t->cli, tls_keylog_cb);
+	SSL_CTX_set_session_cache_mode(t->cli, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+	SSL_CTX_sess_set_new_cb(t->cli, tls_resume_new_cb);
 	/* Never fail the handshake on verification: the session reads the
 	 * result and decides (--upstream-verify), with the reason recorded. */
 	SSL_CTX_set_verify(t->cli, SSL_VERIFY_NONE, NULL);
@@ -538,6 +524,19 @@ tls_client_ssl_new(struct tls *t, const char *sni, const char *verify_name, char
 	}
 	if ((ssl = SSL_new(t->cli)) == NULL)
 		goto fail;
+	if (verify_name != NULL && verify_name[0] != '\0') {
+		struct tls_ssl_state *st = calloc(1, sizeof(*st));
+		struct tls_resume *r;
+
+		if (st == NULL || SSL_set_ex_data(ssl, tls_ex_index, st) != 1) {
+			free(st);
+			goto fail;
+		}
+		snprintf(st->name, sizeof(st->name), "%s", verify_name);
+		r = tls_resume_find(t, verify_name);
+		if (r != NULL && r->sess != NULL && SSL_SESSION_is_resumable(r->sess))
+			SSL_set_session(ssl, r->sess);
+	}
 	/* RFC 6066: SNI carries host names only, never an address. */
 	if (sni != NULL && sni[0] != '\0' && !tls_is_ip(sni, NULL, 0) &&
 	    SSL_set_tlsext_host_name(ssl, sni) != 1)
@@ -558,6 +557,44 @@ fail:
 	tls_err(err, errsz, "cannot set up TLS for the upstream: %s", tls_error_text(ebuf, sizeof(ebuf)));
 	SSL_free(ssl);
 	return NULL;
+}
+
+/* The slot for `name`, or the least recently used one to reuse. */
+static struct tls_resume *
+tls_resume_find(struct tls *t, const char *name)
+{
+	struct tls_resume *lru = &t->resume[0];
+	size_t i;
+
+	for (i = 0; i < TLS_RESUME_MAX; i++) {
+		struct tls_resume *r = &t->resume[i];
+
+		if (r->sess != NULL && strcmp(r->name, name) == 0) {
+			r->used = ++t->resume_clock;
+			return r;
+		}
+		if (r->used < lru->used)
+			lru = r;
+	}
+	return lru;
+}
+
+/* A session (TLS 1.3: a ticket after the handshake) worth resuming. */
+static int
+tls_resume_new_cb(SSL *ssl, SSL_SESSION *sess)
+{
+	struct tls *t = SSL_CTX_get_app_data(SSL_get_SSL_CTX(ssl));
+	struct tls_ssl_state *st = SSL_get_ex_data(ssl, tls_ex_index);
+	struct tls_resume *r;
+
+	if (t == NULL || st == NULL || st->name[0] == '\0')
+		return 0;
+	r = tls_resume_find(t, st->name);
+	SSL_SESSION_free(r->sess);
+	r->sess = sess;
+	snprintf(r->name, sizeof(r->name), "%s", st->name);
+	r->used = ++t->resume_clock;
+	return 1; /* the reference is ours now */
 }
 
 int
@@ -612,12 +649,13 @@ tls_info_get(SSL *ssl, bool server_side, struct tls_info *info)
 	if (x != NULL) {
 		tls_name_text(X509_get_subject_name(x), info->cert_subject, sizeof(info->cert_subject));
 		tls_name_text(X509_get_issuer_name(x), info->cert_issuer, sizeof(info->cert_issuer));
-		tls_fingerprint(x, info->cert_sha256, sizeof(info->cert_sha256));
+		ca_cert_fingerprint(x, info->cert_sha256, sizeof(info->cert_sha256));
 	} else {
 		info->cert_subject[0] = info->cert_issuer[0] = info->cert_sha256[0] = '\0';
 	}
 	info->verify_error[0] = '\0';
 	info->forged = false;
+	info->resumed = SSL_session_reused(ssl) == 1;
 	if (server_side) {
 		info->verified = -1;
 		st = SSL_get_ex_data(ssl, tls_ex_index);
@@ -662,6 +700,7 @@ tls_info_json(const struct tls_info *info)
 		json_kv_bool(&j, "verified", info->verified == 1);
 	tls_kv_text(&j, "verify_error", info->verify_error);
 	json_kv_bool(&j, "forged", info->forged);
+	json_kv_bool(&j, "resumed", info->resumed);
 	json_kv_int(&j, "handshake_us", info->handshake_us);
 	json_object_end(&j);
 	r = json_finish(&j);
@@ -904,44 +943,6 @@ tls_cache_clear(struct tls_cache *c)
 	c->head = c->tail = NULL;
 	c->n = 0;
 }
-
-/* A random positive 128-bit serial (RFC 5280: unique per issuer, at most
- * 20 octets; randomness also keeps a re-created CA's serials apart). */
-static int
-tls_set_serial(X509 *x)
-{
-	BIGNUM *bn;
-	int ok = 0;
-
-	if ((bn = BN_new()) == NULL)
-		return 0;
-	do {
-		if (BN_rand(bn, 128, BN_RAND_TOP_ANY, BN_RAND_BOTTOM_ANY) != 1)
-			goto out;
-	} while (BN_is_zero(bn));
-	ok = BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(x)) != NULL;
-out:
-	BN_free(bn);
-	return ok;
-}
-
-/* One extension from its OpenSSL config-string form ("critical,CA:FALSE"). */
-static int
-tls_add_ext(X509 *issuer, X509 *subject, int nid, const char *value)
-{
-	X509V3_CTX ctx;
-	X509_EXTENSION *ext;
-	int ok;
-
-	X509V3_set_ctx(&ctx, issuer, subject, NULL, NULL, 0);
-	if ((ext = X509V3_EXT_nconf_nid(NULL, &ctx, nid, value)) == NULL)
-		return 0;
-	ok = X509_add_ext(subject, ext, -1) == 1;
-	X509_EXTENSION_free(ext);
-	return ok;
-}
-
-/* Append name as an IP or DNS subjectAltName. */
 static int
 tls_san_add(GENERAL_NAMES *gens, const char *name)
 {
@@ -995,7 +996,7 @@ tls_forge(struct tls *t, X509 *upstream, const char *name, const char *sni)
 
 	if ((x = X509_new()) == NULL)
 		return NULL;
-	if (X509_set_version(x, X509_VERSION_3) != 1 || !tls_set_serial(x))
+	if (X509_set_version(x, X509_VERSION_3) != 1 || !ca_cert_set_serial(x))
 		goto fail;
 	if (X509_gmtime_adj(X509_getm_notBefore(x), -(long)TLS_LEAF_BACKDATE_DAYS * 86400) == NULL ||
 	    X509_time_adj_ex(X509_getm_notAfter(x), TLS_LEAF_DAYS, 0, NULL) == NULL)
@@ -1049,11 +1050,11 @@ tls_forge(struct tls *t, X509 *upstream, const char *name, const char *sni)
 	if (sk_GENERAL_NAME_num(gens) > 0 && X509_add1_ext_i2d(x, NID_subject_alt_name, gens, 0, 0) != 1)
 		goto fail;
 
-	if (!tls_add_ext(t->ca_cert, x, NID_basic_constraints, "critical,CA:FALSE") ||
-	    !tls_add_ext(t->ca_cert, x, NID_key_usage, "critical,digitalSignature") ||
-	    !tls_add_ext(t->ca_cert, x, NID_ext_key_usage, "serverAuth") ||
-	    !tls_add_ext(t->ca_cert, x, NID_subject_key_identifier, "hash") ||
-	    !tls_add_ext(t->ca_cert, x, NID_authority_key_identifier, "keyid:always"))
+	if (!ca_cert_add_ext(t->ca_cert, x, NID_basic_constraints, "critical,CA:FALSE") ||
+	    !ca_cert_add_ext(t->ca_cert, x, NID_key_usage, "critical,digitalSignature") ||
+	    !ca_cert_add_ext(t->ca_cert, x, NID_ext_key_usage, "serverAuth") ||
+	    !ca_cert_add_ext(t->ca_cert, x, NID_subject_key_identifier, "hash") ||
+	    !ca_cert_add_ext(t->ca_cert, x, NID_authority_key_identifier, "keyid:always"))
 		goto fail;
 	if (X509_sign(x, t->ca_key, EVP_sha256()) <= 0)
 		goto fail;
@@ -1065,306 +1066,4 @@ fail:
 	X509_NAME_free(subj);
 	X509_free(x);
 	return NULL;
-}
-
-/* ------------------------------------------------------------------------
- * The local CA on disk.
- */
-
-const char *
-tls_default_ca_dir(void)
-{
-	static char dir[PATH_MAX];
-	const char *base;
-	int n;
-
-	/* XDG: a relative XDG_DATA_HOME is invalid and must be ignored. */
-	base = getenv("XDG_DATA_HOME");
-	if (base != NULL && base[0] == '/')
-		n = snprintf(dir, sizeof(dir), "%s/smtptap/ca", base);
-	else if ((base = getenv("HOME")) != NULL && base[0] != '\0')
-		n = snprintf(dir, sizeof(dir), "%s/.local/share/smtptap/ca", base);
-	else
-		return NULL;
-	if (n < 0 || (size_t)n >= sizeof(dir))
-		return NULL;
-	return dir;
-}
-
-void
-tls_ca_paths(const char *dir, char *cert, size_t certsz, char *key, size_t keysz)
-{
-	if (certsz > 0)
-		snprintf(cert, certsz, "%s/ca.pem", dir);
-	if (keysz > 0)
-		snprintf(key, keysz, "%s/ca.key", dir);
-}
-
-/* mkdir -p: every missing component made 0700 (the CA key's directory
- * is nobody else's business); existing ones are left as they are. */
-static int
-tls_mkdir_p(const char *dir, char *err, size_t errsz)
-{
-	char path[PATH_MAX];
-	struct stat sb;
-	size_t len, i;
-
-	len = strlen(dir);
-	if (len == 0 || len >= sizeof(path)) {
-		tls_err(err, errsz, "--ca-dir '%s': bad path", dir);
-		return -1;
-	}
-	memcpy(path, dir, len + 1);
-	for (i = 1; i <= len; i++) {
-		if (path[i] != '/' && path[i] != '\0')
-			continue;
-		path[i] = '\0';
-		if (mkdir(path, 0700) < 0 && errno != EEXIST) {
-			tls_err(err, errsz, "creating %s: %s", path, strerror(errno));
-			return -1;
-		}
-		path[i] = i == len ? '\0' : '/';
-	}
-	if (stat(dir, &sb) < 0 || !S_ISDIR(sb.st_mode)) {
-		tls_err(err, errsz, "%s: not a directory", dir);
-		return -1;
-	}
-	return 0;
-}
-
-/* Write key or cert as PEM to a new file (O_EXCL: never over another).
- * On failure the file is removed. */
-static int
-tls_write_pem(const char *path, mode_t mode, EVP_PKEY *key, X509 *cert, char *err, size_t errsz)
-{
-	FILE *f;
-	int fd, ok;
-	char ebuf[256];
-
-	fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode);
-	if (fd < 0) {
-		tls_err(err, errsz, "creating %s: %s", path, strerror(errno));
-		return -1;
-	}
-	if ((f = fdopen(fd, "w")) == NULL) {
-		tls_err(err, errsz, "creating %s: %s", path, strerror(errno));
-		close(fd);
-		unlink(path);
-		return -1;
-	}
-	if (key != NULL)
-		ok = PEM_write_PrivateKey(f, key, NULL, NULL, 0, NULL, NULL) == 1;
-	else
-		ok = PEM_write_X509(f, cert) == 1;
-	if (!ok) {
-		tls_err(err, errsz, "writing %s: %s", path, tls_error_text(ebuf, sizeof(ebuf)));
-		fclose(f);
-		unlink(path);
-		return -1;
-	}
-	if (fflush(f) != 0 || fsync(fd) != 0) {
-		tls_err(err, errsz, "writing %s: %s", path, strerror(errno));
-		fclose(f);
-		unlink(path);
-		return -1;
-	}
-	if (fclose(f) != 0) {
-		tls_err(err, errsz, "writing %s: %s", path, strerror(errno));
-		unlink(path);
-		return -1;
-	}
-	return 0;
-}
-
-/* Load and cross-check the CA in dir; *cert and *key are new references. */
-static int
-tls_ca_load(const char *dir, X509 **cert, EVP_PKEY **key, char *err, size_t errsz)
-{
-	char cpath[PATH_MAX], kpath[PATH_MAX], ebuf[256];
-	FILE *f;
-
-	*cert = NULL;
-	*key = NULL;
-	tls_ca_paths(dir, cpath, sizeof(cpath), kpath, sizeof(kpath));
-	if ((f = fopen(cpath, "r")) == NULL) {
-		tls_err(err, errsz, "%s: %s", cpath, strerror(errno));
-		return -1;
-	}
-	*cert = PEM_read_X509(f, NULL, NULL, NULL);
-	fclose(f);
-	if (*cert == NULL) {
-		tls_err(err, errsz, "%s: not a PEM certificate: %s", cpath, tls_error_text(ebuf, sizeof(ebuf)));
-		return -1;
-	}
-	if ((f = fopen(kpath, "r")) == NULL) {
-		tls_err(err, errsz, "%s: %s", kpath, strerror(errno));
-		goto fail;
-	}
-	*key = PEM_read_PrivateKey(f, NULL, NULL, NULL);
-	fclose(f);
-	if (*key == NULL) {
-		tls_err(err, errsz, "%s: not a PEM private key (an encrypted key is not supported): %s", kpath,
-			tls_error_text(ebuf, sizeof(ebuf)));
-		goto fail;
-	}
-	if (X509_check_private_key(*cert, *key) != 1) {
-		ERR_clear_error();
-		tls_err(err, errsz, "%s does not match the certificate %s", kpath, cpath);
-		goto fail;
-	}
-	return 0;
-fail:
-	X509_free(*cert);
-	EVP_PKEY_free(*key);
-	*cert = NULL;
-	*key = NULL;
-	return -1;
-}
-
-/* The self-signed CA certificate for key. */
-static X509 *
-tls_ca_make(EVP_PKEY *key, char *err, size_t errsz)
-{
-	X509 *x;
-	X509_NAME *name;
-	char host[64], cn[TLS_CN_MAX + 1], ebuf[256];
-
-	if (gethostname(host, sizeof(host)) != 0)
-		snprintf(host, sizeof(host), "localhost");
-	host[sizeof(host) - 1] = '\0';
-	/* Fit the 64 characters X.520 allows a CN: the host name is cut. */
-	snprintf(cn, sizeof(cn), "smtptap local CA (%.*s)", TLS_CN_MAX - 19, host);
-
-	if ((x = X509_new()) == NULL)
-		goto fail;
-	if (X509_set_version(x, X509_VERSION_3) != 1 || !tls_set_serial(x))
-		goto fail;
-	if (X509_gmtime_adj(X509_getm_notBefore(x), -86400) == NULL ||
-	    X509_time_adj_ex(X509_getm_notAfter(x), TLS_CA_DAYS, 0, NULL) == NULL)
-		goto fail;
-	name = X509_get_subject_name(x);
-	if (X509_NAME_add_entry_by_NID(name, NID_organizationName, MBSTRING_UTF8, (const unsigned char *)"smtptap",
-				       -1, -1, 0) != 1 ||
-	    X509_NAME_add_entry_by_NID(name, NID_commonName, MBSTRING_UTF8, (const unsigned char *)cn, -1, -1,
-				       0) != 1)
-		goto fail;
-	if (X509_set_issuer_name(x, name) != 1 || X509_set_pubkey(x, key) != 1)
-		goto fail;
-	if (!tls_add_ext(x, x, NID_basic_constraints, "critical,CA:TRUE") ||
-	    !tls_add_ext(x, x, NID_key_usage, "critical,keyCertSign,cRLSign") ||
-	    !tls_add_ext(x, x, NID_subject_key_identifier, "hash"))
-		goto fail;
-	if (X509_sign(x, key, EVP_sha256()) <= 0)
-		goto fail;
-	return x;
-fail:
-	tls_err(err, errsz, "making the CA certificate: %s", tls_error_text(ebuf, sizeof(ebuf)));
-	X509_free(x);
-	return NULL;
-}
-
-/*
- * Serialised by a lock on the directory, so two smtptap processes started
- * at once (a proxy and `ca init`) never both create a CA or see one half
- * written.  Each file is written under a temporary name and renamed into
- * place, key first: a crash leaves at most a stray *.new file, or (between
- * the two renames) a key without certificate, which is then reported.
- */
-int
-tls_ca_init(const char *dir, char *err, size_t errsz)
-{
-	char cpath[PATH_MAX], kpath[PATH_MAX], ctmp[PATH_MAX + 8], ktmp[PATH_MAX + 8], ebuf[256];
-	bool have_cert, have_key;
-	EVP_PKEY *key = NULL;
-	X509 *cert = NULL;
-	struct stat sb;
-	int dfd, rc = -1;
-
-	if (tls_mkdir_p(dir, err, errsz) < 0)
-		return -1;
-	if ((dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0) {
-		tls_err(err, errsz, "%s: %s", dir, strerror(errno));
-		return -1;
-	}
-	while (flock(dfd, LOCK_EX) < 0) {
-		if (errno != EINTR) {
-			tls_err(err, errsz, "locking %s: %s", dir, strerror(errno));
-			close(dfd);
-			return -1;
-		}
-	}
-	tls_ca_paths(dir, cpath, sizeof(cpath), kpath, sizeof(kpath));
-	snprintf(ctmp, sizeof(ctmp), "%s.new", cpath);
-	snprintf(ktmp, sizeof(ktmp), "%s.new", kpath);
-	have_cert = lstat(cpath, &sb) == 0;
-	have_key = lstat(kpath, &sb) == 0;
-	if (have_cert && have_key) {
-		if (tls_ca_load(dir, &cert, &key, err, errsz) == 0)
-			rc = 0;
-		goto out;
-	}
-	/* Half a CA is someone's (or a crash's) work: never paper over it. */
-	if (have_cert != have_key) {
-		tls_err(err, errsz, "%s exists but %s does not: remove %s (or restore %s) to make a new CA",
-			have_cert ? cpath : kpath, have_cert ? kpath : cpath, have_cert ? cpath : kpath,
-			have_cert ? kpath : cpath);
-		goto out;
-	}
-	if ((key = EVP_EC_gen("P-256")) == NULL) {
-		tls_err(err, errsz, "making the CA key: %s", tls_error_text(ebuf, sizeof(ebuf)));
-		goto out;
-	}
-	if ((cert = tls_ca_make(key, err, errsz)) == NULL)
-		goto out;
-	/* Left over by a crash of an earlier attempt (we hold the lock). */
-	unlink(ktmp);
-	unlink(ctmp);
-	if (tls_write_pem(ktmp, 0600, key, NULL, err, errsz) < 0)
-		goto out;
-	if (tls_write_pem(ctmp, 0644, NULL, cert, err, errsz) < 0) {
-		unlink(ktmp);
-		goto out;
-	}
-	if (rename(ktmp, kpath) < 0) {
-		tls_err(err, errsz, "creating %s: %s", kpath, strerror(errno));
-		unlink(ktmp);
-		unlink(ctmp);
-		goto out;
-	}
-	if (rename(ctmp, cpath) < 0) {
-		tls_err(err, errsz, "creating %s: %s", cpath, strerror(errno));
-		unlink(kpath);
-		unlink(ctmp);
-		goto out;
-	}
-	fsync(dfd);
-	rc = 1;
-out:
-	X509_free(cert);
-	EVP_PKEY_free(key);
-	close(dfd); /* releases the lock */
-	return rc;
-}
-
-int
-tls_ca_fingerprint(const char *dir, char *out, size_t outsz, char *err, size_t errsz)
-{
-	char cpath[PATH_MAX], kpath[PATH_MAX], ebuf[256];
-	X509 *x;
-	FILE *f;
-
-	tls_ca_paths(dir, cpath, sizeof(cpath), kpath, sizeof(kpath));
-	if ((f = fopen(cpath, "r")) == NULL) {
-		tls_err(err, errsz, "%s: %s", cpath, strerror(errno));
-		return -1;
-	}
-	x = PEM_read_X509(f, NULL, NULL, NULL);
-	fclose(f);
-	if (x == NULL) {
-		tls_err(err, errsz, "%s: not a PEM certificate: %s", cpath, tls_error_text(ebuf, sizeof(ebuf)));
-		return -1;
-	}
-	tls_fingerprint(x, out, outsz);
-	X509_free(x);
-	return 0;
 }

@@ -19,9 +19,9 @@
 #define CLI_DEFAULT_DB "./smtptap.db"
 
 int cli_proxy(int argc, char **argv);	 /* cli_proxy.c */
-int cli_sessions(int argc, char **argv); /* cli_read.c */
-int cli_show(int argc, char **argv);	 /* cli_read.c */
-int cli_export(int argc, char **argv);	 /* cli_read.c */
+int cli_sessions(int argc, char **argv); /* cli_sessions.c */
+int cli_show(int argc, char **argv);	 /* cli_show.c */
+int cli_export(int argc, char **argv);	 /* cli_export.c */
 int cli_ca(int argc, char **argv);	 /* cli_ca.c */
 
 #endif

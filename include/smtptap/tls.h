@@ -1,7 +1,8 @@
 /*
- * tls.h - TLS for both legs of a session: the local CA, certificates forged
- * to mirror the upstream's (and their cache), upstream verification, the
- * NSS key log, and the facts of a finished handshake for the record.
+ * tls.h - TLS for both legs of a session: certificates forged under the
+ * local CA (ca.h) to mirror the upstream's (and their cache), upstream
+ * verification, the NSS key log, and the facts of a finished handshake
+ * for the record.
  *
  * No sockets and no libevent here: a leg (leg.c) asks for an SSL object,
  * runs the handshake over its bufferevent, and hands the SSL back to be
@@ -9,9 +10,9 @@
  * event loop thread only (no locks).
  *
  * Certificates: clients are served a leaf forged on the fly and signed
- * (SHA-256) by a local CA kept in --ca-dir (created on first use, key mode
- * 0600).  Every forged leaf shares one key generated at start, so a
- * connection costs a handshake, never a key generation; leaves are cached
+ * (SHA-256) by a local CA kept in --ca-dir (ca.h: created on first use,
+ * key mode 0600).  Every forged leaf shares one key generated at start, so
+ * a connection costs a handshake, never a key generation; leaves are cached
  * by the upstream certificate's SHA-256 fingerprint plus the name the
  * client asked for (SNI), or by name alone when there is no upstream
  * certificate (sink mode, plaintext upstream).  --cert/--key serve a given
@@ -28,7 +29,7 @@
 #include <openssl/x509.h>
 
 struct tls_config {
-	const char *ca_dir;	 /* NULL: tls_default_ca_dir() */
+	const char *ca_dir;	 /* NULL: ca_default_dir() (ca.h) */
 	const char *cert_file;	 /* with key_file: serve this instead of forging */
 	const char *key_file;
 	bool upstream_verify;	 /* check the upstream's chain and name (default on) */
@@ -91,6 +92,7 @@ struct tls_info {
 	int verified;		/* upstream leg: 1 or 0; client leg: -1 (not applicable) */
 	char verify_error[256]; /* why not verified, "" otherwise */
 	bool forged;		/* client leg: the certificate was forged by smtptap */
+	bool resumed;		/* an abbreviated handshake resumed an earlier session */
 	int64_t handshake_us;	/* handshake duration (set by the caller) */
 };
 
@@ -126,24 +128,5 @@ void tls_stats_count_handshake(struct tls *t, bool server_side);
 /* Bound the forged-leaf cache (default and ceiling 1024 leaves; at least
  * 1), evicting the least recently used at once.  For tests and tuning. */
 void tls_cache_set_max(struct tls *t, size_t max);
-
-/* ---- the local CA (smtptap ca init|show) ---- */
-
-/* $XDG_DATA_HOME/smtptap/ca, else $HOME/.local/share/smtptap/ca; NULL
- * when neither variable is set.  Static storage. */
-const char *tls_default_ca_dir(void);
-
-/* Paths of the CA certificate and key in dir ("ca.pem", "ca.key"). */
-void tls_ca_paths(const char *dir, char *cert, size_t certsz, char *key, size_t keysz);
-
-/*
- * Create the CA in dir (the directory 0700, the key 0600) unless it exists.
- * Returns 1 created, 0 already there (and loadable), -1 with err.
- */
-int tls_ca_init(const char *dir, char *err, size_t errsz);
-
-/* SHA-256 fingerprint of the CA certificate in dir as hex pairs with ':'
- * (out at least 96 bytes).  Returns 0 or -1 with err. */
-int tls_ca_fingerprint(const char *dir, char *out, size_t outsz, char *err, size_t errsz);
 
 #endif

@@ -648,21 +648,20 @@ def smtp_sink(smtp_sink_factory):
 
 
 # --------------------------------------------------------------------------
-# upstream: a scripted raw SMTP server (exact bytes, CHUNKING, faults)
+# upstream: a small raw SMTP server (exact bytes, CHUNKING); scripted.py for faults
 
 
 class MiniSMTP:
     """A small threaded ESMTP server that records every byte it receives.
 
-    caps: EHLO keywords to advertise.  fault: None, or "close-in-data" (after
-    the 354, read some bytes then close the connection).  Implements DATA
-    (with unstuffing) and BDAT; messages are appended to self.messages as
-    dicts {mail, rcpts, content, transport}."""
+    caps: EHLO keywords to advertise.  Implements DATA (with unstuffing) and
+    BDAT; messages are appended to self.messages as dicts {mail, rcpts,
+    content, transport}.  A peer that misbehaves on purpose is a scripted
+    one (scripted.py, the `scripted` fixture)."""
 
     def __init__(self, caps=("PIPELINING", "8BITMIME", "CHUNKING", "STARTTLS", "ENHANCEDSTATUSCODES"),
-                 fault=None, greeting=b"220 mini.test ESMTP ready\r\n", host="127.0.0.1"):
+                 greeting=b"220 mini.test ESMTP ready\r\n", host="127.0.0.1"):
         self.caps = list(caps)
-        self.fault = fault
         self.greeting = greeting
         self.messages = []
         self.conns = []  # raw bytes received, per connection
@@ -741,10 +740,6 @@ class MiniSMTP:
                     c.sendall(b"250 2.1.5 recipient ok\r\n")
                 elif verb == b"DATA":
                     c.sendall(b"354 go ahead\r\n")
-                    if self.fault == "close-in-data":
-                        take(10)
-                        c.close()
-                        return
                     data = b""
                     while True:
                         dl = line()

@@ -35,6 +35,8 @@ static const char *dup_exact(const char *, size_t);
 static int cmd(const char *, struct smtp_cmd *);
 static int reply(const char *, struct smtp_reply_line *);
 static int ehlo_kw(const char *, struct smtp_ehlo_kw *);
+static int ehlo_edit(const char *, const char *, bool, size_t, char *, bool *);
+static char *ehlo_lines(size_t);
 static void check_str(struct smtp_str, const char *, const char *, int);
 static void ref_scan(const char *, size_t, char *, struct ref_result *);
 static size_t scan_chunks(const char *, size_t, const size_t *, size_t, char *, struct smtp_data *);
@@ -1030,6 +1032,268 @@ test_ehlo_keyword_empty(void **state)
 	assert_int_equal(smtp_parse_ehlo_keyword(NULL, 0, &k), -1);
 }
 
+/* ------------------------------------------------------------------------
+ * EHLO capability editing (smtp_ehlo_edit).
+ */
+
+/*
+ * smtp_ehlo_edit on an exact-size heap copy of `in` with an out buffer of
+ * exactly `outsz` bytes (0: the documented bound, len + strlen(kw) + 8),
+ * so ASan sees a read or write past either.  The output, NUL-terminated,
+ * goes to got (at least 8192 bytes) when the result is 1.
+ */
+static int
+ehlo_edit(const char *in, const char *kw, bool want, size_t outsz, char *got, bool *had)
+{
+	size_t len = strlen(in), outlen = 0;
+	char *out;
+	int r;
+
+	if (outsz == 0)
+		outsz = len + strlen(kw) + 8;
+	out = malloc(outsz);
+	assert_non_null(out);
+	*had = !want; /* must be overwritten */
+	got[0] = '\0';
+	r = smtp_ehlo_edit(dup_exact(in, len), len, kw, want, out, outsz, &outlen, had);
+	if (r == 1) {
+		assert_true(outlen <= outsz);
+		assert_true(outlen < 8192);
+		memcpy(got, out, outlen);
+		got[outlen] = '\0';
+	}
+	free(out);
+	return r;
+}
+
+static void
+test_ehlo_edit_remove_middle(void **state)
+{
+	char got[8192];
+	bool had;
+
+	(void)state;
+	assert_int_equal(ehlo_edit("250-mx.example.org Hello [127.0.0.1]\r\n250-SIZE 10240000\r\n"
+				   "250-STARTTLS\r\n250-PIPELINING\r\n250 8BITMIME\r\n",
+				   "STARTTLS", false, 0, got, &had),
+			 1);
+	assert_true(had);
+	assert_string_equal(got, "250-mx.example.org Hello [127.0.0.1]\r\n250-SIZE 10240000\r\n"
+				 "250-PIPELINING\r\n250 8BITMIME\r\n");
+	/* Right after the greeting line. */
+	assert_int_equal(ehlo_edit("250-mx\r\n250-STARTTLS\r\n250 SIZE 1000\r\n", "STARTTLS", false, 0, got, &had), 1);
+	assert_true(had);
+	assert_string_equal(got, "250-mx\r\n250 SIZE 1000\r\n");
+	/* Offered twice: both go. */
+	assert_int_equal(ehlo_edit("250-mx\r\n250-STARTTLS\r\n250-SIZE 1000\r\n250-STARTTLS\r\n250 HELP\r\n",
+				   "STARTTLS", false, 0, got, &had),
+			 1);
+	assert_true(had);
+	assert_string_equal(got, "250-mx\r\n250-SIZE 1000\r\n250 HELP\r\n");
+}
+
+static void
+test_ehlo_edit_remove_last(void **state)
+{
+	char got[8192];
+	bool had;
+
+	(void)state;
+	/* The line before becomes the last one and takes the ' '. */
+	assert_int_equal(ehlo_edit("250-mx\r\n250-SIZE 1000\r\n250 STARTTLS\r\n", "STARTTLS", false, 0, got, &had), 1);
+	assert_true(had);
+	assert_string_equal(got, "250-mx\r\n250 SIZE 1000\r\n");
+	/* Down to the greeting line alone. */
+	assert_int_equal(ehlo_edit("250-mx.example.org hi\r\n250 STARTTLS\r\n", "STARTTLS", false, 0, got, &had), 1);
+	assert_true(had);
+	assert_string_equal(got, "250 mx.example.org hi\r\n");
+	/* The last two lines both STARTTLS. */
+	assert_int_equal(ehlo_edit("250-mx\r\n250-HELP\r\n250-STARTTLS\r\n250 STARTTLS\r\n", "STARTTLS", false, 0, got,
+				   &had),
+			 1);
+	assert_string_equal(got, "250-mx\r\n250 HELP\r\n");
+	/* A keyword line with parameters is still the keyword. */
+	assert_int_equal(ehlo_edit("250-mx\r\n250 STARTTLS REQUIRED\r\n", "STARTTLS", false, 0, got, &had), 1);
+	assert_string_equal(got, "250 mx\r\n");
+}
+
+static void
+test_ehlo_edit_add(void **state)
+{
+	char got[8192];
+	bool had;
+
+	(void)state;
+	/* Multi-line: after the greeting line, every other line as it was. */
+	assert_int_equal(ehlo_edit("250-mx.example.org\r\n250-SIZE 1000\r\n250 8BITMIME\r\n", "STARTTLS", true, 0,
+				   got, &had),
+			 1);
+	assert_false(had);
+	assert_string_equal(got, "250-mx.example.org\r\n250-STARTTLS\r\n250-SIZE 1000\r\n250 8BITMIME\r\n");
+	/* Single line: the greeting line gets '-', the new line ' '. */
+	assert_int_equal(ehlo_edit("250 host\r\n", "STARTTLS", true, 0, got, &had), 1);
+	assert_false(had);
+	assert_string_equal(got, "250-host\r\n250 STARTTLS\r\n");
+	/* The added line takes the greeting line's code. */
+	assert_int_equal(ehlo_edit("251 host\r\n", "STARTTLS", true, 0, got, &had), 1);
+	assert_string_equal(got, "251-host\r\n251 STARTTLS\r\n");
+	/* A bare code is a last line too: it gets its '-' (no text). */
+	assert_int_equal(ehlo_edit("250\r\n", "STARTTLS", true, 0, got, &had), 1);
+	assert_string_equal(got, "250-\r\n250 STARTTLS\r\n");
+	assert_int_equal(ehlo_edit("250\n", "STARTTLS", true, 0, got, &had), 1);
+	assert_string_equal(got, "250-\n250 STARTTLS\n");
+}
+
+static void
+test_ehlo_edit_lf_only(void **state)
+{
+	char got[8192];
+	bool had;
+
+	(void)state;
+	assert_int_equal(ehlo_edit("250-mx\n250-STARTTLS\n250 SIZE 1000\n", "STARTTLS", false, 0, got, &had), 1);
+	assert_string_equal(got, "250-mx\n250 SIZE 1000\n");
+	assert_int_equal(ehlo_edit("250-mx\n250 STARTTLS\n", "STARTTLS", false, 0, got, &had), 1);
+	assert_string_equal(got, "250 mx\n");
+	assert_int_equal(ehlo_edit("250-mx\n250 SIZE 1000\n", "STARTTLS", true, 0, got, &had), 1);
+	assert_string_equal(got, "250-mx\n250-STARTTLS\n250 SIZE 1000\n");
+	assert_int_equal(ehlo_edit("250 mx\n", "STARTTLS", true, 0, got, &had), 1);
+	assert_string_equal(got, "250-mx\n250 STARTTLS\n");
+}
+
+static void
+test_ehlo_edit_nothing_to_change(void **state)
+{
+	char got[8192];
+	bool had;
+
+	(void)state;
+	/* Wanted and there: had true; unwanted and absent: had false. */
+	assert_int_equal(ehlo_edit("250-mx\r\n250-STARTTLS\r\n250 SIZE\r\n", "STARTTLS", true, 0, got, &had), 0);
+	assert_true(had);
+	assert_int_equal(ehlo_edit("250 mx\r\n", "STARTTLS", false, 0, got, &had), 0);
+	assert_false(had);
+	assert_int_equal(ehlo_edit("250-mx\r\n250 SIZE\r\n", "STARTTLS", false, 0, got, &had), 0);
+	assert_false(had);
+	/* Nothing to change needs no room at all. */
+	assert_int_equal(ehlo_edit("250-mx\r\n250 STARTTLS\r\n", "STARTTLS", true, 1, got, &had), 0);
+	assert_true(had);
+	assert_int_equal(ehlo_edit("", "STARTTLS", false, 1, got, &had), 0);
+	assert_false(had);
+}
+
+static void
+test_ehlo_edit_case_insensitive(void **state)
+{
+	char got[8192];
+	bool had;
+
+	(void)state;
+	assert_int_equal(ehlo_edit("250-mx\r\n250-starttls\r\n250 SIZE\r\n", "STARTTLS", false, 0, got, &had), 1);
+	assert_true(had);
+	assert_string_equal(got, "250-mx\r\n250 SIZE\r\n");
+	assert_int_equal(ehlo_edit("250-mx\r\n250 StartTls\r\n", "STARTTLS", true, 0, got, &had), 0);
+	assert_true(had);
+	/* The keyword argument itself in lower case. */
+	assert_int_equal(ehlo_edit("250-mx\r\n250 STARTTLS\r\n", "starttls", false, 0, got, &had), 1);
+	assert_string_equal(got, "250 mx\r\n");
+}
+
+static void
+test_ehlo_edit_prefix_not_matched(void **state)
+{
+	char got[8192];
+	bool had;
+
+	(void)state;
+	/* STARTTLSX (and STARTTL) are other capabilities. */
+	assert_int_equal(ehlo_edit("250-mx\r\n250-STARTTLSX\r\n250 STARTTL\r\n", "STARTTLS", false, 0, got, &had), 0);
+	assert_false(had);
+	assert_int_equal(ehlo_edit("250-mx\r\n250 STARTTLSX\r\n", "STARTTLS", true, 0, got, &had), 1);
+	assert_false(had);
+	assert_string_equal(got, "250-mx\r\n250-STARTTLS\r\n250 STARTTLSX\r\n");
+}
+
+static void
+test_ehlo_edit_greeting_not_keyword(void **state)
+{
+	char got[8192];
+	bool had;
+
+	(void)state;
+	/* A server (or its greeting) named STARTTLS offers nothing. */
+	assert_int_equal(ehlo_edit("250-STARTTLS\r\n250 SIZE 1000\r\n", "STARTTLS", false, 0, got, &had), 0);
+	assert_false(had);
+	assert_int_equal(ehlo_edit("250 STARTTLS\r\n", "STARTTLS", false, 0, got, &had), 0);
+	assert_false(had);
+	assert_int_equal(ehlo_edit("250 STARTTLS\r\n", "STARTTLS", true, 0, got, &had), 1);
+	assert_false(had);
+	assert_string_equal(got, "250-STARTTLS\r\n250 STARTTLS\r\n");
+}
+
+/* n lines: the greeting, n - 2 "250-Xk" capabilities, "250 STARTTLS". */
+static char *
+ehlo_lines(size_t n)
+{
+	char *s, *p;
+	size_t i;
+
+	s = malloc(n * 16 + 1);
+	assert_non_null(s);
+	p = s;
+	p += sprintf(p, "250-mx\r\n");
+	for (i = 1; i + 1 < n; i++)
+		p += sprintf(p, "250-X%zu\r\n", i);
+	sprintf(p, "250 STARTTLS\r\n");
+	return s;
+}
+
+static void
+test_ehlo_edit_too_many_lines(void **state)
+{
+	char *in, *out;
+	size_t len, outlen = 0;
+	bool had;
+
+	(void)state;
+	/* 1024 lines is the most handled... */
+	in = ehlo_lines(1024);
+	len = strlen(in);
+	out = malloc(len + 16);
+	assert_non_null(out);
+	assert_int_equal(smtp_ehlo_edit(in, len, "STARTTLS", false, out, len + 16, &outlen, &had), 1);
+	assert_true(had);
+	assert_int_equal(outlen, len - strlen("250 STARTTLS\r\n"));
+	assert_memory_equal(out + outlen - strlen("250 X1022\r\n"), "250 X1022\r\n", strlen("250 X1022\r\n"));
+	free(out);
+	free(in);
+	/* ... one more is refused, whatever was asked. */
+	in = ehlo_lines(1025);
+	len = strlen(in);
+	out = malloc(len + 16);
+	assert_non_null(out);
+	assert_int_equal(smtp_ehlo_edit(in, len, "STARTTLS", false, out, len + 16, &outlen, &had), -1);
+	assert_int_equal(smtp_ehlo_edit(in, len, "STARTTLS", true, out, len + 16, &outlen, &had), -1);
+	free(out);
+	free(in);
+}
+
+static void
+test_ehlo_edit_out_too_small(void **state)
+{
+	const char *in = "250-mx\r\n250 SIZE 1000\r\n";
+	size_t bound = strlen(in) + strlen("STARTTLS") + 8;
+	char got[8192];
+	bool had;
+
+	(void)state;
+	assert_int_equal(ehlo_edit(in, "STARTTLS", true, 8, got, &had), -1);
+	assert_int_equal(ehlo_edit(in, "STARTTLS", true, bound - 1, got, &had), -1);
+	assert_int_equal(ehlo_edit(in, "STARTTLS", true, bound, got, &had), 1);
+	assert_string_equal(got, "250-mx\r\n250-STARTTLS\r\n250 SIZE 1000\r\n");
+	assert_int_equal(ehlo_edit("250-mx\r\n250 STARTTLS\r\n", "STARTTLS", false, 4, got, &had), -1);
+}
+
 static void
 test_str_eq_ci(void **state)
 {
@@ -1451,6 +1715,16 @@ main(void)
 		cmocka_unit_test_teardown(test_ehlo_keyword_basic, teardown_bufs),
 		cmocka_unit_test_teardown(test_ehlo_keyword_legacy_and_blanks, teardown_bufs),
 		cmocka_unit_test_teardown(test_ehlo_keyword_empty, teardown_bufs),
+		cmocka_unit_test_teardown(test_ehlo_edit_remove_middle, teardown_bufs),
+		cmocka_unit_test_teardown(test_ehlo_edit_remove_last, teardown_bufs),
+		cmocka_unit_test_teardown(test_ehlo_edit_add, teardown_bufs),
+		cmocka_unit_test_teardown(test_ehlo_edit_lf_only, teardown_bufs),
+		cmocka_unit_test_teardown(test_ehlo_edit_nothing_to_change, teardown_bufs),
+		cmocka_unit_test_teardown(test_ehlo_edit_case_insensitive, teardown_bufs),
+		cmocka_unit_test_teardown(test_ehlo_edit_prefix_not_matched, teardown_bufs),
+		cmocka_unit_test_teardown(test_ehlo_edit_greeting_not_keyword, teardown_bufs),
+		cmocka_unit_test(test_ehlo_edit_too_many_lines),
+		cmocka_unit_test_teardown(test_ehlo_edit_out_too_small, teardown_bufs),
 		cmocka_unit_test(test_str_eq_ci),
 		cmocka_unit_test(test_verb_name),
 		cmocka_unit_test(test_data_simple),

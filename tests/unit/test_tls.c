@@ -1,5 +1,6 @@
 /*
- * test_tls.c - unit tests for the TLS module (src/tls.c).
+ * test_tls.c - unit tests for the TLS module (src/tls.c) and the local CA
+ * (src/ca.c).
  *
  * No sockets: every handshake runs over a BIO pair between a client SSL
  * and a server SSL, driven alternately until both are done.  The
@@ -28,6 +29,7 @@
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
+#include "smtptap/ca.h"
 #include "smtptap/json.h"
 #include "smtptap/tls.h"
 
@@ -237,7 +239,7 @@ load_ca_cert(const char *dir)
 	X509 *x;
 	FILE *f;
 
-	tls_ca_paths(dir, cert, sizeof(cert), key, sizeof(key));
+	ca_paths(dir, cert, sizeof(cert), key, sizeof(key));
 	f = fopen(cert, "r");
 	assert_non_null(f);
 	x = PEM_read_X509(f, NULL, NULL, NULL);
@@ -339,8 +341,8 @@ test_ca_init_modes_idempotent(void **state)
 	struct stat sb;
 	char *key1, *key2;
 
-	assert_int_equal(tls_ca_init(f->ca_dir, err, sizeof(err)), 1);
-	tls_ca_paths(f->ca_dir, cert, sizeof(cert), key, sizeof(key));
+	assert_int_equal(ca_init(f->ca_dir, err, sizeof(err)), 1);
+	ca_paths(f->ca_dir, cert, sizeof(cert), key, sizeof(key));
 	path_join(parent, sizeof(parent), f->root, "state");
 	assert_int_equal(stat(parent, &sb), 0);
 	assert_int_equal(sb.st_mode & 07777, 0700);
@@ -350,13 +352,13 @@ test_ca_init_modes_idempotent(void **state)
 	assert_int_equal(sb.st_mode & 07777, 0600);
 	assert_int_equal(stat(cert, &sb), 0);
 	assert_true(S_ISREG(sb.st_mode));
-	assert_int_equal(tls_ca_fingerprint(f->ca_dir, fp1, sizeof(fp1), err, sizeof(err)), 0);
+	assert_int_equal(ca_fingerprint(f->ca_dir, fp1, sizeof(fp1), err, sizeof(err)), 0);
 	assert_int_equal(strlen(fp1), 95);
 	key1 = read_file(key);
 
 	/* again: nothing made, nothing changed */
-	assert_int_equal(tls_ca_init(f->ca_dir, err, sizeof(err)), 0);
-	assert_int_equal(tls_ca_fingerprint(f->ca_dir, fp2, sizeof(fp2), err, sizeof(err)), 0);
+	assert_int_equal(ca_init(f->ca_dir, err, sizeof(err)), 0);
+	assert_int_equal(ca_fingerprint(f->ca_dir, fp2, sizeof(fp2), err, sizeof(err)), 0);
 	assert_string_equal(fp1, fp2);
 	key2 = read_file(key);
 	assert_string_equal(key1, key2);
@@ -375,7 +377,7 @@ test_ca_cert_fields(void **state)
 	const ASN1_INTEGER *serial;
 	BIGNUM *bn;
 
-	assert_int_equal(tls_ca_init(f->ca_dir, err, sizeof(err)), 1);
+	assert_int_equal(ca_init(f->ca_dir, err, sizeof(err)), 1);
 	ca = load_ca_cert(f->ca_dir);
 	assert_int_equal(X509_check_ca(ca), 1);
 	bc = X509_get_ext_d2i(ca, NID_basic_constraints, NULL, NULL);
@@ -414,14 +416,14 @@ test_ca_half_made_refused(void **state)
 	char *before, *after;
 	struct stat sb;
 
-	assert_int_equal(tls_ca_init(f->ca_dir, err, sizeof(err)), 1);
-	tls_ca_paths(f->ca_dir, cert, sizeof(cert), key, sizeof(key));
+	assert_int_equal(ca_init(f->ca_dir, err, sizeof(err)), 1);
+	ca_paths(f->ca_dir, cert, sizeof(cert), key, sizeof(key));
 
 	/* key without certificate: an error naming both, the key untouched */
 	before = read_file(key);
 	assert_int_equal(unlink(cert), 0);
 	err[0] = '\0';
-	assert_int_equal(tls_ca_init(f->ca_dir, err, sizeof(err)), -1);
+	assert_int_equal(ca_init(f->ca_dir, err, sizeof(err)), -1);
 	assert_non_null(strstr(err, cert));
 	assert_non_null(strstr(err, key));
 	after = read_file(key);
@@ -433,13 +435,13 @@ test_ca_half_made_refused(void **state)
 	/* certificate without key */
 	assert_int_equal(unlink(key), 0);
 	write_pem(cert, f->up_ca, NULL);
-	assert_int_equal(tls_ca_init(f->ca_dir, err, sizeof(err)), -1);
+	assert_int_equal(ca_init(f->ca_dir, err, sizeof(err)), -1);
 	assert_non_null(strstr(err, key));
 	assert_int_equal(stat(key, &sb), -1);
 
 	/* both, but they do not belong together */
 	write_pem(key, NULL, f->up_ca_key); /* up_ca is signed by that key: matches */
-	assert_int_equal(tls_ca_init(f->ca_dir, err, sizeof(err)), 0);
+	assert_int_equal(ca_init(f->ca_dir, err, sizeof(err)), 0);
 	{
 		EVP_PKEY *other = EVP_EC_gen("P-256");
 
@@ -447,7 +449,7 @@ test_ca_half_made_refused(void **state)
 		write_pem(key, NULL, other);
 		EVP_PKEY_free(other);
 	}
-	assert_int_equal(tls_ca_init(f->ca_dir, err, sizeof(err)), -1);
+	assert_int_equal(ca_init(f->ca_dir, err, sizeof(err)), -1);
 	assert_non_null(strstr(err, key));
 
 	/* garbage in the certificate file */
@@ -458,9 +460,9 @@ test_ca_half_made_refused(void **state)
 		fputs("not a certificate\n", g);
 		fclose(g);
 	}
-	assert_int_equal(tls_ca_init(f->ca_dir, err, sizeof(err)), -1);
+	assert_int_equal(ca_init(f->ca_dir, err, sizeof(err)), -1);
 	assert_non_null(strstr(err, cert));
-	assert_int_equal(tls_ca_fingerprint(f->ca_dir, fp, sizeof(fp), err, sizeof(err)), -1);
+	assert_int_equal(ca_fingerprint(f->ca_dir, fp, sizeof(fp), err, sizeof(err)), -1);
 	assert_non_null(strstr(err, cert));
 
 	/* neither, but the temporary files of a crashed attempt: made anew */
@@ -470,11 +472,11 @@ test_ca_half_made_refused(void **state)
 	write_pem(tmp, f->up_ca, NULL);
 	snprintf(tmp, sizeof(tmp), "%s.new", cert);
 	write_pem(tmp, f->up_ca, NULL);
-	assert_int_equal(tls_ca_init(f->ca_dir, err, sizeof(err)), 1);
+	assert_int_equal(ca_init(f->ca_dir, err, sizeof(err)), 1);
 	assert_int_equal(stat(tmp, &sb), -1);
 	assert_int_equal(stat(key, &sb), 0);
 	assert_int_equal(sb.st_mode & 07777, 0600);
-	assert_int_equal(tls_ca_init(f->ca_dir, err, sizeof(err)), 0);
+	assert_int_equal(ca_init(f->ca_dir, err, sizeof(err)), 0);
 }
 
 static void
@@ -489,7 +491,7 @@ test_ca_created_on_first_use(void **state)
 
 	/* no --ca-dir: the XDG default, made by tls_new */
 	assert_int_equal(setenv("XDG_DATA_HOME", f->root, 1), 0);
-	def = tls_default_ca_dir();
+	def = ca_default_dir();
 	assert_non_null(def);
 	path_join(dir, sizeof(dir), f->root, "smtptap/ca");
 	assert_string_equal(def, dir);
@@ -497,7 +499,7 @@ test_ca_created_on_first_use(void **state)
 	t = tls_new(&cfg, true, false, err, sizeof(err));
 	if (t == NULL)
 		fail_msg("tls_new: %s", err);
-	assert_int_equal(tls_ca_fingerprint(dir, fp, sizeof(fp), err, sizeof(err)), 0);
+	assert_int_equal(ca_fingerprint(dir, fp, sizeof(fp), err, sizeof(err)), 0);
 	tls_free(t);
 
 	/* a relative XDG_DATA_HOME is ignored (XDG spec): HOME is used */
@@ -506,10 +508,10 @@ test_ca_created_on_first_use(void **state)
 		char *old_home = getenv("HOME") ? strdup(getenv("HOME")) : NULL;
 
 		assert_int_equal(setenv("HOME", "/home/someone", 1), 0);
-		assert_string_equal(tls_default_ca_dir(), "/home/someone/.local/share/smtptap/ca");
+		assert_string_equal(ca_default_dir(), "/home/someone/.local/share/smtptap/ca");
 		unsetenv("XDG_DATA_HOME");
 		unsetenv("HOME");
-		assert_null(tls_default_ca_dir());
+		assert_null(ca_default_dir());
 		if (old_home != NULL)
 			setenv("HOME", old_home, 1);
 		free(old_home);
@@ -1026,7 +1028,7 @@ test_info_and_json(void **state)
 	assert_true(info.forged);
 
 	/* the same fingerprint the client computes, and the CA's in its format */
-	assert_int_equal(tls_ca_fingerprint(f->ca_dir, fp, sizeof(fp), err, sizeof(err)), 0);
+	assert_int_equal(ca_fingerprint(f->ca_dir, fp, sizeof(fp), err, sizeof(err)), 0);
 	assert_true(is_fingerprint(fp));
 
 	js = tls_info_json(&info);

@@ -1,0 +1,326 @@
+/*
+ * store_record.c - see store.h.  The recording calls of the event loop.
+ *
+ * The event loop must never wait for the disk, and the buffers it records
+ * from (evbuffers, stack strings) are gone by the time the writer runs, so
+ * each recording call copies its arguments into one self-contained malloc'd
+ * record and appends it to the queue the writer thread (store_writer.c)
+ * drains.  Freeing a written record is a single free(), and its allocation
+ * size is exactly what the backlog counts.
+ */
+#include "smtptap/store.h"
+
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "smtptap/log.h"
+#include "smtptap/store_int.h"
+
+static void store_session_set(struct store *st, enum store_op op, int64_t session_id, enum store_side side,
+			      const char *value);
+static struct store_rec *store_rec_alloc(struct store *st, enum store_op op, size_t extra, const char *what,
+					 int64_t id);
+static size_t rec_strsize(const char *s);
+static const char *rec_strcpy(char **cur, const char *s);
+static void store_enqueue(struct store *st, struct store_rec *rec);
+
+/* ------------------------------------------------------------------------
+ * recording (event loop thread)
+ */
+
+int64_t
+store_session_new_id(struct store *st)
+{
+	return st->next_session_id++;
+}
+
+int64_t
+store_message_new_id(struct store *st)
+{
+	return st->next_message_id++;
+}
+
+void
+store_session_open(struct store *st, const struct store_session *s)
+{
+	struct store_rec *rec;
+	char *cur;
+
+	rec = store_rec_alloc(st, STORE_OP_SESSION_OPEN,
+			      rec_strsize(s->listener) + rec_strsize(s->client) + rec_strsize(s->upstream) +
+				  rec_strsize(s->mode),
+			      "session", s->id);
+	if (rec == NULL)
+		return;
+	cur = rec->data;
+	rec->u.session.id = s->id;
+	rec->u.session.started_us = s->started_us;
+	rec->u.session.listener = rec_strcpy(&cur, s->listener);
+	rec->u.session.client = rec_strcpy(&cur, s->client);
+	rec->u.session.upstream = rec_strcpy(&cur, s->upstream);
+	rec->u.session.mode = rec_strcpy(&cur, s->mode);
+	store_enqueue(st, rec);
+}
+
+/* Queue an update of one text column of a session row. */
+static void
+store_session_set(struct store *st, enum store_op op, int64_t session_id, enum store_side side, const char *value)
+{
+	struct store_rec *rec;
+	char *cur;
+
+	rec = store_rec_alloc(st, op, rec_strsize(value), "session", session_id);
+	if (rec == NULL)
+		return;
+	cur = rec->data;
+	rec->u.set.id = session_id;
+	rec->u.set.side = side;
+	rec->u.set.value = rec_strcpy(&cur, value);
+	store_enqueue(st, rec);
+}
+
+void
+store_session_set_upstream_addr(struct store *st, int64_t session_id, const char *addr)
+{
+	store_session_set(st, STORE_OP_SESSION_ADDR, session_id, STORE_SIDE_UPSTREAM, addr);
+}
+
+void
+store_session_set_tls(struct store *st, int64_t session_id, enum store_side side, const char *json)
+{
+	if (side != STORE_SIDE_CLIENT && side != STORE_SIDE_UPSTREAM) {
+		log_warnx("s=%" PRId64 " store: TLS details for side %d ignored: not a leg", session_id, (int)side);
+		return;
+	}
+	store_session_set(st, STORE_OP_SESSION_TLS, session_id, side, json);
+}
+
+void
+store_session_close(struct store *st, int64_t session_id, int64_t ended_us, const char *outcome,
+		    const char *detail)
+{
+	struct store_rec *rec;
+	char *cur;
+
+	/* A NULL outcome would leave the session looking live, and the next
+	 * run would call it interrupted. */
+	if (outcome == NULL)
+		outcome = "closed";
+	rec = store_rec_alloc(st, STORE_OP_SESSION_CLOSE, rec_strsize(outcome) + rec_strsize(detail), "session",
+			      session_id);
+	if (rec == NULL)
+		return;
+	cur = rec->data;
+	rec->u.close.id = session_id;
+	rec->u.close.ended_us = ended_us;
+	rec->u.close.outcome = rec_strcpy(&cur, outcome);
+	rec->u.close.detail = rec_strcpy(&cur, detail);
+	store_enqueue(st, rec);
+}
+
+void
+store_event_add(struct store *st, const struct store_event *ev)
+{
+	struct store_rec *rec;
+	size_t raw_len = ev->raw != NULL ? ev->raw_len : 0;
+	char *cur;
+
+	if (raw_len > SIZE_MAX / 2) {
+		store_count_lost(st, 1, "s=%" PRId64 " store: event %" PRId64 " dropped: %zu bytes of raw data", ev->session_id,
+			   ev->seq, raw_len);
+		return;
+	}
+	rec = store_rec_alloc(st, STORE_OP_EVENT, raw_len + rec_strsize(ev->text), "session", ev->session_id);
+	if (rec == NULL)
+		return;
+	cur = rec->data;
+	rec->u.event.session_id = ev->session_id;
+	rec->u.event.seq = ev->seq;
+	rec->u.event.t_us = ev->t_us;
+	rec->u.event.message_id = ev->message_id;
+	rec->u.event.side = ev->side;
+	rec->u.event.kind = ev->kind;
+	rec->u.event.flags = ev->flags;
+	rec->u.event.raw = NULL;
+	rec->u.event.raw_len = raw_len;
+	if (ev->raw != NULL) {
+		/* Non-NULL even when empty: an empty raw is not a missing one. */
+		if (raw_len > 0)
+			memcpy(cur, ev->raw, raw_len);
+		rec->u.event.raw = cur;
+		cur += raw_len;
+	}
+	rec->u.event.text = rec_strcpy(&cur, ev->text);
+	store_enqueue(st, rec);
+}
+
+void
+store_message_open(struct store *st, const struct store_message *m)
+{
+	struct store_rec *rec;
+	struct rec_rcpt *rcpts;
+	size_t extra, i;
+	char *cur;
+
+	if (m->nrcpts > (SIZE_MAX / 4) / sizeof(*rcpts)) {
+		store_count_lost(st, 1, "s=%" PRId64 " store: message %" PRId64 " dropped: %zu recipients", m->session_id,
+			   m->id, m->nrcpts);
+		return;
+	}
+	extra = m->nrcpts * sizeof(*rcpts) + rec_strsize(m->mail_from) + rec_strsize(m->mail_params) +
+		rec_strsize(m->transport);
+	for (i = 0; i < m->nrcpts; i++)
+		extra += rec_strsize(m->rcpts[i].address) + rec_strsize(m->rcpts[i].params) +
+			 rec_strsize(m->rcpts[i].reply);
+	rec = store_rec_alloc(st, STORE_OP_MESSAGE_OPEN, extra, "message", m->id);
+	if (rec == NULL)
+		return;
+	rcpts = (void *)rec->data;
+	cur = rec->data + m->nrcpts * sizeof(*rcpts);
+	rec->u.msg.id = m->id;
+	rec->u.msg.session_id = m->session_id;
+	rec->u.msg.started_us = m->started_us;
+	rec->u.msg.idx = m->idx;
+	rec->u.msg.mail_from = rec_strcpy(&cur, m->mail_from);
+	rec->u.msg.mail_params = rec_strcpy(&cur, m->mail_params);
+	rec->u.msg.transport = rec_strcpy(&cur, m->transport);
+	for (i = 0; i < m->nrcpts; i++) {
+		rcpts[i].address = rec_strcpy(&cur, m->rcpts[i].address);
+		rcpts[i].params = rec_strcpy(&cur, m->rcpts[i].params);
+		rcpts[i].reply = rec_strcpy(&cur, m->rcpts[i].reply);
+		rcpts[i].reply_code = m->rcpts[i].reply_code;
+	}
+	rec->u.msg.rcpts = rcpts;
+	rec->u.msg.nrcpts = m->nrcpts;
+	store_enqueue(st, rec);
+}
+
+void
+store_message_close(struct store *st, const struct store_message_end *m)
+{
+	struct store_rec *rec;
+	char *cur;
+
+	rec = store_rec_alloc(st, STORE_OP_MESSAGE_CLOSE,
+			      rec_strsize(m->subject) + rec_strsize(m->from) + rec_strsize(m->to) +
+				  rec_strsize(m->message_id) + rec_strsize(m->date) + rec_strsize(m->reply),
+			      "message", m->id);
+	if (rec == NULL)
+		return;
+	cur = rec->data;
+	rec->u.msg_end.id = m->id;
+	rec->u.msg_end.ended_us = m->ended_us;
+	rec->u.msg_end.size = m->size > INT64_MAX ? INT64_MAX : (int64_t)m->size;
+	rec->u.msg_end.complete = m->complete;
+	rec->u.msg_end.subject = rec_strcpy(&cur, m->subject);
+	rec->u.msg_end.from = rec_strcpy(&cur, m->from);
+	rec->u.msg_end.to = rec_strcpy(&cur, m->to);
+	rec->u.msg_end.message_id = rec_strcpy(&cur, m->message_id);
+	rec->u.msg_end.date = rec_strcpy(&cur, m->date);
+	rec->u.msg_end.reply_code = m->reply_code;
+	rec->u.msg_end.reply = rec_strcpy(&cur, m->reply);
+	store_enqueue(st, rec);
+}
+
+size_t
+store_backlog_bytes(struct store *st)
+{
+	size_t n;
+
+	pthread_mutex_lock(&st->lock);
+	n = st->backlog;
+	pthread_mutex_unlock(&st->lock);
+	return n;
+}
+
+/* A record with `extra` bytes of data[], or NULL (counted and logged) when
+ * memory is short; `what` and `id` name the row it was for ("session" 42). */
+static struct store_rec *
+store_rec_alloc(struct store *st, enum store_op op, size_t extra, const char *what, int64_t id)
+{
+	struct store_rec *rec;
+	size_t size = offsetof(struct store_rec, data) + extra;
+
+	rec = malloc(size);
+	if (rec == NULL) {
+		store_count_lost(st, 1, "store: %s %" PRId64 ": cannot queue a %zu-byte record: out of memory", what, id,
+			   size);
+		return NULL;
+	}
+	rec->next = NULL;
+	rec->size = size;
+	rec->op = op;
+	return rec;
+}
+
+static size_t
+rec_strsize(const char *s)
+{
+	return s == NULL ? 0 : strlen(s) + 1;
+}
+
+/* Copy s (NULL stays NULL) to *cur, which must have room, and move past it. */
+static const char *
+rec_strcpy(char **cur, const char *s)
+{
+	char *copy = *cur;
+	size_t n;
+
+	if (s == NULL)
+		return NULL;
+	n = strlen(s) + 1;
+	memcpy(copy, s, n);
+	*cur += n;
+	return copy;
+}
+
+static void
+store_enqueue(struct store *st, struct store_rec *rec)
+{
+	bool wake;
+
+	pthread_mutex_lock(&st->lock);
+	/* Wake the writer only when it has something new to decide: the
+	 * queue stopped being empty, or a batch became full enough. */
+	wake = st->head == NULL;
+	*st->tailp = rec;
+	st->tailp = &rec->next;
+	st->nqueued++;
+	if (st->nqueued == STORE_BATCH_RECORDS ||
+	    (st->queued_bytes < STORE_BATCH_BYTES && st->queued_bytes + rec->size >= STORE_BATCH_BYTES))
+		wake = true;
+	st->queued_bytes += rec->size;
+	st->backlog += rec->size;
+	/* Signalled under the lock, which keeps race checkers (helgrind)
+	 * quiet at no measurable cost. */
+	if (wake)
+		pthread_cond_signal(&st->cond);
+	pthread_mutex_unlock(&st->lock);
+}
+
+/* See store_int.h.  The message is formatted and logged outside the lock:
+ * stderr may block, and every recording call takes that lock. */
+void
+store_count_lost(struct store *st, uint64_t n, const char *fmt, ...)
+{
+	char msg[512];
+	va_list ap;
+	bool first;
+
+	pthread_mutex_lock(&st->lock);
+	st->nlost += n;
+	first = !st->lost_logged;
+	st->lost_logged = true;
+	pthread_mutex_unlock(&st->lock);
+	if (!first)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	log_warnx("%s (database %s; further losses are only counted)", msg, st->path);
+}
