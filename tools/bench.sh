@@ -91,6 +91,8 @@ for _v in $(compgen -e | grep -E '^(BENCH_[A-Z_]+|SMTPTAP)$' | sort); do
 done
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=tools/bench/tls.sh
+. "$ROOT/tools/bench/tls.sh"
 PY=/usr/bin/python3 # Debian's interpreter: the one with aiosmtpd
 SMTPTAP=${SMTPTAP:-$ROOT/build/smtptap}
 BENCH_QUICK=${BENCH_QUICK:-0}
@@ -432,74 +434,19 @@ start_smtptap() {
 
 # ---- TLS: the test PKI, the stunnel converters, the TLS relays ----
 PKI=""
-# A CA and a leaf for localhost and 127.0.0.1 signed by it, in $WORK/pki:
-# ca.pem ca.key (also smtptap's --ca-dir layout), leaf.pem leaf.key, and
-# leaf-full.pem (leaf and key in one file, for haproxy's crt).
+# The bench CA and leaf in $WORK/pki (see tools/bench/tls.sh).
 make_pki() {
-	local d=$WORK/pki newkey
-	mkdir -p "$d" && chmod 700 "$d" || return 1
-	if [[ $BENCH_TLS_KEY == rsa ]]; then
-		newkey=(-newkey rsa:2048)
-	else
-		newkey=(-newkey ec -pkeyopt ec_paramgen_curve:P-256)
-	fi
-	cat >"$d/leaf.ext" <<'EOF'
-basicConstraints = critical, CA:FALSE
-keyUsage = critical, digitalSignature, keyEncipherment
-extendedKeyUsage = serverAuth
-subjectAltName = DNS:localhost, IP:127.0.0.1
-subjectKeyIdentifier = hash
-authorityKeyIdentifier = keyid
-EOF
-	{
-		openssl req -x509 "${newkey[@]}" -nodes -sha256 -days 30 \
-			-subj "/O=smtptap bench/CN=smtptap bench CA" \
-			-addext "basicConstraints=critical,CA:TRUE" \
-			-addext "keyUsage=critical,keyCertSign,cRLSign" \
-			-addext "subjectKeyIdentifier=hash" \
-			-keyout "$d/ca.key" -out "$d/ca.pem" &&
-			openssl req -new "${newkey[@]}" -nodes -subj "/O=smtptap bench/CN=localhost" \
-				-keyout "$d/leaf.key" -out "$d/leaf.csr" &&
-			openssl x509 -req -sha256 -days 30 -in "$d/leaf.csr" -CA "$d/ca.pem" -CAkey "$d/ca.key" \
-				-set_serial "0x$(openssl rand -hex 8)" -extfile "$d/leaf.ext" -out "$d/leaf.pem" &&
-			cat "$d/leaf.pem" "$d/leaf.key" >"$d/leaf-full.pem" &&
-			chmod 600 "$d"/*.key "$d/leaf-full.pem" &&
-			openssl verify -CAfile "$d/ca.pem" "$d/leaf.pem"
-	} >"$d/openssl.log" 2>&1 || {
-		warn "making the test PKI failed: $(tail -c 300 "$d/openssl.log" | tr '\n' ' ')"
+	bench_tls_make_pki "$WORK/pki" "$BENCH_TLS_KEY" || {
+		warn "making the test PKI failed: $(tail -c 300 "$WORK/pki/openssl.log" | tr '\n' ' ')"
 		return 1
 	}
-	PKI=$d
+	PKI=$WORK/pki
 }
-# t role accept_port connect_port -> STUNNEL_PID.  role "client": plaintext
-# in, TLS out, verifying the relay's certificate (chain from the bench CA and
-# the name localhost, which is also the SNI sent); "server": TLS in with the
-# bench leaf, plaintext out.  No session resumption (a full handshake per
-# connection, like a PHP request), Nagle off on both sides, warnings only.
+# t role accept_port connect_port -> STUNNEL_PID (the configuration: see
+# bench_tls_stunnel_conf in tools/bench/tls.sh).
 start_stunnel() {
 	local t=$1 role=$2 ap=$3 cp=$4 conf=$1/stunnel-$2.conf
-	{
-		echo "foreground = yes"
-		echo "pid ="
-		echo "syslog = no"
-		echo "debug = 4"
-		echo "[bench-$role]"
-		echo "accept = 127.0.0.1:$ap"
-		echo "connect = 127.0.0.1:$cp"
-		echo "socket = l:TCP_NODELAY=1"
-		echo "socket = r:TCP_NODELAY=1"
-		echo "sessionResume = no"
-		if [[ $role == client ]]; then
-			echo "client = yes"
-			echo "sni = localhost"
-			echo "verifyChain = yes"
-			echo "CAfile = $PKI/ca.pem"
-			echo "checkHost = localhost"
-		else
-			echo "cert = $PKI/leaf.pem"
-			echo "key = $PKI/leaf.key"
-		fi
-	} >"$conf"
+	bench_tls_stunnel_conf "$role" "$ap" "$cp" "$PKI" >"$conf"
 	stunnel "$conf" >"$t/stunnel-$role.log" 2>&1 &
 	STUNNEL_PID=$!
 	PIDS+=("$STUNNEL_PID")
@@ -539,11 +486,8 @@ EOF
 # smtptap forges with the bench CA (a copy in --ca-dir) so that the stunnel
 # client verifies smtptap and haproxy against the same CA.
 start_smtptap_tls() {
-	local t=$1
-	mkdir -p "$t/ca" && chmod 700 "$t/ca" && cp "$PKI/ca.pem" "$PKI/ca.key" "$t/ca/" &&
-		chmod 600 "$t/ca/ca.key" || return 1
-	SMTPTAP_ARGS=(--client-tls implicit --upstream-tls implicit --ca-dir "$t/ca"
-		--upstream-ca "$PKI/ca.pem" "${SMTPTAP_EXTRA[@]}")
+	bench_tls_smtptap_args "$1/ca" "$PKI" || return 1
+	SMTPTAP_ARGS=("${BENCH_TLS_SMTPTAP_ARGS[@]}" "${SMTPTAP_EXTRA[@]}")
 	start_smtptap "$@"
 }
 
