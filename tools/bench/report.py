@@ -92,6 +92,7 @@ def summarise(rows, workloads):
                 dbb = [float(x["db_bytes"]) for x in ok if fnum(x["db_bytes"])]
                 s["db_mb"] = statistics.median(dbb) / 1048576 if dbb else None
                 s["msgs"] = int(ok[0]["msgs"])
+                s["warm"] = int(ok[0]["warmup_msgs"] or 0) if ok[0]["warmup_msgs"].isdigit() else 0
                 oth = [float(x["other_cpus"]) for x in ok if fnum(x["other_cpus"]) is not None]
                 s["other"] = statistics.median(oth) if oth else None
                 s["other_max"] = max(oth) if oth else None
@@ -197,7 +198,12 @@ def common_notes(relay, s):
         if s.get("cpu_us") and s.get("cpu_run_us") is not None:
             notes.append("CPU until smtp-source ended %.0f us/msg" % s["cpu_run_us"])
         if s.get("db_rows") is not None:
-            notes.append("DB %d/%d msgs" % (s["db_rows"], s["msgs"]))
+            if s.get("warm"):
+                notes.append("DB %d/%d msgs (1 warm-up)" % (s["db_rows"], s["msgs"] + s["warm"])
+                             if s["warm"] == 1 else "DB %d/%d msgs (%d warm-up)"
+                             % (s["db_rows"], s["msgs"] + s["warm"], s["warm"]))
+            else:
+                notes.append("DB %d/%d msgs" % (s["db_rows"], s["msgs"]))
         if s.get("db_mb") is not None:
             notes.append("%.1f MB" % s["db_mb"])
     return notes
