@@ -92,7 +92,7 @@ def summarise(rows, workloads):
                 dbb = [float(x["db_bytes"]) for x in ok if fnum(x["db_bytes"])]
                 s["db_mb"] = statistics.median(dbb) / 1048576 if dbb else None
                 s["msgs"] = int(ok[0]["msgs"])
-                s["warm"] = int(ok[0]["warmup_msgs"] or 0) if ok[0]["warmup_msgs"].isdigit() else 0
+                s["warm"] = int(ok[0]["warmup_msgs"]) if ok[0]["warmup_msgs"].isdigit() else 0
                 oth = [float(x["other_cpus"]) for x in ok if fnum(x["other_cpus"]) is not None]
                 s["other"] = statistics.median(oth) if oth else None
                 s["other_max"] = max(oth) if oth else None
@@ -132,10 +132,13 @@ def summarise_tls(s, ok):
 
 
 def forging(rows, w, relay, wl):
-    """smtptap's forging counters for this workload: from a measured run's
-    exit line if it printed one, else from the -v probe run.  A text or None."""
+    """smtptap's forging counters for this workload, quoted from the first
+    measured run that logged them (else from the -v probe run), with a
+    warning when any run forged more than once (its cache missed: the
+    measured connections were not all cache hits).  A text or None."""
     if relay != "smtptap-tls":
         return None
+    text, missed = None, []
     for x in rows:
         if x["workload"] != w or x["relay"] != relay or not x["forge"] or x["status"] != "ok":
             continue
@@ -151,10 +154,16 @@ def forging(rows, w, relay, wl):
         # fields; any other form is quoted as it is.
         f = re.search(r"\bforged[=: ]\s*(\d+)", line)
         h = re.search(r"\bcache[_ -]?hits?[=: ]\s*(\d+)", line)
-        if f and h:
-            return "forged %s, cache hits %s (%s)" % (f.group(1), h.group(1), where)
-        return "\"%s\" (%s)" % (line.strip()[:160], where)
-    return None
+        if f and int(f.group(1)) > 1:
+            missed.append("rep %s forged %s" % (x["rep"], f.group(1)))
+        if text is None:
+            if f and h:
+                text = "forged %s, cache hits %s (%s)" % (f.group(1), h.group(1), where)
+            else:
+                text = "\"%s\" (%s)" % (line.strip()[:160], where)
+    if text and missed:
+        text += "; WARNING: the forged-certificate cache missed: " + ", ".join(missed)
+    return text
 
 
 def ratio(s, base):
