@@ -65,8 +65,11 @@
 #   BENCH_IDLE_WAIT  before each measurement wait up to this many seconds
 #                    (default 15; 0 = never) for the machine to be quiet:
 #                    other processes using < BENCH_IDLE_LOAD CPUs (0.3)
-#   BENCH_TLS_KEY    key type of the test PKI: ec (P-256, default) or rsa
-#                    (2048 bits); match it to smtptap's forged leaf key
+#   BENCH_TLS_KEY    key type of the test PKI: ec (P-256, default, the type
+#                    of smtptap's forged leaves) or rsa (2048 bits: haproxy
+#                    then signs with RSA while smtptap still serves its P-256
+#                    leaf, so the comparison favours smtptap; for seeing what
+#                    an RSA upstream costs, not for the target)
 #   BENCH_DOC        markdown report path; default docs/performance.md for a
 #                    full run of a suite (all plaintext relays on A-D, or
 #                    all TLS relays on T-B and T-D; not quick), which
