@@ -29,26 +29,15 @@
 #include <openssl/x509v3.h>
 
 #include "smtptap/tls.h"
+#include "smtptap/util.h"
 
 #define CA_DAYS 3650  /* the CA certificate is good for ten years */
 #define CA_CN_MAX 64 /* X.520 ub-common-name */
 
-static void ca_err(char *err, size_t errsz, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static int ca_mkdir_p(const char *dir, char *err, size_t errsz);
 static int ca_write_pem(const char *path, mode_t mode, EVP_PKEY *key, X509 *cert, char *err, size_t errsz);
 static X509 *ca_make(EVP_PKEY *key, char *err, size_t errsz);
 
-static void
-ca_err(char *err, size_t errsz, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (errsz == 0)
-		return;
-	va_start(ap, fmt);
-	vsnprintf(err, errsz, fmt, ap);
-	va_end(ap);
-}
 
 /* ------------------------------------------------------------------------
  * Certificate-building steps shared with the forged leaves.
@@ -152,7 +141,7 @@ ca_mkdir_p(const char *dir, char *err, size_t errsz)
 
 	len = strlen(dir);
 	if (len == 0 || len >= sizeof(path)) {
-		ca_err(err, errsz, "--ca-dir '%s': bad path", dir);
+		util_errf(err, errsz, "--ca-dir '%s': bad path", dir);
 		return -1;
 	}
 	memcpy(path, dir, len + 1);
@@ -161,13 +150,13 @@ ca_mkdir_p(const char *dir, char *err, size_t errsz)
 			continue;
 		path[i] = '\0';
 		if (mkdir(path, 0700) < 0 && errno != EEXIST) {
-			ca_err(err, errsz, "creating %s: %s", path, strerror(errno));
+			util_errf(err, errsz, "creating %s: %s", path, strerror(errno));
 			return -1;
 		}
 		path[i] = i == len ? '\0' : '/';
 	}
 	if (stat(dir, &sb) < 0 || !S_ISDIR(sb.st_mode)) {
-		ca_err(err, errsz, "%s: not a directory", dir);
+		util_errf(err, errsz, "%s: not a directory", dir);
 		return -1;
 	}
 	return 0;
@@ -184,11 +173,11 @@ ca_write_pem(const char *path, mode_t mode, EVP_PKEY *key, X509 *cert, char *err
 
 	fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode);
 	if (fd < 0) {
-		ca_err(err, errsz, "creating %s: %s", path, strerror(errno));
+		util_errf(err, errsz, "creating %s: %s", path, strerror(errno));
 		return -1;
 	}
 	if ((f = fdopen(fd, "w")) == NULL) {
-		ca_err(err, errsz, "creating %s: %s", path, strerror(errno));
+		util_errf(err, errsz, "creating %s: %s", path, strerror(errno));
 		close(fd);
 		unlink(path);
 		return -1;
@@ -198,19 +187,19 @@ ca_write_pem(const char *path, mode_t mode, EVP_PKEY *key, X509 *cert, char *err
 	else
 		ok = PEM_write_X509(f, cert) == 1;
 	if (!ok) {
-		ca_err(err, errsz, "writing %s: %s", path, tls_error_text(ebuf, sizeof(ebuf)));
+		util_errf(err, errsz, "writing %s: %s", path, tls_error_text(ebuf, sizeof(ebuf)));
 		fclose(f);
 		unlink(path);
 		return -1;
 	}
 	if (fflush(f) != 0 || fsync(fd) != 0) {
-		ca_err(err, errsz, "writing %s: %s", path, strerror(errno));
+		util_errf(err, errsz, "writing %s: %s", path, strerror(errno));
 		fclose(f);
 		unlink(path);
 		return -1;
 	}
 	if (fclose(f) != 0) {
-		ca_err(err, errsz, "writing %s: %s", path, strerror(errno));
+		util_errf(err, errsz, "writing %s: %s", path, strerror(errno));
 		unlink(path);
 		return -1;
 	}
@@ -227,29 +216,29 @@ ca_load(const char *dir, X509 **cert, EVP_PKEY **key, char *err, size_t errsz)
 	*key = NULL;
 	ca_paths(dir, cpath, sizeof(cpath), kpath, sizeof(kpath));
 	if ((f = fopen(cpath, "r")) == NULL) {
-		ca_err(err, errsz, "%s: %s", cpath, strerror(errno));
+		util_errf(err, errsz, "%s: %s", cpath, strerror(errno));
 		return -1;
 	}
 	*cert = PEM_read_X509(f, NULL, NULL, NULL);
 	fclose(f);
 	if (*cert == NULL) {
-		ca_err(err, errsz, "%s: not a PEM certificate: %s", cpath, tls_error_text(ebuf, sizeof(ebuf)));
+		util_errf(err, errsz, "%s: not a PEM certificate: %s", cpath, tls_error_text(ebuf, sizeof(ebuf)));
 		return -1;
 	}
 	if ((f = fopen(kpath, "r")) == NULL) {
-		ca_err(err, errsz, "%s: %s", kpath, strerror(errno));
+		util_errf(err, errsz, "%s: %s", kpath, strerror(errno));
 		goto fail;
 	}
 	*key = PEM_read_PrivateKey(f, NULL, NULL, NULL);
 	fclose(f);
 	if (*key == NULL) {
-		ca_err(err, errsz, "%s: not a PEM private key (an encrypted key is not supported): %s", kpath,
+		util_errf(err, errsz, "%s: not a PEM private key (an encrypted key is not supported): %s", kpath,
 			tls_error_text(ebuf, sizeof(ebuf)));
 		goto fail;
 	}
 	if (X509_check_private_key(*cert, *key) != 1) {
 		ERR_clear_error();
-		ca_err(err, errsz, "%s does not match the certificate %s", kpath, cpath);
+		util_errf(err, errsz, "%s does not match the certificate %s", kpath, cpath);
 		goto fail;
 	}
 	return 0;
@@ -298,7 +287,7 @@ ca_make(EVP_PKEY *key, char *err, size_t errsz)
 		goto fail;
 	return x;
 fail:
-	ca_err(err, errsz, "making the CA certificate: %s", tls_error_text(ebuf, sizeof(ebuf)));
+	util_errf(err, errsz, "making the CA certificate: %s", tls_error_text(ebuf, sizeof(ebuf)));
 	X509_free(x);
 	return NULL;
 }
@@ -323,12 +312,12 @@ ca_init(const char *dir, char *err, size_t errsz)
 	if (ca_mkdir_p(dir, err, errsz) < 0)
 		return -1;
 	if ((dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0) {
-		ca_err(err, errsz, "%s: %s", dir, strerror(errno));
+		util_errf(err, errsz, "%s: %s", dir, strerror(errno));
 		return -1;
 	}
 	while (flock(dfd, LOCK_EX) < 0) {
 		if (errno != EINTR) {
-			ca_err(err, errsz, "locking %s: %s", dir, strerror(errno));
+			util_errf(err, errsz, "locking %s: %s", dir, strerror(errno));
 			close(dfd);
 			return -1;
 		}
@@ -345,13 +334,13 @@ ca_init(const char *dir, char *err, size_t errsz)
 	}
 	/* Half a CA is someone's (or a crash's) work: never paper over it. */
 	if (have_cert != have_key) {
-		ca_err(err, errsz, "%s exists but %s does not: remove %s (or restore %s) to make a new CA",
+		util_errf(err, errsz, "%s exists but %s does not: remove %s (or restore %s) to make a new CA",
 			have_cert ? cpath : kpath, have_cert ? kpath : cpath, have_cert ? cpath : kpath,
 			have_cert ? kpath : cpath);
 		goto out;
 	}
 	if ((key = EVP_EC_gen("P-256")) == NULL) {
-		ca_err(err, errsz, "making the CA key: %s", tls_error_text(ebuf, sizeof(ebuf)));
+		util_errf(err, errsz, "making the CA key: %s", tls_error_text(ebuf, sizeof(ebuf)));
 		goto out;
 	}
 	if ((cert = ca_make(key, err, errsz)) == NULL)
@@ -366,13 +355,13 @@ ca_init(const char *dir, char *err, size_t errsz)
 		goto out;
 	}
 	if (rename(ktmp, kpath) < 0) {
-		ca_err(err, errsz, "creating %s: %s", kpath, strerror(errno));
+		util_errf(err, errsz, "creating %s: %s", kpath, strerror(errno));
 		unlink(ktmp);
 		unlink(ctmp);
 		goto out;
 	}
 	if (rename(ctmp, cpath) < 0) {
-		ca_err(err, errsz, "creating %s: %s", cpath, strerror(errno));
+		util_errf(err, errsz, "creating %s: %s", cpath, strerror(errno));
 		unlink(kpath);
 		unlink(ctmp);
 		goto out;
@@ -395,13 +384,13 @@ ca_fingerprint(const char *dir, char *out, size_t outsz, char *err, size_t errsz
 
 	ca_paths(dir, cpath, sizeof(cpath), kpath, sizeof(kpath));
 	if ((f = fopen(cpath, "r")) == NULL) {
-		ca_err(err, errsz, "%s: %s", cpath, strerror(errno));
+		util_errf(err, errsz, "%s: %s", cpath, strerror(errno));
 		return -1;
 	}
 	x = PEM_read_X509(f, NULL, NULL, NULL);
 	fclose(f);
 	if (x == NULL) {
-		ca_err(err, errsz, "%s: not a PEM certificate: %s", cpath, tls_error_text(ebuf, sizeof(ebuf)));
+		util_errf(err, errsz, "%s: not a PEM certificate: %s", cpath, tls_error_text(ebuf, sizeof(ebuf)));
 		return -1;
 	}
 	ca_cert_fingerprint(x, out, outsz);

@@ -308,6 +308,13 @@ leg_writecb(struct bufferevent *bev, void *arg)
 {
 	struct leg *leg = arg;
 
+	if (leg->fd < 0 && !leg->tls) {
+		/* A connect that succeeded at once (AF_UNIX, some BSDs'
+		 * loopback): libevent reports it through the write event,
+		 * which the fast path keeps off; turn it on to hear it. */
+		bufferevent_enable(bev, EV_WRITE);
+		return;
+	}
 	if (evbuffer_get_length(bufferevent_get_output(bev)) == 0) {
 		if (leg->close_after_flush)
 			leg_close(leg, LEG_CLOSE_NOW);

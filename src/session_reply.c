@@ -127,8 +127,9 @@ session_upstream_tail(struct session *s)
 	len = evbuffer_get_length(s->reply_buf);
 	if (len == 0)
 		return;
-	session_record(s, STORE_SIDE_UPSTREAM, STORE_KIND_REPLY, STORE_F_INCOMPLETE | (s->prelude ? STORE_F_DROPPED : 0),
-		       0, evbuffer_pullup(s->reply_buf, -1), len, NULL);
+	session_record(s, STORE_SIDE_UPSTREAM, STORE_KIND_REPLY,
+		       STORE_F_INCOMPLETE | (s->prelude || !s->client.open ? STORE_F_DROPPED : 0), 0,
+		       evbuffer_pullup(s->reply_buf, -1), len, NULL);
 	if (s->prelude || !s->client.open)
 		evbuffer_drain(s->reply_buf, len);
 	else
@@ -186,7 +187,7 @@ session_reply_desync(struct session *s, struct evbuffer *reply, enum store_side 
 		     "desync: the upstream replied %d while smtptap still read message %d as data (the upstream "
 		     "ended the data elsewhere%s); resynchronising on the upstream's view",
 		     code, m->idx, m->data.bare_lf ? ", likely at a bare LF" : "");
-	session_record(s, side, STORE_KIND_REPLY, 0, 0, raw, len, NULL);
+	session_record(s, side, STORE_KIND_REPLY, s->client.open ? 0 : STORE_F_DROPPED, 0, raw, len, NULL);
 	text = session_reply_text(raw, len);
 	s->cur_msg = NULL;
 	session_msg_close(s, m, code, text);
@@ -257,6 +258,10 @@ session_reply_handle(struct session *s, struct evbuffer *reply, enum store_side 
 			break;
 		case SMTP_VERB_DATA:
 			if (s->state == ST_HOLD) {
+				/* A server that takes DATA in the middle of a BDAT
+				 * transaction (RFC 3030 says 503) ends that message. */
+				if (code == 354)
+					session_msg_abandon(s);
 				if (code == 354 && (s->cur_msg = session_msg_new(s, false)) != NULL) {
 					session_msg_open(s, s->cur_msg);
 					session_enter_state(s, ST_DATA);
@@ -293,6 +298,8 @@ session_reply_handle(struct session *s, struct evbuffer *reply, enum store_side 
 		break;
 	}
 
+	if (!s->client.open)
+		flags |= STORE_F_DROPPED; /* nobody to pass it to */
 	session_record(s, side, STORE_KIND_REPLY, flags | (altered ? STORE_F_ALTERED : 0), 0, raw, len, NULL);
 	if (altered != NULL) {
 		session_record(s, STORE_SIDE_PROXY, STORE_KIND_REPLY, STORE_F_INJECTED | STORE_F_TO_CLIENT, 0,

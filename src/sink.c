@@ -39,6 +39,7 @@ sink_reset_tx(struct sink *sk)
 	sk->in_tx = false;
 	sk->nrcpt = 0;
 	sk->bdat_bytes = 0;
+	sk->in_bdat = false;
 }
 
 void
@@ -97,6 +98,9 @@ sink_reply_command(struct sink *sk, const struct smtp_cmd *cmd, char *out)
 	case SMTP_VERB_DATA:
 		if (sk->nrcpt == 0)
 			return sink_put(out, "554 5.5.1 Error: no valid recipients\r\n");
+		/* RFC 3030 2: DATA within a BDAT transaction is refused. */
+		if (sk->in_bdat)
+			return sink_put(out, "503 5.5.1 Error: DATA after BDAT in the same transaction\r\n");
 		return sink_put(out, "354 End data with <CR><LF>.<CR><LF>\r\n");
 	case SMTP_VERB_BDAT:
 		/* The reply comes after the chunk: sink_reply_bdat_chunk(). */
@@ -181,6 +185,7 @@ sink_reply_bdat_chunk(struct sink *sk, const struct smtp_cmd *cmd, char *out)
 	if (sk->nrcpt == 0)
 		return sink_put(out, "554 5.5.1 Error: no valid recipients\r\n");
 	sk->bdat_bytes += cmd->bdat_size;
+	sk->in_bdat = true;
 	if (cmd->bdat_last)
 		return sink_reply_data_end(sk, sk->bdat_bytes, out);
 	return sink_put(out, "250 2.0.0 Ok: %" PRIu64 " octets received\r\n", cmd->bdat_size);

@@ -31,6 +31,7 @@
 #include <sqlite3.h>
 
 #include "smtptap/log.h"
+#include "smtptap/util.h"
 #include "smtptap/schema.h"
 #include "smtptap/store_int.h"
 
@@ -67,7 +68,6 @@ static const char *const store_stmt_sql[STMT_COUNT] = {
 			       "upstream_reply = ? WHERE id = ?",
 };
 
-static void store_errf(char *err, size_t errsz, const char *fmt, ...) LOG_PRINTF(3, 4);
 static int store_create_file(struct store *st, mode_t *mode, char *err, size_t errsz);
 static int store_query_int(sqlite3 *db, const char *sql, int64_t *out);
 static int store_check(struct store *st, char *err, size_t errsz);
@@ -129,7 +129,7 @@ store_open(const char *path, char *err, size_t errsz)
 
 	st = calloc(1, sizeof(*st));
 	if (st == NULL || (st->path = strdup(path)) == NULL) {
-		store_errf(err, errsz, "out of memory");
+		util_errf(err, errsz, "out of memory");
 		free(st);
 		return NULL;
 	}
@@ -141,7 +141,7 @@ store_open(const char *path, char *err, size_t errsz)
 	 * the writer), so SQLite's own locking would only cost time. */
 	rc = sqlite3_open_v2(path, &st->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL);
 	if (rc != SQLITE_OK) {
-		store_errf(err, errsz, "%s", st->db != NULL ? sqlite3_errmsg(st->db) : sqlite3_errstr(rc));
+		util_errf(err, errsz, "%s", st->db != NULL ? sqlite3_errmsg(st->db) : sqlite3_errstr(rc));
 		goto fail;
 	}
 	sqlite3_busy_timeout(st->db, STORE_BUSY_TIMEOUT_MS);
@@ -194,17 +194,6 @@ store_close(struct store *st)
 	return nlost > 0 ? -1 : 0;
 }
 
-static void
-store_errf(char *err, size_t errsz, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (errsz == 0)
-		return;
-	va_start(ap, fmt);
-	vsnprintf(err, errsz, fmt, ap);
-	va_end(ap);
-}
 
 /*
  * Create the file ourselves so that it starts as 0600 whatever the umask:
@@ -226,18 +215,18 @@ store_create_file(struct store *st, mode_t *mode, char *err, size_t errsz)
 
 	st->lockfd = open(st->path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOCTTY, 0600);
 	if (st->lockfd < 0) {
-		store_errf(err, errsz, "cannot create or open it: %s", strerror(errno));
+		util_errf(err, errsz, "cannot create or open it: %s", strerror(errno));
 		return -1;
 	}
 	if (fstat(st->lockfd, &sb) < 0 || !S_ISREG(sb.st_mode)) {
-		store_errf(err, errsz, "not a regular file");
+		util_errf(err, errsz, "not a regular file");
 		return -1;
 	}
 	if (flock(st->lockfd, LOCK_EX | LOCK_NB) < 0) {
 		if (errno == EWOULDBLOCK)
-			store_errf(err, errsz, "another smtptap proxy is recording into it; give each its own --db");
+			util_errf(err, errsz, "another smtptap proxy is recording into it; give each its own --db");
 		else
-			store_errf(err, errsz, "cannot lock it: %s", strerror(errno));
+			util_errf(err, errsz, "cannot lock it: %s", strerror(errno));
 		return -1;
 	}
 	*mode = sb.st_mode & 07777;
@@ -276,20 +265,20 @@ store_check(struct store *st, char *err, size_t errsz)
 
 	rc = store_query_int(st->db, "SELECT count(*) FROM sqlite_master", &nobjects);
 	if (rc == SQLITE_NOTADB) {
-		store_errf(err, errsz, "not an SQLite database (so not an smtptap one)");
+		util_errf(err, errsz, "not an SQLite database (so not an smtptap one)");
 		return -1;
 	}
 	if (rc != SQLITE_OK || (rc = store_query_int(st->db, "PRAGMA user_version", &version)) != SQLITE_OK ||
 	    (rc = store_query_int(st->db, "PRAGMA application_id", &appid)) != SQLITE_OK) {
-		store_errf(err, errsz, "cannot read it: %s", sqlite3_errmsg(st->db));
+		util_errf(err, errsz, "cannot read it: %s", sqlite3_errmsg(st->db));
 		return -1;
 	}
 	if ((version == 0 && nobjects > 0) || (version > 0 && appid != STORE_APPLICATION_ID)) {
-		store_errf(err, errsz, "an SQLite database, but not an smtptap one");
+		util_errf(err, errsz, "an SQLite database, but not an smtptap one");
 		return -1;
 	}
 	if (version > newest) {
-		store_errf(err, errsz, "database schema version %" PRId64 " is newer than this smtptap (%d); upgrade smtptap",
+		util_errf(err, errsz, "database schema version %" PRId64 " is newer than this smtptap (%d); upgrade smtptap",
 			   version, newest);
 		return -1;
 	}
@@ -308,7 +297,7 @@ store_configure(struct store *st, char *err, size_t errsz)
 	 * up to 64 KiB: bigger pages mean fewer overflow pages per chunk, and
 	 * measured ~30% more MB/s than 4 KiB at no cost to small rows. */
 	if (sqlite3_exec(st->db, "PRAGMA page_size = " STORE_PAGE_SIZE, NULL, NULL, NULL) != SQLITE_OK) {
-		store_errf(err, errsz, "cannot configure it: %s", sqlite3_errmsg(st->db));
+		util_errf(err, errsz, "cannot configure it: %s", sqlite3_errmsg(st->db));
 		return -1;
 	}
 	rc = sqlite3_prepare_v2(st->db, "PRAGMA journal_mode = WAL", -1, &stmt, NULL);
@@ -319,7 +308,7 @@ store_configure(struct store *st, char *err, size_t errsz)
 	}
 	sqlite3_finalize(stmt);
 	if (rc != SQLITE_OK) {
-		store_errf(err, errsz, "cannot switch to WAL mode: %s", sqlite3_errmsg(st->db));
+		util_errf(err, errsz, "cannot switch to WAL mode: %s", sqlite3_errmsg(st->db));
 		return -1;
 	}
 	/* Without WAL (some network filesystems) recording still works, but
@@ -333,7 +322,7 @@ store_configure(struct store *st, char *err, size_t errsz)
 			 "PRAGMA synchronous = NORMAL;"
 			 "PRAGMA journal_size_limit = " STORE_WAL_SIZE_LIMIT ";",
 			 NULL, NULL, NULL) != SQLITE_OK) {
-		store_errf(err, errsz, "cannot configure it: %s", sqlite3_errmsg(st->db));
+		util_errf(err, errsz, "cannot configure it: %s", sqlite3_errmsg(st->db));
 		return -1;
 	}
 	return 0;
@@ -369,7 +358,7 @@ store_migrate(struct store *st, char *err, size_t errsz)
 		}
 		snprintf(sql, sizeof(sql), "PRAGMA user_version = %d", m->version);
 		if (sqlite3_exec(st->db, m->sql, NULL, NULL, NULL) != SQLITE_OK) {
-			store_errf(err, errsz, "schema migration %s failed: %s", m->name, sqlite3_errmsg(st->db));
+			util_errf(err, errsz, "schema migration %s failed: %s", m->name, sqlite3_errmsg(st->db));
 			sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
 			return -1;
 		}
@@ -381,12 +370,12 @@ store_migrate(struct store *st, char *err, size_t errsz)
 	return 0;
 
 rollback:
-	store_errf(err, errsz, "cannot update its schema: %s", sqlite3_errmsg(st->db));
+	util_errf(err, errsz, "cannot update its schema: %s", sqlite3_errmsg(st->db));
 	if (!sqlite3_get_autocommit(st->db))
 		sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
 	return -1;
 dberr:
-	store_errf(err, errsz, "cannot update its schema: %s", sqlite3_errmsg(st->db));
+	util_errf(err, errsz, "cannot update its schema: %s", sqlite3_errmsg(st->db));
 	return -1;
 }
 
@@ -417,7 +406,7 @@ store_recover(struct store *st, char *err, size_t errsz)
 			 changed);
 	if (store_query_int(st->db, "SELECT coalesce(max(id), 0) FROM sessions", &st->next_session_id) != SQLITE_OK ||
 	    store_query_int(st->db, "SELECT coalesce(max(id), 0) FROM messages", &st->next_message_id) != SQLITE_OK) {
-		store_errf(err, errsz, "cannot read it: %s", sqlite3_errmsg(st->db));
+		util_errf(err, errsz, "cannot read it: %s", sqlite3_errmsg(st->db));
 		return -1;
 	}
 	st->next_session_id++;
@@ -425,7 +414,7 @@ store_recover(struct store *st, char *err, size_t errsz)
 	return 0;
 
 fail:
-	store_errf(err, errsz, "cannot mark unfinished sessions: %s", sqlite3_errmsg(st->db));
+	util_errf(err, errsz, "cannot mark unfinished sessions: %s", sqlite3_errmsg(st->db));
 	if (!sqlite3_get_autocommit(st->db))
 		sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
 	return -1;
@@ -439,7 +428,7 @@ store_prepare(struct store *st, char *err, size_t errsz)
 	for (i = 0; i < STMT_COUNT; i++) {
 		if (sqlite3_prepare_v3(st->db, store_stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &st->stmt[i], NULL) !=
 		    SQLITE_OK) {
-			store_errf(err, errsz, "cannot prepare \"%s\": %s", store_stmt_sql[i], sqlite3_errmsg(st->db));
+			util_errf(err, errsz, "cannot prepare \"%s\": %s", store_stmt_sql[i], sqlite3_errmsg(st->db));
 			return -1;
 		}
 	}
@@ -480,7 +469,7 @@ store_start_writer(struct store *st, char *err, size_t errsz)
 	return 0;
 
 fail:
-	store_errf(err, errsz, "cannot start the writer thread: %s", strerror(rc));
+	util_errf(err, errsz, "cannot start the writer thread: %s", strerror(rc));
 	return -1;
 }
 

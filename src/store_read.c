@@ -22,6 +22,7 @@
 #include <sqlite3.h>
 
 #include "smtptap/log.h"
+#include "smtptap/util.h"
 #include "smtptap/schema.h"
 
 /* Keep in step with sql/001_init.sql and store.c. */
@@ -46,7 +47,6 @@ struct rcpt_list {
 	size_t n, cap;
 };
 
-static void rd_errf(char *err, size_t errsz, const char *fmt, ...) LOG_PRINTF(3, 4);
 static int rd_check(struct store_reader *rd, char *err, size_t errsz);
 static int rd_prepare(struct store_reader *rd, const char *sql, sqlite3_stmt **stmt, char *err, size_t errsz);
 static int rd_prepare_key(struct store_reader *rd, const char *sql, int64_t key, sqlite3_stmt **stmt, char *err,
@@ -72,21 +72,21 @@ store_reader_open(const char *path, char *err, size_t errsz)
 
 	/* SQLite's "unable to open database file" does not say why. */
 	if (stat(path, &sb) < 0) {
-		rd_errf(err, errsz, "cannot open it: %s", strerror(errno));
+		util_errf(err, errsz, "cannot open it: %s", strerror(errno));
 		return NULL;
 	}
 	if (!S_ISREG(sb.st_mode)) {
-		rd_errf(err, errsz, "not a regular file");
+		util_errf(err, errsz, "not a regular file");
 		return NULL;
 	}
 	rd = calloc(1, sizeof(*rd));
 	if (rd == NULL) {
-		rd_errf(err, errsz, "out of memory");
+		util_errf(err, errsz, "out of memory");
 		return NULL;
 	}
 	rc = sqlite3_open_v2(path, &rd->db, SQLITE_OPEN_READONLY, NULL);
 	if (rc != SQLITE_OK) {
-		rd_errf(err, errsz, "cannot open it: %s", rd->db != NULL ? sqlite3_errmsg(rd->db) : sqlite3_errstr(rc));
+		util_errf(err, errsz, "cannot open it: %s", rd->db != NULL ? sqlite3_errmsg(rd->db) : sqlite3_errstr(rc));
 		store_reader_close(rd);
 		return NULL;
 	}
@@ -235,7 +235,7 @@ store_reader_messages(struct store_reader *rd, int64_t session_id, store_message
 out:
 	if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
 		if (rc == SQLITE_NOMEM)
-			rd_errf(err, errsz, "cannot read the database: out of memory");
+			util_errf(err, errsz, "cannot read the database: out of memory");
 		else
 			rd_db_error(rd, err, errsz);
 		ret = -1;
@@ -283,17 +283,6 @@ store_reader_message_data(struct store_reader *rd, int64_t message_id, store_chu
  * helpers
  */
 
-static void
-rd_errf(char *err, size_t errsz, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (errsz == 0)
-		return;
-	va_start(ap, fmt);
-	vsnprintf(err, errsz, fmt, ap);
-	va_end(ap);
-}
 
 /*
  * Only an smtptap database this binary understands is read: its tables,
@@ -322,20 +311,20 @@ rd_check(struct store_reader *rd, char *err, size_t errsz)
 	}
 	sqlite3_finalize(stmt);
 	if (rc == SQLITE_NOTADB) {
-		rd_errf(err, errsz, "not an SQLite database (so not an smtptap one)");
+		util_errf(err, errsz, "not an SQLite database (so not an smtptap one)");
 		return -1;
 	}
 	if (rc != SQLITE_OK) {
-		rd_errf(err, errsz, "cannot read it: %s", sqlite3_errmsg(rd->db));
+		util_errf(err, errsz, "cannot read it: %s", sqlite3_errmsg(rd->db));
 		return -1;
 	}
 	if (version > 0 && appid == STORE_APPLICATION_ID && version > newest) {
-		rd_errf(err, errsz, "database schema version %" PRId64 " is newer than this smtptap (%d); upgrade smtptap",
+		util_errf(err, errsz, "database schema version %" PRId64 " is newer than this smtptap (%d); upgrade smtptap",
 			version, newest);
 		return -1;
 	}
 	if (version == 0 || appid != STORE_APPLICATION_ID || ntables != 4) {
-		rd_errf(err, errsz, "not an smtptap database");
+		util_errf(err, errsz, "not an smtptap database");
 		return -1;
 	}
 	return 0;
@@ -367,7 +356,7 @@ rd_prepare_key(struct store_reader *rd, const char *sql, int64_t key, sqlite3_st
 static int
 rd_db_error(struct store_reader *rd, char *err, size_t errsz)
 {
-	rd_errf(err, errsz, "cannot read the database: %s", sqlite3_errmsg(rd->db));
+	util_errf(err, errsz, "cannot read the database: %s", sqlite3_errmsg(rd->db));
 	return -1;
 }
 

@@ -37,6 +37,7 @@
 
 #include "smtptap/ca.h"
 #include "smtptap/json.h"
+#include "smtptap/util.h"
 
 /* Forged leaves kept; a leaf is a few hundred bytes of DER plus
  * OpenSSL's parsed form, so the default costs a few MiB at most. */
@@ -112,7 +113,6 @@ static int tls_servername_cb(SSL *ssl, int *alert, void *arg);
 static int tls_open_keylog(struct tls *t, const char *path, char *err, size_t errsz);
 static int tls_setup_server(struct tls *t, const struct tls_config *cfg, char *err, size_t errsz);
 static int tls_setup_client(struct tls *t, const struct tls_config *cfg, char *err, size_t errsz);
-static void tls_err(char *err, size_t errsz, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static bool tls_is_ip(const char *s, char *out, size_t outsz);
 static int tls_check_readable(const char *flag, const char *path, char *err, size_t errsz);
 static bool tls_is_hostname(const char *s);
@@ -132,17 +132,6 @@ static void tls_name_text(const X509_NAME *name, char *out, size_t outsz);
  * Small helpers.
  */
 
-static void
-tls_err(char *err, size_t errsz, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (errsz == 0)
-		return;
-	va_start(ap, fmt);
-	vsnprintf(err, errsz, fmt, ap);
-	va_end(ap);
-}
 
 /* Is s an IPv4 or IPv6 address literal ("[::1]" too)?  The bare form goes
  * to out when it is. */
@@ -199,7 +188,7 @@ tls_check_readable(const char *flag, const char *path, char *err, size_t errsz)
 	FILE *f;
 
 	if ((f = fopen(path, "r")) == NULL) {
-		tls_err(err, errsz, "%s %s: %s", flag, path, strerror(errno));
+		util_errf(err, errsz, "%s %s: %s", flag, path, strerror(errno));
 		return -1;
 	}
 	fclose(f);
@@ -311,11 +300,11 @@ tls_new(const struct tls_config *cfg, bool need_server, bool need_client, char *
 	struct tls *t;
 
 	if (pthread_once(&tls_ex_once, tls_ex_init) != 0 || tls_ex_index < 0) {
-		tls_err(err, errsz, "OpenSSL: cannot register per-connection data");
+		util_errf(err, errsz, "OpenSSL: cannot register per-connection data");
 		return NULL;
 	}
 	if ((t = calloc(1, sizeof(*t))) == NULL) {
-		tls_err(err, errsz, "out of memory");
+		util_errf(err, errsz, "out of memory");
 		return NULL;
 	}
 	t->upstream_verify = cfg->upstream_verify;
@@ -359,11 +348,11 @@ tls_open_keylog(struct tls *t, const char *path, char *err, size_t errsz)
 
 	fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOCTTY, 0600);
 	if (fd < 0) {
-		tls_err(err, errsz, "--keylog %s: %s", path, strerror(errno));
+		util_errf(err, errsz, "--keylog %s: %s", path, strerror(errno));
 		return -1;
 	}
 	if ((t->keylog = fdopen(fd, "a")) == NULL) {
-		tls_err(err, errsz, "--keylog %s: %s", path, strerror(errno));
+		util_errf(err, errsz, "--keylog %s: %s", path, strerror(errno));
 		close(fd);
 		return -1;
 	}
@@ -377,11 +366,11 @@ tls_setup_server(struct tls *t, const struct tls_config *cfg, char *err, size_t 
 	char ebuf[256];
 
 	if ((cfg->cert_file == NULL) != (cfg->key_file == NULL)) {
-		tls_err(err, errsz, "%s", cfg->cert_file != NULL ? "--cert needs --key" : "--key needs --cert");
+		util_errf(err, errsz, "%s", cfg->cert_file != NULL ? "--cert needs --key" : "--key needs --cert");
 		return -1;
 	}
 	if ((t->srv = SSL_CTX_new(TLS_server_method())) == NULL) {
-		tls_err(err, errsz, "OpenSSL: cannot make the server context: %s",
+		util_errf(err, errsz, "OpenSSL: cannot make the server context: %s",
 			tls_error_text(ebuf, sizeof(ebuf)));
 		return -1;
 	}
@@ -395,16 +384,16 @@ tls_setup_server(struct tls *t, const struct tls_config *cfg, char *err, size_t 
 		    tls_check_readable("--key", cfg->key_file, err, errsz) < 0)
 			return -1;
 		if (SSL_CTX_use_certificate_chain_file(t->srv, cfg->cert_file) != 1) {
-			tls_err(err, errsz, "--cert %s: %s", cfg->cert_file, tls_error_text(ebuf, sizeof(ebuf)));
+			util_errf(err, errsz, "--cert %s: %s", cfg->cert_file, tls_error_text(ebuf, sizeof(ebuf)));
 			return -1;
 		}
 		if (SSL_CTX_use_PrivateKey_file(t->srv, cfg->key_file, SSL_FILETYPE_PEM) != 1) {
-			tls_err(err, errsz, "--key %s: %s", cfg->key_file, tls_error_text(ebuf, sizeof(ebuf)));
+			util_errf(err, errsz, "--key %s: %s", cfg->key_file, tls_error_text(ebuf, sizeof(ebuf)));
 			return -1;
 		}
 		if (SSL_CTX_check_private_key(t->srv) != 1) {
 			ERR_clear_error();
-			tls_err(err, errsz, "--key %s does not match the certificate in --cert %s", cfg->key_file,
+			util_errf(err, errsz, "--key %s does not match the certificate in --cert %s", cfg->key_file,
 				cfg->cert_file);
 			return -1;
 		}
@@ -413,13 +402,13 @@ tls_setup_server(struct tls *t, const struct tls_config *cfg, char *err, size_t 
 
 	dir = cfg->ca_dir != NULL ? cfg->ca_dir : ca_default_dir();
 	if (dir == NULL) {
-		tls_err(err, errsz, "no --ca-dir given and neither XDG_DATA_HOME nor HOME is set");
+		util_errf(err, errsz, "no --ca-dir given and neither XDG_DATA_HOME nor HOME is set");
 		return -1;
 	}
 	if (ca_init(dir, err, errsz) < 0 || ca_load(dir, &t->ca_cert, &t->ca_key, err, errsz) < 0)
 		return -1;
 	if ((t->leaf_key = EVP_EC_gen("P-256")) == NULL) {
-		tls_err(err, errsz, "OpenSSL: cannot make the leaf key: %s", tls_error_text(ebuf, sizeof(ebuf)));
+		util_errf(err, errsz, "OpenSSL: cannot make the leaf key: %s", tls_error_text(ebuf, sizeof(ebuf)));
 		return -1;
 	}
 	t->forging = true;
@@ -434,7 +423,7 @@ tls_setup_client(struct tls *t, const struct tls_config *cfg, char *err, size_t 
 	char ebuf[256];
 
 	if ((t->cli = SSL_CTX_new(TLS_client_method())) == NULL) {
-		tls_err(err, errsz, "OpenSSL: cannot make the client context: %s",
+		util_errf(err, errsz, "OpenSSL: cannot make the client context: %s",
 			tls_error_text(ebuf, sizeof(ebuf)));
 		return -1;
 	}
@@ -450,12 +439,12 @@ tls_setup_client(struct tls *t, const struct tls_config *cfg, char *err, size_t 
 		if (tls_check_readable("--upstream-ca", cfg->upstream_ca, err, errsz) < 0)
 			return -1;
 		if (SSL_CTX_load_verify_file(t->cli, cfg->upstream_ca) != 1) {
-			tls_err(err, errsz, "--upstream-ca %s: %s", cfg->upstream_ca,
+			util_errf(err, errsz, "--upstream-ca %s: %s", cfg->upstream_ca,
 				tls_error_text(ebuf, sizeof(ebuf)));
 			return -1;
 		}
 	} else if (SSL_CTX_set_default_verify_paths(t->cli) != 1) {
-		tls_err(err, errsz, "cannot load the system's trusted certificates (try --upstream-ca FILE): %s",
+		util_errf(err, errsz, "cannot load the system's trusted certificates (try --upstream-ca FILE): %s",
 			tls_error_text(ebuf, sizeof(ebuf)));
 		return -1;
 	}
@@ -475,13 +464,13 @@ tls_server_ssl_new(struct tls *t, X509 *upstream_cert, const char *name, char *e
 	char ebuf[256];
 
 	if (t->srv == NULL) {
-		tls_err(err, errsz, "TLS towards clients was not set up");
+		util_errf(err, errsz, "TLS towards clients was not set up");
 		return NULL;
 	}
 	if ((ssl = SSL_new(t->srv)) == NULL)
 		goto ossl_fail;
 	if ((st = calloc(1, sizeof(*st))) == NULL) {
-		tls_err(err, errsz, "out of memory");
+		util_errf(err, errsz, "out of memory");
 		SSL_free(ssl);
 		return NULL;
 	}
@@ -505,7 +494,7 @@ tls_server_ssl_new(struct tls *t, X509 *upstream_cert, const char *name, char *e
 	X509_free(leaf);
 	return ssl;
 ossl_fail:
-	tls_err(err, errsz, "cannot set up TLS for the client: %s", tls_error_text(ebuf, sizeof(ebuf)));
+	util_errf(err, errsz, "cannot set up TLS for the client: %s", tls_error_text(ebuf, sizeof(ebuf)));
 	X509_free(leaf);
 	SSL_free(ssl);
 	return NULL;
@@ -519,7 +508,7 @@ tls_client_ssl_new(struct tls *t, const char *sni, const char *verify_name, char
 	SSL *ssl;
 
 	if (t->cli == NULL) {
-		tls_err(err, errsz, "TLS towards the upstream was not set up");
+		util_errf(err, errsz, "TLS towards the upstream was not set up");
 		return NULL;
 	}
 	if ((ssl = SSL_new(t->cli)) == NULL)
@@ -554,7 +543,7 @@ tls_client_ssl_new(struct tls *t, const char *sni, const char *verify_name, char
 	}
 	return ssl;
 fail:
-	tls_err(err, errsz, "cannot set up TLS for the upstream: %s", tls_error_text(ebuf, sizeof(ebuf)));
+	util_errf(err, errsz, "cannot set up TLS for the upstream: %s", tls_error_text(ebuf, sizeof(ebuf)));
 	SSL_free(ssl);
 	return NULL;
 }
@@ -606,12 +595,12 @@ tls_verify_result(SSL *ssl, char *why, size_t whysz)
 		why[0] = '\0';
 	/* X509_V_OK is also what an SSL that saw no certificate says. */
 	if (SSL_get0_peer_certificate(ssl) == NULL) {
-		tls_err(why, whysz, "no certificate");
+		util_errf(why, whysz, "no certificate");
 		return 0;
 	}
 	r = SSL_get_verify_result(ssl);
 	if (r != X509_V_OK) {
-		tls_err(why, whysz, "%s", X509_verify_cert_error_string(r));
+		util_errf(why, whysz, "%s", X509_verify_cert_error_string(r));
 		return 0;
 	}
 	return 1;

@@ -8,13 +8,16 @@
 #   bash tests/run-all.sh --only fuzz      each libFuzzer target briefly
 #
 # Sections of a full run:
-#   unit       make all unit-bins; each build/tests/test_* (cmocka)
+#   unit       make all unit-bins; each build/tests/test_* (cmocka; test_alloc_fail
+#              is the allocation-failure injection, see tests/fuzz/README.md)
 #   e2e        pytest tests/e2e with SMTPTAP_BIN=build/smtptap
 #   valgrind   each unit binary under valgrind (one count per binary)
 #   asan-unit  make O=build/asan SAN=1 CC=clang all unit-bins (clang, so both compilers build warning-free); unit tests again
 #   asan-e2e   pytest again with SMTPTAP_BIN=build/asan/smtptap, SMTPTAP_SANITIZER=1
 #   fuzz       make fuzz-bins; each fuzzer FUZZ_SECONDS (default 10) on a copy
-#              of its corpus; a crash is a failure
+#              of its corpus, with its dictionary and -max_len=FUZZ_MAX_LEN
+#              (200000); a crash, leak or UBSan report is a failure
+# (coverage is separate: make coverage, tools/coverage.sh)
 #
 # A build failure counts as a failure (never as "0 tests").  The last line
 # is always "N passed, N failed, N skipped"; the exit status is non-zero if
@@ -25,6 +28,9 @@ cd "$(dirname "$0")/.." || exit 2
 ROOT=$(pwd)
 PY=/usr/bin/python3
 FUZZ_SECONDS=${FUZZ_SECONDS:-10}
+FUZZ_MAX_LEN=${FUZZ_MAX_LEN:-200000}
+# Fuzz targets left out (counted as skipped, not passed), space-separated.
+FUZZ_SKIP=${FUZZ_SKIP-}
 # Safety nets only (a hung run must end); no test relies on them.
 E2E_TIMEOUT=${E2E_TIMEOUT:-1500}
 UNIT_TIMEOUT=${UNIT_TIMEOUT:-300}
@@ -42,7 +48,7 @@ while [ $# -gt 0 ]; do
 		shift
 		;;
 	-h | --help)
-		sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'
+		sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'
 		exit 0
 		;;
 	*)
@@ -277,12 +283,19 @@ EOF
 
 # run_fuzz: each fuzzer on a scratch copy of its corpus
 run_fuzz() {
-	local p=0 f=0 bin name corpus work out rc any=0
+	local p=0 f=0 s=0 bin name corpus work out rc any=0
 	for bin in build/fuzz/fuzz_*; do
 		[ -f "$bin" ] && [ -x "$bin" ] || continue
 		case "$bin" in *.d | *.o) continue ;; esac
 		any=1
 		name=$(basename "$bin")
+		case " $FUZZ_SKIP " in
+		*" $name "*)
+			echo "   $name: skipped (FUZZ_SKIP)"
+			s=$((s + 1))
+			continue
+			;;
+		esac
 		corpus="tests/fuzz/corpus/${name#fuzz_}"
 		work="$TMP/fuzz-$name"
 		mkdir -p "$work/corpus" "$work/artifacts"
@@ -292,10 +305,21 @@ run_fuzz() {
 			echo "   (no seed corpus at $corpus: starting empty)"
 		fi
 		out="$work/log"
-		timeout -k 10 $((FUZZ_SECONDS + 120)) "$bin" -max_total_time="$FUZZ_SECONDS" -print_final_stats=1 \
-			-artifact_prefix="$work/artifacts/" "$work/corpus" >"$out" 2>&1
+		dict="tests/fuzz/dict/${name#fuzz_}.dict"
+		if [ ! -f "$dict" ]; then
+			echo "!! $name: no dictionary at $dict"
+			fail_item "fuzz: $name has no dictionary"
+			f=$((f + 1))
+			continue
+		fi
+		# -max_len above the 64 KiB bounds so the caps are reached; UBSan
+		# is built fatal (-fno-sanitize-recover=all), these make sure.
+		ASAN_OPTIONS=abort_on_error=0:detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+			timeout -k 10 $((FUZZ_SECONDS + 120)) "$bin" -max_total_time="$FUZZ_SECONDS" -print_final_stats=1 \
+			-max_len="$FUZZ_MAX_LEN" -dict="$dict" -artifact_prefix="$work/artifacts/" "$work/corpus" >"$out" 2>&1
 		rc=$?
-		if [ "$rc" -eq 0 ] && ! ls "$work/artifacts" | grep -q .; then
+		# A UBSan report without a crash would still be a finding.
+		if [ "$rc" -eq 0 ] && ! ls "$work/artifacts" | grep -q . && ! grep -q 'runtime error' "$out"; then
 			p=$((p + 1))
 			echo "   $name: $(grep -E '^stat::number_of_executed_units' "$out" | awk '{print $2}') runs, no crash"
 		else
@@ -316,7 +340,7 @@ run_fuzz() {
 		fail_item "fuzz: no fuzz binaries"
 		f=$((f + 1))
 	fi
-	record fuzz "$p" "$f" 0
+	record fuzz "$p" "$f" "$s"
 }
 
 want() {

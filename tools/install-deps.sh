@@ -5,16 +5,19 @@
 set -eu
 
 BUILD_PKGS="build-essential pkg-config libevent-dev libssl-dev libsqlite3-dev sqlite3"
-TEST_PKGS="libcmocka-dev clang libclang-rt-14-dev valgrind python3 python3-pytest python3-aiosmtpd \
+TEST_PKGS="libcmocka-dev clang libclang-rt-14-dev valgrind python3 python3-pytest python3-aiosmtpd python3-cryptography \
 libnet-ssleay-perl libio-socket-ssl-perl \
 swaks postfix curl msmtp openssl php-cli libphp-phpmailer nodejs node-nodemailer"
 BENCH_PKGS="haproxy time stunnel4"
+# make coverage: llvm-profdata-14 and llvm-cov-14 for clang-14's profiles.
+COVER_PKGS="clang llvm-14"
 
 case "${1:-all}" in
 build) PKGS="$BUILD_PKGS" ;;
 test) PKGS="$BUILD_PKGS $TEST_PKGS" ;;
-all) PKGS="$BUILD_PKGS $TEST_PKGS $BENCH_PKGS" ;;
-*) echo "usage: $0 [build|test|all]" >&2; exit 2 ;;
+cover) PKGS="$BUILD_PKGS $COVER_PKGS" ;;
+all) PKGS="$BUILD_PKGS $TEST_PKGS $BENCH_PKGS $COVER_PKGS" ;;
+*) echo "usage: $0 [build|test|cover|all]" >&2; exit 2 ;;
 esac
 
 missing=""

@@ -35,6 +35,7 @@ struct sink {
 	unsigned nrcpt;	    /* RCPTs accepted in this transaction */
 	unsigned nmsg;	    /* messages accepted in this session */
 	uint64_t bdat_bytes; /* bytes in this BDAT transaction so far */
+	bool in_bdat;	     /* a BDAT chunk was accepted in this transaction */
 	enum sink_auth auth;
 };
 

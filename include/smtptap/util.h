@@ -23,6 +23,10 @@ char *util_format_addr(const struct sockaddr *sa, char *buf, size_t bufsz);
 int util_split_hostport(const char *spec, char *host, size_t hostsz, char *port, size_t portsz, char *err,
 			size_t errsz);
 
+/* Format a one-line reason into err (errsz may be 0: nothing written),
+ * the way every "char *err, size_t errsz" out-parameter is filled. */
+void util_errf(char *err, size_t errsz, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
 /* Parse a decimal integer in [min, max]; returns 0 or -1. */
 int util_parse_int(const char *s, long min, long max, long *out);
 

@@ -4,7 +4,9 @@
  * The first input byte picks a split point; the rest is the DATA stream.
  * One-shot scanning, two-chunk scanning, byte-by-byte scanning and an
  * independent line-based reference must agree on output, consumed bytes,
- * counters, completion and bare-LF detection; any mismatch abort()s.
+ * counters, completion and the bare LF / bare CR / NUL flags; any mismatch
+ * abort()s.  Lines end at CRLF only (RFC 5321 4.1.1.4), so the message
+ * ends only at <CRLF>.<CRLF>.
  * Output buffers are exactly len + 2 bytes, the documented minimum, so ASan
  * catches a scanner that writes more.
  */
@@ -24,6 +26,8 @@ struct fuzz_result {
 	size_t consumed;
 	bool done;
 	bool bare_lf;
+	bool bare_cr;
+	bool nul;
 };
 
 static void	fuzz_scan(const char *, size_t, size_t, size_t, struct fuzz_result *);
@@ -67,32 +71,43 @@ fuzz_scan(const char *in, size_t len, size_t first, size_t step, struct fuzz_res
 	r->consumed = pos;
 	r->done = d.st == SMTP_DATA_DONE;
 	r->bare_lf = d.bare_lf;
+	r->bare_cr = d.bare_cr;
+	r->nul = d.nul;
 }
 
-/* Line-based reference; see tests/unit/test_smtp.c ref_scan(). */
+/*
+ * Line-based reference, written apart from the state machine so that the
+ * two can disagree; see tests/unit/test_smtp.c ref_scan().  Lines end with
+ * CRLF only (a bare LF or CR is content).  A trailing partial line "." or
+ * ".\r" produces nothing yet: it may still become the terminator.
+ */
 static void
 fuzz_ref(const char *in, size_t len, struct fuzz_result *r)
 {
-	size_t pos = 0, end, n;
-	const char *nl;
+	size_t pos = 0, end, n, k;
+	const char *crlf;
 
 	memset(r, 0, sizeof(*r));
 	r->out = malloc(len + 2);
 	if (r->out == NULL)
 		abort();
 	while (pos < len) {
-		nl = memchr(in + pos, '\n', len - pos);
-		end = nl != NULL ? (size_t)(nl - in) + 1 : len;
+		crlf = NULL;
+		for (k = pos; k + 1 < len; k++) {
+			if (in[k] == '\r' && in[k + 1] == '\n') {
+				crlf = in + k;
+				break;
+			}
+		}
+		end = crlf != NULL ? (size_t)(crlf - in) + 2 : len;
 		n = end - pos;
 		if (in[pos] == '.') {
-			if (nl != NULL && (n == 2 || (n == 3 && in[pos + 1] == '\r'))) {
+			if (crlf != NULL && n == 3) {
 				r->done = true;
 				r->consumed = end;
-				if (n == 2)
-					r->bare_lf = true;
 				return;
 			}
-			if (nl == NULL && (n == 1 || (n == 2 && in[pos + 1] == '\r')))
+			if (crlf == NULL && (n == 1 || (n == 2 && in[pos + 1] == '\r')))
 				break;
 			memcpy(r->out + r->out_len, in + pos + 1, n - 1);
 			r->out_len += n - 1;
@@ -100,8 +115,14 @@ fuzz_ref(const char *in, size_t len, struct fuzz_result *r)
 			memcpy(r->out + r->out_len, in + pos, n);
 			r->out_len += n;
 		}
-		if (nl != NULL && (n < 2 || in[end - 2] != '\r'))
-			r->bare_lf = true;
+		for (k = pos; k < end; k++) {
+			if (in[k] == '\n' && (k == 0 || in[k - 1] != '\r'))
+				r->bare_lf = true;
+			if (in[k] == '\r' && k + 1 < len && in[k + 1] != '\n')
+				r->bare_cr = true;
+			if (in[k] == '\0')
+				r->nul = true;
+		}
 		pos = end;
 	}
 	r->consumed = len;
@@ -111,7 +132,7 @@ static void
 fuzz_compare(const struct fuzz_result *a, const struct fuzz_result *b)
 {
 	if (a->out_len != b->out_len || a->consumed != b->consumed || a->done != b->done ||
-	    a->bare_lf != b->bare_lf || memcmp(a->out, b->out, a->out_len) != 0)
+	    a->bare_lf != b->bare_lf || a->bare_cr != b->bare_cr || a->nul != b->nul || memcmp(a->out, b->out, a->out_len) != 0)
 		abort();
 }
 

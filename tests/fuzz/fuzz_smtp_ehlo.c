@@ -1,22 +1,24 @@
 /*
- * fuzz_smtp_ehlo.c - libFuzzer target for smtp_ehlo_edit().
+ * fuzz_smtp_ehlo.c - libFuzzer target for smtp_ehlo_edit(), the EHLO
+ * reply rewrite that adds or removes a capability (STARTTLS) on its way to
+ * the client.
  *
- * Two runs per input.  The raw bytes go in as they are, for memory errors
- * only (ASan/UBSan; exact-size buffers).  Then the input shapes a
- * well-formed EHLO reply: byte 0 picks add or remove and CRLF or LF, the
- * rest, split at LF, gives each line's text ("250-text", the last
- * "250 text", an empty last one a bare "250").  On that reply the result
- * must keep the promises in smtp.h:
- *   - -1 only for more than 1024 lines (out is the documented bound) or
- *     an out below the bound; 0 exactly when the keyword's presence is
- *     already as wanted; *had says whether it was offered;
- *   - the output is a reply: every line ends in LF, parses, and all but
- *     the last have '-', the last ' ' (or is a bare code);
- *   - the keyword is offered (a line after the first) iff wanted, an added
- *     line comes right after the first and takes its line ending;
- *   - every other line keeps its text and line ending, in order;
- *   - no byte past outsz (ASan) and outlen <= outsz.
- * Any broken promise abort()s.
+ * The first byte picks the capability and whether it is wanted; the rest
+ * is cut, the way the session assembles an upstream's stream, into the
+ * first complete reply (lines ending in LF, up to the first line the parser
+ * calls last), which is what the session hands to smtp_ehlo_edit.  Checked:
+ *   - the result code: -1 only for more than 1024 lines (the output buffer
+ *     given is the documented sufficient size, exactly, so ASan sees any
+ *     write past it), 0 exactly when the reply already is as wanted;
+ *   - a rewritten reply is still exactly one reply: every line ends in LF,
+ *     every line but the last is a "NNN-" continuation and the last line
+ *     ends the reply (a client must not see two replies where the server
+ *     sent one);
+ *   - nothing else changes: the lines other than the added or removed
+ *     capability are the input's, in order, apart from the separator;
+ *   - it is idempotent (editing the result again changes nothing), and
+ *     adding then removing gives back the input's lines.
+ * Any violation abort()s.
  */
 #include <stdbool.h>
 #include <stddef.h>
@@ -26,216 +28,209 @@
 
 #include "smtptap/smtp.h"
 
-#define FUZZ_KW "STARTTLS"
-#define FUZZ_LINES_MAX 1024 /* smtp_ehlo_edit's limit */
-
 int LLVMFuzzerTestOneInput(const uint8_t *, size_t);
 
-/* One line of a reply as this file sees it, independently of smtp.c. */
-struct fuzz_line {
-	const char *text; /* after "250-" / "250 " (or the bare code) */
-	size_t textlen;
-	size_t eol;	  /* 1 LF, 2 CRLF */
-	bool dash;	  /* '-' after the code */
-	bool is_kw;	  /* a capability line naming FUZZ_KW */
-};
+#define FUZZ_EHLO_LINES_MAX 1024
 
-static void	fuzz_raw(const char *, size_t);
-static size_t	fuzz_build(const uint8_t *, size_t, bool, char *);
-static size_t	fuzz_split(const char *, size_t, struct fuzz_line *, size_t);
-static bool	fuzz_offers(const struct fuzz_line *, size_t);
-static void	fuzz_check(const char *, size_t, const struct fuzz_line *, size_t, bool, size_t);
+static const char *const fuzz_kws[] = { "STARTTLS", "SIZE", "AUTH", "PIPELINING", "8BITMIME", "X" };
 
-/* The raw input, whatever it is: memory safety and the out bound only. */
-static void
-fuzz_raw(const char *data, size_t size)
+static size_t	fuzz_first_reply(const char *, size_t);
+static size_t	fuzz_check_one_reply(const char *, size_t);
+static bool	fuzz_same_lines(const char *, size_t, const char *, size_t, const char *);
+static bool	fuzz_is_kw_line(const char *, size_t, const char *);
+static bool	fuzz_line_eq(const char *, size_t, const char *, size_t);
+static char	*fuzz_edit(const char *, size_t, const char *, bool, int *, size_t *, bool *);
+
+/* Length of the first complete reply in buf, 0 if there is none. */
+static size_t
+fuzz_first_reply(const char *buf, size_t size)
 {
-	size_t outsz = size + strlen(FUZZ_KW) + 8, outlen = 0;
-	char *in, *out;
-	bool had;
-	int r;
+	/* ... and only a 2xx one (session_reply.c: code / 100 == 2). */
+	struct smtp_reply_line r;
+	size_t pos = 0, len;
+	const char *nl;
 
-	in = malloc(size > 0 ? size : 1);
-	out = malloc(outsz);
-	if (in == NULL || out == NULL)
-		abort();
-	memcpy(in, data, size);
-	r = smtp_ehlo_edit(in, size, FUZZ_KW, data[0] & 1, out, outsz, &outlen, &had);
-	if (r < -1 || r > 1 || (r == 1 && outlen > outsz))
-		abort();
-	free(out);
-	free(in);
+	while (pos < size) {
+		nl = memchr(buf + pos, '\n', size - pos);
+		if (nl == NULL)
+			return 0;
+		len = (size_t)(nl - (buf + pos)) + 1;
+		if (len > SMTP_LINE_MAX)
+			return 0;
+		smtp_parse_reply_line(buf + pos, len, &r);
+		pos += len;
+		if (r.last)
+			return r.code / 100 == 2 ? pos : 0;
+	}
+	return 0;
 }
 
-/*
- * The well-formed reply for data[1..size) into buf (at least 6 * size + 8
- * bytes): one line per LF-separated piece.  Returns its length.
- */
+/* Abort unless out[0..len) is exactly one reply with LF-terminated lines;
+ * returns its number of lines. */
 static size_t
-fuzz_build(const uint8_t *data, size_t size, bool crlf, char *buf)
+fuzz_check_one_reply(const char *out, size_t len)
 {
-	const char *p = (const char *)data + 1, *end = (const char *)data + size, *nl;
-	size_t o = 0, n;
-	bool last;
+	struct smtp_reply_line r;
+	size_t pos = 0, n, lines = 0;
+	const char *nl;
 
-	do {
-		nl = memchr(p, '\n', (size_t)(end - p));
-		n = nl != NULL ? (size_t)(nl - p) : (size_t)(end - p);
-		last = nl == NULL;
-		memcpy(buf + o, "250", 3);
-		o += 3;
-		if (!last || n > 0)
-			buf[o++] = last ? ' ' : '-';
-		memcpy(buf + o, p, n);
-		o += n;
-		if (crlf)
-			buf[o++] = '\r';
-		buf[o++] = '\n';
-		p = nl != NULL ? nl + 1 : end;
-	} while (!last);
-	return o;
-}
-
-/*
- * Split a reply into lines (every line must end in LF and parse as a
- * reply line, else abort()).  Returns the number of lines, at most max
- * (more: max + 1, lines beyond max not stored).
- */
-static size_t
-fuzz_split(const char *s, size_t len, struct fuzz_line *lines, size_t max)
-{
-	struct smtp_reply_line rl;
-	struct smtp_ehlo_kw k;
-	const char *p = s, *end = s + len, *nl;
-	size_t nlines = 0, n;
-	struct fuzz_line *l;
-
-	while (p < end) {
-		if ((nl = memchr(p, '\n', (size_t)(end - p))) == NULL)
+	while (pos < len) {
+		nl = memchr(out + pos, '\n', len - pos);
+		if (nl == NULL)
 			abort(); /* a line without its LF */
-		n = (size_t)(nl - p) + 1;
-		if (smtp_parse_reply_line(p, n, &rl) < 0 || rl.code != 250)
-			abort();
-		if (nlines == max)
-			return max + 1;
-		l = &lines[nlines];
-		l->eol = n >= 2 && p[n - 2] == '\r' ? 2 : 1;
-		if (n < 3 + l->eol)
-			abort();
-		l->dash = n > 3 + l->eol && p[3] == '-';
-		l->text = p + (n > 3 + l->eol ? 4 : 3);
-		l->textlen = (size_t)(p + n - l->eol - l->text);
-		l->is_kw = nlines > 0 && smtp_parse_ehlo_keyword(l->text, l->textlen, &k) == 0 &&
-			   smtp_str_eq_ci(k.keyword, FUZZ_KW);
-		/* '-' on every line but the last, ' ' or nothing on the last. */
-		if (l->dash == (nl + 1 == end))
-			abort();
-		if (!l->dash && n > 3 + l->eol && p[3] != ' ')
-			abort();
-		nlines++;
-		p = nl + 1;
+		n = (size_t)(nl - (out + pos)) + 1;
+		smtp_parse_reply_line(out + pos, n, &r);
+		pos += n;
+		lines++;
+		if (r.last != (pos == len))
+			abort(); /* ends early (two replies) or never ends */
 	}
-	return nlines;
+	if (lines == 0)
+		abort();
+	return lines;
 }
 
+/* Is this line (not the first) the capability kw? */
 static bool
-fuzz_offers(const struct fuzz_line *lines, size_t n)
+fuzz_is_kw_line(const char *l, size_t n, const char *kw)
 {
-	size_t i;
+	struct smtp_reply_line r;
+	struct smtp_ehlo_kw k;
 
-	for (i = 1; i < n; i++)
-		if (lines[i].is_kw)
-			return true;
-	return false;
+	smtp_parse_reply_line(l, n, &r);
+	return smtp_parse_ehlo_keyword(r.text.p, r.text.len, &k) == 0 && smtp_str_eq_ci(k.keyword, kw);
 }
 
-/* The promises of smtp_ehlo_edit for one well-formed reply and outsz. */
-static void
-fuzz_check(const char *in, size_t len, const struct fuzz_line *il, size_t nin, bool want, size_t outsz)
+/* One line of a reply: n bytes at l, terminator included. */
+static bool
+fuzz_line_eq(const char *a, size_t na, const char *b, size_t nb)
 {
-	static struct fuzz_line ol[FUZZ_LINES_MAX + 2];
-	size_t bound = len + strlen(FUZZ_KW) + 8, outlen = 0, nout, i, j;
-	bool had, offered;
-	char *copy, *out;
-	int r;
+	struct smtp_reply_line ra, rb;
+	bool crlf_a = na >= 2 && a[na - 2] == '\r', crlf_b = nb >= 2 && b[nb - 2] == '\r';
 
-	copy = malloc(len);
-	out = malloc(outsz > 0 ? outsz : 1);
-	if (copy == NULL || out == NULL)
-		abort();
-	memcpy(copy, in, len);
-	r = smtp_ehlo_edit(copy, len, FUZZ_KW, want, out, outsz, &outlen, &had);
-	if (nin > FUZZ_LINES_MAX) {
-		if (r != -1)
-			abort();
-		goto done;
-	}
-	offered = fuzz_offers(il, nin);
-	if (had != offered)
-		abort();
-	if (offered == want) {
-		if (r != 0)
-			abort();
-		goto done;
-	}
-	if (r == -1 && outsz < bound)
-		goto done;
-	if (r != 1 || outlen > outsz)
-		abort();
+	smtp_parse_reply_line(a, na, &ra);
+	smtp_parse_reply_line(b, nb, &rb);
+	if (ra.code == 0 || rb.code == 0)
+		return na == nb && memcmp(a, b, na) == 0;
+	/* Same code, text and line ending; the separator ('-', ' ' or
+	 * none for a bare code) is the editor's to set. */
+	return ra.code == rb.code && crlf_a == crlf_b && ra.text.len == rb.text.len &&
+	       memcmp(ra.text.p, rb.text.p, ra.text.len) == 0;
+}
 
-	nout = fuzz_split(out, outlen, ol, FUZZ_LINES_MAX + 1);
-	if (nout == 0 || fuzz_offers(ol, nout) != want)
-		abort();
-	/* The first line: same text and ending. */
-	if (ol[0].textlen != il[0].textlen || memcmp(ol[0].text, il[0].text, il[0].textlen) != 0 ||
-	    ol[0].eol != il[0].eol)
-		abort();
-	j = 1;
-	if (want) {
-		/* Added right after the first line, with its ending. */
-		if (nout != nin + 1 || !ol[1].is_kw || ol[1].eol != il[0].eol)
-			abort();
-		j = 2;
-	}
-	/* Every other line of the input, in order, text and ending kept. */
-	for (i = 1; i < nin; i++) {
-		if (il[i].is_kw)
+/*
+ * Do a[0..alen) and b[0..blen) hold the same lines (fuzz_line_eq),
+ * skipping, when skip_kw is not NULL, every line but the first of `a` that
+ * is that capability?
+ */
+static bool
+fuzz_same_lines(const char *a, size_t alen, const char *b, size_t blen, const char *skip_kw)
+{
+	size_t pa = 0, pb = 0, na, nb;
+	const char *nl;
+	bool first = true;
+
+	while (pa < alen) {
+		nl = memchr(a + pa, '\n', alen - pa);
+		na = nl != NULL ? (size_t)(nl - (a + pa)) + 1 : alen - pa;
+		if (skip_kw != NULL && !first && fuzz_is_kw_line(a + pa, na, skip_kw)) {
+			pa += na;
 			continue;
-		if (j >= nout || ol[j].is_kw || ol[j].textlen != il[i].textlen ||
-		    memcmp(ol[j].text, il[i].text, il[i].textlen) != 0 || ol[j].eol != il[i].eol)
-			abort();
-		j++;
+		}
+		first = false;
+		if (pb >= blen)
+			return false;
+		nl = memchr(b + pb, '\n', blen - pb);
+		nb = nl != NULL ? (size_t)(nl - (b + pb)) + 1 : blen - pb;
+		if (!fuzz_line_eq(a + pa, na, b + pb, nb))
+			return false;
+		pa += na;
+		pb += nb;
 	}
-	if (j != nout)
+	return pb == blen;
+}
+
+/* smtp_ehlo_edit into an exact-size heap buffer of the documented size. */
+static char *
+fuzz_edit(const char *in, size_t len, const char *kw, bool want, int *r, size_t *outlen, bool *had)
+{
+	size_t outsz = len + strlen(kw) + 8;
+	char *out = malloc(outsz);
+
+	if (out == NULL)
 		abort();
-done:
-	free(out);
-	free(copy);
+	*outlen = 0;
+	*r = smtp_ehlo_edit(in, len, kw, want, out, outsz, outlen, had);
+	if (*r == 1 && *outlen > outsz)
+		abort();
+	return out;
 }
 
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-	static struct fuzz_line il[FUZZ_LINES_MAX + 2];
-	size_t len, nin, bound;
-	bool want, crlf;
-	char *buf;
+	const char *kw, *buf;
+	char *in, *out, *again, *back;
+	size_t len, nlines, outlen, againlen, backlen, i, n;
+	bool want, had, had2, had3, present = false;
+	const char *nl;
+	int r, r2, r3;
 
-	if (size == 0)
+	if (size < 2)
 		return 0;
-	fuzz_raw((const char *)data, size);
-
-	want = data[0] & 1;
-	crlf = (data[0] & 2) == 0;
-	if ((buf = malloc(6 * size + 8)) == NULL)
+	kw = fuzz_kws[(data[0] & 0x7f) % (sizeof(fuzz_kws) / sizeof(fuzz_kws[0]))];
+	want = (data[0] & 0x80) != 0;
+	buf = (const char *)data + 1;
+	if ((len = fuzz_first_reply(buf, size - 1)) == 0)
+		return 0;
+	in = malloc(len);
+	if (in == NULL)
 		abort();
-	len = fuzz_build(data, size, crlf, buf);
-	nin = fuzz_split(buf, len, il, FUZZ_LINES_MAX);
-	bound = len + strlen(FUZZ_KW) + 8;
-	fuzz_check(buf, len, il, nin, want, bound);
-	/* A smaller out: refused (-1) or nothing to do (0), never a write
-	 * past it.  Byte 0's high bits pick how much smaller. */
-	fuzz_check(buf, len, il, nin, want, bound - 1 - (size_t)(data[0] >> 2) % bound);
-	free(buf);
+	memcpy(in, buf, len);
+	/* Independent count of lines and of the capability's presence. */
+	nlines = 0;
+	for (i = 0; i < len; i += (size_t)(nl - (in + i)) + 1) {
+		nl = memchr(in + i, '\n', len - i);
+		if (nlines > 0 && fuzz_is_kw_line(in + i, (size_t)(nl - (in + i)) + 1, kw))
+			present = true;
+		nlines++;
+	}
+
+	out = fuzz_edit(in, len, kw, want, &r, &outlen, &had);
+	if (nlines > FUZZ_EHLO_LINES_MAX) {
+		if (r != -1)
+			abort();
+		goto done;
+	}
+	if (had != present || r == -1 || (r == 0) != (want == present))
+		abort();
+	if (r == 0)
+		goto done;
+	n = fuzz_check_one_reply(out, outlen);
+	if ((want && n != nlines + 1) || (!want && n >= nlines))
+		abort();
+	/* Idempotent (unless the added line made it one line too many). */
+	if (n > FUZZ_EHLO_LINES_MAX)
+		goto done;
+	again = fuzz_edit(out, outlen, kw, want, &r2, &againlen, &had2);
+	if (r2 != 0 || had2 != want)
+		abort();
+	free(again);
+	if (want) {
+		/* Adding then removing gives back the input's lines. */
+		back = fuzz_edit(out, outlen, kw, false, &r3, &backlen, &had3);
+		if (r3 != 1 || !had3)
+			abort();
+		fuzz_check_one_reply(back, backlen);
+		if (!fuzz_same_lines(in, len, back, backlen, NULL))
+			abort();
+		free(back);
+	} else if (!fuzz_same_lines(in, len, out, outlen, kw)) {
+		/* Removing drops the capability lines and nothing else. */
+		abort();
+	}
+done:
+	free(out);
+	free(in);
 	return 0;
 }

@@ -1,0 +1,591 @@
+/*
+ * fuzz_session.c - libFuzzer target for the real session code (session*.c,
+ * leg.c, sink.c, the store) between an in-memory client and upstream.
+ *
+ * One event_base, a store in a fresh database on tmpfs, a session started
+ * with session_start() on one end of a socketpair (the client), relaying to
+ * an upstream that is a TCP listener on 127.0.0.1 accepted here.  The
+ * input is a script:
+ *
+ *   byte 0        bit 0: sink mode (no upstream) instead of relay
+ *                 bit 1: -v (the live transcript on stderr, hidden)
+ *                 bit 2: relay to a port that refuses the connection
+ *   then ops      op byte: low 3 bits the op, the rest (and for sends the
+ *                 next byte) a length
+ *       0,1,2     the client sends the next n bytes
+ *       3,4       the upstream sends the next n bytes
+ *       5         run the event loop a few turns
+ *       6         the client shuts its side (FIN)
+ *       7         the upstream shuts its side
+ *
+ * so both legs get fuzzed bytes with fuzzed segmentation and interleaving.
+ * After the script both peers close; the session must then end.  Checked,
+ * from the database read back with the store reader:
+ *   - every byte each peer sent that the session recorded is recorded in
+ *     order: the raw bytes of the client's events are a prefix of what the
+ *     client sent, the upstream's likewise;
+ *   - what reached each peer is what the other sent, in order, unless a
+ *     recorded proxy action says otherwise: the bytes received by the
+ *     upstream are a prefix of the client's recorded bytes not flagged
+ *     dropped or altered, interleaved with the proxy's bytes flagged "to
+ *     upstream", all in event order; the same for the client;
+ *   - the session ends once both peers have closed, the store loses no
+ *     record, and nothing leaks or misbehaves (ASan, UBSan fatal);
+ *   - what the peers receive stays bounded (FUZZ_PEER_MAX).
+ * Any violation abort()s with a line on stderr saying which, after the
+ * recorded events.
+ *
+ * Built with -DFUZZ_STRICT it also requires each peer to have received
+ * everything recorded as forwarded to it.  That fails today: a reply the
+ * upstream sends after the client leg has closed is recorded without
+ * STORE_F_DROPPED (or only STORE_F_INCOMPLETE), though it cannot have
+ * reached the client.  Left off until the recording says so.
+ */
+#define _GNU_SOURCE /* accept4 */
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+
+#include "smtptap/log.h"
+#include "smtptap/proxy.h"
+#include "smtptap/session.h"
+#include "smtptap/session_int.h"
+#include "smtptap/store.h"
+
+int LLVMFuzzerInitialize(int *, char ***);
+int LLVMFuzzerTestOneInput(const uint8_t *, size_t);
+
+/* Bytes a peer may receive in one input before that counts as unbounded. */
+#define FUZZ_PEER_MAX (8u * 1024 * 1024)
+/* Loop turns allowed for the session to end after both peers closed. */
+#define FUZZ_END_TURNS 20000
+/* Tries to write one segment into a full socket. */
+#define FUZZ_SEND_TRIES 64
+
+struct fuzz_buf {
+	unsigned char *p;
+	size_t len, cap;
+};
+
+struct fuzz_run {
+	struct event_base *base;
+	struct session_ctx ctx;
+	struct store *st;
+	int cfd;	    /* the client's end of the socketpair */
+	int ufd;	    /* the upstream's accepted connection, -1 none yet */
+	bool c_eof, u_eof; /* the peer read EOF (or an error) */
+	bool c_shut, u_shut;
+	bool ended;	    /* on_session_end was called */
+	bool sink;	    /* sink mode: client bytes go nowhere */
+	struct fuzz_buf c_sent, u_sent, c_got, u_got;
+};
+
+/* What the records say, rebuilt from the events. */
+struct fuzz_rec {
+	struct fuzz_buf client, upstream; /* raw bytes recorded per side */
+	struct fuzz_buf to_up, to_cl;	  /* what should have reached each peer */
+	int64_t last_seq;
+	bool bad;
+	char why[160];
+};
+
+static void	fuzz_fail(const char *, ...) __attribute__((format(printf, 1, 2), noreturn));
+static void	fuzz_append(struct fuzz_buf *, const void *, size_t);
+static bool	fuzz_prefix(const struct fuzz_buf *, const struct fuzz_buf *);
+static void	fuzz_end_cb(void *);
+static void	fuzz_drain(int, bool *, struct fuzz_buf *, const char *);
+static void	fuzz_step(struct fuzz_run *);
+static void	fuzz_send(struct fuzz_run *, int, const uint8_t *, size_t, struct fuzz_buf *);
+static int	fuzz_event_cb(const struct store_event_row *, void *);
+static int	fuzz_session_cb(const struct store_session_row *, void *);
+static void	fuzz_check(struct fuzz_run *);
+static int	fuzz_dump_cb(const struct store_event_row *, void *);
+static void	fuzz_dump(void);
+
+static char fuzz_dir[64], fuzz_template[128], fuzz_db[128];
+static struct proxy_config fuzz_cfg;
+static struct proxy_route fuzz_relay, fuzz_sink, fuzz_refused;
+static int fuzz_lfd = -1; /* the upstream's listening socket */
+static int fuzz_rfd = -1; /* bound, not listening: connections are refused */
+static int fuzz_errfd = 2; /* stderr, kept from before -close_fd_mask */
+
+static void
+fuzz_fail(const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	dprintf(fuzz_errfd, "fuzz_session: ");
+	vdprintf(fuzz_errfd, fmt, ap);
+	dprintf(fuzz_errfd, "\n");
+	va_end(ap);
+	abort();
+}
+
+/* A check failed after the store was closed: show the events, then fail. */
+#define fuzz_fail_dump(...) (fuzz_dump(), fuzz_fail(__VA_ARGS__))
+
+static void
+fuzz_append(struct fuzz_buf *b, const void *p, size_t n)
+{
+	if (n == 0)
+		return;
+	if (b->len + n > b->cap) {
+		size_t cap = b->cap == 0 ? 4096 : b->cap;
+
+		while (cap < b->len + n)
+			cap *= 2;
+		if ((b->p = realloc(b->p, cap)) == NULL)
+			abort();
+		b->cap = cap;
+	}
+	memcpy(b->p + b->len, p, n);
+	b->len += n;
+}
+
+/* Is a a prefix of b? */
+static bool
+fuzz_prefix(const struct fuzz_buf *a, const struct fuzz_buf *b)
+{
+	return a->len <= b->len && (a->len == 0 || memcmp(a->p, b->p, a->len) == 0);
+}
+
+int
+LLVMFuzzerInitialize(int *argc, char ***argv)
+{
+	static char *args[64];
+	static char quiet[] = "-close_fd_mask=2";
+	struct sockaddr_in *sin;
+	socklen_t sl;
+	struct store *st;
+	char err[256];
+	int i, n;
+
+	/* The session logs a line per session on stderr: hide it (libFuzzer
+	 * and the sanitizers keep their own copy of stderr). */
+	if ((fuzz_errfd = dup(STDERR_FILENO)) < 0)
+		fuzz_errfd = STDERR_FILENO;
+	n = *argc < 62 ? *argc : 62;
+	for (i = 0; i < n; i++)
+		args[i] = (*argv)[i];
+	/* FUZZ_SESSION_TRACE=1: the session's -vv trace instead. */
+	if (getenv("FUZZ_SESSION_TRACE") == NULL)
+		args[n++] = quiet;
+	args[n] = NULL;
+	*argc = n;
+	*argv = args;
+
+	signal(SIGPIPE, SIG_IGN);
+	log_init(getenv("FUZZ_SESSION_TRACE") != NULL ? 2 : 0);
+	if (store_global_init() < 0)
+		fuzz_fail("store_global_init");
+	snprintf(fuzz_dir, sizeof(fuzz_dir), "%s/smtptap-fuzz-XXXXXX",
+		 access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp");
+	if (mkdtemp(fuzz_dir) == NULL)
+		fuzz_fail("mkdtemp: %s", strerror(errno));
+	snprintf(fuzz_template, sizeof(fuzz_template), "%s/template.db", fuzz_dir);
+	snprintf(fuzz_db, sizeof(fuzz_db), "%s/run.db", fuzz_dir);
+	if ((st = store_open(fuzz_template, err, sizeof(err))) == NULL || store_close(st) != 0)
+		fuzz_fail("template database: %s", err);
+
+	/* The upstream: a TCP listener on 127.0.0.1, port chosen by the
+	 * kernel.  (Not AF_UNIX: its connect completes at once, a case the
+	 * leg does not handle, see the README; TCP is what the proxy uses.) */
+	fuzz_lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	sin = (struct sockaddr_in *)&fuzz_relay.upstream_sa;
+	sin->sin_family = AF_INET;
+	sin->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	sl = sizeof(*sin);
+	if (fuzz_lfd < 0 || bind(fuzz_lfd, (struct sockaddr *)sin, sl) < 0 || listen(fuzz_lfd, 16) < 0 ||
+	    getsockname(fuzz_lfd, (struct sockaddr *)sin, &sl) < 0)
+		fuzz_fail("upstream socket: %s", strerror(errno));
+	fuzz_relay.upstream_salen = (int)sizeof(*sin);
+	fuzz_relay.listen = "fuzz";
+	fuzz_relay.upstream = "127.0.0.1";
+	snprintf(fuzz_relay.upstream_host, sizeof(fuzz_relay.upstream_host), "127.0.0.1");
+	snprintf(fuzz_relay.upstream_port, sizeof(fuzz_relay.upstream_port), "%d", ntohs(sin->sin_port));
+	fuzz_relay.client_tls = PROXY_TLS_OFF;
+	fuzz_relay.upstream_tls = PROXY_TLS_OFF;
+	fuzz_refused = fuzz_relay;
+	fuzz_rfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	sin = (struct sockaddr_in *)&fuzz_refused.upstream_sa;
+	sin->sin_port = 0;
+	sl = sizeof(*sin);
+	if (fuzz_rfd < 0 || bind(fuzz_rfd, (struct sockaddr *)sin, sl) < 0 ||
+	    getsockname(fuzz_rfd, (struct sockaddr *)sin, &sl) < 0)
+		fuzz_fail("refusing socket: %s", strerror(errno));
+	snprintf(fuzz_refused.upstream_port, sizeof(fuzz_refused.upstream_port), "%d", ntohs(sin->sin_port));
+	fuzz_sink.listen = "fuzz";
+	fuzz_sink.client_tls = PROXY_TLS_OFF;
+	fuzz_sink.upstream_tls = PROXY_TLS_OFF;
+
+	/* Timeouts far beyond a run: every input ends by the peers closing. */
+	fuzz_cfg.routes[0] = fuzz_relay;
+	fuzz_cfg.nroutes = 1;
+	fuzz_cfg.db_path = fuzz_db;
+	fuzz_cfg.idle_timeout = 300;
+	fuzz_cfg.reply_timeout = 600;
+	fuzz_cfg.connect_timeout = 60;
+	fuzz_cfg.grace = 10;
+	fuzz_cfg.max_sessions = 16;
+	return 0;
+}
+
+static void
+fuzz_end_cb(void *arg)
+{
+	struct fuzz_run *r = arg;
+
+	r->ended = true;
+}
+
+/* Read whatever fd has into got (bounded). */
+static void
+fuzz_drain(int fd, bool *eof, struct fuzz_buf *got, const char *who)
+{
+	unsigned char buf[65536];
+	ssize_t n;
+
+	while (fd >= 0 && !*eof) {
+		n = read(fd, buf, sizeof(buf));
+		if (n > 0) {
+			fuzz_append(got, buf, (size_t)n);
+			if (got->len > FUZZ_PEER_MAX)
+				fuzz_fail("the %s received more than %u bytes", who, FUZZ_PEER_MAX);
+			continue;
+		}
+		if (n < 0 && (errno == EAGAIN || errno == EINTR))
+			return;
+		*eof = true; /* EOF, or ECONNRESET from an RST close */
+	}
+}
+
+/* One turn of the loop, then the peers take what reached them. */
+static void
+fuzz_step(struct fuzz_run *r)
+{
+	event_base_loop(r->base, EVLOOP_NONBLOCK);
+	if (r->ufd < 0) {
+		r->ufd = accept4(fuzz_lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		if (r->ufd < 0 && errno != EAGAIN)
+			fuzz_fail("accept: %s", strerror(errno));
+	}
+	fuzz_drain(r->cfd, &r->c_eof, &r->c_got, "client");
+	fuzz_drain(r->ufd, &r->u_eof, &r->u_got, "upstream");
+}
+
+/* A peer sends a segment; what the socket took is what it sent. */
+static void
+fuzz_send(struct fuzz_run *r, int fd, const uint8_t *p, size_t n, struct fuzz_buf *sent)
+{
+	ssize_t w;
+	int tries = 0;
+
+	while (n > 0 && fd >= 0 && tries++ < FUZZ_SEND_TRIES) {
+		w = send(fd, p, n, MSG_NOSIGNAL);
+		if (w > 0) {
+			fuzz_append(sent, p, (size_t)w);
+			p += w;
+			n -= (size_t)w;
+			continue;
+		}
+		if (w < 0 && errno != EAGAIN && errno != EINTR)
+			return; /* the session closed this leg */
+		fuzz_step(r);
+	}
+}
+
+static int
+fuzz_session_cb(const struct store_session_row *row, void *arg)
+{
+	int64_t *id = arg;
+
+	*id = row->id;
+	return 0;
+}
+
+static int
+fuzz_event_cb(const struct store_event_row *ev, void *arg)
+{
+	struct fuzz_rec *rec = arg;
+	bool fwd = !(ev->flags & (STORE_F_DROPPED | STORE_F_ALTERED));
+
+	if (ev->seq <= rec->last_seq && !rec->bad) {
+		rec->bad = true;
+		snprintf(rec->why, sizeof(rec->why), "event seq %lld after %lld", (long long)ev->seq,
+			 (long long)rec->last_seq);
+	}
+	rec->last_seq = ev->seq;
+	if (ev->flags & STORE_F_REDACTED && !rec->bad) {
+		rec->bad = true;
+		snprintf(rec->why, sizeof(rec->why), "event %lld redacted with --redact-auth off", (long long)ev->seq);
+	}
+	if (ev->raw == NULL || ev->raw_len == 0)
+		return 0;
+	switch (ev->side) {
+	case STORE_SIDE_CLIENT:
+		fuzz_append(&rec->client, ev->raw, ev->raw_len);
+		if (fwd)
+			fuzz_append(&rec->to_up, ev->raw, ev->raw_len);
+		break;
+	case STORE_SIDE_UPSTREAM:
+		fuzz_append(&rec->upstream, ev->raw, ev->raw_len);
+		if (fwd)
+			fuzz_append(&rec->to_cl, ev->raw, ev->raw_len);
+		break;
+	case STORE_SIDE_PROXY:
+		if (ev->flags & STORE_F_TO_CLIENT)
+			fuzz_append(&rec->to_cl, ev->raw, ev->raw_len);
+		if (ev->flags & STORE_F_TO_UPSTREAM)
+			fuzz_append(&rec->to_up, ev->raw, ev->raw_len);
+		break;
+	}
+	return 0;
+}
+
+/* One event on the saved stderr, bytes escaped: what a failure report
+ * shows so the failing exchange can be read without a debugger. */
+static int
+fuzz_dump_cb(const struct store_event_row *ev, void *arg)
+{
+	const unsigned char *p = ev->raw;
+	size_t i;
+
+	(void)arg;
+	dprintf(fuzz_errfd, "  #%lld %s %s flags=0x%x %s%s%s ", (long long)ev->seq, store_side_name(ev->side),
+		store_kind_name(ev->kind), ev->flags, ev->text != NULL ? "text=\"" : "",
+		ev->text != NULL ? ev->text : "", ev->text != NULL ? "\" " : "");
+	for (i = 0; p != NULL && i < ev->raw_len && i < 200; i++) {
+		if (p[i] >= 0x20 && p[i] < 0x7f && p[i] != '\\')
+			dprintf(fuzz_errfd, "%c", p[i]);
+		else
+			dprintf(fuzz_errfd, "\\x%02x", p[i]);
+	}
+	dprintf(fuzz_errfd, "%s\n", p != NULL && ev->raw_len > 200 ? "..." : "");
+	return 0;
+}
+
+/* The recorded events of the (only) session, after store_close. */
+static void
+fuzz_dump(void)
+{
+	struct store_reader *rd;
+	char err[256];
+	int64_t sid = 0;
+
+	if ((rd = store_reader_open(fuzz_db, err, sizeof(err))) == NULL)
+		return;
+	dprintf(fuzz_errfd, "fuzz_session: the recorded events:\n");
+	if (store_reader_sessions(rd, 0, fuzz_session_cb, &sid, err, sizeof(err)) == 0 && sid != 0)
+		store_reader_events(rd, sid, fuzz_dump_cb, NULL, err, sizeof(err));
+	store_reader_close(rd);
+}
+
+/* Read the database back and compare with what the peers saw. */
+static void
+fuzz_check(struct fuzz_run *r)
+{
+	struct store_reader *rd;
+	struct fuzz_rec rec;
+	char err[256];
+	int64_t sid = 0;
+
+	memset(&rec, 0, sizeof(rec));
+	if ((rd = store_reader_open(fuzz_db, err, sizeof(err))) == NULL)
+		fuzz_fail("store_reader_open: %s", err);
+	if (store_reader_sessions(rd, 0, fuzz_session_cb, &sid, err, sizeof(err)) != 0 || sid == 0)
+		fuzz_fail("no session recorded: %s", err);
+	if (store_reader_events(rd, sid, fuzz_event_cb, &rec, err, sizeof(err)) != 0)
+		fuzz_fail("store_reader_events: %s", err);
+	store_reader_close(rd);
+	if (rec.bad)
+		fuzz_fail_dump("%s", rec.why);
+	if (!fuzz_prefix(&rec.client, &r->c_sent))
+		fuzz_fail_dump("the client's recorded bytes (%zu) are not what it sent (%zu)", rec.client.len,
+			  r->c_sent.len);
+	if (!fuzz_prefix(&rec.upstream, &r->u_sent))
+		fuzz_fail_dump("the upstream's recorded bytes (%zu) are not what it sent (%zu)", rec.upstream.len,
+			  r->u_sent.len);
+	if (!fuzz_prefix(&r->u_got, &rec.to_up))
+		fuzz_fail_dump("the upstream received %zu bytes that the records do not account for (%zu)", r->u_got.len,
+			  rec.to_up.len);
+	if (!fuzz_prefix(&r->c_got, &rec.to_cl))
+		fuzz_fail_dump("the client received %zu bytes that the records do not account for (%zu)", r->c_got.len,
+			  rec.to_cl.len);
+#ifdef FUZZ_STRICT
+	if (r->c_got.len != rec.to_cl.len)
+		fuzz_fail_dump("strict: the client received %zu of the %zu bytes recorded as sent to it", r->c_got.len,
+			       rec.to_cl.len);
+	if (!r->sink && r->u_got.len != rec.to_up.len)
+		fuzz_fail_dump("strict: the upstream received %zu of the %zu bytes recorded as sent to it",
+			       r->u_got.len, rec.to_up.len);
+#endif
+	free(rec.client.p);
+	free(rec.upstream.p);
+	free(rec.to_up.p);
+	free(rec.to_cl.p);
+}
+
+int
+LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	struct fuzz_run r;
+	struct sockaddr_in peer;
+	const struct proxy_route *route;
+	char err[256], path[160];
+	int sv[2], turns;
+	size_t i = 1, n;
+	uint8_t op;
+
+	if (size < 1)
+		return 0;
+	memset(&r, 0, sizeof(r));
+	r.ufd = -1;
+	r.sink = (data[0] & 1) != 0;
+	route = r.sink ? &fuzz_sink : (data[0] & 4) ? &fuzz_refused : &fuzz_relay;
+	if (getenv("FUZZ_SESSION_TRACE") == NULL)
+		log_init((data[0] & 2) ? 1 : 0);
+
+	unlink(fuzz_db);
+	snprintf(path, sizeof(path), "%s-wal", fuzz_db);
+	unlink(path);
+	snprintf(path, sizeof(path), "%s-shm", fuzz_db);
+	unlink(path);
+	{
+		/* A copy of the migrated template: store_open is not what is
+		 * fuzzed here, and creating the schema every time is slow. */
+		int ofd = open(fuzz_db, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+		FILE *in = fopen(fuzz_template, "rb"), *out = ofd >= 0 ? fdopen(ofd, "wb") : NULL;
+		char buf[65536];
+		size_t k;
+
+		if (in == NULL || out == NULL)
+			fuzz_fail("copying the template database");
+		while ((k = fread(buf, 1, sizeof(buf), in)) > 0)
+			fwrite(buf, 1, k, out);
+		fclose(in);
+		if (fclose(out) != 0)
+			fuzz_fail("copying the template database");
+	}
+	if ((r.st = store_open(fuzz_db, err, sizeof(err))) == NULL)
+		fuzz_fail("store_open: %s", err);
+	if ((r.base = event_base_new()) == NULL)
+		fuzz_fail("event_base_new");
+	if (session_ctx_init(&r.ctx, r.base, NULL, r.st, NULL, &fuzz_cfg) < 0)
+		fuzz_fail("session_ctx_init");
+	r.ctx.on_session_end = fuzz_end_cb;
+	r.ctx.arg = &r;
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) < 0)
+		fuzz_fail("socketpair: %s", strerror(errno));
+	r.cfd = sv[0];
+	memset(&peer, 0, sizeof(peer));
+	peer.sin_family = AF_INET;
+	peer.sin_port = htons(40000);
+	peer.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	if (session_start(&r.ctx, sv[1], (struct sockaddr *)&peer, sizeof(peer), route, "fuzz") < 0)
+		fuzz_fail("session_start");
+
+	while (i < size) {
+		op = data[i++];
+		n = op >> 3;
+		if ((op & 7) <= 4 && i < size)
+			n = n << 8 | data[i++];
+		n = n + 1 < size - i ? n + 1 : size - i;
+		switch (op & 7) {
+		case 0:
+		case 1:
+		case 2:
+			if (!r.c_shut)
+				fuzz_send(&r, r.cfd, data + i, n, &r.c_sent);
+			i += n;
+			break;
+		case 3:
+		case 4:
+			if (r.ufd < 0)
+				fuzz_step(&r);
+			if (!r.u_shut)
+				fuzz_send(&r, r.ufd, data + i, n, &r.u_sent);
+			i += n;
+			break;
+		case 5:
+			for (turns = 0; turns < (int)(op >> 3) + 1; turns++)
+				fuzz_step(&r);
+			break;
+		case 6:
+			if (!r.c_shut)
+				shutdown(r.cfd, SHUT_WR);
+			r.c_shut = true;
+			break;
+		case 7:
+			if (r.ufd >= 0 && !r.u_shut) {
+				shutdown(r.ufd, SHUT_WR);
+				r.u_shut = true;
+			}
+			break;
+		}
+		fuzz_step(&r);
+	}
+
+	/* Both peers close; the session must end. */
+	shutdown(r.cfd, SHUT_WR);
+	for (turns = 0; turns < FUZZ_END_TURNS && !r.ended; turns++) {
+		fuzz_step(&r);
+		if (r.ufd >= 0 && !r.u_shut) {
+			shutdown(r.ufd, SHUT_WR);
+			r.u_shut = true;
+		}
+	}
+	if (!r.ended) {
+		struct session *s = TAILQ_FIRST(&r.ctx.sessions);
+
+		if (s != NULL)
+			dprintf(fuzz_errfd,
+				"fuzz_session: stuck: state %d; client leg %s, output %zu, fd %d, hold %d, "
+				"close-after-flush %d; upstream leg %s, output %zu, fd %d, hold %d, "
+				"close-after-flush %d, tls %d\n",
+				(int)s->state, s->client.open ? "open" : "closed", leg_output_len(&s->client),
+				(int)s->client.fd, s->client.hold_output, s->client.close_after_flush,
+				s->upstream.open ? "open" : "closed", leg_output_len(&s->upstream), (int)s->upstream.fd,
+				s->upstream.hold_output, s->upstream.close_after_flush, s->upstream.tls);
+		session_ctx_close_all(&r.ctx);
+		store_close(r.st);
+		fuzz_dump();
+		fuzz_fail("the session did not end after both peers closed (%d loop turns)", turns);
+	}
+	for (turns = 0; turns < 100 && (!r.c_eof || (r.ufd >= 0 && !r.u_eof)); turns++)
+		fuzz_step(&r);
+	close(r.cfd);
+	if (r.ufd >= 0)
+		close(r.ufd);
+	/* A connection the session made but we never accepted. */
+	while ((sv[0] = accept4(fuzz_lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)) >= 0)
+		close(sv[0]);
+	session_ctx_free(&r.ctx);
+	event_base_free(r.base);
+	if (store_close(r.st) != 0)
+		fuzz_fail("store_close: records were lost");
+	fuzz_check(&r);
+	if (getenv("FUZZ_SESSION_DUMP") != NULL) {
+		/* FUZZ_SESSION_DUMP=1: show each input's exchange. */
+		fuzz_dump();
+		dprintf(fuzz_errfd, "fuzz_session: client sent %zu, received %zu; upstream sent %zu, received %zu\n",
+			r.c_sent.len, r.c_got.len, r.u_sent.len, r.u_got.len);
+	}
+	free(r.c_sent.p);
+	free(r.u_sent.p);
+	free(r.c_got.p);
+	free(r.u_got.p);
+	return 0;
+}
