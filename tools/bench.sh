@@ -75,6 +75,8 @@
 #                    all TLS relays on T-B and T-D; not quick), which
 #                    rewrites that suite's part only.  Set it empty to
 #                    never write one.
+#   BENCH_HAPROXY_THREADS  haproxy's nbthread (default: haproxy's own
+#                    default, one thread per CPU; smtptap relays on one)
 #   BENCH_KEEP=1     keep the temporary directory (logs, databases)
 #   SMTPTAP          the binary to measure (default build/smtptap)
 #
@@ -104,6 +106,7 @@ TLS_RELAYS="direct-tls haproxy-tls smtptap-tls"
 BENCH_RELAYS=${BENCH_RELAYS:-$PLAIN_RELAYS $TLS_RELAYS}
 BENCH_WORKLOADS=${BENCH_WORKLOADS:-A B C D T-B T-D}
 BENCH_TLS_KEY=${BENCH_TLS_KEY:-ec}
+BENCH_HAPROXY_THREADS=${BENCH_HAPROXY_THREADS:-}
 BENCH_SCALE=${BENCH_SCALE:-1}
 BENCH_TIMEOUT=${BENCH_TIMEOUT:-180}
 BENCH_KEEP=${BENCH_KEEP:-0}
@@ -168,6 +171,11 @@ relays_for() {
 [[ $BENCH_IDLE_WAIT =~ ^[0-9]+$ ]] || die "BENCH_IDLE_WAIT must be a whole number of seconds"
 [[ $BENCH_IDLE_LOAD =~ ^[0-9]*\.?[0-9]+$ ]] || die "BENCH_IDLE_LOAD must be a number"
 [[ $BENCH_TLS_KEY == ec || $BENCH_TLS_KEY == rsa ]] || die "BENCH_TLS_KEY must be ec or rsa"
+[[ -z $BENCH_HAPROXY_THREADS || $BENCH_HAPROXY_THREADS =~ ^[1-9][0-9]*$ ]] ||
+	die "BENCH_HAPROXY_THREADS must be a positive integer"
+# haproxy's default is one thread per CPU; smtptap relays on one thread.
+HAPROXY_NBTHREAD_LINE="	# nbthread: haproxy's default (one per CPU)"
+[[ -n $BENCH_HAPROXY_THREADS ]] && HAPROXY_NBTHREAD_LINE="	nbthread $BENCH_HAPROXY_THREADS"
 for w in $BENCH_WORKLOADS; do
 	[[ -n ${W_SESS[$w]:-} ]] || die "unknown workload '$w' (A B C D T-B T-D)"
 done
@@ -388,6 +396,7 @@ start_haproxy() {
 	cat >"$t/haproxy.cfg" <<EOF
 global
 	maxconn 4096
+$HAPROXY_NBTHREAD_LINE
 defaults
 	mode tcp
 	maxconn 4096
@@ -468,6 +477,7 @@ start_haproxy_tls() {
 	cat >"$t/haproxy.cfg" <<EOF
 global
 	maxconn 4096
+$HAPROXY_NBTHREAD_LINE
 defaults
 	mode tcp
 	maxconn 4096
@@ -707,6 +717,7 @@ done
 	printf 'kernel\t%s\n' "$(uname -sr)"
 	printf 'loadavg\t%s\n' "$(cut -d' ' -f1-3 /proc/loadavg)"
 	printf 'haproxy\t%s\n' "$(haproxy -v 2>/dev/null | head -1)"
+	printf 'haproxy_threads\t%s\n' "${BENCH_HAPROXY_THREADS:-default ($(nproc) on this machine)}"
 	printf 'aiosmtpd\t%s\n' "$($PY -m aiosmtpd --version 2>/dev/null)"
 	printf 'python\t%s\n' "$($PY --version 2>&1)"
 	printf 'postfix\t%s\n' "$(postconf -d mail_version 2>/dev/null | sed 's/.*= *//')"

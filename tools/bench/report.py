@@ -333,6 +333,17 @@ def noisy_line(workloads, summ):
     return "- Other processes stayed below 0.2 CPUs (median) in every cell."
 
 
+def haproxy_threads(meta):
+    """How many threads haproxy ran, for the setup text ("" if unknown)."""
+    t = meta.get("haproxy_threads")
+    if not t:
+        return ""
+    if t.startswith("default"):
+        return "; %s threads, its default of one per CPU (smtptap relays on one thread)" % (
+            re.sub(r"\D", "", t) or "?")
+    return "; `nbthread %s` (BENCH_HAPROXY_THREADS; smtptap relays on one thread)" % t
+
+
 def part_plain(meta, workloads, summ, all_targets):
     L = run_header(meta, False)
     L.append("")
@@ -355,7 +366,8 @@ def part_plain(meta, workloads, summ, all_targets):
     L.append("- **direct**: smtp-source connects straight to smtp-sink. The ceiling: "
              "what the client and sink alone can do on this machine.")
     L.append("- **haproxy**: HAProxy in `mode tcp`, one frontend, one backend server "
-             "(a byte pipe that understands nothing: the cost of one extra hop).")
+             "(a byte pipe that understands nothing: the cost of one extra hop)%s."
+             % haproxy_threads(meta))
     L.append("- **aiosmtpd**: `python3 -m aiosmtpd -n -c ...Proxy 127.0.0.1 SINKPORT`, aiosmtpd's "
              "stock `Proxy` handler (it receives the whole message, then delivers it upstream "
              "with a blocking `smtplib` connection per message). aiosmtpd 1.4.3's CLI cannot pass "
@@ -478,7 +490,8 @@ def part_tls(meta, workloads, summ, all_targets):
              "ceiling: one TLS hop instead of two.")
     L.append("- **haproxy-tls**: HAProxy in `mode tcp` terminating TLS with the bench leaf "
              "(`bind ... ssl crt leaf.pem`) and re-originating it to the stunnel server "
-             "(`server ... ssl verify required ca-file ca.pem verifyhost localhost no-ssl-reuse`).")
+             "(`server ... ssl verify required ca-file ca.pem verifyhost localhost no-ssl-reuse`)%s."
+             % haproxy_threads(meta))
     L.append("- **smtptap-tls**: `build/smtptap proxy --listen 127.0.0.1:0 --upstream "
              "127.0.0.1:STUNNELPORT --client-tls implicit --upstream-tls implicit --ca-dir TMP/ca "
              "--upstream-ca ca.pem --db TMP/bench.db`: full recording; the client is served a "
