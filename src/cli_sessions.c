@@ -14,6 +14,7 @@
 #include "smtptap/cli_json.h"
 #include "smtptap/cli_out.h"
 #include "smtptap/cli_read.h"
+#include "smtptap/cli_tls.h"
 #include "smtptap/json.h"
 #include "smtptap/log.h"
 #include "smtptap/store.h"
@@ -29,6 +30,7 @@ struct cli_sessions_list {
 static void cli_sessions_usage(FILE *f);
 static int cli_sessions_list_cb(const struct store_session_row *row, void *arg);
 static int cli_sessions_json_cb(const struct store_session_row *row, void *arg);
+static void cli_sessions_tls(const struct cli_session *s, char *buf, size_t bufsz);
 static void cli_sessions_table(FILE *f, const struct cli_session *v, size_t n, bool color);
 
 static void
@@ -83,14 +85,32 @@ cli_sessions_json_cb(const struct store_session_row *row, void *arg)
 	return j->failed ? 2 : 0;
 }
 
+/* "client/upstream", e.g. "starttls/implicit", "-/-" in plaintext,
+ * "implicit" alone in sink mode. */
+static void
+cli_sessions_tls(const struct cli_session *s, char *buf, size_t bufsz)
+{
+	char c[16], u[16];
+
+	cli_tls_mode_word(s->client_tls, c, sizeof(c));
+	cli_tls_mode_word(s->upstream_tls, u, sizeof(u));
+	if (s->upstream == NULL)
+		snprintf(buf, bufsz, "%s", c);
+	else
+		snprintf(buf, bufsz, "%s/%s", c, u);
+}
+
 static void
 cli_sessions_table(FILE *f, const struct cli_session *v, size_t n, bool color)
 {
-	char dur[32], start[64], idbuf[32];
-	int wid = 2, wdur = 8, wcli = 6, wup = 8, wmsg = 4, k;
+	char dur[32], start[64], idbuf[32], tls[40];
+	int wid = 2, wdur = 8, wcli = 6, wup = 8, wmsg = 4, wtls = 3, k;
 	size_t i;
 
 	for (i = 0; i < n; i++) {
+		cli_sessions_tls(&v[i], tls, sizeof(tls));
+		k = (int)strlen(tls);
+		wtls = k > wtls ? k : wtls;
 		k = snprintf(idbuf, sizeof(idbuf), "%" PRId64, v[i].id);
 		wid = k > wid ? k : wid;
 		if (v[i].ended_us != 0) {
@@ -105,17 +125,19 @@ cli_sessions_table(FILE *f, const struct cli_session *v, size_t n, bool color)
 		k = snprintf(idbuf, sizeof(idbuf), "%" PRId64, v[i].nmessages);
 		wmsg = k > wmsg ? k : wmsg;
 	}
-	fprintf(f, "%s%*s  %-19s  %*s  %-*s  %-*s  %*s  %s%s\n", color ? CLI_C_BOLD : "", wid, "ID", "START", wdur,
-		"DURATION", wcli, "CLIENT", wup, "UPSTREAM", wmsg, "MSGS", "OUTCOME", color ? CLI_C_RESET : "");
+	fprintf(f, "%s%*s  %-19s  %*s  %-*s  %-*s  %-*s  %*s  %s%s\n", color ? CLI_C_BOLD : "", wid, "ID", "START",
+		wdur, "DURATION", wcli, "CLIENT", wup, "UPSTREAM", wtls, "TLS", wmsg, "MSGS", "OUTCOME",
+		color ? CLI_C_RESET : "");
 	for (i = 0; i < n; i++) {
 		cli_read_fmt_local(start, sizeof(start), v[i].started_us, false);
 		if (v[i].ended_us != 0)
 			cli_read_fmt_duration(dur, sizeof(dur), v[i].ended_us - v[i].started_us, false);
 		else
 			snprintf(dur, sizeof(dur), "-");
-		fprintf(f, "%*" PRId64 "  %-19s  %*s  %-*s  %-*s  %*" PRId64 "  %s\n", wid, v[i].id, start, wdur, dur,
-			wcli, v[i].client != NULL ? v[i].client : "-", wup,
-			v[i].upstream != NULL ? v[i].upstream : "(sink)", wmsg, v[i].nmessages,
+		cli_sessions_tls(&v[i], tls, sizeof(tls));
+		fprintf(f, "%*" PRId64 "  %-19s  %*s  %-*s  %-*s  %-*s  %*" PRId64 "  %s\n", wid, v[i].id, start, wdur,
+			dur, wcli, v[i].client != NULL ? v[i].client : "-", wup,
+			v[i].upstream != NULL ? v[i].upstream : "(sink)", wtls, tls, wmsg, v[i].nmessages,
 			v[i].ended_us == 0 ? "live" : v[i].outcome != NULL ? v[i].outcome : "-");
 	}
 }

@@ -156,3 +156,27 @@ cli_tls_put_field(FILE *f, const struct jsonread_obj *o, const char *key, const 
 	cli_read_put_escaped(f, s, len);
 	return true;
 }
+
+void
+cli_tls_mode_word(const char *json, char *buf, size_t bufsz)
+{
+	struct jsonread_obj o;
+	const char *mode;
+	size_t len = 0;
+
+	if (json == NULL) {
+		snprintf(buf, bufsz, "-");
+		return;
+	}
+	if (jsonread_object(&o, json, strlen(json)) != JSONREAD_OK) {
+		snprintf(buf, bufsz, "tls");
+		return;
+	}
+	mode = jsonread_get_string(&o, "mode", &len);
+	/* Only the words smtptap writes: the table is no place for the
+	 * escaping a hand-edited record would need. */
+	if (mode == NULL || (strcmp(mode, "starttls") != 0 && strcmp(mode, "implicit") != 0))
+		mode = "tls";
+	snprintf(buf, bufsz, "%s%s", mode, jsonread_get_bool(&o, "verified") == 0 ? "!" : "");
+	jsonread_free(&o);
+}

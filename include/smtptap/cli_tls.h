@@ -22,4 +22,12 @@
  * a newline. */
 void cli_tls_put_summary(FILE *f, const char *json);
 
+/*
+ * A leg's TLS in a word, for the `sessions` table: "-" for a plaintext leg
+ * (json NULL), its mode ("starttls", "implicit"; "tls" when the record
+ * says none), with "!" appended when the record says the upstream was not
+ * verified.  Written to buf (at least 16 bytes).
+ */
+void cli_tls_mode_word(const char *json, char *buf, size_t bufsz);
+
 #endif

@@ -159,6 +159,29 @@ def test_show_upstream_tls_line(aiosmtpd_factory, smtptap, tmp_path, tools_requi
             assert ut["verify_error"], ut
             assert ", NOT verified: %s, " % ut["verify_error"] in line, (line, ut)
         assert header_value(text, LABEL_CLIENT) is None, text
+        # `sessions` sums both legs up in its TLS column ("!": not verified)
+        table = run_cli("sessions", "--db", p.db).text.splitlines()
+        assert table[0].split()[5] == "TLS", table
+        assert table[1].split()[6] == ("-/starttls" if trusted else "-/starttls!"), table  # START is 2 words
+
+
+def test_sessions_tls_column_sink(smtptap):
+    """In sink mode the TLS column names the client leg alone; a plaintext
+    session reads "-"."""
+    p = smtptap(sink=True, args=["--client-tls", "starttls"])
+    starttls_session(p)
+    c = RawClient(p.host, p.port)
+    try:
+        assert c.reply()[0] == 220
+        assert c.cmd("QUIT")[0] == 221
+    finally:
+        c.close()
+    rows = [l.split() for l in run_cli("sessions", "--db", p.db).text.splitlines()]
+    for _ in range(100):
+        if len(rows) == 3:
+            break
+        rows = [l.split() for l in run_cli("sessions", "--db", p.db).text.splitlines()]
+    assert rows[0][5] == "TLS" and [r[6] for r in rows[1:]] == ["starttls", "-"], rows  # START is 2 words
 
 
 def test_show_tls_hand_edited(smtptap):

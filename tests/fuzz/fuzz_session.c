@@ -10,11 +10,15 @@
  *   byte 0        bit 0: sink mode (no upstream) instead of relay
  *                 bit 1: -v (the live transcript on stderr, hidden)
  *                 bit 2: relay to a port that refuses the connection
+ *                 bit 3: the listener offers STARTTLS (--client-tls
+ *                 starttls, a local CA made once per process)
  *   then ops      op byte: low 3 bits the op, the rest (and for sends the
  *                 next byte) a length
  *       0,1,2     the client sends the next n bytes
  *       3,4       the upstream sends the next n bytes
- *       5         run the event loop a few turns
+ *       5         run the event loop a few turns (n + 1); with n = 31,
+ *                 the client starts TLS instead (after its STARTTLS, or
+ *                 at any wrong moment the fuzzer picks)
  *       6         the client shuts its side (FIN)
  *       7         the upstream shuts its side
  *
@@ -57,12 +61,15 @@
 #include <unistd.h>
 
 #include <event2/event.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 
 #include "smtptap/log.h"
 #include "smtptap/proxy.h"
 #include "smtptap/session.h"
 #include "smtptap/session_int.h"
 #include "smtptap/store.h"
+#include "smtptap/tls.h"
 
 int LLVMFuzzerInitialize(int *, char ***);
 int LLVMFuzzerTestOneInput(const uint8_t *, size_t);
@@ -89,6 +96,9 @@ struct fuzz_run {
 	bool c_shut, u_shut;
 	bool ended;	    /* on_session_end was called */
 	bool sink;	    /* sink mode: client bytes go nowhere */
+	SSL *cssl;	    /* the client's TLS, once it started it */
+	struct fuzz_buf hs; /* what the client's handshake wrote on the wire */
+	bool c_tls_failed;  /* its handshake failed: the client reads no more */
 	struct fuzz_buf c_sent, u_sent, c_got, u_got;
 };
 
@@ -106,6 +116,9 @@ static void	fuzz_append(struct fuzz_buf *, const void *, size_t);
 static bool	fuzz_prefix(const struct fuzz_buf *, const struct fuzz_buf *);
 static void	fuzz_end_cb(void *);
 static void	fuzz_drain(int, bool *, struct fuzz_buf *, const char *);
+static void	fuzz_drain_tls(struct fuzz_run *);
+static void	fuzz_client_tls(struct fuzz_run *);
+static long	fuzz_bio_cb(BIO *, int, const char *, size_t, int, long, int, size_t *);
 static void	fuzz_step(struct fuzz_run *);
 static void	fuzz_send(struct fuzz_run *, int, const uint8_t *, size_t, struct fuzz_buf *);
 static int	fuzz_event_cb(const struct store_event_row *, void *);
@@ -116,7 +129,9 @@ static void	fuzz_dump(void);
 
 static char fuzz_dir[64], fuzz_template[128], fuzz_db[128];
 static struct proxy_config fuzz_cfg;
-static struct proxy_route fuzz_relay, fuzz_sink, fuzz_refused;
+static struct proxy_route fuzz_relay, fuzz_sink, fuzz_refused, fuzz_relay_tls, fuzz_sink_tls;
+static struct tls *fuzz_tls;	   /* the session's TLS (local CA) */
+static SSL_CTX *fuzz_client_ctx; /* the harness client's */
 static int fuzz_lfd = -1; /* the upstream's listening socket */
 static int fuzz_rfd = -1; /* bound, not listening: connections are refused */
 static int fuzz_errfd = 2; /* stderr, kept from before -close_fd_mask */
@@ -230,6 +245,22 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
 	fuzz_sink.listen = "fuzz";
 	fuzz_sink.client_tls = PROXY_TLS_OFF;
 	fuzz_sink.upstream_tls = PROXY_TLS_OFF;
+	fuzz_relay_tls = fuzz_relay;
+	fuzz_relay_tls.client_tls = PROXY_TLS_STARTTLS;
+	fuzz_sink_tls = fuzz_sink;
+	fuzz_sink_tls.client_tls = PROXY_TLS_STARTTLS;
+	{
+		static char ca_dir[128];
+
+		snprintf(ca_dir, sizeof(ca_dir), "%s/ca", fuzz_dir);
+		fuzz_cfg.tls.ca_dir = ca_dir;
+		fuzz_cfg.tls.upstream_verify = false;
+		if ((fuzz_tls = tls_new(&fuzz_cfg.tls, true, true, err, sizeof(err))) == NULL)
+			fuzz_fail("tls_new: %s", err);
+		if ((fuzz_client_ctx = SSL_CTX_new(TLS_client_method())) == NULL)
+			fuzz_fail("SSL_CTX_new");
+		SSL_CTX_set_verify(fuzz_client_ctx, SSL_VERIFY_NONE, NULL);
+	}
 
 	/* Timeouts far beyond a run: every input ends by the peers closing. */
 	fuzz_cfg.routes[0] = fuzz_relay;
@@ -282,7 +313,10 @@ fuzz_step(struct fuzz_run *r)
 		if (r->ufd < 0 && errno != EAGAIN)
 			fuzz_fail("accept: %s", strerror(errno));
 	}
-	fuzz_drain(r->cfd, &r->c_eof, &r->c_got, "client");
+	if (r->cssl != NULL)
+		fuzz_drain_tls(r);
+	else if (!r->c_tls_failed)
+		fuzz_drain(r->cfd, &r->c_eof, &r->c_got, "client");
 	fuzz_drain(r->ufd, &r->u_eof, &r->u_got, "upstream");
 }
 
@@ -293,7 +327,25 @@ fuzz_send(struct fuzz_run *r, int fd, const uint8_t *p, size_t n, struct fuzz_bu
 	ssize_t w;
 	int tries = 0;
 
+	if (fd == r->cfd && r->c_tls_failed)
+		return;
 	while (n > 0 && fd >= 0 && tries++ < FUZZ_SEND_TRIES) {
+		if (fd == r->cfd && r->cssl != NULL) {
+			int k = SSL_write(r->cssl, p, (int)(n < 16384 ? n : 16384));
+
+			if (k > 0) {
+				fuzz_append(sent, p, (size_t)k);
+				p += k;
+				n -= (size_t)k;
+				continue;
+			}
+			k = SSL_get_error(r->cssl, k);
+			ERR_clear_error();
+			if (k != SSL_ERROR_WANT_READ && k != SSL_ERROR_WANT_WRITE)
+				return;
+			fuzz_step(r);
+			continue;
+		}
 		w = send(fd, p, n, MSG_NOSIGNAL);
 		if (w > 0) {
 			fuzz_append(sent, p, (size_t)w);
@@ -305,6 +357,87 @@ fuzz_send(struct fuzz_run *r, int fd, const uint8_t *p, size_t n, struct fuzz_bu
 			return; /* the session closed this leg */
 		fuzz_step(r);
 	}
+}
+
+/* What reached the client over its TLS. */
+static void
+fuzz_drain_tls(struct fuzz_run *r)
+{
+	unsigned char buf[16384];
+	int k;
+
+	while (!r->c_eof) {
+		k = SSL_read(r->cssl, buf, sizeof(buf));
+		if (k > 0) {
+			fuzz_append(&r->c_got, buf, (size_t)k);
+			if (r->c_got.len > FUZZ_PEER_MAX)
+				fuzz_fail("the client received more than %u bytes", FUZZ_PEER_MAX);
+			continue;
+		}
+		k = SSL_get_error(r->cssl, k);
+		ERR_clear_error();
+		if (k == SSL_ERROR_WANT_READ || k == SSL_ERROR_WANT_WRITE)
+			return;
+		r->c_eof = true; /* close_notify, EOF, or an error */
+	}
+}
+
+/* Collects the bytes the handshake writes (see fuzz_client_tls). */
+static long
+fuzz_bio_cb(BIO *b, int oper, const char *argp, size_t len, int argi, long argl, int ret, size_t *processed)
+{
+	struct fuzz_run *r = (struct fuzz_run *)BIO_get_callback_arg(b);
+
+	(void)len;
+	(void)argi;
+	(void)argl;
+	if (oper == (BIO_CB_WRITE | BIO_CB_RETURN) && ret > 0 && processed != NULL && r != NULL)
+		fuzz_append(&r->hs, argp, *processed);
+	return ret;
+}
+
+/*
+ * The client starts TLS on its connection, the loop turning between the
+ * handshake's steps.  Whatever the client read before is plaintext already
+ * counted; a failed handshake (TLS at a wrong moment: the session answers
+ * in plaintext) ends the client's part, since what follows on the wire is
+ * neither plaintext the records hold nor TLS.  The session then took the
+ * handshake's bytes for plaintext: they count as sent.
+ */
+static void
+fuzz_client_tls(struct fuzz_run *r)
+{
+	int k, tries;
+
+	if (r->cssl != NULL || r->c_tls_failed || r->c_shut || r->c_eof)
+		return;
+	fuzz_step(r); /* take the 220 (or whatever came) in plaintext first */
+	if ((r->cssl = SSL_new(fuzz_client_ctx)) == NULL || SSL_set_fd(r->cssl, r->cfd) != 1)
+		fuzz_fail("client SSL");
+	SSL_set_tlsext_host_name(r->cssl, "mx.fuzz.example");
+	SSL_set_connect_state(r->cssl);
+	BIO_set_callback_ex(SSL_get_wbio(r->cssl), fuzz_bio_cb);
+	BIO_set_callback_arg(SSL_get_wbio(r->cssl), (char *)r);
+	for (tries = 0; tries < 2000; tries++) {
+		k = SSL_do_handshake(r->cssl);
+		if (k == 1) {
+			/* From now on the wire carries records, not plaintext. */
+			BIO_set_callback_ex(SSL_get_wbio(r->cssl), NULL);
+			return;
+		}
+		k = SSL_get_error(r->cssl, k);
+		ERR_clear_error();
+		if (k != SSL_ERROR_WANT_READ && k != SSL_ERROR_WANT_WRITE)
+			break;
+		event_base_loop(r->base, EVLOOP_NONBLOCK);
+		if (r->ufd < 0)
+			r->ufd = accept4(fuzz_lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		fuzz_drain(r->ufd, &r->u_eof, &r->u_got, "upstream");
+	}
+	SSL_free(r->cssl);
+	r->cssl = NULL;
+	r->c_tls_failed = true;
+	fuzz_append(&r->c_sent, r->hs.p, r->hs.len);
 }
 
 static int
@@ -346,9 +479,11 @@ fuzz_event_cb(const struct store_event_row *ev, void *arg)
 			fuzz_append(&rec->to_cl, ev->raw, ev->raw_len);
 		break;
 	case STORE_SIDE_PROXY:
-		if (ev->flags & STORE_F_TO_CLIENT)
+		/* The sink's own replies are proxy events too, and may be
+		 * altered (the EHLO with STARTTLS added) like any other. */
+		if (fwd && (ev->flags & STORE_F_TO_CLIENT))
 			fuzz_append(&rec->to_cl, ev->raw, ev->raw_len);
-		if (ev->flags & STORE_F_TO_UPSTREAM)
+		if (fwd && (ev->flags & STORE_F_TO_UPSTREAM))
 			fuzz_append(&rec->to_up, ev->raw, ev->raw_len);
 		break;
 	}
@@ -421,6 +556,17 @@ fuzz_check(struct fuzz_run *r)
 	if (!fuzz_prefix(&r->u_got, &rec.to_up))
 		fuzz_fail_dump("the upstream received %zu bytes that the records do not account for (%zu)", r->u_got.len,
 			  rec.to_up.len);
+	/* A client that never started TLS after the 220 to its STARTTLS gets
+	 * the session's TLS alert when the handshake fails: TLS, not SMTP,
+	 * so no record holds it.  Alert records (15 03 0x 00 02 ..) at the
+	 * end are left out. */
+	while (r->cssl == NULL && r->c_got.len >= rec.to_cl.len + 7) {
+		const unsigned char *a = r->c_got.p + r->c_got.len - 7;
+
+		if (a[0] != 0x15 || a[1] != 0x03 || a[2] > 0x04 || a[3] != 0x00 || a[4] != 0x02)
+			break;
+		r->c_got.len -= 7;
+	}
 	if (!fuzz_prefix(&r->c_got, &rec.to_cl))
 		fuzz_fail_dump("the client received %zu bytes that the records do not account for (%zu)", r->c_got.len,
 			  rec.to_cl.len);
@@ -454,7 +600,10 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	memset(&r, 0, sizeof(r));
 	r.ufd = -1;
 	r.sink = (data[0] & 1) != 0;
-	route = r.sink ? &fuzz_sink : (data[0] & 4) ? &fuzz_refused : &fuzz_relay;
+	if (data[0] & 8)
+		route = r.sink ? &fuzz_sink_tls : &fuzz_relay_tls;
+	else
+		route = r.sink ? &fuzz_sink : (data[0] & 4) ? &fuzz_refused : &fuzz_relay;
 	if (getenv("FUZZ_SESSION_TRACE") == NULL)
 		log_init((data[0] & 2) ? 1 : 0);
 
@@ -483,7 +632,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		fuzz_fail("store_open: %s", err);
 	if ((r.base = event_base_new()) == NULL)
 		fuzz_fail("event_base_new");
-	if (session_ctx_init(&r.ctx, r.base, NULL, r.st, NULL, &fuzz_cfg) < 0)
+	if (session_ctx_init(&r.ctx, r.base, NULL, r.st, fuzz_tls, &fuzz_cfg) < 0)
 		fuzz_fail("session_ctx_init");
 	r.ctx.on_session_end = fuzz_end_cb;
 	r.ctx.arg = &r;
@@ -520,6 +669,10 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			i += n;
 			break;
 		case 5:
+			if ((op >> 3) == 31) {
+				fuzz_client_tls(&r);
+				break;
+			}
 			for (turns = 0; turns < (int)(op >> 3) + 1; turns++)
 				fuzz_step(&r);
 			break;
@@ -564,8 +717,9 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		fuzz_dump();
 		fuzz_fail("the session did not end after both peers closed (%d loop turns)", turns);
 	}
-	for (turns = 0; turns < 100 && (!r.c_eof || (r.ufd >= 0 && !r.u_eof)); turns++)
+	for (turns = 0; turns < 100 && ((!r.c_eof && !r.c_tls_failed) || (r.ufd >= 0 && !r.u_eof)); turns++)
 		fuzz_step(&r);
+	SSL_free(r.cssl);
 	close(r.cfd);
 	if (r.ufd >= 0)
 		close(r.ufd);
@@ -583,6 +737,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		dprintf(fuzz_errfd, "fuzz_session: client sent %zu, received %zu; upstream sent %zu, received %zu\n",
 			r.c_sent.len, r.c_got.len, r.u_sent.len, r.u_got.len);
 	}
+	free(r.hs.p);
 	free(r.c_sent.p);
 	free(r.u_sent.p);
 	free(r.c_got.p);

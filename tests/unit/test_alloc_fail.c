@@ -15,7 +15,8 @@
  * ALLOC_FAIL_RUNS=0; see torture_budget).  Every run must either succeed (and then produce exactly the right
  * result) or return an error that was reported (an err string, or a line
  * on stderr) -- never crash, never leak: make check runs this binary under
- * valgrind and under ASan+LSan too.  The pure parsers and the JSON writer
+ * valgrind and under ASan+LSan too.  The JSON record reader (jsonread) gets
+ * the same treatment on its own.  The pure parsers and the JSON writer
  * are documented not to allocate at all: that is checked here as well.
  */
 #include <setjmp.h>
@@ -44,6 +45,7 @@
 
 #include "smtptap/export.h"
 #include "smtptap/json.h"
+#include "smtptap/jsonread.h"
 #include "smtptap/mime.h"
 #include "smtptap/smtp.h"
 #include "smtptap/store.h"
@@ -906,12 +908,55 @@ test_mime_iconv_open_fails(void **state)
 	free(s);
 }
 
+/* The JSON record reader allocates its buffer, its member array (grown)
+ * and a heap copy of a long number: each failing must give
+ * JSONREAD_ENOMEM (not "invalid") and an empty object, never a leak. */
+static void
+test_jsonread_allocations_fail(void **state)
+{
+	char text[4096];
+	struct jsonread_obj o;
+	size_t len = 0;
+	long n, calls;
+	int i, r;
+	bool done = false;
+
+	(void)state;
+	len += (size_t)snprintf(text + len, sizeof(text) - len, "{\"long\": 1.%070d", 1);
+	for (i = 0; i < 40; i++)
+		len += (size_t)snprintf(text + len, sizeof(text) - len, ", \"k%d\": \"v\\u00e9%d\"", i, i);
+	len += (size_t)snprintf(text + len, sizeof(text) - len, "}");
+	for (n = 1; n <= 100 && !done; n++) {
+		atomic_store(&ncalls[SRC_OWN], 0);
+		atomic_store(&nfailed, 0);
+		atomic_store(&fail_at[SRC_OWN], n);
+		atomic_store(&armed, true);
+		r = jsonread_object(&o, text, len);
+		atomic_store(&armed, false);
+		calls = atomic_load(&ncalls[SRC_OWN]);
+		if (atomic_load(&nfailed) == 0) {
+			assert_int_equal(r, JSONREAD_OK);
+			assert_int_equal(o.n, 41);
+			assert_string_equal(jsonread_get_string(&o, "k39", NULL), "v\xc3\xa9" "39");
+			done = true;
+		} else {
+			assert_int_equal(r, JSONREAD_ENOMEM);
+			assert_true(o.m == NULL && o.n == 0 && o.buf == NULL);
+		}
+		jsonread_free(&o);
+	}
+	assert_true(done);
+	/* buffer, number copy, and the member array grown a few times */
+	assert_true(calls >= 3);
+}
+
 int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_pure_modules_do_not_allocate),
 		cmocka_unit_test(test_mime_iconv_open_fails),
+		cmocka_unit_test(test_jsonread_allocations_fail),
 		cmocka_unit_test_setup_teardown(test_store_open, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_store_recover, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_store_record, setup, teardown),
