@@ -22,12 +22,15 @@
 #   smtp-source -> stunnel client (plain in, TLS out) -> RELAY (TLS in, TLS
 #   out) -> stunnel server (TLS in, plain out) -> smtp-sink
 # with a test PKI made at run time (a CA and a leaf for localhost/127.0.0.1).
-# Every TLS leg verifies its peer (chain and name) and resumes no session, so
-# every connection is a full handshake on each leg.  Relays:
+# Every TLS leg verifies its peer (chain and name).  The stunnel client never
+# resumes a session (like a PHP request: a full handshake on the client leg
+# of every connection); the upstream leg resumes as each relay does by
+# default (haproxy reuses its last session per server, smtptap its last
+# ticket per upstream name) unless BENCH_TLS_RESUME=0.  Relays:
 #   direct-tls   stunnel client straight to stunnel server (the ceiling)
 #   haproxy-tls  haproxy terminating TLS with the bench leaf (`bind ... ssl
 #                crt`) and re-originating it (`server ... ssl verify
-#                required ca-file CA verifyhost localhost no-ssl-reuse`)
+#                required ca-file CA verifyhost localhost`)
 #   smtptap-tls  build/smtptap proxy --client-tls implicit --upstream-tls
 #                implicit, full recording, forging with the bench CA
 #                (--ca-dir) and trusting it upstream (--upstream-ca)
@@ -75,6 +78,9 @@
 #                    all TLS relays on T-B and T-D; not quick), which
 #                    rewrites that suite's part only.  Set it empty to
 #                    never write one.
+#   BENCH_TLS_RESUME=0  no resumption on the upstream leg either: the stunnel
+#                    server refuses it and haproxy gets no-ssl-reuse (every
+#                    handshake on both legs a full one)
 #   BENCH_HAPROXY_THREADS  haproxy's nbthread (default: haproxy's own
 #                    default, one thread per CPU; smtptap relays on one)
 #   BENCH_KEEP=1     keep the temporary directory (logs, databases)
@@ -107,6 +113,7 @@ BENCH_RELAYS=${BENCH_RELAYS:-$PLAIN_RELAYS $TLS_RELAYS}
 BENCH_WORKLOADS=${BENCH_WORKLOADS:-A B C D T-B T-D}
 BENCH_TLS_KEY=${BENCH_TLS_KEY:-ec}
 BENCH_HAPROXY_THREADS=${BENCH_HAPROXY_THREADS:-}
+BENCH_TLS_RESUME=${BENCH_TLS_RESUME:-1}
 BENCH_SCALE=${BENCH_SCALE:-1}
 BENCH_TIMEOUT=${BENCH_TIMEOUT:-180}
 BENCH_KEEP=${BENCH_KEEP:-0}
@@ -171,6 +178,7 @@ relays_for() {
 [[ $BENCH_IDLE_WAIT =~ ^[0-9]+$ ]] || die "BENCH_IDLE_WAIT must be a whole number of seconds"
 [[ $BENCH_IDLE_LOAD =~ ^[0-9]*\.?[0-9]+$ ]] || die "BENCH_IDLE_LOAD must be a number"
 [[ $BENCH_TLS_KEY == ec || $BENCH_TLS_KEY == rsa ]] || die "BENCH_TLS_KEY must be ec or rsa"
+[[ $BENCH_TLS_RESUME == 0 || $BENCH_TLS_RESUME == 1 ]] || die "BENCH_TLS_RESUME must be 0 or 1"
 [[ -z $BENCH_HAPROXY_THREADS || $BENCH_HAPROXY_THREADS =~ ^[1-9][0-9]*$ ]] ||
 	die "BENCH_HAPROXY_THREADS must be a positive integer"
 # haproxy's default is one thread per CPU; smtptap relays on one thread.
@@ -458,7 +466,7 @@ make_pki() {
 # bench_tls_stunnel_conf in tools/bench/tls.sh).
 start_stunnel() {
 	local t=$1 role=$2 ap=$3 cp=$4 conf=$1/stunnel-$2.conf
-	bench_tls_stunnel_conf "$role" "$ap" "$cp" "$PKI" >"$conf"
+	bench_tls_stunnel_conf "$role" "$ap" "$cp" "$PKI" "$BENCH_TLS_RESUME" >"$conf"
 	stunnel "$conf" >"$t/stunnel-$role.log" 2>&1 &
 	STUNNEL_PID=$!
 	PIDS+=("$STUNNEL_PID")
@@ -470,10 +478,12 @@ start_direct_tls() {
 }
 # The backend verifies the stunnel server's certificate like smtptap does
 # (chain from the bench CA, name: localhost; smtptap checks 127.0.0.1, the
-# leaf has both) and, like smtptap, reuses no TLS session upstream.
+# leaf has both) and reuses its TLS session to the server (haproxy's
+# default; smtptap resumes too) unless BENCH_TLS_RESUME=0.
 start_haproxy_tls() {
-	local t=$1 sp=$2 p
+	local t=$1 sp=$2 p reuse=""
 	p=$(free_port) || return 1
+	[[ $BENCH_TLS_RESUME == 0 ]] && reuse=" no-ssl-reuse"
 	cat >"$t/haproxy.cfg" <<EOF
 global
 	maxconn 4096
@@ -488,7 +498,7 @@ frontend smtp_in
 	bind 127.0.0.1:$p ssl crt $PKI/leaf-full.pem
 	default_backend smtp_sink
 backend smtp_sink
-	server sink 127.0.0.1:$sp ssl verify required ca-file $PKI/ca.pem verifyhost localhost no-ssl-reuse
+	server sink 127.0.0.1:$sp ssl verify required ca-file $PKI/ca.pem verifyhost localhost$reuse
 EOF
 	haproxy -db -f "$t/haproxy.cfg" >"$t/relay.log" 2>&1 &
 	RELAY_PID=$!
@@ -517,7 +527,7 @@ measure() {
 	local b0 b1 k0 k1 src_ticks="" other="" sink_ticks=""
 	local tls=${W_TLS[$w]} up="" src_port="" ss_pid="" sc_pid="" ssp="" scp="" warm=0 wout
 	local sc0="" sc1="" ss0="" ss1="" sc_ticks="" ss_ticks="" tls_sessions="" forge="" sess=${W_SESS[$w]} expect
-	local dbargs _sessions _tls_both
+	local dbargs _sessions _tls_both _resumed
 	mkdir -p "$t"
 	n=${COUNT[$w]}
 	[[ $relay == aiosmtpd ]] && n=${COUNT_AIOSMTPD[$w]}
@@ -649,14 +659,21 @@ measure() {
 		[[ $tls == 1 ]] && dbargs+=(--tls)
 		db_rows=$($PY "$ROOT/tools/bench/dbcount.py" "${dbargs[@]}")
 		db_bytes=$(du -cb "$t"/bench.db* 2>/dev/null | awk 'END{print $1}')
-		if [[ $tls == 1 && $db_rows =~ ^[0-9]+\ [0-9]+\ [0-9]+$ ]]; then
-			# messages, sessions, sessions with TLS recorded on both legs
-			read -r db_rows _sessions _tls_both <<<"$db_rows"
+		if [[ $tls == 1 && $db_rows =~ ^[0-9]+\ [0-9]+\ [0-9]+\ [0-9]+$ ]]; then
+			# messages, sessions, sessions with TLS recorded on both legs,
+			# sessions whose upstream handshake resumed
+			read -r db_rows _sessions _tls_both _resumed <<<"$db_rows"
 			tls_sessions="$_tls_both/$_sessions"
 			if ((_tls_both < _sessions)); then
 				loud "smtptap $w rep $rep: only $_tls_both of $_sessions sessions have TLS recorded on both legs"
 				status=fail note="TLS recorded on both legs in $_tls_both of $_sessions sessions"
+			elif ((_resumed > 0 && BENCH_TLS_RESUME == 0)); then
+				# The stunnel server refuses resumption: a resumed handshake
+				# means the setup is not what the report says it is.
+				loud "smtptap $w rep $rep: $_resumed upstream handshakes resumed; every one should be full"
+				status=fail note="$_resumed of $_sessions upstream handshakes resumed"
 			fi
+			tls_sessions+="/$_resumed"
 		fi
 		if [[ ! $db_rows =~ ^[0-9]+$ ]]; then
 			loud "smtptap $w rep $rep: cannot count recorded messages: $db_rows"
@@ -725,6 +742,7 @@ done
 		printf 'stunnel\t%s\n' "$(stunnel -version 2>&1 | grep -m1 -oE 'stunnel [0-9.]+')"
 		printf 'openssl\t%s\n' "$(openssl version 2>/dev/null | cut -d' ' -f1-2)"
 		printf 'tls_key\t%s\n' "$([[ $BENCH_TLS_KEY == rsa ]] && echo "RSA 2048" || echo "ECDSA P-256")"
+		printf 'tls_resume\t%s\n' "$BENCH_TLS_RESUME"
 	fi
 	v=$("$SMTPTAP" --version 2>/dev/null) || v=""
 	[[ $v =~ ^smtptap\ [^[:space:]]+ ]] && v=${BASH_REMATCH[0]#smtptap } || v="$(cat "$ROOT/VERSION" 2>/dev/null) (VERSION file)"

@@ -218,6 +218,18 @@ def common_notes(relay, s):
     return notes
 
 
+def tls_sessions_note(v):
+    """"both/sessions[/resumed]" (one run, or several joined by ", ") as text."""
+    out = []
+    for one in v.split(", "):
+        p = one.split("/")
+        t = "TLS on both legs in %s/%s sessions" % (p[0], p[1]) if len(p) >= 2 else one
+        if len(p) >= 3:
+            t += ", upstream handshake resumed in %s" % p[2]
+        out.append(t)
+    return "; ".join(out)
+
+
 def table_tls(w, summ):
     head = ["relay", "msg/s (median)", "min-max", "vs direct-tls", "vs haproxy-tls", "CPU us/msg",
             "CPU vs haproxy-tls", "peak RSS MB", "stunnel us/msg client+server (CPUs)",
@@ -247,7 +259,7 @@ def table_tls(w, summ):
         notes = common_notes(relay, s)
         if relay == "smtptap-tls":
             if s.get("tls_sessions"):
-                notes.append("TLS on both legs in %s sessions" % s["tls_sessions"])
+                notes.append(tls_sessions_note(s["tls_sessions"]))
             if s.get("forge"):
                 notes.append("forging: " + s["forge"])
         cells.append(", ".join(notes))
@@ -434,6 +446,18 @@ def busy_cpus(summ_w):
     return out
 
 
+def resume_text(meta):
+    """What the run did about TLS session resumption (meta tls_resume)."""
+    if meta.get("tls_resume") == "1":
+        return ("The stunnel client never resumes a session, as a PHP request does not: the "
+                "client leg of every connection is a full handshake. The upstream leg resumes as "
+                "each relay does by default: haproxy reuses its last session per server, smtptap "
+                "offers its last ticket per upstream name (the smtptap notes count the resumed "
+                "upstream handshakes; `BENCH_TLS_RESUME=0` makes every handshake a full one).")
+    return ("No leg resumes a session (`BENCH_TLS_RESUME=0`): every connection is a full "
+            "handshake on each leg.")
+
+
 def part_tls(meta, workloads, summ, all_targets):
     L = ["## TLS workloads (T-B, T-D)", ""]
     L += run_header(meta, True)
@@ -483,15 +507,14 @@ def part_tls(meta, workloads, summ, all_targets):
     L.append("A test PKI is made at run time with the openssl CLI (%s keys): a CA, and a leaf for "
              "`DNS:localhost, IP:127.0.0.1` signed by it. Implicit TLS on both legs (TLS from the "
              "first byte; OpenSSL's defaults, so TLS 1.3). Every TLS client verifies its peer (chain "
-             "from the bench CA and the name) and no leg resumes a session: every connection is a "
-             "full handshake on each leg, as for a PHP request. The relays:" % meta.get("tls_key", "?"))
+             "from the bench CA and the name). %s The relays:" % (meta.get("tls_key", "?"), resume_text(meta)))
     L.append("")
     L.append("- **direct-tls**: the stunnel client connects straight to the stunnel server. The "
              "ceiling: one TLS hop instead of two.")
     L.append("- **haproxy-tls**: HAProxy in `mode tcp` terminating TLS with the bench leaf "
              "(`bind ... ssl crt leaf.pem`) and re-originating it to the stunnel server "
-             "(`server ... ssl verify required ca-file ca.pem verifyhost localhost no-ssl-reuse`)%s."
-             % haproxy_threads(meta))
+             "(`server ... ssl verify required ca-file ca.pem verifyhost localhost%s`)%s."
+             % (" no-ssl-reuse" if meta.get("tls_resume") != "1" else "", haproxy_threads(meta)))
     L.append("- **smtptap-tls**: `build/smtptap proxy --listen 127.0.0.1:0 --upstream "
              "127.0.0.1:STUNNELPORT --client-tls implicit --upstream-tls implicit --ca-dir TMP/ca "
              "--upstream-ca ca.pem --db TMP/bench.db`: full recording; the client is served a "
@@ -500,8 +523,9 @@ def part_tls(meta, workloads, summ, all_targets):
              "the same CA; the upstream is verified against the bench CA (name 127.0.0.1).")
     L.append("")
     L.append("- stunnel: `client = yes`, `sni = localhost`, `verifyChain = yes`, `CAfile = ca.pem`, "
-             "`checkHost = localhost` on the client side; `cert`/`key` = the leaf on the server side; "
-             "both `sessionResume = no`, `TCP_NODELAY` on all sockets, `debug = 4`.")
+             "`checkHost = localhost`, `sessionResume = no` on the client side; `cert`/`key` = the "
+             "leaf on the server side%s; `TCP_NODELAY` on all sockets, `debug = 4`."
+             % (", which accepts resumption" if meta.get("tls_resume") == "1" else ", `sessionResume = no`"))
     L.append("- Before each measurement one message goes through the whole pipeline (not counted), "
              "so smtptap's forged certificate is in its cache: every measured connection is a "
              "cache hit.")
@@ -540,7 +564,9 @@ def part_tls(meta, workloads, summ, all_targets):
              "smtp-sink CPU per message during the run: the cost of one message through the "
              "whole chain; %s CPUs divided by it bounds msg/s." % meta.get("nproc", "the"))
     L.append("- **TLS on both legs in n/m sessions**: sessions of smtptap's database whose "
-             "`client_tls` and `upstream_tls` are both recorded (the run fails if any is not).")
+             "`client_tls` and `upstream_tls` are both recorded (the run fails if any is not); "
+             "*upstream handshake resumed in k*: how many of them have `upstream_tls.resumed` "
+             "(with `BENCH_TLS_RESUME=0` the run fails if any has).")
     return L
 
 

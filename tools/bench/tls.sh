@@ -43,15 +43,16 @@ EOT
 	} >"$d/openssl.log" 2>&1
 }
 
-# bench_tls_stunnel_conf client|server ACCEPT_PORT CONNECT_PORT PKI_DIR:
-# print a stunnel configuration.  client: plaintext in, TLS out, verifying
-# the relay's certificate (chain from the bench CA and the name localhost,
-# which is also the SNI sent); server: TLS in with the bench leaf, plaintext
-# out.  No session resumption (a full handshake per connection, like a PHP
-# request), Nagle off on both sides, warnings and errors only, in the
-# foreground (logging to stderr).
+# bench_tls_stunnel_conf client|server ACCEPT_PORT CONNECT_PORT PKI_DIR
+# [SERVER_RESUME]: print a stunnel configuration.  client: plaintext in, TLS
+# out, verifying the relay's certificate (chain from the bench CA and the
+# name localhost, which is also the SNI sent), never resuming a session (a
+# full handshake per connection, like a PHP request); server: TLS in with
+# the bench leaf, plaintext out, letting a relay resume its sessions unless
+# SERVER_RESUME is 0.  Nagle off on both sides, warnings and errors only, in
+# the foreground (logging to stderr).
 bench_tls_stunnel_conf() {
-	local role=$1 ap=$2 cp=$3 pki=$4
+	local role=$1 ap=$2 cp=$3 pki=$4 resume=${5:-1}
 	echo "foreground = yes"
 	echo "pid ="
 	echo "syslog = no"
@@ -61,7 +62,9 @@ bench_tls_stunnel_conf() {
 	echo "connect = 127.0.0.1:$cp"
 	echo "socket = l:TCP_NODELAY=1"
 	echo "socket = r:TCP_NODELAY=1"
-	echo "sessionResume = no"
+	if [[ $role == client || $resume == 0 ]]; then
+		echo "sessionResume = no"
+	fi
 	if [[ $role == client ]]; then
 		echo "client = yes"
 		echo "sni = localhost"
