@@ -219,15 +219,15 @@ def common_notes(relay, s):
 
 
 def tls_sessions_note(v):
-    """"both/sessions[/resumed]" (one run, or several joined by ", ") as text."""
-    out = []
-    for one in v.split(", "):
-        p = one.split("/")
-        t = "TLS on both legs in %s/%s sessions" % (p[0], p[1]) if len(p) >= 2 else one
-        if len(p) >= 3:
-            t += ", upstream handshake resumed in %s" % p[2]
-        out.append(t)
-    return "; ".join(out)
+    """"both/sessions[/resumed]" of each run (joined by ", ") as one text."""
+    runs = [one.split("/") for one in v.split(", ")]
+    legs = sorted({"%s/%s" % (p[0], p[1]) for p in runs if len(p) >= 2})
+    t = "TLS on both legs in %s sessions" % " or ".join(legs) if legs else v
+    resumed = [p[2] for p in runs if len(p) >= 3]
+    if resumed:
+        t += ", upstream handshake resumed in %s (by run)" % "/".join(resumed) if len(resumed) > 1 \
+            else ", upstream handshake resumed in %s" % resumed[0]
+    return t
 
 
 def table_tls(w, summ):
