@@ -1,11 +1,30 @@
 """Print the number of rows in the `messages` table of an smtptap database
-(read-only; prints ERROR:<reason> and exits 1 if it cannot)."""
+(read-only; prints ERROR:<reason> and exits 1 if it cannot).
+
+With --tls, print four numbers: messages, sessions, sessions whose
+client_tls and upstream_tls are both recorded (a TLS benchmark checks that
+smtptap terminated and re-originated TLS on every session it recorded), and
+sessions whose upstream handshake was resumed (the benchmark means every
+handshake to be a full one).
+"""
+import json
 import sqlite3
 import sys
 
 try:
     db = sqlite3.connect("file:%s?mode=ro" % sys.argv[1], uri=True, timeout=10)
-    print(db.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
+    msgs = db.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
+    if "--tls" in sys.argv[2:]:
+        sess = both = resumed = 0
+        for client, upstream in db.execute("SELECT client_tls, upstream_tls FROM sessions"):
+            sess += 1
+            if client is not None and upstream is not None:
+                both += 1
+                if json.loads(upstream).get("resumed"):
+                    resumed += 1
+        print(msgs, sess, both, resumed)
+    else:
+        print(msgs)
 except Exception as e:  # noqa: BLE001 - report anything, the caller warns
     print("ERROR:%s" % str(e).replace("\t", " ").replace("\n", " "))
     sys.exit(1)
