@@ -99,7 +99,7 @@ build/fuzz/obj/gen_schema.o: build/fuzz/gen/schema.c
 	@mkdir -p $(@D)
 	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=all -c -o $@ $<
 build/fuzz/fuzz_session: tests/fuzz/fuzz_session.c $(FUZZ_SESSION_OBJS)
-	clang $(FUZZ_CFLAGS) $(FUZZ_SAN) -o $@ $< $(FUZZ_SESSION_OBJS) $(PKG_LIBS) -lpthread
+	clang $(FUZZ_CFLAGS) $(FUZZ_SAN) -DFUZZ_STRICT -o $@ $< $(FUZZ_SESSION_OBJS) $(PKG_LIBS) -lpthread
 
 fuzz-bins: $(FUZZ_BINS)
 

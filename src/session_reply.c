@@ -302,7 +302,8 @@ session_reply_handle(struct session *s, struct evbuffer *reply, enum store_side 
 		flags |= STORE_F_DROPPED; /* nobody to pass it to */
 	session_record(s, side, STORE_KIND_REPLY, flags | (altered ? STORE_F_ALTERED : 0), 0, raw, len, NULL);
 	if (altered != NULL) {
-		session_record(s, STORE_SIDE_PROXY, STORE_KIND_REPLY, STORE_F_INJECTED | STORE_F_TO_CLIENT, 0,
+		session_record(s, STORE_SIDE_PROXY, STORE_KIND_REPLY,
+			       STORE_F_INJECTED | STORE_F_TO_CLIENT | (s->client.open ? 0 : STORE_F_DROPPED), 0,
 			       evbuffer_pullup(altered, -1), evbuffer_get_length(altered), NULL);
 		leg_write_from(&s->client, altered, (size_t)-1);
 		evbuffer_free(altered);
