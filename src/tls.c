@@ -1,22 +1,17 @@
 /*
  * tls.c - see tls.h.
  *
- * Two things live here: the two SSL_CTXs a process needs (one to accept
- * clients, one to connect upstream) with the SSLs made from them, and the
- * forged leaves with their cache.  The local CA they are signed by is
- * ca.c's (loaded once by tls_new).
+ * What lives here: the two SSL_CTXs a process needs (one to accept
+ * clients, one to connect upstream) with the SSLs made from them, the
+ * servername callback, upstream verification and session resumption, the
+ * NSS key log, the facts of a finished handshake, and the counters.
  *
- * Forging follows SSLsplit's ssl_x509_forge in spirit: the leaf copies the
- * names a client checks (subject and subjectAltNames) from the upstream's
- * certificate, is issued by the local CA, and carries one key shared by
- * every leaf, so a connection costs one signature at most and, once the
- * cache is warm, none.  What the leaf does not copy is anything that could
- * make it more than a server certificate (CA:FALSE, serverAuth only) or
- * weaker than ours (always SHA-256, whatever the original used).
- *
- * Every X509 handed out is a reference of its own: the cache may evict a
- * leaf while an SSL still serves it, and the SSL's reference keeps it
- * alive.
+ * The leaves served to clients are forge.c's (forged under the local CA,
+ * cached): this file only asks for the leaf of (upstream certificate,
+ * name, SNI) and puts it on an SSL, so the certificate work and the SSL
+ * work can each be read on their own.  Every leaf handed over is a
+ * reference of its own: the cache may evict a leaf while an SSL still
+ * serves it, and the SSL's reference keeps it alive.
  */
 #include "smtptap/tls.h"
 
@@ -36,49 +31,20 @@
 #include <openssl/x509v3.h>
 
 #include "smtptap/ca.h"
+#include "smtptap/forge.h"
 #include "smtptap/json.h"
 #include "smtptap/util.h"
 
-/* Forged leaves kept; a leaf is a few hundred bytes of DER plus
- * OpenSSL's parsed form, so the default costs a few MiB at most. */
-#define TLS_CACHE_MAX 1024
-#define TLS_CACHE_BUCKETS 2048 /* power of two, >= TLS_CACHE_MAX */
-
-/* Validity: a leaf is good from a day ago (clients with a slow clock)
- * to just under a year ahead (browsers' and mail clients' upper bound
- * for leaves is 398 days). */
-#define TLS_LEAF_BACKDATE_DAYS 1
-#define TLS_LEAF_DAYS 364
-
 #define TLS_NAME_MAX 256 /* a DNS name is at most 253 characters */
 #define TLS_RESUME_MAX 16 /* upstream names whose last session is kept */
-#define TLS_CN_MAX 64	 /* X.520 ub-common-name */
-
-/* One cached leaf, in a hash bucket chain and in the LRU list. */
-struct tls_leaf {
-	unsigned char key[32]; /* SHA-256 of (upstream fingerprint, name, SNI) */
-	X509 *cert;
-	struct tls_leaf *hnext;
-	struct tls_leaf *prev, *next; /* most recently used first */
-};
-
-struct tls_cache {
-	struct tls_leaf *bucket[TLS_CACHE_BUCKETS];
-	struct tls_leaf *head, *tail;
-	size_t n, max;
-};
 
 struct tls {
 	SSL_CTX *srv; /* NULL unless need_server */
 	SSL_CTX *cli; /* NULL unless need_client */
-	bool forging; /* false with --cert/--key */
-	X509 *ca_cert;
-	EVP_PKEY *ca_key;
-	EVP_PKEY *leaf_key; /* shared by every forged leaf */
+	struct forge *forge; /* NULL unless forging (not with --cert/--key) */
 	bool upstream_verify;
 	FILE *keylog;
-	struct tls_cache cache;
-	struct tls_stats stats;
+	struct tls_stats stats; /* the handshake counters; forge has the rest */
 	/* The last session per upstream name, offered for resumption: a
 	 * proxy that opens a connection per message (the PHP pattern) then
 	 * costs the upstream an abbreviated handshake, as haproxy's
@@ -113,54 +79,14 @@ static int tls_servername_cb(SSL *ssl, int *alert, void *arg);
 static int tls_open_keylog(struct tls *t, const char *path, char *err, size_t errsz);
 static int tls_setup_server(struct tls *t, const struct tls_config *cfg, char *err, size_t errsz);
 static int tls_setup_client(struct tls *t, const struct tls_config *cfg, char *err, size_t errsz);
-static bool tls_is_ip(const char *s, char *out, size_t outsz);
 static int tls_check_readable(const char *flag, const char *path, char *err, size_t errsz);
 static bool tls_is_hostname(const char *s);
-static int tls_san_add(GENERAL_NAMES *gens, const char *name);
-static X509 *tls_forge(struct tls *t, X509 *upstream, const char *name, const char *sni);
-static X509 *tls_leaf_get(struct tls *t, X509 *upstream, const char *name, const char *sni);
-static size_t tls_cache_slot(const unsigned char key[32]);
 static void tls_kv_text(struct json *j, const char *key, const char *s);
-static void tls_cache_key(X509 *upstream, const char *name, const char *sni, unsigned char key[32]);
-static struct tls_leaf *tls_cache_find(struct tls_cache *c, const unsigned char key[32]);
-static void tls_cache_put(struct tls_cache *c, const unsigned char key[32], X509 *cert);
-static void tls_cache_unlink(struct tls_cache *c, struct tls_leaf *l);
-static void tls_cache_clear(struct tls_cache *c);
 static void tls_name_text(const X509_NAME *name, char *out, size_t outsz);
 
 /* ------------------------------------------------------------------------
  * Small helpers.
  */
-
-
-/* Is s an IPv4 or IPv6 address literal ("[::1]" too)?  The bare form goes
- * to out when it is. */
-static bool
-tls_is_ip(const char *s, char *out, size_t outsz)
-{
-	unsigned char buf[sizeof(struct in6_addr)];
-	char tmp[INET6_ADDRSTRLEN + 2];
-	size_t len;
-
-	if (s == NULL)
-		return false;
-	len = strlen(s);
-	if (len >= 2 && s[0] == '[' && s[len - 1] == ']') {
-		if (len - 2 >= sizeof(tmp))
-			return false;
-		memcpy(tmp, s + 1, len - 2);
-		tmp[len - 2] = '\0';
-	} else {
-		if (len >= sizeof(tmp))
-			return false;
-		memcpy(tmp, s, len + 1);
-	}
-	if (inet_pton(AF_INET, tmp, buf) != 1 && inet_pton(AF_INET6, tmp, buf) != 1)
-		return false;
-	if (out != NULL)
-		snprintf(out, outsz, "%s", tmp);
-	return true;
-}
 
 /* Could s be a DNS name (letters, digits, '-', '_', '.'; at most 253)?
  * A client's SNI is hostile input: anything else is not worth a
@@ -271,15 +197,15 @@ tls_servername_cb(SSL *ssl, int *alert, void *arg)
 	(void)alert;
 	sni = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
 	st = SSL_get_ex_data(ssl, tls_ex_index);
-	if (sni == NULL || sni[0] == '\0' || st == NULL || !st->forged || !t->forging)
+	if (sni == NULL || sni[0] == '\0' || st == NULL || !st->forged || t->forge == NULL)
 		return SSL_TLSEXT_ERR_OK;
 	cur = SSL_get_certificate(ssl);
-	if (tls_is_ip(sni, ip, sizeof(ip))) {
+	if (forge_name_is_ip(sni, ip, sizeof(ip))) {
 		if (cur != NULL && X509_check_ip_asc(cur, ip, 0) == 1)
 			return SSL_TLSEXT_ERR_OK;
 	} else if (!tls_is_hostname(sni) || (cur != NULL && X509_check_host(cur, sni, 0, 0, NULL) == 1))
 		return SSL_TLSEXT_ERR_OK;
-	if ((leaf = tls_leaf_get(t, st->upstream, st->name, sni)) == NULL) {
+	if ((leaf = forge_leaf_get(t->forge, st->upstream, st->name, sni)) == NULL) {
 		ERR_clear_error();
 		return SSL_TLSEXT_ERR_OK;
 	}
@@ -308,7 +234,6 @@ tls_new(const struct tls_config *cfg, bool need_server, bool need_client, char *
 		return NULL;
 	}
 	t->upstream_verify = cfg->upstream_verify;
-	t->cache.max = TLS_CACHE_MAX;
 	if (cfg->keylog != NULL && tls_open_keylog(t, cfg->keylog, err, errsz) < 0)
 		goto fail;
 	if (need_server && tls_setup_server(t, cfg, err, errsz) < 0)
@@ -326,14 +251,11 @@ tls_free(struct tls *t)
 {
 	if (t == NULL)
 		return;
-	tls_cache_clear(&t->cache);
+	forge_free(t->forge);
 	for (size_t i = 0; i < TLS_RESUME_MAX; i++)
 		SSL_SESSION_free(t->resume[i].sess);
 	SSL_CTX_free(t->srv);
 	SSL_CTX_free(t->cli);
-	X509_free(t->ca_cert);
-	EVP_PKEY_free(t->ca_key);
-	EVP_PKEY_free(t->leaf_key);
 	if (t->keylog != NULL)
 		fclose(t->keylog);
 	free(t);
@@ -405,13 +327,8 @@ tls_setup_server(struct tls *t, const struct tls_config *cfg, char *err, size_t 
 		util_errf(err, errsz, "no --ca-dir given and neither XDG_DATA_HOME nor HOME is set");
 		return -1;
 	}
-	if (ca_init(dir, err, errsz) < 0 || ca_load(dir, &t->ca_cert, &t->ca_key, err, errsz) < 0)
+	if ((t->forge = forge_new(dir, err, errsz)) == NULL)
 		return -1;
-	if ((t->leaf_key = EVP_EC_gen("P-256")) == NULL) {
-		util_errf(err, errsz, "OpenSSL: cannot make the leaf key: %s", tls_error_text(ebuf, sizeof(ebuf)));
-		return -1;
-	}
-	t->forging = true;
 	SSL_CTX_set_tlsext_servername_callback(t->srv, tls_servername_cb);
 	SSL_CTX_set_tlsext_servername_arg(t->srv, t);
 	return 0;
@@ -479,7 +396,7 @@ tls_server_ssl_new(struct tls *t, X509 *upstream_cert, const char *name, char *e
 		goto ossl_fail;
 	}
 	/* From here the SSL owns st (freed by tls_ex_free_cb). */
-	if (!t->forging)
+	if (t->forge == NULL)
 		return ssl;
 	st->forged = true;
 	snprintf(st->name, sizeof(st->name), "%s", name != NULL ? name : "");
@@ -487,9 +404,9 @@ tls_server_ssl_new(struct tls *t, X509 *upstream_cert, const char *name, char *e
 		X509_up_ref(upstream_cert);
 		st->upstream = upstream_cert;
 	}
-	if ((leaf = tls_leaf_get(t, upstream_cert, st->name, NULL)) == NULL)
+	if ((leaf = forge_leaf_get(t->forge, upstream_cert, st->name, NULL)) == NULL)
 		goto ossl_fail;
-	if (SSL_use_certificate(ssl, leaf) != 1 || SSL_use_PrivateKey(ssl, t->leaf_key) != 1)
+	if (SSL_use_certificate(ssl, leaf) != 1 || SSL_use_PrivateKey(ssl, forge_leaf_key(t->forge)) != 1)
 		goto ossl_fail;
 	X509_free(leaf);
 	return ssl;
@@ -527,12 +444,12 @@ tls_client_ssl_new(struct tls *t, const char *sni, const char *verify_name, char
 			SSL_set_session(ssl, r->sess);
 	}
 	/* RFC 6066: SNI carries host names only, never an address. */
-	if (sni != NULL && sni[0] != '\0' && !tls_is_ip(sni, NULL, 0) &&
+	if (sni != NULL && sni[0] != '\0' && !forge_name_is_ip(sni, NULL, 0) &&
 	    SSL_set_tlsext_host_name(ssl, sni) != 1)
 		goto fail;
 	if (verify_name != NULL && verify_name[0] != '\0') {
 		param = SSL_get0_param(ssl);
-		if (tls_is_ip(verify_name, ip, sizeof(ip))) {
+		if (forge_name_is_ip(verify_name, ip, sizeof(ip))) {
 			if (X509_VERIFY_PARAM_set1_ip_asc(param, ip) != 1)
 				goto fail;
 		} else {
@@ -753,11 +670,19 @@ tls_error_is_untrusted(unsigned long err)
 	}
 }
 
+/* The forging counters are forge.c's; without forging they stay 0. */
 void
 tls_stats_get(const struct tls *t, struct tls_stats *out)
 {
+	struct forge_stats fs = {0};
+
 	*out = t->stats;
-	out->cached = t->cache.n;
+	if (t->forge != NULL)
+		forge_stats_get(t->forge, &fs);
+	out->forged = fs.forged;
+	out->cache_hits = fs.cache_hits;
+	out->cached = fs.cached;
+	out->evicted = fs.evicted;
 }
 
 void
@@ -769,290 +694,10 @@ tls_stats_count_handshake(struct tls *t, bool server_side)
 		t->stats.handshakes_upstream++;
 }
 
+/* Without forging there is no cache to bound: nothing to do. */
 void
 tls_cache_set_max(struct tls *t, size_t max)
 {
-	t->cache.max = max == 0 ? 1 : max > TLS_CACHE_MAX ? TLS_CACHE_MAX : max;
-	while (t->cache.n > t->cache.max) {
-		struct tls_leaf *l = t->cache.tail;
-
-		tls_cache_unlink(&t->cache, l);
-		X509_free(l->cert);
-		free(l);
-		t->stats.evicted++;
-	}
-}
-
-/* ------------------------------------------------------------------------
- * Forging and the leaf cache.
- */
-
-/* A new reference to the leaf for (upstream, name, sni): from the cache,
- * or forged and cached.  NULL with OpenSSL's error queue set. */
-static X509 *
-tls_leaf_get(struct tls *t, X509 *upstream, const char *name, const char *sni)
-{
-	unsigned char key[32];
-	struct tls_leaf *l;
-	X509 *x;
-
-	tls_cache_key(upstream, name, sni, key);
-	if ((l = tls_cache_find(&t->cache, key)) != NULL) {
-		t->stats.cache_hits++;
-		X509_up_ref(l->cert);
-		return l->cert;
-	}
-	if ((x = tls_forge(t, upstream, name, sni)) == NULL)
-		return NULL;
-	t->stats.forged++;
-	tls_cache_put(&t->cache, key, x);
-	if (t->cache.n > t->cache.max)
-		tls_cache_set_max(t, t->cache.max);
-	return x;
-}
-
-/*
- * The cache key: SHA-256 over the upstream certificate's own SHA-256 (or
- * "-" without one), the name and the SNI added, NUL-separated so no two
- * triples collide.  A forged leaf depends on nothing else.
- */
-static void
-tls_cache_key(X509 *upstream, const char *name, const char *sni, unsigned char key[32])
-{
-	unsigned char fp[EVP_MAX_MD_SIZE];
-	unsigned int fplen = 0;
-	EVP_MD_CTX *md;
-
-	memset(key, 0, 32);
-	if (upstream == NULL || X509_digest(upstream, EVP_sha256(), fp, &fplen) != 1) {
-		fp[0] = '-';
-		fplen = 1;
-	}
-	if ((md = EVP_MD_CTX_new()) == NULL)
-		return;
-	if (EVP_DigestInit_ex(md, EVP_sha256(), NULL) == 1) {
-		EVP_DigestUpdate(md, fp, fplen);
-		EVP_DigestUpdate(md, "", 1);
-		EVP_DigestUpdate(md, name != NULL ? name : "", name != NULL ? strlen(name) : 0);
-		EVP_DigestUpdate(md, "", 1);
-		EVP_DigestUpdate(md, sni != NULL ? sni : "", sni != NULL ? strlen(sni) : 0);
-		EVP_DigestFinal_ex(md, key, NULL);
-	}
-	EVP_MD_CTX_free(md);
-}
-
-static size_t
-tls_cache_slot(const unsigned char key[32])
-{
-	return ((size_t)key[0] | (size_t)key[1] << 8 | (size_t)key[2] << 16) & (TLS_CACHE_BUCKETS - 1);
-}
-
-/* The leaf for key, moved to the front of the LRU list, or NULL. */
-static struct tls_leaf *
-tls_cache_find(struct tls_cache *c, const unsigned char key[32])
-{
-	struct tls_leaf *l;
-
-	for (l = c->bucket[tls_cache_slot(key)]; l != NULL; l = l->hnext) {
-		if (memcmp(l->key, key, 32) != 0)
-			continue;
-		if (l != c->head) {
-			l->prev->next = l->next;
-			if (l->next != NULL)
-				l->next->prev = l->prev;
-			else
-				c->tail = l->prev;
-			l->prev = NULL;
-			l->next = c->head;
-			c->head->prev = l;
-			c->head = l;
-		}
-		return l;
-	}
-	return NULL;
-}
-
-/* Keep a reference to cert under key.  Out of memory: not cached. */
-static void
-tls_cache_put(struct tls_cache *c, const unsigned char key[32], X509 *cert)
-{
-	struct tls_leaf *l;
-	size_t slot = tls_cache_slot(key);
-
-	if ((l = calloc(1, sizeof(*l))) == NULL)
-		return;
-	memcpy(l->key, key, 32);
-	X509_up_ref(cert);
-	l->cert = cert;
-	l->hnext = c->bucket[slot];
-	c->bucket[slot] = l;
-	l->next = c->head;
-	if (c->head != NULL)
-		c->head->prev = l;
-	c->head = l;
-	if (c->tail == NULL)
-		c->tail = l;
-	c->n++;
-}
-
-/* Take l out of its bucket and the LRU list (the caller frees it). */
-static void
-tls_cache_unlink(struct tls_cache *c, struct tls_leaf *l)
-{
-	struct tls_leaf **pp;
-
-	for (pp = &c->bucket[tls_cache_slot(l->key)]; *pp != NULL; pp = &(*pp)->hnext) {
-		if (*pp == l) {
-			*pp = l->hnext;
-			break;
-		}
-	}
-	if (l->prev != NULL)
-		l->prev->next = l->next;
-	else
-		c->head = l->next;
-	if (l->next != NULL)
-		l->next->prev = l->prev;
-	else
-		c->tail = l->prev;
-	c->n--;
-}
-
-static void
-tls_cache_clear(struct tls_cache *c)
-{
-	struct tls_leaf *l, *next;
-
-	for (l = c->head; l != NULL; l = next) {
-		next = l->next;
-		X509_free(l->cert);
-		free(l);
-	}
-	memset(c->bucket, 0, sizeof(c->bucket));
-	c->head = c->tail = NULL;
-	c->n = 0;
-}
-static int
-tls_san_add(GENERAL_NAMES *gens, const char *name)
-{
-	GENERAL_NAME *gen;
-	ASN1_OCTET_STRING *ip;
-	ASN1_IA5STRING *dns;
-	char bare[INET6_ADDRSTRLEN];
-
-	if ((gen = GENERAL_NAME_new()) == NULL)
-		return 0;
-	if (tls_is_ip(name, bare, sizeof(bare))) {
-		if ((ip = a2i_IPADDRESS(bare)) == NULL)
-			goto fail;
-		GENERAL_NAME_set0_value(gen, GEN_IPADD, ip);
-	} else {
-		if ((dns = ASN1_IA5STRING_new()) == NULL)
-			goto fail;
-		if (ASN1_STRING_set(dns, name, (int)strlen(name)) != 1) {
-			ASN1_IA5STRING_free(dns);
-			goto fail;
-		}
-		GENERAL_NAME_set0_value(gen, GEN_DNS, dns);
-	}
-	if (sk_GENERAL_NAME_push(gens, gen) <= 0)
-		goto fail;
-	return 1;
-fail:
-	GENERAL_NAME_free(gen);
-	return 0;
-}
-
-/*
- * Forge a leaf signed by the CA with the shared key.  With an upstream
- * certificate its subject and subjectAltNames are copied (an upstream
- * without SANs gets its CNs as DNS names: clients ignore the CN when SANs
- * exist and many ignore it always); without one, the leaf names `name`
- * (CN and SAN).  sni, when given, is added as one more SAN.  Returns a
- * new certificate, or NULL with OpenSSL's error queue set.
- */
-static X509 *
-tls_forge(struct tls *t, X509 *upstream, const char *name, const char *sni)
-{
-	X509 *x;
-	X509_NAME *subj = NULL;
-	GENERAL_NAMES *gens = NULL;
-	const X509_NAME *usubj;
-	X509_NAME_ENTRY *ne;
-	ASN1_STRING *cn;
-	unsigned char *utf8;
-	int i, len;
-
-	if ((x = X509_new()) == NULL)
-		return NULL;
-	if (X509_set_version(x, X509_VERSION_3) != 1 || !ca_cert_set_serial(x))
-		goto fail;
-	if (X509_gmtime_adj(X509_getm_notBefore(x), -(long)TLS_LEAF_BACKDATE_DAYS * 86400) == NULL ||
-	    X509_time_adj_ex(X509_getm_notAfter(x), TLS_LEAF_DAYS, 0, NULL) == NULL)
-		goto fail;
-	if (X509_set_issuer_name(x, X509_get_subject_name(t->ca_cert)) != 1 || X509_set_pubkey(x, t->leaf_key) != 1)
-		goto fail;
-
-	if (upstream != NULL) {
-		usubj = X509_get_subject_name(upstream);
-		if (X509_set_subject_name(x, usubj) != 1)
-			goto fail;
-		gens = X509_get_ext_d2i(upstream, NID_subject_alt_name, NULL, NULL);
-		if (gens == NULL) {
-			if ((gens = sk_GENERAL_NAME_new_null()) == NULL)
-				goto fail;
-			for (i = -1; (i = X509_NAME_get_index_by_NID(usubj, NID_commonName, i)) >= 0;) {
-				ne = X509_NAME_get_entry(usubj, i);
-				cn = X509_NAME_ENTRY_get_data(ne);
-				if ((len = ASN1_STRING_to_UTF8(&utf8, cn)) < 0) {
-					ERR_clear_error();
-					continue;
-				}
-				if (len > 0 && len < TLS_NAME_MAX && memchr(utf8, '\0', (size_t)len) == NULL &&
-				    !tls_san_add(gens, (const char *)utf8)) {
-					OPENSSL_free(utf8);
-					goto fail;
-				}
-				OPENSSL_free(utf8);
-			}
-		}
-	} else {
-		if ((subj = X509_NAME_new()) == NULL)
-			goto fail;
-		/* CN is bounded by X.520; a longer name lives in the SAN only. */
-		if (name != NULL && name[0] != '\0' && strlen(name) <= TLS_CN_MAX) {
-			if (X509_NAME_add_entry_by_NID(subj, NID_commonName, MBSTRING_UTF8,
-						       (const unsigned char *)name, -1, -1, 0) != 1)
-				goto fail;
-		} else if (X509_NAME_add_entry_by_NID(subj, NID_organizationName, MBSTRING_UTF8,
-						      (const unsigned char *)"smtptap", -1, -1, 0) != 1)
-			goto fail;
-		if (X509_set_subject_name(x, subj) != 1)
-			goto fail;
-		if ((gens = sk_GENERAL_NAME_new_null()) == NULL)
-			goto fail;
-	}
-	if (sk_GENERAL_NAME_num(gens) == 0 && name != NULL && name[0] != '\0' && !tls_san_add(gens, name))
-		goto fail;
-	if (sni != NULL && sni[0] != '\0' && !tls_san_add(gens, sni))
-		goto fail;
-	if (sk_GENERAL_NAME_num(gens) > 0 && X509_add1_ext_i2d(x, NID_subject_alt_name, gens, 0, 0) != 1)
-		goto fail;
-
-	if (!ca_cert_add_ext(t->ca_cert, x, NID_basic_constraints, "critical,CA:FALSE") ||
-	    !ca_cert_add_ext(t->ca_cert, x, NID_key_usage, "critical,digitalSignature") ||
-	    !ca_cert_add_ext(t->ca_cert, x, NID_ext_key_usage, "serverAuth") ||
-	    !ca_cert_add_ext(t->ca_cert, x, NID_subject_key_identifier, "hash") ||
-	    !ca_cert_add_ext(t->ca_cert, x, NID_authority_key_identifier, "keyid:always"))
-		goto fail;
-	if (X509_sign(x, t->ca_key, EVP_sha256()) <= 0)
-		goto fail;
-	GENERAL_NAMES_free(gens);
-	X509_NAME_free(subj);
-	return x;
-fail:
-	GENERAL_NAMES_free(gens);
-	X509_NAME_free(subj);
-	X509_free(x);
-	return NULL;
+	if (t->forge != NULL)
+		forge_cache_set_max(t->forge, max);
 }
