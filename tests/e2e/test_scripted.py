@@ -2,9 +2,11 @@
 test built on it can only be as honest as its steps."""
 
 import socket
+import ssl
+import subprocess
 
 from scripted import (client_hello, close, expect, expect_closed, half_tls, read_all, reset, send, stall,
-                      wait)
+                      starttls, wait)
 
 
 def test_dialogue_both_ways(scripted):
@@ -84,3 +86,25 @@ def test_half_tls_sends_part_of_a_client_hello(scripted):
     cl.stop()  # the stalled client closes: the server's read_all ends
     srv.wait()
     assert srv[0].got["all"] == cl.sent and 0 < len(cl.sent) < len(hello)
+
+
+def test_starttls_both_sides(scripted, tmp_path, tools_required):
+    tools_required("openssl")
+    key, crt = str(tmp_path / "k.pem"), str(tmp_path / "c.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", crt,
+                    "-days", "1", "-subj", "/CN=localhost"], check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, timeout=60)
+    sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    sctx.load_cert_chain(crt, key)
+    cctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    cctx.load_verify_locations(crt)
+    srv = scripted.server([send(b"220 s\r\n"), expect(rb"STARTTLS\r\n"), send(b"220 go ahead\r\n"), starttls(sctx),
+                           expect(rb"EHLO [^\r\n]*\r\n"), send(b"250 secret\r\n"), close(), expect_closed()])
+    cl = scripted.client(srv.port, [expect(rb"220 s\r\n"), send(b"STARTTLS\r\n"), expect(rb"220 go[^\r\n]*\r\n"),
+                                    starttls(cctx, server_hostname="localhost"), send(b"EHLO me\r\n"),
+                                    expect(rb"250 secret\r\n"), read_all(), close()])
+    cl.wait()
+    srv.wait()
+    assert isinstance(cl.sock, ssl.SSLSocket) and cl.sock.version() is not None
+    assert srv[0].received == b"STARTTLS\r\nEHLO me\r\n"
+    assert srv[0].plaintext_before_tls == b""
