@@ -5,15 +5,22 @@
  * typo gives one clear line and exit status 2 instead of a half-started
  * daemon.
  */
+#include <errno.h>
 #include <getopt.h>
+#include <inttypes.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
 
 #include <event2/util.h>
 
 #include "smtptap/cli.h"
 #include "smtptap/log.h"
 #include "smtptap/proxy.h"
+#include "smtptap/rules.h"
 #include "smtptap/util.h"
 
 static void cli_proxy_usage(FILE *f);
@@ -32,7 +39,8 @@ cli_proxy_usage(FILE *f)
 	      "                     [--db PATH] [--client-tls MODE] [--upstream-tls MODE]\n"
 	      "                     [--ca-dir DIR | --cert FILE --key FILE] [--upstream-verify on|off]\n"
 	      "                     [--upstream-ca FILE] [--upstream-sni NAME] [--keylog FILE]\n"
-	      "                     [--redact-auth on|off] [--idle-timeout S] [--reply-timeout S]\n"
+	      "                     [--rules FILE [--rules-seed N]] [--redact-auth on|off]\n"
+	      "                     [--idle-timeout S] [--reply-timeout S]\n"
 	      "                     [--connect-timeout S] [--grace S] [--max-sessions N] [-v]...\n"
 	      "\n"
 	      "Relay SMTP clients to an upstream server (or answer them as a capture\n"
@@ -66,6 +74,11 @@ cli_proxy_usage(FILE *f)
 	      "                           upstream host)\n"
 	      "      --keylog FILE        append TLS secrets of both legs (NSS key log\n"
 	      "                           format: Wireshark decrypts a capture with it)\n"
+	      "      --rules FILE         fault rules (docs/rules.md; 'smtptap rules check FILE'\n"
+	      "                           validates one); SIGHUP reloads the file, and a\n"
+	      "                           broken file keeps the rules in force\n"
+	      "      --rules-seed N       seed of probability rules that give none (default:\n"
+	      "                           random, logged at start so a run can be repeated)\n"
 	      "      --redact-auth on|off keep AUTH credentials out of the database (default on)\n"
 	      "      --idle-timeout S     close a silent client after S seconds (default 300)\n"
 	      "      --reply-timeout S    give up on an upstream silent for S seconds\n"
@@ -231,7 +244,9 @@ cli_proxy(int argc, char **argv)
 		OPT_REPLY,
 		OPT_CONNECT,
 		OPT_GRACE,
-		OPT_MAXSESS
+		OPT_MAXSESS,
+		OPT_RULES,
+		OPT_RULES_SEED
 	};
 	static const struct option opts[] = {
 		{ "listen", required_argument, NULL, 'l' },
@@ -253,6 +268,8 @@ cli_proxy(int argc, char **argv)
 		{ "connect-timeout", required_argument, NULL, OPT_CONNECT },
 		{ "grace", required_argument, NULL, OPT_GRACE },
 		{ "max-sessions", required_argument, NULL, OPT_MAXSESS },
+		{ "rules", required_argument, NULL, OPT_RULES },
+		{ "rules-seed", required_argument, NULL, OPT_RULES_SEED },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
@@ -262,9 +279,9 @@ cli_proxy(int argc, char **argv)
 	const char *upstream = NULL, *client_tls = NULL, *upstream_tls = NULL;
 	size_t nlisten = 0, i;
 	enum proxy_tls_mode mode;
-	bool sink = false;
+	bool sink = false, seed_given = false;
 	long n;
-	int c;
+	int c, rc;
 
 	memset(&cfg, 0, sizeof(cfg));
 	cfg.db_path = CLI_DEFAULT_DB;
@@ -358,6 +375,21 @@ cli_proxy(int argc, char **argv)
 			}
 			cfg.max_sessions = (int)n;
 			break;
+		case OPT_RULES:
+			cfg.rules_file = optarg;
+			break;
+		case OPT_RULES_SEED: {
+			char *end;
+
+			errno = 0;
+			cfg.rules_seed = strtoull(optarg, &end, 10);
+			if (errno != 0 || end == optarg || *end != '\0' || optarg[0] == '-' || cfg.rules_seed == 0) {
+				log_warnx("--rules-seed: expected a number from 1 to 18446744073709551615, got '%s'", optarg);
+				return CLI_EXIT_USAGE;
+			}
+			seed_given = true;
+			break;
+		}
 		case 'v':
 			cfg.verbosity++;
 			break;
@@ -393,5 +425,29 @@ cli_proxy(int argc, char **argv)
 	}
 	cfg.nroutes = nlisten;
 	log_init(cfg.verbosity);
-	return proxy_run(&cfg) == 0 ? CLI_EXIT_OK : CLI_EXIT_FAIL;
+	if (seed_given && cfg.rules_file == NULL) {
+		log_warnx("--rules-seed needs --rules FILE");
+		return CLI_EXIT_USAGE;
+	}
+	if (cfg.rules_file != NULL) {
+		char err[4096];
+
+		if (!seed_given && (getrandom(&cfg.rules_seed, sizeof(cfg.rules_seed), 0) != sizeof(cfg.rules_seed) ||
+				    cfg.rules_seed == 0))
+			cfg.rules_seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
+		cfg.rules = rules_load(cfg.rules_file, cfg.rules_seed, err, sizeof(err));
+		if (cfg.rules == NULL) {
+			/* the same lines `smtptap rules check` prints */
+			fprintf(stderr, "%s\n", err);
+			log_warnx("--rules %s: not starting with a broken rules file", cfg.rules_file);
+			return CLI_EXIT_FAIL;
+		}
+		log_info("rules: %zu rules from %s (probability seed %" PRIu64 "; --rules-seed %" PRIu64
+			 " repeats the same draws)",
+			 rules_count(cfg.rules), cfg.rules_file, cfg.rules_seed, cfg.rules_seed);
+	}
+	rc = proxy_run(&cfg) == 0 ? CLI_EXIT_OK : CLI_EXIT_FAIL;
+	if (cfg.rules != NULL)
+		rules_unref(cfg.rules);
+	return rc;
 }

@@ -141,6 +141,8 @@ leg_start_tls(struct leg *leg, SSL *ssl, bool accept)
 	bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
 	leg_setup_bev(leg);
 	leg_set_timeouts(leg, leg->read_timeout, leg->write_timeout);
+	if (leg->rate != NULL)
+		bufferevent_set_rate_limit(bev, leg->rate);
 	/* Output queued before the upgrade goes out encrypted.  The plain
 	 * bufferevent keeps its output's start frozen; thaw it to move it. */
 	out = bufferevent_get_output(plain);
@@ -232,7 +234,10 @@ leg_flush(struct leg *leg)
 	if (!leg->open || leg->hold_output || leg->fd < 0)
 		return;
 	out = bufferevent_get_output(leg->bev);
-	if (evbuffer_get_length(out) > 0 && !(bufferevent_get_enabled(leg->bev) & EV_WRITE)) {
+	if (leg->rate != NULL && evbuffer_get_length(out) > 0) {
+		/* A throttled leg writes only through its rate limit. */
+		bufferevent_enable(leg->bev, EV_WRITE);
+	} else if (evbuffer_get_length(out) > 0 && !(bufferevent_get_enabled(leg->bev) & EV_WRITE)) {
 		int n;
 
 		/* A bufferevent keeps its output's start frozen so that only
@@ -279,6 +284,42 @@ leg_set_timeouts(struct leg *leg, int read_s, int write_s)
 		bufferevent_set_timeouts(leg->bev, read_s > 0 ? &r : NULL, write_s > 0 ? &w : NULL);
 }
 
+/* Rate per tenth of a second, so a slow rate trickles instead of
+ * arriving in one burst each second. */
+#define LEG_RATE_TICKS 10
+
+int
+leg_set_rate(struct leg *leg, uint64_t read_bps, uint64_t write_bps)
+{
+	struct timeval tick = { 0, 1000000 / LEG_RATE_TICKS };
+	struct ev_token_bucket_cfg *cfg, *old = leg->rate;
+	size_t r = EV_RATE_LIMIT_MAX, w = EV_RATE_LIMIT_MAX;
+
+	if (!leg->open)
+		return 0;
+	if (read_bps > 0)
+		r = read_bps / LEG_RATE_TICKS > 0 ? (size_t)(read_bps / LEG_RATE_TICKS) : 1;
+	if (write_bps > 0)
+		w = write_bps / LEG_RATE_TICKS > 0 ? (size_t)(write_bps / LEG_RATE_TICKS) : 1;
+	if (r > EV_RATE_LIMIT_MAX)
+		r = EV_RATE_LIMIT_MAX;
+	if (w > EV_RATE_LIMIT_MAX)
+		w = EV_RATE_LIMIT_MAX;
+	if (read_bps == 0 && write_bps == 0) {
+		bufferevent_set_rate_limit(leg->bev, NULL);
+		cfg = NULL;
+	} else {
+		cfg = ev_token_bucket_cfg_new(r, r, w, w, &tick);
+		if (cfg == NULL)
+			return -1;
+		bufferevent_set_rate_limit(leg->bev, cfg);
+	}
+	leg->rate = cfg;
+	if (old != NULL)
+		ev_token_bucket_cfg_free(old);
+	return 0;
+}
+
 void
 leg_close(struct leg *leg, enum leg_close_how how)
 {
@@ -304,6 +345,9 @@ leg_close(struct leg *leg, enum leg_close_how how)
 	if (leg->stage != NULL)
 		evbuffer_free(leg->stage);
 	leg->stage = NULL;
+	if (leg->rate != NULL)
+		ev_token_bucket_cfg_free(leg->rate); /* after the bufferevent that used it */
+	leg->rate = NULL;
 	leg->bev = NULL;
 	leg->fd = -1;
 	leg->open = false;
@@ -328,6 +372,22 @@ leg_close_after_flush(struct leg *leg)
 	bufferevent_setwatermark(leg->bev, EV_WRITE, 0, 0);
 	if (leg->tls)
 		bufferevent_enable(leg->bev, EV_WRITE);
+}
+
+void
+leg_reset_after_flush(struct leg *leg)
+{
+	struct linger lg = { 1, 0 };
+
+	if (!leg->open)
+		return;
+	if (!leg->tls && leg->fd < 0)
+		leg->fd = bufferevent_getfd(leg->bev);
+	/* SO_LINGER 0 makes the final close(2) an RST; what is queued is
+	 * still written first. */
+	if (leg->fd >= 0)
+		setsockopt(leg->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+	leg_close_after_flush(leg);
 }
 
 const char *

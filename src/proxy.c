@@ -8,6 +8,7 @@
  * the rest of the grace period.
  */
 #include "smtptap/proxy.h"
+#include "smtptap/rules.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -45,7 +46,7 @@ struct proxy {
 	struct proxy_listener listeners[PROXY_LISTEN_MAX];
 	size_t nlisteners;
 	bool listeners_paused;
-	struct event *sigterm, *sigint, *grace_timer;
+	struct event *sigterm, *sigint, *sighup, *grace_timer;
 	bool stopping;
 };
 
@@ -56,6 +57,7 @@ static void proxy_accept_cb(struct evconnlistener *lev, evutil_socket_t fd, stru
 static void proxy_accept_error_cb(struct evconnlistener *lev, void *arg);
 static void proxy_signal_cb(evutil_socket_t sig, short what, void *arg);
 static void proxy_grace_cb(evutil_socket_t fd, short what, void *arg);
+static void proxy_reload_cb(evutil_socket_t sig, short what, void *arg);
 static void proxy_session_end_cb(void *arg);
 static void proxy_listeners_enable(struct proxy *px, bool on);
 static int proxy_free(struct proxy *px);
@@ -105,6 +107,8 @@ proxy_run(const struct proxy_config *cfg)
 	}
 	px.sessions.on_session_end = proxy_session_end_cb;
 	px.sessions.arg = &px;
+	if (cfg->rules != NULL)
+		px.sessions.rules = rules_ref(cfg->rules);
 
 	for (i = 0; i < cfg->nroutes; i++) {
 		if (proxy_listen(&px, &cfg->routes[i]) < 0)
@@ -112,9 +116,10 @@ proxy_run(const struct proxy_config *cfg)
 	}
 	px.sigterm = evsignal_new(px.base, SIGTERM, proxy_signal_cb, &px);
 	px.sigint = evsignal_new(px.base, SIGINT, proxy_signal_cb, &px);
+	px.sighup = evsignal_new(px.base, SIGHUP, proxy_reload_cb, &px);
 	px.grace_timer = evtimer_new(px.base, proxy_grace_cb, &px);
-	if (px.sigterm == NULL || px.sigint == NULL || px.grace_timer == NULL || evsignal_add(px.sigterm, NULL) < 0 ||
-	    evsignal_add(px.sigint, NULL) < 0) {
+	if (px.sigterm == NULL || px.sigint == NULL || px.sighup == NULL || px.grace_timer == NULL ||
+	    evsignal_add(px.sigterm, NULL) < 0 || evsignal_add(px.sigint, NULL) < 0 || evsignal_add(px.sighup, NULL) < 0) {
 		log_warnx("cannot install signal handlers");
 		goto out;
 	}
@@ -350,6 +355,36 @@ proxy_signal_cb(evutil_socket_t sig, short what, void *arg)
 	evtimer_add(px->grace_timer, &grace);
 }
 
+/*
+ * SIGHUP: read the rules file again.  The new set replaces the old in one
+ * step, for sessions that begin from now on (a session keeps the set it
+ * began with); a file that does not parse changes nothing.
+ */
+static void
+proxy_reload_cb(evutil_socket_t sig, short what, void *arg)
+{
+	struct proxy *px = arg;
+	struct rules *r;
+	char err[4096];
+
+	(void)sig;
+	(void)what;
+	if (px->cfg->rules_file == NULL) {
+		log_info("SIGHUP: no --rules file to reload");
+		return;
+	}
+	r = rules_load(px->cfg->rules_file, px->cfg->rules_seed, err, sizeof(err));
+	if (r == NULL) {
+		log_warnx("SIGHUP: %s has errors; the %zu rules loaded before stay in force:\n%s", px->cfg->rules_file,
+			  px->sessions.rules ? rules_count(px->sessions.rules) : 0, err);
+		return;
+	}
+	if (px->sessions.rules != NULL)
+		rules_unref(px->sessions.rules);
+	px->sessions.rules = r;
+	log_info("SIGHUP: %zu rules reloaded from %s (for new sessions)", rules_count(r), px->cfg->rules_file);
+}
+
 static void
 proxy_grace_cb(evutil_socket_t fd, short what, void *arg)
 {
@@ -394,6 +429,11 @@ proxy_free(struct proxy *px)
 		event_free(px->sigterm);
 	if (px->sigint != NULL)
 		event_free(px->sigint);
+	if (px->sighup != NULL)
+		event_free(px->sighup);
+	if (px->sessions.rules != NULL)
+		rules_unref(px->sessions.rules);
+	px->sessions.rules = NULL;
 	if (px->grace_timer != NULL)
 		event_free(px->grace_timer);
 	if (px->dns != NULL)

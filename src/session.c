@@ -127,7 +127,6 @@ session_start(struct session_ctx *ctx, evutil_socket_t fd, const struct sockaddr
 {
 	struct session *s;
 
-	(void)peerlen;
 	s = calloc(1, sizeof(*s));
 	if (s == NULL) {
 		log_warn("session: out of memory");
@@ -143,6 +142,8 @@ session_start(struct session_ctx *ctx, evutil_socket_t fd, const struct sockaddr
 	s->upstream_tls = s->sink_mode ? PROXY_TLS_OFF : route->upstream_tls;
 	s->upstream.fd = -1;
 	snprintf(s->listener, sizeof(s->listener), "%s", listener);
+	if (peerlen > 0 && (size_t)peerlen <= sizeof(s->client_sa))
+		memcpy(&s->client_sa, peer, (size_t)peerlen);
 
 	s->reply_buf = evbuffer_new();
 	if (s->reply_buf == NULL || leg_accept(&s->client, ctx->base, fd, peer, session_client_legcb, s) < 0) {
@@ -167,11 +168,26 @@ session_start(struct session_ctx *ctx, evutil_socket_t fd, const struct sockaddr
 		.mode = s->sink_mode ? "sink" : "relay",
 	});
 	session_note(s, STORE_KIND_CONNECT, "client %s connected to %s", s->client.addr, s->listener);
+	session_rules_init(s);
 
 	session_enter(s);
 	session_pend_push(s, PEND_GREETING, SMTP_VERB_UNKNOWN);
 	session_enter_state(s, ST_CONNECTING);
 	session_update_timeouts(s);
+	if (session_rules_connect(s))
+		session_begin(s);
+	session_leave(s);
+	return 0;
+}
+
+/* The session's start proper: the sink's greeting, or the upstream
+ * connection (a connect rule may hold it back). */
+void
+session_begin(struct session *s)
+{
+	struct session_ctx *ctx = s->ctx;
+	const struct proxy_route *route = s->route;
+
 	if (s->sink_mode) {
 		char reply[SINK_REPLY_MAX];
 		size_t n;
@@ -188,8 +204,6 @@ session_start(struct session_ctx *ctx, evutil_socket_t fd, const struct sockaddr
 		session_upstream_unreachable(s, "cannot create the upstream connection: out of memory");
 	}
 	session_tls_start(s);
-	session_leave(s);
-	return 0;
 }
 
 /*
@@ -276,9 +290,14 @@ session_free(struct session *s)
 
 	/* Messages still waiting for a final reply never got one. */
 	session_msg_abandon(s);
+	if (s->rhold_msg != NULL)
+		session_msg_close(s, s->rhold_msg, 0, NULL); /* its end was held by a rule */
+	s->rhold_msg = NULL;
 	while (session_pend_pop(s, &p) == 0) {
 		if (p.msg != NULL)
 			session_msg_close(s, p.msg, 0, NULL);
+		free(p.owned_text);
+		free(p.rule);
 	}
 	if (s->outcome == NULL)
 		session_set_outcome(s, s->quit_ok ? "quit" : "closed", NULL);
@@ -292,6 +311,7 @@ session_free(struct session *s)
 	session_env_reset(s);
 	free(s->env.rcpts);
 	session_tls_free(s);
+	session_rules_free(s);
 	evbuffer_free(s->reply_buf);
 	TAILQ_REMOVE(&ctx->sessions, s, entry);
 	ctx->nsessions--;

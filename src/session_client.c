@@ -31,7 +31,12 @@ static void session_client_auth_line(struct session *s, struct evbuffer *in, con
 static void session_client_data(struct session *s, struct evbuffer *in);
 static void session_client_data_flags(struct session *s, struct msg *m);
 static void session_client_bdat(struct session *s, struct evbuffer *in);
-static void session_client_bdat_end(struct session *s);
+static void session_client_bdat_end(struct session *s, const struct rules_decision *d, size_t hold);
+static void session_client_bdat_sink(struct session *s);
+static void session_client_data_end(struct session *s, struct msg *m, const struct rules_decision *d, size_t hold,
+				    bool bdat);
+static void session_client_data_end_tail(struct session *s, struct msg *m, const struct rules_decision *d,
+					 size_t hold, bool bdat);
 static void session_client_forward(struct session *s, struct evbuffer *in, size_t len);
 
 /* Client input is interpreted only while both outputs have room and the
@@ -50,7 +55,7 @@ session_client_process(struct session *s)
 	while (session_client_may_run(s)) {
 		struct evbuffer *in = leg_input(&s->client);
 
-		if (s->pend_len >= PEND_MAX - 1)
+		if (s->pend_len >= PEND_MAX - 1 || s->stalled || session_rules_holding(s))
 			return;
 		switch (s->state) {
 		case ST_CONNECTING:
@@ -138,15 +143,16 @@ session_client_command(struct session *s, struct evbuffer *in, const char *line,
 	struct pending *p;
 	char redacted[256], reply[SINK_REPLY_MAX];
 	const char *raw = line;
-	size_t rawlen = len, replylen = 0;
+	size_t rawlen = len, replylen = 0, hold = 0;
 	unsigned flags = 0;
-	bool answer, bdat_empty = false;
+	bool answer, bdat_empty = false, recorded = false;
+	const struct rules_decision *end = NULL;
 
 	if (smtp_parse_command(line, len, &cmd) < 0)
 		memset(&cmd, 0, sizeof(cmd)); /* an empty line: unknown, passed through */
 
-	if (cmd.verb == SMTP_VERB_STARTTLS) {
-		session_tls_client_starttls(s, in, line, len);
+	if (s->detached != DETACHED_NO) {
+		session_rules_detached(s, in, &cmd, line, len);
 		return;
 	}
 	if (cmd.verb == SMTP_VERB_AUTH && cfg->redact_auth && cmd.auth_initial.len > 0) {
@@ -157,13 +163,25 @@ session_client_command(struct session *s, struct evbuffer *in, const char *line,
 		rawlen = (size_t)n;
 		flags |= STORE_F_REDACTED;
 	}
-	session_record(s, STORE_SIDE_CLIENT, STORE_KIND_COMMAND, flags, 0, raw, rawlen, NULL);
+	/* A rule may answer, hold, stall or close instead; it records the
+	 * command itself when it fires (dropped, if it is not forwarded). */
+	if (session_rules_command(s, in, &cmd, raw, rawlen, flags, &recorded) == RV_DONE)
+		return;
+	if (cmd.verb == SMTP_VERB_STARTTLS) {
+		session_tls_client_starttls(s, in, line, len);
+		return;
+	}
+	if (!recorded)
+		session_record(s, STORE_SIDE_CLIENT, STORE_KIND_COMMAND, flags, 0, raw, rawlen, NULL);
 
 	p = session_pend_push(s, PEND_COMMAND, cmd.verb);
+	session_rules_attach(s, p);
 	switch (cmd.verb) {
 	case SMTP_VERB_HELO:
 	case SMTP_VERB_EHLO:
 	case SMTP_VERB_LHLO:
+		snprintf(s->helo, sizeof(s->helo), "%.*s", (int)cmd.arg.len, cmd.arg.p);
+		/* fall through */
 	case SMTP_VERB_RSET:
 		session_env_reset(s);
 		session_msg_abandon(s); /* a BDAT transaction abandoned */
@@ -193,10 +211,15 @@ session_client_command(struct session *s, struct evbuffer *in, const char *line,
 		s->bdat_left = cmd.bdat_size;
 		s->bdat_cur_size = cmd.bdat_size;
 		s->bdat_cur_last = cmd.bdat_last;
-		/* An empty chunk ("BDAT 0 LAST") is complete with its command. */
+		/* An empty chunk ("BDAT 0 LAST") is complete with its command:
+		 * the message ends here, and a rule that keeps the end from
+		 * the upstream keeps this very line. */
 		bdat_empty = cmd.bdat_size == 0;
 		if (!bdat_empty)
 			session_enter_state(s, ST_BDAT);
+		else if (cmd.bdat_last && s->cur_msg != NULL && (end = session_rules_data_end(s, s->cur_msg)) != NULL &&
+			 (session_rules_consumes(end) || (end->actions & RULES_A_DELAY)))
+			hold = len;
 		break;
 	default:
 		break;
@@ -207,11 +230,11 @@ session_client_command(struct session *s, struct evbuffer *in, const char *line,
 	answer = s->sink_mode && !(cmd.verb == SMTP_VERB_BDAT && cmd.bdat_ok);
 	if (answer)
 		replylen = sink_reply_command(&s->sink, &cmd, reply);
-	session_client_forward(s, in, len);
+	session_client_forward(s, in, len - hold);
 	if (answer)
 		session_sink_answer(s, reply, replylen);
 	if (bdat_empty)
-		session_client_bdat_end(s);
+		session_client_bdat_end(s, end, hold);
 }
 
 static void
@@ -244,8 +267,9 @@ session_client_data(struct session *s, struct evbuffer *in)
 {
 	struct evbuffer_iovec v[16];
 	struct msg *m = s->cur_msg;
+	const struct rules_decision *d = NULL;
 	int i, n = evbuffer_peek(in, -1, NULL, v, 16);
-	size_t total = 0;
+	size_t total = 0, hold = 0;
 	bool done = false;
 
 	if (n > 16)
@@ -276,21 +300,94 @@ session_client_data(struct session *s, struct evbuffer *in)
 	session_client_data_flags(s, m);
 	m->size = m->data.body_bytes;
 	if (done) {
-		struct pending *p;
-
 		m->complete = true;
 		s->cur_msg = NULL;
 		session_enter_state(s, ST_CMD);
-		p = session_pend_push(s, PEND_DATA_END, SMTP_VERB_DATA);
-		p->msg = m;
+		/* A rule that delays or refuses the message keeps the end of
+		 * the terminator from the upstream (without its last LF no
+		 * server takes the message as complete). */
+		d = session_rules_data_end(s, m);
+		if (d != NULL && (session_rules_consumes(d) || (d->actions & RULES_A_DELAY)))
+			hold = total < 3 ? total : 3;
 	}
-	session_client_forward(s, in, total);
-	if (s->sink_mode && done) {
-		char reply[SINK_REPLY_MAX];
-		size_t rn = sink_reply_data_end(&s->sink, m->size, reply);
+	session_client_forward(s, in, total - hold);
+	if (done)
+		session_client_data_end(s, m, d, hold, false);
+}
 
-		session_sink_answer(s, reply, rn);
+/*
+ * Message m's content is through (DATA terminator, or its last BDAT
+ * chunk); `hold` bytes of its end are still at the head of the client's
+ * input because rule d keeps them back: for a delay, or for good.
+ */
+static void
+session_client_data_end(struct session *s, struct msg *m, const struct rules_decision *d, size_t hold, bool bdat)
+{
+	if (d != NULL && (d->actions & RULES_A_DELAY) && session_rules_hold_data_end(s, d, hold)) {
+		s->rhold_msg = m;
+		s->rhold_bdat = bdat;
+		return;
 	}
+	session_client_data_end_tail(s, m, d, hold, bdat);
+}
+
+void
+session_client_data_end_resume(struct session *s)
+{
+	const struct rules_decision *d = session_rules_data_end_resumed(s);
+	struct msg *m = s->rhold_msg;
+
+	s->rhold_msg = NULL;
+	if (d == NULL || m == NULL)
+		return;
+	session_client_data_end_tail(s, m, d, s->rhold_bytes, s->rhold_bdat);
+}
+
+static void
+session_client_data_end_tail(struct session *s, struct msg *m, const struct rules_decision *d, size_t hold,
+			     bool bdat)
+{
+	struct evbuffer *in = leg_input(&s->client);
+	struct pending *q = NULL;
+	char reply[SINK_REPLY_MAX];
+	size_t rn, k;
+
+	if (bdat) {
+		/* The BDAT LAST entry awaiting this message's reply, unless
+		 * the server answered before the bytes were through. */
+		for (k = 0; k < s->pend_len; k++) {
+			struct pending *e = &s->pend[(s->pend_head + k) % PEND_MAX];
+
+			if (e->kind == PEND_COMMAND && e->verb == SMTP_VERB_BDAT && e->bdat_last && e->msg == NULL)
+				q = e;
+		}
+	}
+	if (session_rules_consumes(d)) {
+		evbuffer_drain(in, hold);
+		session_rules_data_end_local(s, d, m, m->early_reply ? NULL : q);
+		return;
+	}
+	if (hold > 0)
+		session_client_forward(s, in, hold);
+	if (!bdat) {
+		struct pending *p = session_pend_push(s, PEND_DATA_END, SMTP_VERB_DATA);
+
+		p->msg = m;
+		session_rules_attach(s, p);
+		if (s->sink_mode) {
+			rn = sink_reply_data_end(&s->sink, m->size, reply);
+			session_sink_answer(s, reply, rn);
+		}
+		return;
+	}
+	if (m->early_reply || q == NULL) {
+		session_rules_attach(s, NULL);
+		session_msg_close(s, m, m->reply_code, m->reply);
+	} else {
+		q->msg = m;
+		session_rules_attach(s, q);
+	}
+	session_client_bdat_sink(s);
 }
 
 /*
@@ -325,8 +422,9 @@ session_client_bdat(struct session *s, struct evbuffer *in)
 {
 	struct evbuffer_iovec v[16];
 	struct msg *m = s->cur_msg;
+	const struct rules_decision *d = NULL;
 	int i, n = evbuffer_peek(in, -1, NULL, v, 16);
-	size_t total = 0;
+	size_t total = 0, hold = 0;
 
 	if (n > 16)
 		n = 16;
@@ -335,7 +433,11 @@ session_client_bdat(struct session *s, struct evbuffer *in)
 
 		if (len > s->bdat_left)
 			len = (size_t)s->bdat_left;
-		if (m != NULL) {
+		if (s->bdat_discard) {
+			/* a chunk whose BDAT a rule answered: goes nowhere */
+			session_record(s, STORE_SIDE_CLIENT, STORE_KIND_DATA, STORE_F_DROPPED, 0, v[i].iov_base, len,
+				       NULL);
+		} else if (m != NULL) {
 			session_msg_feed(m, v[i].iov_base, len);
 			m->size += len;
 			session_record(s, STORE_SIDE_CLIENT, STORE_KIND_DATA, 0, m->id, v[i].iov_base, len, NULL);
@@ -343,47 +445,54 @@ session_client_bdat(struct session *s, struct evbuffer *in)
 		s->bdat_left -= len;
 		total += len;
 	}
-	session_client_forward(s, in, total);
+	if (s->bdat_discard) {
+		evbuffer_drain(in, total);
+		if (s->bdat_left == 0) {
+			s->bdat_discard = false;
+			session_enter_state(s, ST_CMD);
+		}
+		return;
+	}
+	if (s->bdat_left == 0 && s->bdat_cur_last && m != NULL) {
+		d = session_rules_data_end(s, m);
+		if (d != NULL && (session_rules_consumes(d) || (d->actions & RULES_A_DELAY)))
+			hold = total > 0 ? 1 : 0; /* one byte short, the chunk is not complete */
+	}
+	session_client_forward(s, in, total - hold);
 	if (s->bdat_left == 0)
-		session_client_bdat_end(s);
+		session_client_bdat_end(s, d, hold);
 }
 
-/* The current BDAT chunk is through. */
+/* The current BDAT chunk is through (but for `hold` bytes a rule keeps). */
 static void
-session_client_bdat_end(struct session *s)
+session_client_bdat_end(struct session *s, const struct rules_decision *d, size_t hold)
 {
 	struct msg *m = s->cur_msg;
 
 	session_enter_state(s, ST_CMD);
 	if (s->bdat_cur_last && m != NULL) {
-		struct pending *p = NULL;
-		size_t k;
-
 		m->complete = true;
 		s->cur_msg = NULL;
-		/* Hand the message to its BDAT LAST entry, unless the server
-		 * answered before the bytes were through. */
-		for (k = 0; k < s->pend_len; k++) {
-			struct pending *q = &s->pend[(s->pend_head + k) % PEND_MAX];
-
-			if (q->kind == PEND_COMMAND && q->verb == SMTP_VERB_BDAT && q->bdat_last && q->msg == NULL)
-				p = q;
-		}
-		if (m->early_reply || p == NULL)
-			session_msg_close(s, m, m->reply_code, m->reply);
-		else
-			p->msg = m;
+		session_client_data_end(s, m, d, hold, true);
+		return;
 	}
-	if (s->sink_mode) {
-		char reply[SINK_REPLY_MAX];
-		struct smtp_cmd cmd = { .verb = SMTP_VERB_BDAT, .bdat_ok = true };
-		size_t rn;
+	session_client_bdat_sink(s);
+}
 
-		cmd.bdat_size = s->bdat_cur_size;
-		cmd.bdat_last = s->bdat_cur_last;
-		rn = sink_reply_bdat_chunk(&s->sink, &cmd, reply);
-		session_sink_answer(s, reply, rn);
-	}
+/* In sink mode, a chunk gets its reply once it is in. */
+static void
+session_client_bdat_sink(struct session *s)
+{
+	char reply[SINK_REPLY_MAX];
+	struct smtp_cmd cmd = { .verb = SMTP_VERB_BDAT, .bdat_ok = true };
+	size_t rn;
+
+	if (!s->sink_mode)
+		return;
+	cmd.bdat_size = s->bdat_cur_size;
+	cmd.bdat_last = s->bdat_cur_last;
+	rn = sink_reply_bdat_chunk(&s->sink, &cmd, reply);
+	session_sink_answer(s, reply, rn);
 }
 
 /* Pass len bytes of client input on to the upstream (consumed, in sink

@@ -67,9 +67,18 @@ session_pend_flush_local(struct session *s)
 		struct pending p;
 
 		session_pend_pop(s, &p);
-		session_inject_client(s, p.text, strlen(p.text));
+		if (p.text[0] != '\0')
+			session_inject_client(s, p.text, strlen(p.text));
+		free(p.owned_text);
+		free(p.rule);
 		if (p.local_starttls)
 			s->ctls = CTLS_AFTER_FLUSH; /* upgraded once the 220 is out */
+		if (p.after != RULE_AFTER_NONE) {
+			session_rules_after(s, p.after,
+					    p.after == RULE_AFTER_RESET ? "connection reset by a rule after its reply" :
+									  "connection closed by a rule after its reply");
+			return;
+		}
 	}
 }
 
@@ -80,7 +89,7 @@ session_pend_flush_local(struct session *s)
 void
 session_upstream_lines(struct session *s)
 {
-	while (s->upstream.open && !s->upstream.handshaking) {
+	while (s->upstream.open && !s->upstream.handshaking && !(s->rhold == RHOLD_REPLY && !s->rresume)) {
 		struct evbuffer *in = leg_input(&s->upstream);
 		struct evbuffer_ptr eol;
 		struct smtp_reply_line rl;
@@ -134,6 +143,15 @@ session_upstream_tail(struct session *s)
 		evbuffer_drain(s->reply_buf, len);
 	else
 		leg_write_from(&s->client, s->reply_buf, (size_t)-1);
+}
+
+/* A reply a rule delayed goes on (it waited in reply_buf). */
+void
+session_reply_resume(struct session *s)
+{
+	if (s->rhold != RHOLD_REPLY)
+		return;
+	session_reply_handle(s, s->reply_buf, s->rhold_side, s->rhold_code);
 }
 
 /* In sink mode the sink's reply takes the same road as an upstream's. */
@@ -212,11 +230,36 @@ session_reply_handle(struct session *s, struct evbuffer *reply, enum store_side 
 	const char *raw;
 	struct evbuffer *altered = NULL;
 	char *text = NULL;
+	struct rules_reply rr;
+	int orig_code = code;
 
 	if (session_reply_desync(s, reply, side, code))
 		return;
+	if (s->pend_len > 0 && s->pend[s->pend_head].kind == PEND_SILENT) {
+		/* the answer to smtptap's own RSET or "*": the client asked
+		 * nothing */
+		session_pend_pop(s, &p);
+		session_record(s, side, STORE_KIND_REPLY, STORE_F_DROPPED, 0, evbuffer_pullup(reply, -1), len, NULL);
+		evbuffer_drain(reply, len);
+		session_pend_flush_local(s);
+		return;
+	}
+	session_rules_reply(s, reply, side, &code, &rr);
+	if (rr.held) {
+		s->rhold_code = orig_code;
+		s->rhold_side = side;
+		return;
+	}
+	if (rr.replaced) {
+		side = STORE_SIDE_PROXY;
+		flags = STORE_F_INJECTED | STORE_F_TO_CLIENT;
+		len = evbuffer_get_length(reply);
+	}
+	if (rr.suppress)
+		flags |= STORE_F_DROPPED;
 	have = session_pend_pop(s, &p) == 0;
 	if (have && session_tls_reply(s, &p, reply, code)) {
+		free(p.rule);
 		session_pend_flush_local(s);
 		return;
 	}
@@ -239,6 +282,7 @@ session_reply_handle(struct session *s, struct evbuffer *reply, enum store_side 
 	case PEND_STARTTLS:
 	case PEND_PRELUDE_EHLO:
 	case PEND_PRELUDE_STARTTLS:
+	case PEND_SILENT:
 		break;
 	case PEND_COMMAND:
 		switch (p.verb) {
@@ -298,10 +342,29 @@ session_reply_handle(struct session *s, struct evbuffer *reply, enum store_side 
 		break;
 	}
 
+	if (rr.strip != NULL && code / 100 == 2)
+		session_rules_strip(s, rr.strip, reply, &altered);
 	if (!s->client.open)
 		flags |= STORE_F_DROPPED; /* nobody to pass it to */
-	session_record(s, side, STORE_KIND_REPLY, flags | (altered ? STORE_F_ALTERED : 0), 0, raw, len, NULL);
-	if (altered != NULL) {
+	session_record(s, side, STORE_KIND_REPLY, flags | (altered || rr.truncate ? STORE_F_ALTERED : 0), 0, raw, len,
+		       NULL);
+	if (rr.suppress) {
+		evbuffer_drain(reply, len);
+		if (altered != NULL)
+			evbuffer_free(altered);
+	} else if (rr.truncate > 0) {
+		struct evbuffer *src = altered != NULL ? altered : reply;
+		size_t n = rr.truncate < evbuffer_get_length(src) ? rr.truncate : evbuffer_get_length(src);
+
+		/* the client gets the reply cut mid-line, then the close */
+		session_record(s, STORE_SIDE_PROXY, STORE_KIND_REPLY,
+			       STORE_F_INJECTED | STORE_F_TO_CLIENT | STORE_F_INCOMPLETE | (s->client.open ? 0 : STORE_F_DROPPED),
+			       0, evbuffer_pullup(src, (ev_ssize_t)n), n, NULL);
+		leg_write_from(&s->client, src, n);
+		if (altered != NULL)
+			evbuffer_free(altered);
+		evbuffer_drain(reply, evbuffer_get_length(reply));
+	} else if (altered != NULL) {
 		session_record(s, STORE_SIDE_PROXY, STORE_KIND_REPLY,
 			       STORE_F_INJECTED | STORE_F_TO_CLIENT | (s->client.open ? 0 : STORE_F_DROPPED), 0,
 			       evbuffer_pullup(altered, -1), evbuffer_get_length(altered), NULL);
@@ -314,8 +377,11 @@ session_reply_handle(struct session *s, struct evbuffer *reply, enum store_side 
 	free(text);
 	if (p.msg != NULL)
 		session_msg_close(s, p.msg, 0, NULL);
+	free(p.rule); /* rr.strip pointed into it: done with */
 
 	session_pend_flush_local(s);
+	if (rr.rule_line != 0 || rr.stall)
+		session_rules_reply_done(s, &p, orig_code, code, &rr);
 	if (p.verb == SMTP_VERB_QUIT && have && p.kind == PEND_COMMAND) {
 		/* After QUIT nothing more is said: close the upstream, and the
 		 * client once it has the reply. */

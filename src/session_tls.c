@@ -51,7 +51,6 @@ static const char local_starttls_again[] = "503 5.5.1 smtptap: TLS already activ
 static bool session_tls_needs_prelude(struct session *s);
 static void session_tls_prelude_ehlo(struct session *s);
 static void session_tls_prelude_plain(struct session *s, const char *why);
-static void session_tls_start_upstream(struct session *s);
 static void session_tls_upstream_ready(struct session *s);
 static void session_tls_hold(struct session *s, struct evbuffer *reply, unsigned flags);
 static void session_tls_record(struct session *s, struct leg *leg, bool client_side);
@@ -300,6 +299,8 @@ session_tls_start_client(struct session *s)
 
 	if (!s->client.open || s->ctls == CTLS_HANDSHAKE || s->ctls == CTLS_ON)
 		return;
+	if (session_rules_tls(s, RULES_LEG_CLIENT))
+		return; /* delayed, stalled or failed by a rule */
 	if (s->ctx->tls == NULL) {
 		session_fail_client(s, NULL, "client-tls-error", "TLS is not set up for this listener");
 		return;
@@ -321,7 +322,7 @@ session_tls_start_client(struct session *s)
 	s->ctls = CTLS_HANDSHAKE;
 }
 
-static void
+void
 session_tls_start_upstream(struct session *s)
 {
 	const char *sni = s->ctx->cfg->upstream_sni ? s->ctx->cfg->upstream_sni : s->route->upstream_host;
@@ -329,6 +330,8 @@ session_tls_start_upstream(struct session *s)
 	SSL *ssl = NULL;
 	size_t left;
 
+	if (!s->upstream.open || session_rules_tls(s, RULES_LEG_UPSTREAM))
+		return; /* delayed, stalled or failed by a rule */
 	if (s->ctx->tls != NULL)
 		ssl = tls_client_ssl_new(s->ctx->tls, sni, sni, err, sizeof(err)); /* no SNI for an address */
 	else

@@ -32,6 +32,7 @@
 struct evbuffer;
 struct evdns_base;
 struct bufferevent;
+struct ev_token_bucket_cfg;
 struct leg;
 
 enum leg_event {
@@ -71,6 +72,7 @@ struct leg {
 	char addr[UTIL_ADDR_MAX];	  /* the peer's address */
 	char err[LEG_ERR_MAX];		  /* the last error, one line */
 	struct evbuffer *stage; /* TLS: output of this callback, see leg_flush */
+	struct ev_token_bucket_cfg *rate; /* leg_set_rate(), NULL: unlimited */
 	leg_cb cb;
 	void *arg;
 };
@@ -124,9 +126,19 @@ void leg_set_reading(struct leg *leg, bool on);
 /* Seconds (0: none). */
 void leg_set_timeouts(struct leg *leg, int read_s, int write_s);
 
+/*
+ * Throttle the leg: at most read_bps bytes per second read from the peer
+ * and write_bps written to it (0: unlimited), from now on and across a TLS
+ * upgrade.  Fault rules use it to play a slow network.  Returns 0, or -1
+ * when out of memory (the leg is then unchanged).
+ */
+int leg_set_rate(struct leg *leg, uint64_t read_bps, uint64_t write_bps);
+
 void leg_close(struct leg *leg, enum leg_close_how how);
 /* Close once the output is flushed (reading stops now). */
 void leg_close_after_flush(struct leg *leg);
+/* The same, ending with an RST instead of a FIN. */
+void leg_reset_after_flush(struct leg *leg);
 
 const char *leg_error(const struct leg *leg);
 

@@ -8,11 +8,14 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/socket.h>
 
 #include "smtptap/tls.h"
 
 #define PROXY_LISTEN_MAX 16
+
+struct rules;
 
 /* TLS on a leg: off, auto (client leg: offer STARTTLS exactly when the
  * upstream does; upstream leg: STARTTLS when offered), STARTTLS, or TLS
@@ -54,6 +57,12 @@ struct proxy_config {
 	int grace;	     /* seconds sessions may finish after SIGTERM */
 	int max_sessions;    /* concurrent sessions; the listeners pause beyond */
 	int verbosity;	     /* -v: live transcript on stderr */
+	/* --rules FILE: loaded (and checked) before anything listens, then
+	 * again on SIGHUP; rules_seed is the seed of probability rules that
+	 * name none (--rules-seed, else random and logged). */
+	const char *rules_file;
+	struct rules *rules; /* the first load, handed to the proxy */
+	uint64_t rules_seed;
 };
 
 /* Run until SIGTERM/SIGINT and the grace period are over.  Returns 0 on a

@@ -17,6 +17,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/queue.h>
 #include <sys/socket.h>
 
@@ -26,6 +27,7 @@
 #include "smtptap/proxy.h"
 
 struct store;
+struct rules;
 struct tls;
 struct evdns_base;
 struct session;
@@ -39,6 +41,10 @@ struct session_ctx {
 	const struct proxy_config *cfg;
 	TAILQ_HEAD(session_list, session) sessions;
 	size_t nsessions;
+	uint64_t sessions_started; /* numbers sessions for rules (`session 1-2`) */
+	/* Fault rules (a reference; NULL: none).  The proxy swaps the set on
+	 * SIGHUP; a session keeps the set it began with. */
+	struct rules *rules;
 	/* Sessions paused because the store's backlog is too high are resumed
 	 * by this timer once it has drained. */
 	struct event *backlog_timer;

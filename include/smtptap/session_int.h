@@ -18,10 +18,12 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 
 #include <openssl/x509.h>
 
 #include "smtptap/leg.h"
+#include "smtptap/rules.h"
 #include "smtptap/mime.h"
 #include "smtptap/session.h"
 #include "smtptap/sink.h"
@@ -55,7 +57,33 @@ enum pend_kind {
 	PEND_LOCAL,	      /* smtptap answers itself: text */
 	PEND_STARTTLS,	      /* the client's STARTTLS, passed to the upstream */
 	PEND_PRELUDE_EHLO,    /* smtptap's own EHLO before upgrading the upstream */
-	PEND_PRELUDE_STARTTLS /* smtptap's own STARTTLS */
+	PEND_PRELUDE_STARTTLS, /* smtptap's own STARTTLS */
+	PEND_SILENT	       /* smtptap's own command (a rule's RSET or "*"): reply recorded, not passed on */
+};
+
+/* What a session does after a reply a rule produced or changed. */
+enum rule_after {
+	RULE_AFTER_NONE = 0,
+	RULE_AFTER_CLOSE, /* close the client once the reply is out */
+	RULE_AFTER_RESET, /* reset the client once the reply is out */
+};
+
+/* What a rule is holding back until its delay is over. */
+enum rule_hold {
+	RHOLD_NONE = 0,
+	RHOLD_CONNECT,	     /* the session's start (upstream connection, sink greeting) */
+	RHOLD_COMMAND,	     /* the command at the head of the client's input */
+	RHOLD_DATA_END,	     /* the last bytes of a message (rhold_bytes at the head of the input) */
+	RHOLD_REPLY,	     /* the complete reply in reply_buf */
+	RHOLD_TLS_CLIENT,    /* the client leg's handshake */
+	RHOLD_TLS_UPSTREAM,  /* the upstream leg's handshake */
+};
+
+/* How a session answers once a rule took its upstream away. */
+enum rule_detached {
+	DETACHED_NO = 0,
+	DETACHED_REFUSED, /* a connect rule replied in place of the greeting: 503 to all but QUIT */
+	DETACHED_ABORTED, /* the upstream was reset to drop a message: 421 to all but RSET/NOOP/QUIT */
 };
 
 struct msg;
@@ -68,6 +96,9 @@ struct pending {
 	uint32_t env_gen;    /* envelope generation the RCPT belongs to */
 	uint32_t rcpt_idx;
 	const char *text;    /* PEND_LOCAL: the reply (static storage) */
+	char *owned_text;    /* PEND_LOCAL: the reply, owned (a rule's) */
+	enum rule_after after; /* PEND_LOCAL: then close or reset the client */
+	struct rules_decision *rule; /* owned: a rule's rewrite/truncate/strip of this reply */
 	struct msg *msg;     /* owned: a message awaiting its final reply */
 };
 
@@ -120,6 +151,8 @@ struct session {
 	int64_t started_us;
 	int64_t seq;
 	char listener[UTIL_ADDR_MAX];
+	struct sockaddr_storage client_sa;
+	char helo[256]; /* the client's latest HELO/EHLO name */
 	struct leg client, upstream;
 	bool sink_mode;
 	struct sink sink;
@@ -153,6 +186,27 @@ struct session {
 	bool spoke;		 /* the client has sent a command */
 	bool quit_sent, quit_ok;
 	bool paused_backlog;
+
+	/* fault rules (session_rules.c); rules NULL: none loaded */
+	struct rules *rules;	       /* a reference: the set current when the session began */
+	struct rules_session *rules_st;
+	uint64_t session_no;	       /* 1, 2, ... since the proxy started */
+	struct rules_decision *rdec;   /* scratch for a decision (owned) */
+	struct rules_decision *rattach; /* owned: to go with the next pending entry */
+	enum rule_hold rhold;
+	bool rresume;		       /* the held unit's delay is over: carry out rheld */
+	struct rules_decision *rheld;  /* owned: the decision of the held unit */
+	size_t rhold_bytes;	       /* RHOLD_DATA_END: bytes withheld */
+	struct msg *rhold_msg;	       /* RHOLD_DATA_END: the message (owned while held) */
+	bool rhold_bdat;
+	int rhold_code;		       /* RHOLD_REPLY: the reply's code and side */
+	enum store_side rhold_side;
+	struct event *rtimer;	       /* delays */
+	bool stalled;		       /* a rule stalled the conversation: no more input is interpreted */
+	bool bdat_discard;	       /* a rule answered this BDAT: its chunk goes nowhere */
+	enum rule_detached detached;
+	unsigned fail_client_tls;      /* rule line that fails the client's handshake, 0 none */
+
 	bool freeing;
 	int in_callback;
 	const char *outcome; /* static string: first cause wins */
@@ -180,6 +234,7 @@ void session_close_legs(struct session *s);
 void session_client_process(struct session *s);
 void session_client_leftover(struct session *s, bool forward);
 void session_client_discard(struct session *s, const char *why);
+void session_client_data_end_resume(struct session *s);
 
 /* session_reply.c */
 struct pending *session_pend_push(struct session *s, enum pend_kind kind, enum smtp_verb verb);
@@ -190,6 +245,7 @@ void session_sink_answer(struct session *s, const char *text, size_t len);
 void session_pend_flush_local(struct session *s);
 void session_local_push(struct session *s, const char *text, bool starttls);
 void session_greeting_release(struct session *s);
+void session_reply_resume(struct session *s);
 
 /* session_tx.c */
 void session_env_reset(struct session *s);
@@ -204,9 +260,51 @@ void session_msg_feed(struct msg *m, const char *p, size_t len);
 void session_msg_abandon(struct session *s);
 char *session_reply_text(const char *raw, size_t len);
 
+/* session_rules.c: the session's side of fault rules.  Each hook asks
+ * rules_decide() about one unit, records what fired and carries it out. */
+enum rules_verdict {
+	RV_GO = 0, /* carry on as without rules (possibly with a pending rule attached) */
+	RV_DONE,   /* the rule took care of the unit */
+};
+void session_rules_init(struct session *s);
+void session_rules_free(struct session *s);
+bool session_rules_connect(struct session *s);
+void session_begin(struct session *s);
+enum rules_verdict session_rules_command(struct session *s, struct evbuffer *in, const struct smtp_cmd *cmd,
+					 const char *line, size_t len, unsigned flags, bool *recorded);
+void session_rules_attach(struct session *s, struct pending *p);
+void session_rules_detached(struct session *s, struct evbuffer *in, const struct smtp_cmd *cmd, const char *line,
+			    size_t len);
+const struct rules_decision *session_rules_data_end(struct session *s, struct msg *m);
+bool session_rules_consumes(const struct rules_decision *d);
+void session_rules_data_end_local(struct session *s, const struct rules_decision *d, struct msg *m,
+				  struct pending *q);
+bool session_rules_hold_data_end(struct session *s, const struct rules_decision *d, size_t withheld);
+const struct rules_decision *session_rules_data_end_resumed(struct session *s);
+struct rules_reply {
+	bool held;	      /* delayed: the reply stays in reply_buf */
+	bool replaced;	      /* reply_buf now holds the rule's reply */
+	bool suppress;	      /* not passed to the client */
+	bool stall;	      /* then stall */
+	enum rule_after after;
+	size_t truncate;      /* > 0: only this many bytes go to the client, then close */
+	unsigned rule_line;
+	const struct rules_decision *strip; /* EHLO capabilities to strip */
+};
+void session_rules_reply(struct session *s, struct evbuffer *reply, enum store_side side, int *code,
+			 struct rules_reply *out);
+void session_rules_reply_done(struct session *s, const struct pending *p, int orig_code, int code,
+			      const struct rules_reply *rr);
+bool session_rules_strip(struct session *s, const struct rules_decision *d, struct evbuffer *src,
+			 struct evbuffer **altered);
+bool session_rules_tls(struct session *s, enum rules_leg leg);
+void session_rules_after(struct session *s, enum rule_after after, const char *why);
+bool session_rules_holding(const struct session *s);
+
 /* session_tls.c */
 void session_tls_start(struct session *s);
 void session_tls_start_client(struct session *s);
+void session_tls_start_upstream(struct session *s);
 void session_tls_upstream_connected(struct session *s);
 void session_tls_leg_done(struct session *s, struct leg *leg);
 void session_tls_leg_failed(struct session *s, struct leg *leg);
