@@ -24,6 +24,7 @@ static const struct {
 	{ "show", cli_show, "print one session's transcript (--json, --raw)" },
 	{ "export", cli_export, "write a session's messages as .eml, mbox or JSON" },
 	{ "ca", cli_ca, "create or show the local CA that signs intercepted TLS" },
+	{ "rules", cli_rules, "check a fault rules file (rules check FILE)" },
 };
 
 static void

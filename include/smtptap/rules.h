@@ -31,8 +31,20 @@
 
 #include "smtptap/smtp.h"
 
-/* Longest reply a rule can produce (all its lines, CRLFs included). */
+/* Longest reply a rule can produce (all its lines, CRLFs included, plus
+ * a NUL: reply_len < RULES_REPLY_MAX). */
 #define RULES_REPLY_MAX 2048
+/* Longest line of a rule's reply, code and CRLF included (RFC 5321 4.5.3.1.5). */
+#define RULES_REPLY_LINE_MAX 512
+/* Bounds of a rules file: rules, bytes per physical line, bytes per rule
+ * (continuation lines joined), words per rule, errors reported in err. */
+#define RULES_MAX 10000
+#define RULES_LINE_MAX 8192
+#define RULES_RULE_MAX 65536
+#define RULES_TOKENS_MAX 512
+#define RULES_ERRORS_MAX 20
+/* rules_load refuses a larger file. */
+#define RULES_FILE_MAX (16 * 1024 * 1024)
 /* Capabilities one strip action may name. */
 #define RULES_STRIP_MAX 16
 
@@ -78,7 +90,9 @@ enum rules_dir {
 
 /*
  * The unit: everything a condition may look at.  Strings are borrowed for
- * the call; NULL (or len 0) when not known or not relevant.
+ * the call; NULL when not known or not relevant (a field that is not known
+ * matches no condition, `!~` included).  A non-NULL string of length 0 is
+ * known and empty: mail_from "" is the null sender <>.
  */
 struct rules_unit {
 	enum rules_trigger trigger;
@@ -114,21 +128,27 @@ struct rules_facts {
 	bool sink;		     /* sink mode */
 };
 
-/* What to do.  A decision with rule == NULL means: nothing fired. */
+/*
+ * What to do.  A decision with rule == NULL means: nothing fired (then only
+ * rule and actions are set).  On the reply trigger `reply` and `rewrite`
+ * mean the same (replace the reply on its way to the client): such a
+ * decision always carries RULES_A_REWRITE, never RULES_A_REPLY.
+ */
 struct rules_decision {
 	const struct rule *rule;
 	unsigned line;	  /* the rule's line in its file */
 	const char *text; /* the rule as written (trimmed), for the transcript */
 	unsigned actions; /* RULES_A_* */
 	/* REPLY / REWRITE: the complete reply, CRLF-terminated (possibly
-	 * multi-line), and its code. */
+	 * multi-line, the enhanced code on every line), NUL-terminated, and
+	 * its code. */
 	char reply[RULES_REPLY_MAX];
 	size_t reply_len;
 	int code;
 	uint32_t delay_ms;
 	uint64_t throttle_bps;
 	enum rules_dir throttle_dir;
-	size_t truncate_at;
+	size_t truncate_at; /* 0: the session's default (half the first line) */
 	const char *strip[RULES_STRIP_MAX]; /* upper-case keywords, valid while the set lives */
 	size_t nstrip;
 	/* For reproduction: the seed a probability rule drew with (its own
@@ -138,6 +158,7 @@ struct rules_decision {
 
 struct rules;	      /* a parsed rule set */
 struct rules_session; /* per-session counters (occurrence, unit index) */
+struct rule;	      /* one rule of a set */
 
 /*
  * Parse a rules file's text.  `name` is used in messages ("rules.conf").
@@ -151,20 +172,47 @@ struct rules *rules_parse(const char *name, const char *text, size_t len, uint64
 /* Read and parse a file (the same errors, plus a file that cannot be read). */
 struct rules *rules_load(const char *path, uint64_t seed, char *err, size_t errsz);
 
+/*
+ * rules_parse for callers that want the errors one by one (`rules check
+ * --json`): fn is called for every error, in file order, with no cap, and
+ * with a message that has no "NAME:LINE:COL: " prefix.  NULL on any error.
+ */
+typedef void (*rules_error_fn)(void *arg, unsigned line, unsigned col, const char *msg);
+struct rules *rules_parse_cb(const char *text, size_t len, uint64_t seed, rules_error_fn fn, void *arg);
+/* Read a whole rules file (at most RULES_FILE_MAX bytes) into a malloc'd,
+ * NUL-terminated *text; 0, or -1 with "PATH: reason" in err. */
+int rules_read_file(const char *path, char **text, size_t *len, char *err, size_t errsz);
+
 /* Sessions keep the set they started with; a reload affects new sessions. */
 struct rules *rules_ref(struct rules *r);
 void rules_unref(struct rules *r);
 size_t rules_count(const struct rules *r);
+/* The seed probability rules without their own `seed` draw with. */
+uint64_t rules_seed(const struct rules *r);
+/* Rule i (0-based, file order), NULL past the end. */
+const struct rule *rules_at(const struct rules *r, size_t i);
+unsigned rule_line(const struct rule *ru);
+const char *rule_text(const struct rule *ru); /* as written, trimmed */
+/* The rule as the engine understood it, normalised (lower-case keywords,
+ * conditions then actions in a fixed order, units spelled out, the reply's
+ * default text written out), one line that parses back to the same rule.
+ * Returns the length it needed (snprintf-style; buf NUL-terminated when
+ * bufsz > 0). */
+size_t rule_format(const struct rule *ru, char *buf, size_t bufsz);
 
 /* Per-session state; NULL on allocation failure (rules then never fire
- * for that session, which rules_decide accepts). */
+ * for that session, which rules_decide accepts).  It holds a reference
+ * to r, dropped by rules_session_free. */
 struct rules_session *rules_session_new(struct rules *r);
 void rules_session_free(struct rules_session *rs);
 
 /*
  * Decide what happens to a unit.  Fills *out and returns true when a rule
  * fired; false (out->rule NULL) when none did.  Updates the session's
- * counters and the fired rule's `limit` count; nothing else.
+ * counters and the fired rule's `limit` count; nothing else.  Call it
+ * exactly once per unit (the unit counters behind `occurrence` and the
+ * probability draw count the calls).  rs must come from rules_session_new(r)
+ * (anything else, or NULL, and no rule fires).  Does not allocate.
  */
 bool rules_decide(struct rules *r, struct rules_session *rs, const struct rules_unit *unit,
 		  const struct rules_facts *facts, struct rules_decision *out);
