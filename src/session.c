@@ -612,8 +612,15 @@ session_client_gone(struct session *s, const char *why)
 void
 session_inject_client(struct session *s, const char *text, size_t len)
 {
+	session_inject_client_flags(s, text, len, 0);
+}
+
+void
+session_inject_client_flags(struct session *s, const char *text, size_t len, unsigned flags)
+{
 	session_record(s, STORE_SIDE_PROXY, STORE_KIND_REPLY,
-		       STORE_F_INJECTED | STORE_F_TO_CLIENT | (s->client.open ? 0 : STORE_F_DROPPED), 0, text, len, NULL);
+		       flags | STORE_F_INJECTED | STORE_F_TO_CLIENT | (s->client.open ? 0 : STORE_F_DROPPED), 0, text, len,
+		       NULL);
 	leg_write(&s->client, text, len);
 }
 

@@ -68,7 +68,7 @@ session_pend_flush_local(struct session *s)
 
 		session_pend_pop(s, &p);
 		if (p.text[0] != '\0')
-			session_inject_client(s, p.text, strlen(p.text));
+			session_inject_client_flags(s, p.text, strlen(p.text), p.by_rule ? STORE_F_RULE : 0);
 		free(p.owned_text);
 		free(p.rule);
 		if (p.local_starttls)
@@ -252,11 +252,11 @@ session_reply_handle(struct session *s, struct evbuffer *reply, enum store_side 
 	}
 	if (rr.replaced) {
 		side = STORE_SIDE_PROXY;
-		flags = STORE_F_INJECTED | STORE_F_TO_CLIENT;
+		flags = STORE_F_INJECTED | STORE_F_TO_CLIENT | STORE_F_RULE;
 		len = evbuffer_get_length(reply);
 	}
 	if (rr.suppress)
-		flags |= STORE_F_DROPPED;
+		flags |= STORE_F_DROPPED | (s->stalled || rr.rule_line ? STORE_F_RULE : 0);
 	have = session_pend_pop(s, &p) == 0;
 	if (have && session_tls_reply(s, &p, reply, code)) {
 		free(p.rule);
@@ -346,8 +346,9 @@ session_reply_handle(struct session *s, struct evbuffer *reply, enum store_side 
 		session_rules_strip(s, rr.strip, reply, &altered);
 	if (!s->client.open)
 		flags |= STORE_F_DROPPED; /* nobody to pass it to */
-	session_record(s, side, STORE_KIND_REPLY, flags | (altered || rr.truncate ? STORE_F_ALTERED : 0), 0, raw, len,
-		       NULL);
+	session_record(s, side, STORE_KIND_REPLY,
+		       flags | (altered || rr.truncate ? STORE_F_ALTERED : 0) | (rr.truncate || rr.strip ? STORE_F_RULE : 0),
+		       0, raw, len, NULL);
 	if (rr.suppress) {
 		evbuffer_drain(reply, len);
 		if (altered != NULL)
@@ -358,7 +359,8 @@ session_reply_handle(struct session *s, struct evbuffer *reply, enum store_side 
 
 		/* the client gets the reply cut mid-line, then the close */
 		session_record(s, STORE_SIDE_PROXY, STORE_KIND_REPLY,
-			       STORE_F_INJECTED | STORE_F_TO_CLIENT | STORE_F_INCOMPLETE | (s->client.open ? 0 : STORE_F_DROPPED),
+			       STORE_F_INJECTED | STORE_F_TO_CLIENT | STORE_F_INCOMPLETE | STORE_F_RULE |
+				       (s->client.open ? 0 : STORE_F_DROPPED),
 			       0, evbuffer_pullup(src, (ev_ssize_t)n), n, NULL);
 		leg_write_from(&s->client, src, n);
 		if (altered != NULL)

@@ -143,8 +143,11 @@ session_rules_fired(struct session *s, const struct rules_decision *d, const cha
 
 	if (d->seed != 0)
 		snprintf(seed, sizeof(seed), " [seed %" PRIu64 "]", d->seed);
-	session_note(s, STORE_KIND_ACTION, "rule %u fired on %s (event %" PRId64 "): %s%s", d->line, on, s->seq,
-		     d->text, seed);
+	char text[600];
+
+	snprintf(text, sizeof(text), "rule %u fired on %s (event %" PRId64 "): %s%s", d->line, on, s->seq, d->text,
+		 seed);
+	session_record(s, STORE_SIDE_PROXY, STORE_KIND_ACTION, STORE_F_RULE, 0, NULL, 0, text);
 }
 
 static struct rules_decision *
@@ -221,8 +224,6 @@ session_rules_timer_cb(evutil_socket_t fd, short what, void *arg)
 	case RHOLD_NONE:
 		break;
 	case RHOLD_CONNECT:
-		s->rhold = RHOLD_NONE;
-		s->rresume = false;
 		if (session_rules_connect(s))
 			session_begin(s);
 		break;
@@ -272,6 +273,7 @@ session_rules_local(struct session *s, const struct rules_decision *d, enum rule
 	p->owned_text = strndup(d->reply, d->reply_len);
 	p->text = p->owned_text != NULL ? p->owned_text : "451 4.3.0 smtptap: out of memory\r\n";
 	p->after = after;
+	p->by_rule = true;
 	session_pend_flush_local(s);
 }
 
@@ -458,7 +460,8 @@ session_rules_command(struct session *s, struct evbuffer *in, const struct smtp_
 		/* STARTTLS that goes on is recorded by session_tls.c. */
 		if (!starttls || session_rules_consumes(d)) {
 			session_record(s, STORE_SIDE_CLIENT, STORE_KIND_COMMAND,
-				       flags | (session_rules_consumes(d) ? STORE_F_DROPPED : 0), 0, line, len, NULL);
+				       flags | (session_rules_consumes(d) ? STORE_F_DROPPED | STORE_F_RULE : 0), 0, line, len,
+				       NULL);
 			*recorded = true;
 		}
 		session_rules_fired(s, d, rules_trigger_name(RULES_ON_COMMAND, cmd->verb));
@@ -639,6 +642,7 @@ session_rules_data_end_local(struct session *s, const struct rules_decision *d, 
 			q->owned_text = strndup(d->reply, d->reply_len);
 			q->text = q->owned_text != NULL ? q->owned_text : "451 4.3.0 smtptap: out of memory\r\n";
 			q->after = after;
+			q->by_rule = true;
 			session_pend_flush_local(s);
 		} else {
 			session_rules_local(s, d, after);
@@ -719,7 +723,8 @@ session_rules_reply(struct session *s, struct evbuffer *reply, enum store_side s
 	if (d->actions & (RULES_A_REPLY | RULES_A_REWRITE)) {
 		/* The upstream's own reply is kept, marked altered; what the
 		 * client gets is recorded as smtptap's. */
-		session_record(s, side, STORE_KIND_REPLY, STORE_F_ALTERED, 0, evbuffer_pullup(reply, -1), len, NULL);
+		session_record(s, side, STORE_KIND_REPLY, STORE_F_ALTERED | STORE_F_RULE, 0, evbuffer_pullup(reply, -1), len,
+			       NULL);
 		evbuffer_drain(reply, len);
 		evbuffer_add(reply, d->reply, d->reply_len);
 		out->replaced = true;
@@ -813,9 +818,14 @@ session_rules_strip(struct session *s, const struct rules_decision *d, struct ev
 		    struct evbuffer **altered)
 {
 	struct evbuffer *from = *altered != NULL ? *altered : src;
-	size_t len = evbuffer_get_length(from), outlen = 0, i;
-	char *a = malloc(len + 16), *b = malloc(len + 16), *cur;
+	size_t len = evbuffer_get_length(from), outlen = 0, i, room = 16;
+	char *a, *b, *cur;
 	bool changed = false;
+
+	for (i = 0; i < d->nstrip; i++)
+		room += strlen(d->strip[i]); /* smtp_ehlo_edit wants room to add as well */
+	a = malloc(len + room);
+	b = malloc(len + room);
 
 	if (a == NULL || b == NULL) {
 		free(a);
@@ -828,7 +838,7 @@ session_rules_strip(struct session *s, const struct rules_decision *d, struct ev
 		bool had = false;
 		char *other = cur == a ? b : a;
 
-		if (smtp_ehlo_edit(cur, len, d->strip[i], false, other, len + 16, &outlen, &had) == 1) {
+		if (smtp_ehlo_edit(cur, len, d->strip[i], false, other, len + room, &outlen, &had) == 1) {
 			cur = other;
 			len = outlen;
 			changed = true;

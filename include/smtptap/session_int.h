@@ -98,6 +98,7 @@ struct pending {
 	const char *text;    /* PEND_LOCAL: the reply (static storage) */
 	char *owned_text;    /* PEND_LOCAL: the reply, owned (a rule's) */
 	enum rule_after after; /* PEND_LOCAL: then close or reset the client */
+	bool by_rule;	     /* PEND_LOCAL: a rule's reply */
 	struct rules_decision *rule; /* owned: a rule's rewrite/truncate/strip of this reply */
 	struct msg *msg;     /* owned: a message awaiting its final reply */
 };
@@ -227,6 +228,7 @@ void session_update_reading(struct session *s);
 void session_update_timeouts(struct session *s);
 void session_fail_client(struct session *s, const char *reply, const char *outcome, const char *detail);
 void session_inject_client(struct session *s, const char *text, size_t len);
+void session_inject_client_flags(struct session *s, const char *text, size_t len, unsigned flags);
 void session_inject_upstream(struct session *s, const char *text, size_t len);
 void session_close_legs(struct session *s);
 

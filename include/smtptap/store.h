@@ -56,6 +56,7 @@ enum store_kind {
 #define STORE_F_TO_CLIENT 0x10	 /* proxy bytes went to the client leg */
 #define STORE_F_TO_UPSTREAM 0x20 /* proxy bytes went to the upstream leg */
 #define STORE_F_INCOMPLETE 0x40	 /* a line cut short by a close or a bound */
+#define STORE_F_RULE 0x80	 /* a fault rule made, changed or dropped it */
 
 const char *store_side_name(enum store_side side); /* "client", ... */
 const char *store_kind_name(enum store_kind kind); /* "command", ... */
