@@ -165,7 +165,7 @@ session_client_command(struct session *s, struct evbuffer *in, const char *line,
 	}
 	/* A rule may answer, hold, stall or close instead; it records the
 	 * command itself when it fires (dropped, if it is not forwarded). */
-	if (session_rules_command(s, in, &cmd, raw, rawlen, flags, &recorded) == RV_DONE)
+	if (session_rules_command(s, in, &cmd, len, raw, rawlen, flags, &recorded) == RV_DONE)
 		return;
 	if (cmd.verb == SMTP_VERB_STARTTLS) {
 		session_tls_client_starttls(s, in, line, len);

@@ -28,6 +28,7 @@
 
 #include <event2/buffer.h>
 #include <event2/event.h>
+#include <openssl/evp.h>
 
 #include "smtptap/log.h"
 
@@ -408,14 +409,56 @@ session_rules_connect(struct session *s)
  */
 
 /*
- * A command line is at the head of `in`, parsed into cmd.  Decide (or take
+ * The user name in an AUTH command's initial response, for `user ~`:
+ * PLAIN's authentication identity (RFC 4616: authzid NUL authcid NUL
+ * passwd) or LOGIN's user name.  The password is never looked at beyond
+ * finding where the name ends.
+ */
+static bool
+session_rules_auth_user(const struct smtp_cmd *cmd, char *out, size_t outsz)
+{
+	unsigned char buf[768];
+	size_t n = cmd->auth_initial.len, i, start = 0, field = 0, len;
+	int got;
+
+	if (n == 0 || n > 1000 || n % 4 != 0)
+		return false;
+	got = EVP_DecodeBlock(buf, (const unsigned char *)cmd->auth_initial.p, (int)n);
+	if (got < 0)
+		return false;
+	len = (size_t)got;
+	/* EVP_DecodeBlock counts the padding as decoded bytes */
+	for (i = n; i > n - 2 && cmd->auth_initial.p[i - 1] == '=' && len > 0; i--)
+		len--;
+	if (smtp_str_eq_ci(cmd->auth_mech, "LOGIN")) {
+		snprintf(out, outsz, "%.*s", (int)len, buf);
+		return memchr(buf, '\0', len) == NULL;
+	}
+	if (!smtp_str_eq_ci(cmd->auth_mech, "PLAIN"))
+		return false;
+	for (i = 0; i < len; i++) {
+		if (buf[i] != '\0')
+			continue;
+		if (field == 1) {
+			snprintf(out, outsz, "%.*s", (int)(i - start), buf + start);
+			return true;
+		}
+		field++;
+		start = i + 1;
+	}
+	return false;
+}
+
+/*
+ * A command line of len bytes is at the head of `in`, parsed into cmd;
+ * raw/rawlen is what the transcript keeps of it (AUTH redacted).  Decide (or take
  * the decision of a command whose delay is over), record the command with
  * the right flags, and carry out what the rule says.  RV_GO: the caller
  * goes on as without rules (the command was recorded; *recorded says so).
  */
 enum rules_verdict
-session_rules_command(struct session *s, struct evbuffer *in, const struct smtp_cmd *cmd, const char *line,
-		      size_t len, unsigned flags, bool *recorded)
+session_rules_command(struct session *s, struct evbuffer *in, const struct smtp_cmd *cmd, size_t len,
+		      const char *raw, size_t rawlen, unsigned flags, bool *recorded)
 {
 	const struct rules_decision *d = session_rules_take_resumed(s, RHOLD_COMMAND);
 	bool starttls = cmd->verb == SMTP_VERB_STARTTLS;
@@ -431,7 +474,7 @@ session_rules_command(struct session *s, struct evbuffer *in, const struct smtp_
 			.arg = cmd->arg.p,
 			.arg_len = cmd->arg.len,
 		};
-		char mech[64] = "", helo[256] = "", *rcpt = NULL;
+		char mech[64] = "", helo[256] = "", user[256], *rcpt = NULL;
 
 		if (s->rules == NULL)
 			return RV_GO;
@@ -452,6 +495,8 @@ session_rules_command(struct session *s, struct evbuffer *in, const struct smtp_
 		if (cmd->verb == SMTP_VERB_AUTH) {
 			snprintf(mech, sizeof(mech), "%.*s", (int)cmd->auth_mech.len, cmd->auth_mech.p);
 			u.auth_mech = mech;
+			if (session_rules_auth_user(cmd, user, sizeof(user)))
+				u.auth_user = user;
 		}
 		d = session_rules_decide(s, &u);
 		free(rcpt);
@@ -460,7 +505,7 @@ session_rules_command(struct session *s, struct evbuffer *in, const struct smtp_
 		/* STARTTLS that goes on is recorded by session_tls.c. */
 		if (!starttls || session_rules_consumes(d)) {
 			session_record(s, STORE_SIDE_CLIENT, STORE_KIND_COMMAND,
-				       flags | (session_rules_consumes(d) ? STORE_F_DROPPED | STORE_F_RULE : 0), 0, line, len,
+				       flags | (session_rules_consumes(d) ? STORE_F_DROPPED | STORE_F_RULE : 0), 0, raw, rawlen,
 				       NULL);
 			*recorded = true;
 		}

@@ -273,7 +273,7 @@ void session_rules_free(struct session *s);
 bool session_rules_connect(struct session *s);
 void session_begin(struct session *s);
 enum rules_verdict session_rules_command(struct session *s, struct evbuffer *in, const struct smtp_cmd *cmd,
-					 const char *line, size_t len, unsigned flags, bool *recorded);
+					 size_t len, const char *raw, size_t rawlen, unsigned flags, bool *recorded);
 void session_rules_attach(struct session *s, struct pending *p);
 void session_rules_detached(struct session *s, struct evbuffer *in, const struct smtp_cmd *cmd, const char *line,
 			    size_t len);
