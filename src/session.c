@@ -202,6 +202,8 @@ session_begin(struct session *s)
 			       (int)strtol(route->upstream_port, NULL, 10), ctx->cfg->connect_timeout,
 			       session_upstream_legcb, s) < 0) {
 		session_upstream_unreachable(s, "cannot create the upstream connection: out of memory");
+	} else if ((s->rate_up != 0 || s->rate_down != 0) && leg_set_rate(&s->upstream, s->rate_down, s->rate_up) < 0) {
+		log_warnx("s=%" PRId64 " out of memory: the upstream leg is not throttled", s->id);
 	}
 	session_tls_start(s);
 }

@@ -168,9 +168,7 @@ session_rules_dup(const struct rules_decision *d)
 bool
 session_rules_consumes(const struct rules_decision *d)
 {
-	return d != NULL &&
-	       (d->actions & (RULES_A_REPLY | RULES_A_STALL | RULES_A_CLOSE | RULES_A_RESET | RULES_A_FAIL_TLS)) != 0 &&
-	       !(d->actions & RULES_A_FAIL_TLS && !(d->actions & (RULES_A_REPLY | RULES_A_CLOSE | RULES_A_RESET)));
+	return d != NULL && (d->actions & (RULES_A_REPLY | RULES_A_STALL | RULES_A_CLOSE | RULES_A_RESET)) != 0;
 }
 
 static void
@@ -184,6 +182,8 @@ session_rules_throttle(struct session *s, const struct rules_decision *d)
 		down = d->throttle_bps;
 	/* Towards the upstream: the client's bytes are read, and written to
 	 * the upstream, at the rate; towards the client, the reverse. */
+	s->rate_up = up;
+	s->rate_down = down; /* an upstream leg not connected yet gets them in session_begin */
 	if (leg_set_rate(&s->client, up, down) < 0 || (!s->sink_mode && leg_set_rate(&s->upstream, down, up) < 0))
 		log_warnx("s=%" PRId64 " out of memory: cannot throttle", s->id);
 }
@@ -355,6 +355,7 @@ session_rules_abort_upstream(struct session *s, const struct rules_decision *d, 
 	}
 	for (size_t i = 0; i < n; i++)
 		*session_pend_push(s, kept[i].kind, kept[i].verb) = kept[i];
+	session_pend_flush_local(s);
 }
 
 /* ------------------------------------------------------------------------

@@ -204,6 +204,7 @@ struct session {
 	enum store_side rhold_side;
 	struct event *rtimer;	       /* delays */
 	bool stalled;		       /* a rule stalled the conversation: no more input is interpreted */
+	uint64_t rate_up, rate_down;   /* a throttle rule's bytes/s towards each side, 0: none */
 	bool bdat_discard;	       /* a rule answered this BDAT: its chunk goes nowhere */
 	enum rule_detached detached;
 	unsigned fail_client_tls;      /* rule line that fails the client's handshake, 0 none */
