@@ -2,8 +2,8 @@
 `smtptap proxy --rules FILE`.
 
 - A real queueing client, a private Postfix instance (its own main.cf,
-  master.cf and queue under the test's tmp_path, retry timers of one
-  second) relaying through smtptap to aiosmtpd: answered 451 on MAIL in its
+  master.cf and queue under the test's tmp_path, retry timers of a few
+  seconds) relaying through smtptap to aiosmtpd: answered 451 on MAIL in its
   first two sessions, it backs off, retries and delivers on the third; the
   transcript shows the three sessions and the two injected 451s, and the
   upstream got the message once.
@@ -35,8 +35,8 @@ POSTFIX_LIBEXEC = "/usr/lib/postfix/sbin"
 POSTFIX_CMD = "/usr/sbin/postfix"
 FROM = "alice@example.com"
 TO = "bob@example.org"
-# How long a Postfix with one-second retry timers may take to get through
-# its retries (a safety net: it needs a few seconds).
+# How long a Postfix with 3-second retry timers may take to get through its
+# retries (a safety net: it needs a few seconds).
 RETRY_TIMEOUT = 60
 
 
@@ -87,7 +87,7 @@ def _free_port():
 class PostfixClient:
     """Postfix master, its queue manager and smtp(8) client, configured to
     relay every message to relayhost [127.0.0.1]:relay_port (smtptap), with
-    retry timers of one second.  Messages are submitted over SMTP to its own
+    retry timers of a few seconds.  Messages are submitted over SMTP to its own
     smtpd on 127.0.0.1:submit_port.  Configuration, queue and logs live in
     `dir` (under the test's tmp_path).
 
@@ -148,9 +148,16 @@ class PostfixClient:
             "alias_maps": "",
             "alias_database": "",
             "local_recipient_maps": "",
-            # retry within seconds, not minutes
-            "minimal_backoff_time": "1s",
-            "maximal_backoff_time": "1s",
+            # retry within seconds, not minutes.  Not a backoff of 1s: the
+            # smtp(8) agent reports a deferral before it unlocks the queue
+            # file, and a deferred-queue scan that finds the file still
+            # locked parks it for a fixed 60 s ("skipped, still being
+            # delivered").  qmgr takes a deferred file once its mtime (the
+            # time of the deferral in whole seconds + backoff) is at most
+            # one second ahead; with 3s that is over a second after the
+            # deferral, long after the agent let go.
+            "minimal_backoff_time": "3s",
+            "maximal_backoff_time": "3s",
             "queue_run_delay": "1s",
             # one SMTP session per delivery attempt: a cached connection
             # would carry the retry in the same session
