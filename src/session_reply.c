@@ -232,6 +232,7 @@ session_reply_handle(struct session *s, struct evbuffer *reply, enum store_side 
 	char *text = NULL;
 	struct rules_reply rr;
 	int orig_code = code;
+	bool stripped = false;
 
 	if (session_reply_desync(s, reply, side, code))
 		return;
@@ -343,11 +344,11 @@ session_reply_handle(struct session *s, struct evbuffer *reply, enum store_side 
 	}
 
 	if (rr.strip != NULL && code / 100 == 2)
-		session_rules_strip(s, rr.strip, reply, &altered);
+		stripped = session_rules_strip(s, rr.strip, reply, &altered);
 	if (!s->client.open)
 		flags |= STORE_F_DROPPED; /* nobody to pass it to */
 	session_record(s, side, STORE_KIND_REPLY,
-		       flags | (altered || rr.truncate ? STORE_F_ALTERED : 0) | (rr.truncate || rr.strip ? STORE_F_RULE : 0),
+		       flags | (altered || rr.truncate ? STORE_F_ALTERED : 0) | (rr.truncate || stripped ? STORE_F_RULE : 0),
 		       0, raw, len, NULL);
 	if (rr.suppress) {
 		evbuffer_drain(reply, len);
@@ -367,8 +368,11 @@ session_reply_handle(struct session *s, struct evbuffer *reply, enum store_side 
 			evbuffer_free(altered);
 		evbuffer_drain(reply, evbuffer_get_length(reply));
 	} else if (altered != NULL) {
+		/* the EHLO reply as smtptap changed it (TLS offer, a rule's strip) */
 		session_record(s, STORE_SIDE_PROXY, STORE_KIND_REPLY,
-			       STORE_F_INJECTED | STORE_F_TO_CLIENT | (s->client.open ? 0 : STORE_F_DROPPED), 0,
+			       STORE_F_INJECTED | STORE_F_TO_CLIENT | (stripped ? STORE_F_RULE : 0) |
+				       (s->client.open ? 0 : STORE_F_DROPPED),
+			       0,
 			       evbuffer_pullup(altered, -1), evbuffer_get_length(altered), NULL);
 		leg_write_from(&s->client, altered, (size_t)-1);
 		evbuffer_free(altered);

@@ -857,8 +857,9 @@ session_rules_reply_done(struct session *s, const struct pending *p, int orig_co
 }
 
 /* Strip a rule's capabilities from an EHLO reply (the one about to go to
- * the client: *altered if smtptap already changed it, else src).  Returns
- * true when *altered holds the result. */
+ * the client: *altered if smtptap already changed it, else src; the result
+ * is left in *altered).  Returns true when the rule changed the reply, so
+ * that what the client gets is recorded as the rule's. */
 bool
 session_rules_strip(struct session *s, const struct rules_decision *d, struct evbuffer *src,
 		    struct evbuffer **altered)
@@ -876,7 +877,7 @@ session_rules_strip(struct session *s, const struct rules_decision *d, struct ev
 	if (a == NULL || b == NULL) {
 		free(a);
 		free(b);
-		return *altered != NULL;
+		return false;
 	}
 	memcpy(a, evbuffer_pullup(from, -1), len);
 	cur = a;
@@ -902,7 +903,7 @@ session_rules_strip(struct session *s, const struct rules_decision *d, struct ev
 	}
 	free(a);
 	free(b);
-	return *altered != NULL;
+	return changed && *altered != NULL;
 }
 
 /* ------------------------------------------------------------------------
