@@ -272,8 +272,10 @@ session_reply_handle(struct session *s, struct evbuffer *reply, enum store_side 
 			session_enter_state(s, ST_CMD);
 		break;
 	case PEND_DATA_END:
-		text = session_reply_text(raw, len);
-		session_msg_close(s, p.msg, code, text);
+		/* The message keeps the server's own reply; what a rule told
+		 * the client instead is in the transcript. */
+		text = rr.replaced ? NULL : session_reply_text(raw, len);
+		session_msg_close(s, p.msg, rr.replaced ? rr.orig_code : code, rr.replaced ? rr.orig_text : text);
 		p.msg = NULL;
 		break;
 	case PEND_AUTH_LINE:
@@ -323,7 +325,8 @@ session_reply_handle(struct session *s, struct evbuffer *reply, enum store_side 
 			if (p.bdat_last) {
 				text = session_reply_text(raw, len);
 				if (p.msg != NULL) {
-					session_msg_close(s, p.msg, code, text);
+					session_msg_close(s, p.msg, rr.replaced ? rr.orig_code : code,
+							  rr.replaced ? rr.orig_text : text);
 					p.msg = NULL;
 				} else if (s->cur_msg != NULL && s->cur_msg->bdat) {
 					/* answered before the chunk was through */
@@ -384,6 +387,7 @@ session_reply_handle(struct session *s, struct evbuffer *reply, enum store_side 
 	if (p.msg != NULL)
 		session_msg_close(s, p.msg, 0, NULL);
 	free(p.rule); /* rr.strip pointed into it: done with */
+	free(rr.orig_text);
 
 	session_pend_flush_local(s);
 	if (rr.rule_line != 0 || rr.stall)

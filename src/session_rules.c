@@ -662,8 +662,6 @@ session_rules_data_end_resumed(struct session *s)
 void
 session_rules_data_end_local(struct session *s, const struct rules_decision *d, struct msg *m, struct pending *q)
 {
-	char *text = NULL;
-
 	session_rules_abort_upstream(s, d, "before the end of the message, so it is not delivered");
 	if (s->sink_mode) {
 		char scratch[SINK_REPLY_MAX];
@@ -671,10 +669,9 @@ session_rules_data_end_local(struct session *s, const struct rules_decision *d, 
 
 		sink_reply_command(&s->sink, &rset, scratch); /* the sink forgets the transaction */
 	}
-	if (d->actions & RULES_A_REPLY)
-		text = session_reply_text(d->reply, d->reply_len);
-	session_msg_close(s, m, (d->actions & RULES_A_REPLY) ? d->code : 0, text);
-	free(text);
+	/* No server answered it: the message has no reply of its own (the
+	 * rule's is in the transcript). */
+	session_msg_close(s, m, 0, NULL);
 	if (q != NULL) {
 		/* BDAT LAST: its entry is answered by smtptap now */
 		q->kind = PEND_LOCAL;
@@ -771,6 +768,8 @@ session_rules_reply(struct session *s, struct evbuffer *reply, enum store_side s
 		 * client gets is recorded as smtptap's. */
 		session_record(s, side, STORE_KIND_REPLY, STORE_F_ALTERED | STORE_F_RULE, 0, evbuffer_pullup(reply, -1), len,
 			       NULL);
+		out->orig_code = *code;
+		out->orig_text = session_reply_text((const char *)evbuffer_pullup(reply, -1), len);
 		evbuffer_drain(reply, len);
 		evbuffer_add(reply, d->reply, d->reply_len);
 		out->replaced = true;

@@ -292,6 +292,8 @@ struct rules_reply {
 	enum rule_after after;
 	size_t truncate;      /* > 0: only this many bytes go to the client, then close */
 	unsigned rule_line;
+	int orig_code;	      /* replaced: the server's own reply (owned text) */
+	char *orig_text;
 	const struct rules_decision *strip; /* EHLO capabilities to strip */
 };
 void session_rules_reply(struct session *s, struct evbuffer *reply, enum store_side side, int *code,
