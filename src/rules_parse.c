@@ -288,6 +288,32 @@ rules_suggest(const struct rules_tok *t, const char *const *words, size_t n)
 	return w;
 }
 
+/* Is t a condition or action keyword? */
+static bool
+rules_is_keyword(const struct rules_tok *t)
+{
+	size_t k;
+
+	for (k = 0; k < KW_NCONDS; k++)
+		if (rules_tok_is(t, rules_cond_words[k]))
+			return true;
+	for (k = 0; k < RULES_NACTIONS; k++)
+		if (rules_tok_is(t, rules_action_words[k].word))
+			return true;
+	return false;
+}
+
+/*
+ * Where to go on after a bad value t: just after it, unless it is no value
+ * at all (the end, a string or operator, or the next keyword: the value was
+ * left out), then nowhere (0), so one mistake gives one error.
+ */
+static size_t
+rules_after_bad(const struct rules_tok *t, size_t next)
+{
+	return t == NULL || t->type != TOK_WORD || rules_is_keyword(t) ? 0 : next;
+}
+
 /* ------------------------------------------------------------------------
  * Cutting a rule into tokens.
  */
@@ -1081,7 +1107,7 @@ rules_parse_cond(struct rules_parser *ps, struct rule *ru, enum rules_kw kw, siz
 		if (n == NULL || n->type != TOK_WORD || !rules_parse_scaled(n->p, n->len, false, &ru->size)) {
 			rules_err_at(ps, n, "expected a size after '%.*s' (bytes, or with k, M or G: 10M), found %s",
 				     (int)t->len, t->p, rules_show(n, show, sizeof(show)));
-			return n == NULL || n->type != TOK_WORD ? 0 : i + 3;
+			return rules_after_bad(n, i + 3);
 		}
 		return i + 3;
 	}
@@ -1097,7 +1123,7 @@ rules_parse_cond(struct rules_parser *ps, struct rule *ru, enum rules_kw kw, siz
 		if (!rules_parse_range(t, &lo, &hi)) {
 			rules_err_at(ps, t, "bad range %s after '%s' (expected 3, 1-2, 5- or -3)",
 				     rules_show(t, show, sizeof(show)), rules_cond_words[kw]);
-			return i + 2;
+			return rules_after_bad(t, i + 2);
 		}
 		if (lo == 0 || hi == 0) {
 			rules_err_at(ps, t, "%s are counted from 1, not 0", kw == KW_SESSION ? "sessions" : "occurrences");
@@ -1123,9 +1149,11 @@ rules_parse_cond(struct rules_parser *ps, struct rule *ru, enum rules_kw kw, siz
 				     rules_show(t, show, sizeof(show)));
 			return 0;
 		}
-		if (!rules_parse_cidr(t, &ru->cl_family, ru->cl_addr, &ru->cl_prefix, &why))
+		if (!rules_parse_cidr(t, &ru->cl_family, ru->cl_addr, &ru->cl_prefix, &why)) {
 			rules_err_at(ps, t, "bad address %s after 'client' (%s)", rules_show(t, show, sizeof(show)),
 				     why != NULL ? why : "expected 192.0.2.1, 10.0.0.0/8, ::1 or 2001:db8::/32");
+			return rules_after_bad(t, i + 2);
+		}
 		return i + 2;
 	case KW_LISTENER:
 		if (t == NULL || t->type != TOK_WORD) {
@@ -1133,10 +1161,12 @@ rules_parse_cond(struct rules_parser *ps, struct rule *ru, enum rules_kw kw, siz
 				     rules_show(t, show, sizeof(show)));
 			return 0;
 		}
-		if (!rules_parse_listener(t, ru))
+		if (!rules_parse_listener(t, ru)) {
 			rules_err_at(ps, t,
 				     "bad listener %s (expected 127.0.0.1:2525, [::1]:2525 or :2525, as given to --listen)",
 				     rules_show(t, show, sizeof(show)));
+			return rules_after_bad(t, i + 2);
+		}
 		return i + 2;
 	case KW_MODE:
 		if (rules_tok_is(t, "sink"))
@@ -1145,7 +1175,7 @@ rules_parse_cond(struct rules_parser *ps, struct rule *ru, enum rules_kw kw, siz
 			ru->mode_sink = false;
 		else {
 			rules_err_at(ps, t, "expected relay or sink after 'mode', found %s", rules_show(t, show, sizeof(show)));
-			return t == NULL || t->type != TOK_WORD ? 0 : i + 2;
+			return rules_after_bad(t, i + 2);
 		}
 		return i + 2;
 	case KW_PROB:
@@ -1157,7 +1187,7 @@ rules_parse_cond(struct rules_parser *ps, struct rule *ru, enum rules_kw kw, siz
 		if (!rules_parse_prob(t, &ru->prob, &why)) {
 			rules_err_at(ps, t, "bad probability %s (%s)", rules_show(t, show, sizeof(show)),
 				     why != NULL ? why : "expected a number from 0 to 1 such as 0.25, or 25%");
-			return i + 2;
+			return rules_after_bad(t, i + 2);
 		}
 		/* fire when a uniform 64-bit draw is below P * 2^64 */
 		if (ru->prob >= 1 || ru->prob * 18446744073709551616.0 >= 18446744073709551615.0)
@@ -1170,7 +1200,7 @@ rules_parse_cond(struct rules_parser *ps, struct rule *ru, enum rules_kw kw, siz
 		if (t == NULL || t->type != TOK_WORD || !rules_parse_u64(t->p, t->len, &v)) {
 			rules_err_at(ps, t, "expected a number after 'seed' (0 to 18446744073709551615), found %s",
 				     rules_show(t, show, sizeof(show)));
-			return t == NULL || t->type != TOK_WORD ? 0 : i + 2;
+			return rules_after_bad(t, i + 2);
 		}
 		ru->seed = v;
 		return i + 2;
@@ -1178,7 +1208,7 @@ rules_parse_cond(struct rules_parser *ps, struct rule *ru, enum rules_kw kw, siz
 		if (t == NULL || t->type != TOK_WORD || !rules_parse_u64(t->p, t->len, &v) || v == 0) {
 			rules_err_at(ps, t, "expected a number of times after 'limit' (1 or more), found %s",
 				     rules_show(t, show, sizeof(show)));
-			return t == NULL || t->type != TOK_WORD ? 0 : i + 2;
+			return rules_after_bad(t, i + 2);
 		}
 		ru->limit = v;
 		return i + 2;
@@ -1207,7 +1237,11 @@ rules_parse_reply(struct rules_parser *ps, struct rule *ru, size_t i)
 	    code > 599) {
 		rules_err_at(ps, t, "expected a reply code after '%.*s' (three digits from 200 to 599), found %s",
 			     (int)kwt->len, kwt->p, rules_show(t, show, sizeof(show)));
-		return t == NULL || t->type != TOK_WORD ? 0 : i + 2;
+		if (rules_after_bad(t, i + 2) == 0)
+			return 0;
+		/* read on past its enhanced code and text: they are not
+		 * errors of their own */
+		code = 0;
 	}
 	ru->code = (int)code;
 	i += 2;
@@ -1225,6 +1259,8 @@ rules_parse_reply(struct rules_parser *ps, struct rule *ru, size_t i)
 			rules_err_at(ps, t, "bad enhanced status code %s (expected CLASS.SUBJECT.DETAIL such as 5.1.1, "
 					    "class 2, 4 or 5)",
 				     rules_show(t, show, sizeof(show)));
+		} else if (code == 0) {
+			/* the code was wrong: said already */
 		} else if (code / 100 == 3) {
 			rules_err_at(ps, t, "a %d reply takes no enhanced status code (RFC 3463 has no class 3)", (int)code);
 		} else if (a != code / 100) {
@@ -1478,7 +1514,7 @@ rules_parse_action(struct rules_parser *ps, struct rule *ru, unsigned a, size_t 
 bad_duration:
 		rules_err_at(ps, t, "bad duration %s (expected 500ms, 5s, 2m, 1h or a number of seconds; at most 1h)",
 			     rules_show(t, show, sizeof(show)));
-		return i + 2;
+		return rules_after_bad(t, i + 2);
 	}
 	case RULES_A_THROTTLE:
 		if (t == NULL || t->type != TOK_WORD) {
@@ -1489,6 +1525,8 @@ bad_duration:
 		if (!rules_parse_scaled(t->p, t->len, true, &v) || v == 0 || v > 1024 * 1024 * 1024) {
 			rules_err_at(ps, t, "bad rate %s (bytes per second from 1 to 1G: 500, 64k, 2kB/s, 1M)",
 				     rules_show(t, show, sizeof(show)));
+			if (rules_after_bad(t, i + 2) == 0)
+				return 0;
 		}
 		ru->throttle_bps = v;
 		ru->throttle_dir = RULES_DIR_BOTH;
@@ -1582,15 +1620,17 @@ rules_read_rule(struct rules_parser *ps)
 					kw = (int)k;
 			if (kw >= 0) {
 				i = rules_parse_action(ps, ru, rules_action_words[kw].bit, i);
+			} else if (t->type == TOK_WORD &&
+				   (sug = ps->in_actions ? rules_suggest(t, words + KW_NCONDS, RULES_NACTIONS)
+							 : rules_suggest(t, words, nwords)) != NULL) {
+				rules_err_at(ps, t, "unknown %s %s (did you mean '%s'?)",
+					     ps->in_actions ? "action" : "condition or action", rules_show(t, show, sizeof(show)),
+					     sug);
+				goto done;
 			} else if (ps->after_reply && t->type == TOK_WORD) {
 				rules_err_at(ps, t, "expected an action or the reply's text, found %s (the text goes in "
 						    "double quotes: \"No such user\")",
 					     rules_show(t, show, sizeof(show)));
-				goto done;
-			} else if (t->type == TOK_WORD && (sug = rules_suggest(t, words, nwords)) != NULL) {
-				rules_err_at(ps, t, "unknown %s %s (did you mean '%s'?)",
-					     ps->in_actions ? "action" : "condition or action", rules_show(t, show, sizeof(show)),
-					     sug);
 				goto done;
 			} else {
 				rules_err_at(ps, t, "expected %s, found %s",
