@@ -734,12 +734,33 @@ rules_contains(const char *s, size_t len, const char *lit, size_t litlen, bool i
 	return false;
 }
 
+/*
+ * regexec on s[0..len), through a NUL-terminated copy: the unit's strings
+ * are slices of the session's buffers, and although glibc honours
+ * REG_STARTEND, sanitizers' regexec interceptors read the subject up to
+ * its NUL.  Only expressions the prefilter could not settle get here, and
+ * it is kept out of line so the fast paths do not reserve its frame.  A
+ * subject is at most SMTP_LINE_MAX bytes (a command line); longer is cut.
+ */
+static bool __attribute__((noinline))
+rules_regexec(const regex_t *re, const char *s, size_t len)
+{
+	char buf[SMTP_LINE_MAX + 1];
+	regmatch_t pm[1];
+
+	if (len > SMTP_LINE_MAX)
+		len = SMTP_LINE_MAX;
+	memcpy(buf, s, len);
+	buf[len] = '\0';
+	pm[0].rm_so = 0;
+	pm[0].rm_eo = (regoff_t)len;
+	return regexec(re, buf, 1, pm, REG_STARTEND) == 0;
+}
+
 /* Does s match, before negation? */
 static bool
 rules_match_re_pos(const struct rules_re *re, const char *s, size_t len)
 {
-	regmatch_t pm[1];
-
 	if (s == NULL)
 		s = "";
 	if (re->pure) {
@@ -756,11 +777,7 @@ rules_match_re_pos(const struct rules_re *re, const char *s, size_t len)
 		return false;
 	if (!re->compiled)
 		return false;
-	if (len > 0x7fffffff)
-		len = 0x7fffffff;
-	pm[0].rm_so = 0;
-	pm[0].rm_eo = (regoff_t)len;
-	return regexec(&re->re, s, 1, pm, REG_STARTEND) == 0;
+	return rules_regexec(&re->re, s, len);
 }
 
 bool
@@ -772,15 +789,9 @@ rules_re_match(const struct rules_re *re, const char *s, size_t len)
 bool
 rules_re_match_slow(const struct rules_re *re, const char *s, size_t len)
 {
-	regmatch_t pm[1];
-
 	if (!re->compiled)
 		return re->neg;
-	if (len > 0x7fffffff)
-		len = 0x7fffffff;
-	pm[0].rm_so = 0;
-	pm[0].rm_eo = (regoff_t)len;
-	return (regexec(&re->re, s != NULL ? s : "", 1, pm, REG_STARTEND) == 0) != re->neg;
+	return rules_regexec(&re->re, s != NULL ? s : "", len) != re->neg;
 }
 
 /* ------------------------------------------------------------------------

@@ -688,6 +688,10 @@ rules_parse_trigger(struct rules_parser *ps, struct rule *ru)
 	} else if (rules_tok_is(t, "tls")) {
 		ru->trigger = RULES_ON_TLS;
 		n = i < ps->ntok ? &ps->toks[i] : NULL;
+		/* the leg, unless a value follows: "on tls client 10.0.0.0/8"
+		 * is the client condition on either leg */
+		if (i + 1 < ps->ntok && !rules_is_keyword(&ps->toks[i + 1]))
+			n = NULL;
 		if (rules_tok_is(n, "client")) {
 			ru->leg = RULES_LEG_CLIENT;
 			i++;
@@ -952,12 +956,17 @@ rules_parse_listener(const struct rules_tok *t, struct rule *ru)
 	return true;
 }
 
-/* P: 0.25, .5, 1, 25%; 0 < P <= 1. */
+/*
+ * P: 0.25, .5, 1, 25%; 0 < P <= 1.  The value is kept as a canonical
+ * decimal ("25%" and ".250" are both "0.25"), which rule_format prints
+ * back exactly, and read with strtod.
+ */
 static bool
-rules_parse_prob(const struct rules_tok *t, double *p, const char **why)
+rules_parse_prob(const struct rules_tok *t, struct rule *ru, const char **why)
 {
-	char buf[48];
-	size_t n = t->len, k, digits = 0, dots = 0;
+	char digits[48], *out = ru->prob_text;
+	size_t n = t->len, k, nd = 0, start, end, o = 0;
+	long point = -1, z;
 	bool pct = false;
 	double v;
 
@@ -966,32 +975,56 @@ rules_parse_prob(const struct rules_tok *t, double *p, const char **why)
 		pct = true;
 		n--;
 	}
-	if (n == 0 || n >= sizeof(buf))
+	if (n == 0 || n >= sizeof(digits))
 		return false;
 	for (k = 0; k < n; k++) {
-		if (t->p[k] == '.')
-			dots++;
+		if (t->p[k] == '.' && point < 0)
+			point = (long)nd;
 		else if (t->p[k] >= '0' && t->p[k] <= '9')
-			digits++;
+			digits[nd++] = t->p[k];
 		else
 			return false;
 	}
-	if (digits == 0 || dots > 1)
+	if (nd == 0)
 		return false;
-	memcpy(buf, t->p, n);
-	buf[n] = '\0';
-	v = strtod(buf, NULL);
+	if (point < 0)
+		point = (long)nd;
 	if (pct)
-		v /= 100;
-	if (!(v > 0)) {
+		point -= 2;
+	/* the significant digits: digits[start..end), the point after
+	 * `point` of all nd digits */
+	for (start = 0; start < nd && digits[start] == '0'; start++)
+		;
+	for (end = nd; end > start && digits[end - 1] == '0' && (long)end > point; end--)
+		;
+	if (start == end) {
 		*why = "a probability is more than 0";
 		return false;
 	}
+	/* at most "0." + 2 zeros (%) + 47 digits: fits prob_text */
+	if ((long)start >= point) {
+		out[o++] = '0';
+		out[o++] = '.';
+		for (z = point; z < (long)start; z++)
+			out[o++] = '0';
+		for (k = start; k < end; k++)
+			out[o++] = digits[k];
+	} else {
+		for (k = start; k < end; k++) {
+			if ((long)k == point)
+				out[o++] = '.';
+			out[o++] = digits[k];
+		}
+		for (z = (long)end; z < point; z++)
+			out[o++] = '0';
+	}
+	out[o] = '\0';
+	v = strtod(out, NULL);
 	if (v > 1) {
 		*why = "a probability is at most 1 (100%)";
 		return false;
 	}
-	*p = v;
+	ru->prob = v;
 	return true;
 }
 
@@ -1184,7 +1217,7 @@ rules_parse_cond(struct rules_parser *ps, struct rule *ru, enum rules_kw kw, siz
 				     rules_show(t, show, sizeof(show)));
 			return 0;
 		}
-		if (!rules_parse_prob(t, &ru->prob, &why)) {
+		if (!rules_parse_prob(t, ru, &why)) {
 			rules_err_at(ps, t, "bad probability %s (%s)", rules_show(t, show, sizeof(show)),
 				     why != NULL ? why : "expected a number from 0 to 1 such as 0.25, or 25%");
 			return rules_after_bad(t, i + 2);
@@ -1915,7 +1948,7 @@ rule_format(const struct rule *ru, char *buf, size_t bufsz)
 	if (ru->conds & RULES_C_MODE)
 		rules_outf(&o, " mode %s", ru->mode_sink ? "sink" : "relay");
 	if (ru->conds & RULES_C_PROB) {
-		rules_outf(&o, " probability %.15g", ru->prob);
+		rules_outf(&o, " probability %s", ru->prob_text);
 		if (ru->conds & RULES_C_SEED)
 			rules_outf(&o, " seed %llu", (unsigned long long)ru->seed);
 	}

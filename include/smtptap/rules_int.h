@@ -153,6 +153,7 @@ struct rule {
 	unsigned lst_port;
 	bool mode_sink;
 	double prob;
+	char prob_text[64]; /* canonical decimal, "0.25" */
 	bool prob_always;   /* P = 1 */
 	uint64_t prob_max;  /* fire when the draw is below this */
 	uint64_t seed;	    /* own seed (RULES_C_SEED) or the set's */

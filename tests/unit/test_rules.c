@@ -333,10 +333,16 @@ test_triggers(void **state)
 		rules_unref(r);
 	}
 
-	r = parse_ok("on tls client fail-tls\non tls upstream fail-tls\non tls delay 1s\n");
+	r = parse_ok("on tls client fail-tls\non tls upstream fail-tls\non tls delay 1s\n"
+		     "on tls client 10.0.0.0/8 fail-tls\non tls client client 10.0.0.0/8 fail-tls\n");
 	assert_int_equal(rules_at(r, 0)->leg, RULES_LEG_CLIENT);
 	assert_int_equal(rules_at(r, 1)->leg, RULES_LEG_UPSTREAM);
 	assert_int_equal(rules_at(r, 2)->leg, RULES_LEG_ANY);
+	/* "client" followed by a value is the condition, on either leg */
+	assert_int_equal(rules_at(r, 3)->leg, RULES_LEG_ANY);
+	assert_true(rules_at(r, 3)->conds & RULES_C_CLIENT);
+	assert_int_equal(rules_at(r, 4)->leg, RULES_LEG_CLIENT);
+	assert_true(rules_at(r, 4)->conds & RULES_C_CLIENT);
 	rules_unref(r);
 
 	r = parse_ok("on reply rcpt code 250 rewrite 451\n"
@@ -882,6 +888,15 @@ test_format_roundtrip(void **state)
 		{ "on rcpt client 2001:db8::1 listener 0.0.0.0:25 stall",
 		  "on rcpt client [2001:db8::1]/128 listener 0.0.0.0:25 stall" },
 		{ "on tls upstream delay 1h fail-tls", "on tls upstream delay 1h fail-tls" },
+		{ "on noop probability 33.3333333333333333333333333% delay 1s",
+		  "on noop probability 0.333333333333333333333333333 delay 1s" },
+		{ "on noop probability 0.00000000000000000000000000000000000000000001 delay 1s",
+		  "on noop probability 0.00000000000000000000000000000000000000000001 delay 1s" },
+		{ "on noop probability 000.50% delay 1s", "on noop probability 0.005 delay 1s" },
+		{ "on noop probability 100% delay 1s", "on noop probability 1 delay 1s" },
+		{ "on noop probability 1.000 delay 1s", "on noop probability 1 delay 1s" },
+		{ "on noop probability .5 delay 1s", "on noop probability 0.5 delay 1s" },
+		{ "on noop probability 50.% delay 1s", "on noop probability 0.5 delay 1s" },
 		{ "on any verb ~ \"X\" reply 502", "on command verb ~ \"X\" reply 502 \"smtptap rule 1\"" },
 		{ "on reply helo ~ \"x\" delay 1s", "on reply helo ~ \"x\" delay 1s" },
 		{ "on rcpt reply 550 \"a\\\\\" \"\"", "on rcpt reply 550 \"a\\\\\" \"\"" },
