@@ -10,7 +10,9 @@
  *   - rules_parse agrees with rules_parse_cb, its err string NUL-terminated;
  *   - each rule, written back by rule_format, parses again (alone) to a rule
  *     that formats the same (the normalised form is stable);
- *   - every regular expression's prefilter decides exactly as regexec;
+ *   - every regular expression's prefilter decides exactly as regexec, and
+ *     every rule matches a unit exactly when the slow path (no per-call
+ *     caches, no prefilter, no bigram filter, no header index) says so;
  *   - decisions are consistent: a fired rule is one of the set, its line
  *     and text its own, its reply CRLF-terminated and bounded, the strip
  *     list bounded; a rule with a limit never fires more often.
@@ -185,8 +187,15 @@ fuzz_decide(struct rules *r, const uint8_t *tail, size_t tlen)
 		f.listener = b[3] & 8 ? "127.0.0.1:2525" : b[3] & 16 ? "[::1]:25" : NULL;
 		f.sink = b[1] & 32;
 
-		for (i = 0; i < n; i++)
-			fired_before[i] = rules_at(r, i)->fired;
+		for (i = 0; i < n; i++) {
+			const struct rule *ru = rules_at(r, i);
+
+			fired_before[i] = ru->fired;
+			if (rules_rule_matches(ru, &u, &f, false) != rules_rule_matches(ru, &u, &f, true)) {
+				fprintf(stderr, "fast and slow matching disagree on line %u: %s\n", ru->line, ru->text);
+				abort();
+			}
+		}
 		got = rules_decide(r, rs[b[2] & 1], &u, &f, &dec);
 		if (got != (dec.rule != NULL))
 			abort();

@@ -1549,7 +1549,7 @@ test_prefilter_agrees(void **state)
 		"^bad@", "@example\\.com$", "^exact$", "", "^", "$", "^$", "abc", "a.c", "ab*c", "ab+c", "ab?c", "a{2}b",
 		"(ab)+c", "[abc]def", "x[]]y", "x[^]a]y", "[[:alpha:]]+@x", "a|b", "^(a|b)c$", "\\.\\*\\[", "\\w+@",
 		"ab\\", "a\\$", "^a\\^b", "caf\xc3\xa9", "(", "x{1,}y", "no+pe", "NOPE", "x*", "^a*$", "[",
-		"\\(a\\)", "a{0}b", "(a)(b)(c)d",
+		"\\(a\\)", "a{0}b", "(a)(b)(c)d", "^(a|b)c", "(x|(y|z))+ab", "a(b|c)d|e", "([|]a)b", "\\|b",
 	};
 	static const char *const subjects[] = {
 		"", "bad@x", "BAD@x", "x@example.com", "x@EXAMPLE.COM", "x@exampleXcom", "exact", "EXACT", "exactly",
@@ -1614,6 +1614,12 @@ test_prefilter_agrees(void **state)
 	assert_int_equal(rules_re_analyse(&re), 0);
 	assert_null(re.lit);
 	free(re.src);
+	/* alternatives inside a group leave what follows it required */
+	re.src = strdup("^(a|b)nobody42$");
+	assert_int_equal(rules_re_analyse(&re), 0);
+	assert_false(re.pure);
+	assert_string_equal(re.lit, "nobody42");
+	free(re.src);
 	free(re.lit);
 
 	/* the refusals */
@@ -1625,6 +1631,75 @@ test_prefilter_agrees(void **state)
 	assert_non_null(rules_re_refuse("(a{5000,}){5}"));
 	assert_non_null(rules_re_refuse("\\1"));
 	assert_null(rules_re_refuse("[\\1]"));
+}
+
+/* The fast path (per-call caches, prefilter, bigram filter, header index)
+ * decides exactly as the slow one, over a grid of rules and units. */
+static void
+test_fast_equals_slow(void **state)
+{
+	static const char text[] =
+		"on command arg ~ \"NOTIFY\" delay 1s\n"
+		"on command arg ~* \"notify=never\" delay 1s\n"
+		"on command arg !~* \"x-nope\" delay 1s\n"
+		"on command arg ~ \"^TO:<[a-z]+@ex(ample|ampel)\\.org>\" delay 1s\n"
+		"on command from ~ \"@example\\.com$\" delay 1s\n"
+		"on command from !~* \"SPAM\" delay 1s\n"
+		"on command to ~ \"bad\" delay 1s\n"
+		"on command to !~ \"bad\" delay 1s\n"
+		"on command to ~* \"^B.D@\" delay 1s\n"
+		"on command helo ~* \"CLIENT\" verb ~ \"^R\" delay 1s\n"
+		"on command user ~ \"bob\" mechanism !~ \"LOGIN\" delay 1s\n"
+		"on data-end subject ~* \"hello +folded\" delay 1s\n"
+		"on data-end subject !~ \"nothing\" delay 1s\n"
+		"on data-end header x-test ~ \"^t(wo|hree)$\" header Received !~* \"nowhere\" delay 1s\n"
+		"on data-end header X-Missing !~ \"a\" delay 1s\n";
+	static const char hdrs[] = "Received: from x\r\n\tby y\r\nSubject: Hello\r\n  folded\r\nX-Test: one\r\n"
+				   "x-test: two\r\n\r\n";
+	static const char *const r1[] = { "bad@example.org", "good@example.org" }, *const r2[] = { "ok@x" };
+	static const char *const args[] = { NULL, "", "TO:<bad@example.org> NOTIFY=NEVER", "TO:<bob@example.org>",
+					    "FROM:<a@example.com>" };
+	static const char *const froms[] = { NULL, "", "a@example.com", "SPAM@x", "a@example.com.evil" };
+	struct rules *r = parse_ok(text);
+	struct rules_facts f = facts(1);
+	struct rules_unit u;
+	size_t i, a, b, k, checked = 0, matched = 0;
+
+	(void)state;
+	for (a = 0; a < sizeof(args) / sizeof(args[0]); a++) {
+		for (b = 0; b < sizeof(froms) / sizeof(froms[0]); b++) {
+			for (k = 0; k < 3; k++) {
+				u = unit_cmd(SMTP_VERB_RCPT, "RCPT", args[a]);
+				u.mail_from = froms[b];
+				u.mail_from_len = froms[b] != NULL ? strlen(froms[b]) : 0;
+				u.rcpts = k == 0 ? NULL : k == 1 ? r1 : r2;
+				u.nrcpts = k == 0 ? 0 : k == 1 ? 2 : 1;
+				u.helo = k == 1 ? "client.example" : NULL;
+				u.auth_user = k == 2 ? "bob" : NULL;
+				u.auth_mech = k == 2 ? "PLAIN" : NULL;
+				for (i = 0; i < rules_count(r); i++) {
+					bool fast = rules_rule_matches(rules_at(r, i), &u, &f, false);
+
+					assert_true(fast == rules_rule_matches(rules_at(r, i), &u, &f, true));
+					checked++;
+					matched += fast;
+				}
+				u.trigger = RULES_ON_DATA_END;
+				u.headers = k == 0 ? NULL : hdrs;
+				u.headers_len = k == 0 ? 0 : sizeof(hdrs) - 1;
+				for (i = 0; i < rules_count(r); i++) {
+					bool fast = rules_rule_matches(rules_at(r, i), &u, &f, false);
+
+					assert_true(fast == rules_rule_matches(rules_at(r, i), &u, &f, true));
+					checked++;
+					matched += fast;
+				}
+			}
+		}
+	}
+	/* both outcomes were seen, often */
+	assert_true(matched > checked / 10 && matched < checked - checked / 10);
+	rules_unref(r);
 }
 
 static void
@@ -1667,6 +1742,7 @@ main(void)
 		cmocka_unit_test(test_decision_fields),
 		cmocka_unit_test(test_sessions_and_refs),
 		cmocka_unit_test(test_prefilter_agrees),
+		cmocka_unit_test(test_fast_equals_slow),
 		cmocka_unit_test(test_edit_distance),
 	};
 
