@@ -40,7 +40,7 @@ UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(O)/tests/%)
 FUZZ_SRCS := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BINS := $(FUZZ_SRCS:tests/fuzz/%.c=build/fuzz/%)
 # The pure modules the fuzzers link (all but fuzz_session).
-FUZZ_LIB_SRCS := src/smtp.c src/mime.c src/json.c src/jsonread.c src/rules.c src/rules_parse.c
+FUZZ_LIB_SRCS := src/smtp.c src/mime.c src/json.c src/jsonread.c src/rules.c src/rules_parse.c src/rules_regex.c
 
 .PHONY: all deps run check unit e2e fuzz fuzz-bins fuzz-minimise coverage cov-fuzz-bins bench bench-rules install uninstall clean asan
 
@@ -180,7 +180,8 @@ bench: deps all
 
 # What rule matching costs per message, with sets of 100 rules that never
 # match (tools/bench/rules_decide.c): a measurement, never a pass/fail.
-$(O)/bench/rules_decide: tools/bench/rules_decide.c $(O)/obj/rules.o $(O)/obj/rules_parse.o $(O)/obj/smtp.o
+$(O)/bench/rules_decide: tools/bench/rules_decide.c $(O)/obj/rules.o $(O)/obj/rules_parse.o $(O)/obj/rules_regex.o \
+		$(O)/obj/smtp.o
 	@mkdir -p $(@D)
 	$(CC) $(BASE_CFLAGS) $(LDFLAGS) -o $@ $^
 

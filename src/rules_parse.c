@@ -1727,7 +1727,12 @@ rules_parse_cb(const char *text, size_t len, uint64_t seed, rules_error_fn fn, v
 	memset(&ps, 0, sizeof(ps));
 	ps.fn = fn;
 	ps.arg = arg;
-	ps.set = calloc(1, sizeof(*ps.set));
+	/* the set holds its reference from the start: every way out below
+	 * drops it with rules_unref */
+	if ((ps.set = calloc(1, sizeof(*ps.set))) != NULL) {
+		ps.set->refs = 1;
+		ps.set->seed = seed;
+	}
 	ps.toks = malloc(RULES_TOKENS_MAX * sizeof(*ps.toks));
 	ps.scratch = malloc(RULES_RULE_MAX + RULES_TOKENS_MAX + 1);
 	ps.text = malloc(RULES_RULE_MAX + 2);
@@ -1735,8 +1740,6 @@ rules_parse_cb(const char *text, size_t len, uint64_t seed, rules_error_fn fn, v
 		rules_oom(&ps);
 		goto out;
 	}
-	ps.set->refs = 1;
-	ps.set->seed = seed;
 	/* a UTF-8 byte order mark, as some editors write */
 	if (len >= 3 && memcmp(p, "\xef\xbb\xbf", 3) == 0)
 		p += 3;

@@ -207,7 +207,7 @@ int rules_index(struct rules *r);
 void rules_rule_free(struct rule *ru);
 
 /*
- * rules.c: analyse src for the prefilter (fills lit/litlen/pure/bol/eol;
+ * rules_regex.c: analyse src for the prefilter (fills lit/litlen/pure/bol/eol;
  * -1 on allocation failure), and check that regcomp may safely be given it:
  * returns NULL, or a reason it is refused (back-references, unrolling to
  * more than RULES_REGEX_COST_MAX positions).
