@@ -40,9 +40,9 @@ UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(O)/tests/%)
 FUZZ_SRCS := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BINS := $(FUZZ_SRCS:tests/fuzz/%.c=build/fuzz/%)
 # The pure modules the fuzzers link (all but fuzz_session).
-FUZZ_LIB_SRCS := src/smtp.c src/mime.c src/json.c src/jsonread.c
+FUZZ_LIB_SRCS := src/smtp.c src/mime.c src/json.c src/jsonread.c src/rules.c src/rules_parse.c src/rules_regex.c
 
-.PHONY: all deps run check unit e2e fuzz fuzz-bins fuzz-minimise coverage cov-fuzz-bins bench install uninstall clean asan
+.PHONY: all deps run check unit e2e fuzz fuzz-bins fuzz-minimise coverage cov-fuzz-bins bench bench-rules install uninstall clean asan
 
 all: $(O)/smtptap
 
@@ -177,6 +177,16 @@ fuzz-minimise: fuzz-bins
 
 bench: deps all
 	@bash tools/bench.sh
+
+# What rule matching costs per message, with sets of 100 rules that never
+# match (tools/bench/rules_decide.c): a measurement, never a pass/fail.
+$(O)/bench/rules_decide: tools/bench/rules_decide.c $(O)/obj/rules.o $(O)/obj/rules_parse.o $(O)/obj/rules_regex.o \
+		$(O)/obj/smtp.o
+	@mkdir -p $(@D)
+	$(CC) $(BASE_CFLAGS) $(LDFLAGS) -o $@ $^
+
+bench-rules: $(O)/bench/rules_decide
+	./$(O)/bench/rules_decide
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1

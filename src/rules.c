@@ -24,23 +24,18 @@
 
 #include "smtptap/rules_int.h"
 
+/* The hot helpers are forced inline: rules_match runs once per candidate
+ * rule per unit, and a call's register saving costs as much as the checks
+ * themselves. */
+#define RULES_HOT static inline __attribute__((always_inline))
+
 static uint64_t rules_splitmix64(uint64_t x);
 static unsigned rules_draw_unit(const struct rule *ru);
 static int rules_unit_list(const struct rules_unit *u, unsigned *list, unsigned *unit, unsigned *any);
-static bool rules_field_value(const struct rules_unit *u, enum rules_field f, const char **p, size_t *len);
-static bool rules_match_re_pos(const struct rules_re *re, const char *s, size_t len);
-static int rules_header_search(const char *h, size_t hlen, const char *name, size_t namelen, const struct rules_re *re);
-static bool rules_match_to(const struct rules_re *re, const struct rules_unit *u);
 static bool rules_sockaddr_bytes(const struct sockaddr *sa, int *family, uint8_t out[16]);
 static bool rules_prefix_equal(const uint8_t *a, const uint8_t *b, unsigned bits);
-static bool rules_match_listener(const struct rule *ru, const char *listener);
-static bool rules_match(const struct rule *ru, const struct rules_unit *u, const struct rules_facts *f);
 static void rules_fill(const struct rule *ru, struct rules_decision *out);
-static bool rules_contains(const char *s, size_t len, const char *lit, size_t litlen, bool icase);
-static bool rules_bytes_equal(const char *a, const char *b, size_t n, bool icase);
-static bool rules_re_meta(char c);
-static void rules_run_end(const char *buf, size_t start, size_t end, size_t *best_start, size_t *best_len);
-static size_t rules_skip_bracket(const char *s, size_t n, size_t i);
+static bool rules_contains(const char *s, size_t len, const char *lit, size_t litlen, size_t anchor, bool icase);
 
 /* Lower-case verb names as the language spells them, by enum smtp_verb. */
 static const char *const rules_verb_names[RULES_NVERBS] = {
@@ -287,7 +282,7 @@ rules_draw_unit(const struct rule *ru)
 
 /* Append rule i to the lists it belongs to: counting (fill NULL) or filling. */
 static void
-rules_index_one(const struct rule *ru, uint32_t i, uint32_t *count, uint32_t *fill, uint32_t *pos)
+rules_index_one(struct rule *ru, uint32_t *count, struct rule **fill, uint32_t *pos)
 {
 	unsigned lists[RULES_NLISTS], n = 0, k;
 
@@ -327,7 +322,7 @@ rules_index_one(const struct rule *ru, uint32_t i, uint32_t *count, uint32_t *fi
 		if (fill == NULL)
 			count[lists[k]]++;
 		else
-			fill[pos[lists[k]]++] = i;
+			fill[pos[lists[k]]++] = ru;
 	}
 }
 
@@ -341,9 +336,12 @@ rules_index(struct rules *r)
 		struct rule *ru = r->v[i];
 
 		ru->draw_unit = rules_draw_unit(ru);
+		/* the part of the draw that is the rule's own: rules_draw's
+		 * first two rounds */
+		ru->draw_base = rules_splitmix64(rules_splitmix64(ru->seed) ^ ru->line);
 		if (ru->conds & RULES_C_OCC)
 			ru->occ_idx = nocc++;
-		rules_index_one(ru, (uint32_t)i, count, NULL, NULL);
+		rules_index_one(ru, count, NULL, NULL);
 	}
 	r->nocc = nocc;
 	for (i = 0; i < RULES_NLISTS; i++) {
@@ -357,7 +355,7 @@ rules_index(struct rules *r)
 	if (total > 0 && (r->list = malloc(total * sizeof(*r->list))) == NULL)
 		return -1;
 	for (i = 0; i < r->n; i++)
-		rules_index_one(r->v[i], (uint32_t)i, count, r->list, pos);
+		rules_index_one(r->v[i], count, r->list, pos);
 	return 0;
 }
 
@@ -415,276 +413,21 @@ rules_draw(uint64_t seed, unsigned line, uint64_t session_no, uint64_t unit_no)
  * Regular expressions: the prefilter, the cost bound, matching.
  */
 
-/* ERE metacharacters: a backslash before one of these makes it literal;
- * before anything else it is a GNU operator (\w, \<, \b, \1 ...). */
-static bool
-rules_re_meta(char c)
-{
-	return c != '\0' && strchr(".[]()*+?{}|^$\\", c) != NULL;
-}
 
-/* i is just after '[': the index after the closing ']' (n if none). */
-static size_t
-rules_skip_bracket(const char *s, size_t n, size_t i)
-{
-	if (i < n && s[i] == '^')
-		i++;
-	if (i < n && s[i] == ']')
-		i++;
-	while (i < n && s[i] != ']') {
-		if (s[i] == '[' && i + 1 < n && (s[i + 1] == ':' || s[i + 1] == '.' || s[i + 1] == '=')) {
-			char close = s[i + 1];
 
-			i += 2;
-			while (i + 1 < n && !(s[i] == close && s[i + 1] == ']'))
-				i++;
-			if (i + 1 >= n)
-				return n;
-			i += 2;
-			continue;
-		}
-		i++;
-	}
-	return i < n ? i + 1 : n;
-}
 
-static void
-rules_run_end(const char *buf, size_t start, size_t end, size_t *best_start, size_t *best_len)
-{
-	(void)buf;
-	if (end > start && end - start > *best_len) {
-		*best_start = start;
-		*best_len = end - start;
-	}
-}
 
-int
-rules_re_analyse(struct rules_re *re)
-{
-	const char *s = re->src;
-	size_t n = strlen(s), i = 0, end = n, k, bs, m = 0, run = 0, best = 0, bestlen = 0, depth;
-	char *buf;
 
-	re->pure = re->bol = re->eol = false;
-	free(re->lit);
-	re->lit = NULL;
-	re->litlen = 0;
-	if ((buf = malloc(n + 1)) == NULL)
-		return -1;
-
-	/* A pure literal: ^? (plain byte | \meta)* $? */
-	if (n > 0 && s[0] == '^') {
-		re->bol = true;
-		i = 1;
-	}
-	if (end > i && s[end - 1] == '$') {
-		for (k = end - 1, bs = 0; k > i && s[k - 1] == '\\'; k--)
-			bs++;
-		if (bs % 2 == 0) {
-			re->eol = true;
-			end--;
-		}
-	}
-	re->pure = true;
-	for (k = i; k < end && re->pure; k++) {
-		if (s[k] == '\\' && k + 1 < end && rules_re_meta(s[k + 1]))
-			buf[m++] = s[++k];
-		else if (rules_re_meta(s[k]) || (re->icase && (unsigned char)s[k] >= 0x80))
-			re->pure = false;
-		else
-			buf[m++] = s[k];
-	}
-	if (re->pure) {
-		re->litlen = m;
-		goto keep;
-	}
-	re->bol = re->eol = false;
-
-	/*
-	 * Otherwise the longest run of literal bytes every match must
-	 * contain.  Conservative: any '|' and there is none; a group or a
-	 * bracket ends a run and is skipped whole; a quantifier that may
-	 * repeat zero times takes back the byte before it.
-	 */
-	if (strchr(s, '|') != NULL) {
-		free(buf);
-		return 0;
-	}
-	m = 0;
-	run = 0;
-	for (i = 0; i < n;) {
-		char c = s[i];
-
-		switch (c) {
-		case '\\':
-			if (i + 1 < n && rules_re_meta(s[i + 1])) {
-				buf[m++] = s[i + 1];
-			} else {
-				rules_run_end(buf, run, m, &best, &bestlen);
-				run = m;
-			}
-			i += i + 1 < n ? 2 : 1;
-			break;
-		case '(':
-			rules_run_end(buf, run, m, &best, &bestlen);
-			run = m;
-			for (depth = 0; i < n; i++) {
-				if (s[i] == '\\' && i + 1 < n)
-					i++;
-				else if (s[i] == '[')
-					i = rules_skip_bracket(s, n, i + 1) - 1;
-				else if (s[i] == '(')
-					depth++;
-				else if (s[i] == ')' && --depth == 0)
-					break;
-			}
-			i++;
-			break;
-		case '[':
-			rules_run_end(buf, run, m, &best, &bestlen);
-			run = m;
-			i = rules_skip_bracket(s, n, i + 1);
-			break;
-		case '*':
-		case '?':
-		case '{':
-			if (m > run)
-				m--;
-			rules_run_end(buf, run, m, &best, &bestlen);
-			run = m;
-			if (c == '{') {
-				while (i < n && s[i] != '}')
-					i++;
-			}
-			i++;
-			break;
-		case '+':
-		case '.':
-		case '^':
-		case '$':
-		case ')':
-			rules_run_end(buf, run, m, &best, &bestlen);
-			run = m;
-			i++;
-			break;
-		default:
-			if (re->icase && (unsigned char)c >= 0x80) {
-				rules_run_end(buf, run, m, &best, &bestlen);
-				run = m;
-			} else {
-				buf[m++] = c;
-			}
-			i++;
-			break;
-		}
-	}
-	rules_run_end(buf, run, m, &best, &bestlen);
-	if (bestlen == 0) {
-		free(buf);
-		return 0;
-	}
-	memmove(buf, buf + best, bestlen);
-	re->litlen = bestlen;
-keep:
-	buf[re->litlen] = '\0';
-	re->lit = buf;
-	return 0;
-}
-
-const char *
-rules_re_refuse(const char *src)
-{
-	uint64_t sum[65], last = 0, g, k, lo, hi;
-	size_t n = strlen(src), i, depth = 0;
-
-	sum[0] = 0;
-	for (i = 0; i < n;) {
-		char c = src[i];
-
-		switch (c) {
-		case '\\':
-			if (i + 1 < n && src[i + 1] >= '1' && src[i + 1] <= '9')
-				return "back-references (\\1 ... \\9) are not supported";
-			last = 1;
-			sum[depth] += 1;
-			i += i + 1 < n ? 2 : 1;
-			break;
-		case '[':
-			i = rules_skip_bracket(src, n, i + 1);
-			last = 1;
-			sum[depth] += 1;
-			break;
-		case '(':
-			if (depth == 64)
-				return "groups nested more than 64 deep";
-			sum[++depth] = 0;
-			last = 0;
-			i++;
-			break;
-		case ')':
-			if (depth > 0) {
-				g = sum[depth--] + 1;
-				sum[depth] += g;
-				last = g;
-			} else {
-				last = 1;
-				sum[depth] += 1;
-			}
-			i++;
-			break;
-		case '|':
-			last = 0;
-			i++;
-			break;
-		case '+':
-			/* glibc unrolls x+ into xx* */
-			sum[depth] += last;
-			last *= 2;
-			i++;
-			break;
-		case '{':
-			/* {m}, {m,}, {m,n}: unrolled to max(m, n) copies ({m,}
-			 * to m + 1); numbers saturate, regcomp refuses big ones */
-			lo = hi = 0;
-			for (i++; i < n && src[i] >= '0' && src[i] <= '9'; i++)
-				lo = lo >= 100000 ? lo : lo * 10 + (uint64_t)(src[i] - '0');
-			k = lo;
-			if (i < n && src[i] == ',') {
-				bool any = false;
-
-				for (i++; i < n && src[i] >= '0' && src[i] <= '9'; i++) {
-					hi = hi >= 100000 ? hi : hi * 10 + (uint64_t)(src[i] - '0');
-					any = true;
-				}
-				k = any ? (hi > lo ? hi : lo) : lo + 1;
-			}
-			while (i < n && src[i] != '}')
-				i++;
-			i += i < n;
-			if (k > 1) {
-				sum[depth] += last * (k - 1);
-				last *= k;
-			}
-			break;
-		default:
-			last = 1;
-			sum[depth] += 1;
-			i++;
-			break;
-		}
-		if (sum[depth] > RULES_REGEX_COST_MAX || last > RULES_REGEX_COST_MAX)
-			return "too large once its repetitions are unrolled (at most " "20000" " positions)";
-	}
-	return NULL;
-}
-
-static bool
+RULES_HOT bool
 rules_bytes_equal(const char *a, const char *b, size_t n, bool icase)
 {
 	size_t i;
 
+	/* the same case is the usual one ("Subject" for "Subject") */
+	if (memcmp(a, b, n) == 0)
+		return true;
 	if (!icase)
-		return memcmp(a, b, n) == 0;
+		return false;
 	for (i = 0; i < n; i++) {
 		unsigned char x = (unsigned char)a[i], y = (unsigned char)b[i];
 
@@ -698,28 +441,37 @@ rules_bytes_equal(const char *a, const char *b, size_t n, bool icase)
 	return true;
 }
 
+/*
+ * Does s hold lit (ASCII case-folded for icase)?  memchr finds the
+ * candidates by lit[anchor], a byte that is not a letter when lit has one,
+ * so case does not matter to it; memmem would do for the case-sensitive
+ * search but is a GNU extension.
+ */
 static bool
-rules_contains(const char *s, size_t len, const char *lit, size_t litlen, bool icase)
+rules_contains(const char *s, size_t len, const char *lit, size_t litlen, size_t anchor, bool icase)
 {
 	size_t i;
 	unsigned char lo, up;
-	const char *p;
+	const char *p, *q, *last;
+	char a;
 
 	if (litlen == 0)
 		return true;
 	if (litlen > len)
 		return false;
-	if (!icase) {
-		/* memmem is a GNU extension: memchr for the first byte, then memcmp */
-		const char *q = s, *last = s + len - litlen;
-
-		while (q <= last && (p = memchr(q, lit[0], (size_t)(last - q) + 1)) != NULL) {
-			if (memcmp(p + 1, lit + 1, litlen - 1) == 0)
+	a = lit[anchor];
+	if (!icase || !((a >= 'a' && a <= 'z') || (a >= 'A' && a <= 'Z'))) {
+		/* candidates for the anchor byte: s[anchor .. len - litlen + anchor] */
+		q = s + anchor;
+		last = s + len - litlen + anchor;
+		while (q <= last && (p = memchr(q, a, (size_t)(last - q) + 1)) != NULL) {
+			if (rules_bytes_equal(p - anchor, lit, litlen, icase))
 				return true;
 			q = p + 1;
 		}
 		return false;
 	}
+	/* only letters, case-folded: both cases of the first */
 	lo = up = (unsigned char)lit[0];
 	if (lo >= 'A' && lo <= 'Z')
 		lo += 'a' - 'A';
@@ -734,12 +486,33 @@ rules_contains(const char *s, size_t len, const char *lit, size_t litlen, bool i
 	return false;
 }
 
-/* Does s match, before negation? */
-static bool
-rules_match_re_pos(const struct rules_re *re, const char *s, size_t len)
+/*
+ * regexec on s[0..len), through a NUL-terminated copy: the unit's strings
+ * are slices of the session's buffers, and although glibc honours
+ * REG_STARTEND, sanitizers' regexec interceptors read the subject up to
+ * its NUL.  Only expressions the prefilter could not settle get here, and
+ * it is kept out of line so the fast paths do not reserve its frame.  A
+ * subject is at most SMTP_LINE_MAX bytes (a command line); longer is cut.
+ */
+static bool __attribute__((noinline))
+rules_regexec(const regex_t *re, const char *s, size_t len)
 {
+	char buf[SMTP_LINE_MAX + 1];
 	regmatch_t pm[1];
 
+	if (len > SMTP_LINE_MAX)
+		len = SMTP_LINE_MAX;
+	memcpy(buf, s, len);
+	buf[len] = '\0';
+	pm[0].rm_so = 0;
+	pm[0].rm_eo = (regoff_t)len;
+	return regexec(re, buf, 1, pm, REG_STARTEND) == 0;
+}
+
+/* Does s match, before negation? */
+RULES_HOT bool
+rules_match_re_pos(const struct rules_re *re, const char *s, size_t len)
+{
 	if (s == NULL)
 		s = "";
 	if (re->pure) {
@@ -750,17 +523,13 @@ rules_match_re_pos(const struct rules_re *re, const char *s, size_t len)
 		if (re->eol)
 			return len >= re->litlen &&
 			       rules_bytes_equal(s + len - re->litlen, re->lit, re->litlen, re->icase);
-		return rules_contains(s, len, re->lit, re->litlen, re->icase);
+		return rules_contains(s, len, re->lit, re->litlen, re->anchor, re->icase);
 	}
-	if (re->lit != NULL && !rules_contains(s, len, re->lit, re->litlen, re->icase))
+	if (re->lit != NULL && !rules_contains(s, len, re->lit, re->litlen, re->anchor, re->icase))
 		return false;
 	if (!re->compiled)
 		return false;
-	if (len > 0x7fffffff)
-		len = 0x7fffffff;
-	pm[0].rm_so = 0;
-	pm[0].rm_eo = (regoff_t)len;
-	return regexec(&re->re, s, 1, pm, REG_STARTEND) == 0;
+	return rules_regexec(&re->re, s, len);
 }
 
 bool
@@ -772,20 +541,59 @@ rules_re_match(const struct rules_re *re, const char *s, size_t len)
 bool
 rules_re_match_slow(const struct rules_re *re, const char *s, size_t len)
 {
-	regmatch_t pm[1];
-
 	if (!re->compiled)
 		return re->neg;
-	if (len > 0x7fffffff)
-		len = 0x7fffffff;
-	pm[0].rm_so = 0;
-	pm[0].rm_eo = (regoff_t)len;
-	return (regexec(&re->re, s != NULL ? s : "", 1, pm, REG_STARTEND) == 0) != re->neg;
+	return rules_regexec(&re->re, s != NULL ? s : "", len) != re->neg;
 }
 
 /* ------------------------------------------------------------------------
- * The unit's fields.
+ * The unit as the rules see it.  rules_decide works out what several rules
+ * may ask (a field's length, where the headers are, the client's address)
+ * once per call, lazily, in a struct rules_ctx on its stack, instead of once
+ * per rule: with a hundred rules on a unit, that is most of the cost.
  */
+
+#define RULES_CTX_RCPTS 16  /* recipients whose length is kept */
+#define RULES_HDR_INDEX 64  /* header fields indexed; a longer block is searched */
+#define RULES_CTX_SUBJ 4    /* Subject fields remembered */
+#define RULES_FIELD_MASK ((1u << RULES_NFIELDS) - 1)
+#define RULES_BLOOM_MAX 4096 /* a longer field gets no bigram filter */
+
+/* One header field: its name, and its value as it stands in the block
+ * (from after the colon to the end of its last continuation line). */
+struct rules_hdr {
+	const char *name;
+	size_t namelen;
+	const char *val;
+	size_t vallen;
+	bool folded;
+};
+
+struct rules_ctx {
+	const struct rules_unit *u;
+	const struct rules_facts *f;
+	bool slow; /* rules_rule_matches(..., true): no shortcuts */
+	unsigned bloom_have, bloom_ok; /* (1u << field) */
+	uint64_t bloom[RULES_NFIELDS][16];
+	unsigned have; /* (1u << field): fp/fl/known worked out */
+	const char *fp[RULES_NFIELDS];
+	size_t fl[RULES_NFIELDS];
+	bool known[RULES_NFIELDS];
+	bool rcpts_measured;
+	size_t rcpt_len[RULES_CTX_RCPTS];
+	int hdr_state; /* 0: not looked at; 1: indexed; 2: too many, search */
+	size_t nhdr;
+	struct rules_hdr hdr[RULES_HDR_INDEX];
+	size_t nsubj; /* the Subject fields among hdr (RULES_CTX_SUBJ + 1: more) */
+	uint8_t subj[RULES_CTX_SUBJ];
+	int client_state; /* 0: not looked at; 1: known; -1: not known */
+	int cl_family;
+	uint8_t cl_addr[16];
+	int lst_state; /* 0: not looked at; 1: parsed; -1: not usable */
+	unsigned lst_port;
+	int lst_family; /* 0: the host is not an address */
+	uint8_t lst_addr[16];
+};
 
 /* The value of a single-valued field; false when it is not known. */
 static bool
@@ -828,91 +636,249 @@ rules_field_value(const struct rules_unit *u, enum rules_field f, const char **p
 	return *p != NULL;
 }
 
-/* `to`: any recipient matches; negated, there is one and none matches. */
-static bool
-rules_match_to(const struct rules_re *re, const struct rules_unit *u)
+RULES_HOT bool
+rules_ctx_field(struct rules_ctx *c, enum rules_field f, const char **p, size_t *len)
 {
-	size_t i;
+	if (!(c->have & (1u << f))) {
+		c->have |= 1u << f;
+		c->known[f] = rules_field_value(c->u, f, &c->fp[f], &c->fl[f]);
+	}
+	*p = c->fp[f];
+	*len = c->fl[f];
+	return c->known[f];
+}
+
+/* re against s, before negation: with the prefilter, or (slow) without. */
+RULES_HOT bool
+rules_ctx_re(const struct rules_ctx *c, const struct rules_re *re, const char *s, size_t len)
+{
+	if (c->slow)
+		return re->compiled && rules_regexec(&re->re, s != NULL ? s : "", len);
+	return rules_match_re_pos(re, s, len);
+}
+
+/* Add s's case-folded bigrams to bloom. */
+static void
+rules_bloom_add(uint64_t *bloom, const char *s, size_t len)
+{
+	size_t k;
+	char a, b;
+	uint16_t h;
+
+	for (k = 0; k + 1 < len; k++) {
+		a = s[k] >= 'A' && s[k] <= 'Z' ? (char)(s[k] + 'a' - 'A') : s[k];
+		b = s[k + 1] >= 'A' && s[k + 1] <= 'Z' ? (char)(s[k + 1] + 'a' - 'A') : s[k + 1];
+		h = RULES_BIGRAM(a, b);
+		bloom[h >> 6] |= 1ull << (h & 63);
+	}
+}
+
+/* Build field i's bigram filter (every recipient's, for `to`); a field
+ * that is not known, or long, gets none. */
+static void __attribute__((noinline))
+rules_ctx_bloom(struct rules_ctx *c, unsigned i)
+{
+	const char *p;
+	size_t len, k, total = 0;
+
+	c->bloom_have |= 1u << i;
+	memset(c->bloom[i], 0, sizeof(c->bloom[i]));
+	if (i == RULES_F_TO) {
+		if (c->u->rcpts == NULL)
+			return;
+		for (k = 0; k < c->u->nrcpts; k++) {
+			if (c->u->rcpts[k] == NULL)
+				continue;
+			len = strlen(c->u->rcpts[k]);
+			if ((total += len) > RULES_BLOOM_MAX)
+				return;
+			rules_bloom_add(c->bloom[i], c->u->rcpts[k], len);
+		}
+	} else {
+		if (!rules_ctx_field(c, (enum rules_field)i, &p, &len) || len > RULES_BLOOM_MAX)
+			return;
+		rules_bloom_add(c->bloom[i], p, len);
+	}
+	c->bloom_ok |= 1u << i;
+}
+
+/*
+ * false when field i (every recipient, for `to`) cannot hold re's literal:
+ * one of its bigrams is absent from the field's filter, built once per call
+ * when a rule first asks.  true when there is no filter to ask.
+ */
+RULES_HOT bool
+rules_ctx_may_match(struct rules_ctx *c, unsigned i, const struct rules_re *re)
+{
+	const uint64_t *b = c->bloom[i];
+	unsigned k;
+
+	if (re->nbigrams == 0 || c->slow)
+		return true;
+	if (!(c->bloom_have & (1u << i)))
+		rules_ctx_bloom(c, i);
+	if (!(c->bloom_ok & (1u << i)))
+		return true;
+	for (k = 0; k < re->nbigrams; k++)
+		if (!(b[re->bigrams[k] >> 6] & (1ull << (re->bigrams[k] & 63))))
+			return false;
+	return true;
+}
+
+/* `to`: any recipient matches; negated, there is one and none matches. */
+RULES_HOT bool
+rules_ctx_to(struct rules_ctx *c, const struct rules_re *re)
+{
+	const struct rules_unit *u = c->u;
+	size_t i, len;
 
 	if (u->rcpts == NULL || u->nrcpts == 0)
 		return false;
+	if (!c->rcpts_measured) {
+		for (i = 0; i < u->nrcpts && i < RULES_CTX_RCPTS; i++)
+			c->rcpt_len[i] = u->rcpts[i] != NULL ? strlen(u->rcpts[i]) : 0;
+		c->rcpts_measured = true;
+	}
 	for (i = 0; i < u->nrcpts; i++) {
-		if (u->rcpts[i] != NULL && rules_match_re_pos(re, u->rcpts[i], strlen(u->rcpts[i])))
+		if (u->rcpts[i] == NULL)
+			continue;
+		len = i < RULES_CTX_RCPTS ? c->rcpt_len[i] : strlen(u->rcpts[i]);
+		if (rules_ctx_re(c, re, u->rcpts[i], len))
 			return !re->neg;
 	}
 	return re->neg;
 }
 
 /*
- * Search the header block for fields called `name` (case-insensitive),
- * unfolded and trimmed of surrounding blanks.  Returns -1 when there is no
- * such field, 1 when one of them matches re (before negation), else 0.
- * Garbage is tolerated: lines without a colon are skipped, the block ends
- * at the first empty line or at hlen.
+ * The next header field of h from *pos; false at the end of the block (the
+ * first empty line, or hlen).  Garbage is tolerated: lines without a colon,
+ * and continuation lines with no field before them, are skipped.
  */
-static int
-rules_header_search(const char *h, size_t hlen, const char *name, size_t namelen, const struct rules_re *re)
+static bool
+rules_hdr_next(const char *h, size_t hlen, size_t *pos, struct rules_hdr *out)
 {
-	char buf[RULES_UNFOLD_MAX];
-	size_t i = 0, next, ll, nl, vs, ve, m;
-	const char *line, *colon, *eol;
-	int found = -1;
+	const char *line, *eol, *colon;
+	size_t i = *pos, ll, nl;
 
 	while (i < hlen) {
 		line = h + i;
 		eol = memchr(line, '\n', hlen - i);
 		ll = eol != NULL ? (size_t)(eol - line) : hlen - i;
-		next = i + ll + (eol != NULL);
+		i += ll + (eol != NULL);
 		if (ll > 0 && line[ll - 1] == '\r')
 			ll--;
 		if (ll == 0)
 			break;
-		i = next;
-		if (line[0] == ' ' || line[0] == '\t')
-			continue; /* a continuation whose field is not ours */
-		if ((colon = memchr(line, ':', ll)) == NULL)
+		if (line[0] == ' ' || line[0] == '\t' || (colon = memchr(line, ':', ll)) == NULL)
 			continue;
 		for (nl = (size_t)(colon - line); nl > 0 && (line[nl - 1] == ' ' || line[nl - 1] == '\t'); nl--)
 			;
-		if (nl != namelen || !rules_bytes_equal(line, name, namelen, true))
-			continue;
-		found = found < 0 ? 0 : found;
-		/* the value: the rest of this line, and the continuation lines
-		 * after it with their line breaks removed (RFC 5322 2.2.3) */
-		vs = (size_t)(colon + 1 - h);
-		ve = (size_t)(line + ll - h);
-		if (i < hlen && (h[i] == ' ' || h[i] == '\t')) {
-			m = ve - vs < sizeof(buf) ? ve - vs : sizeof(buf);
-			memcpy(buf, h + vs, m);
-			while (i < hlen && (h[i] == ' ' || h[i] == '\t')) {
-				line = h + i;
-				eol = memchr(line, '\n', hlen - i);
-				ll = eol != NULL ? (size_t)(eol - line) : hlen - i;
-				i += ll + (eol != NULL);
-				if (ll > 0 && line[ll - 1] == '\r')
-					ll--;
-				if (m < sizeof(buf)) {
-					size_t take = ll < sizeof(buf) - m ? ll : sizeof(buf) - m;
-
-					memcpy(buf + m, line, take);
-					m += take;
-				}
-			}
-			vs = 0;
-			while (vs < m && (buf[vs] == ' ' || buf[vs] == '\t'))
-				vs++;
-			while (m > vs && (buf[m - 1] == ' ' || buf[m - 1] == '\t'))
-				m--;
-			if (rules_match_re_pos(re, buf + vs, m - vs))
-				return 1;
-			continue;
+		out->name = line;
+		out->namelen = nl;
+		out->val = colon + 1;
+		out->vallen = (size_t)(line + ll - out->val);
+		out->folded = false;
+		/* the continuation lines are the same field's (RFC 5322 2.2.3) */
+		while (i < hlen && (h[i] == ' ' || h[i] == '\t')) {
+			line = h + i;
+			eol = memchr(line, '\n', hlen - i);
+			ll = eol != NULL ? (size_t)(eol - line) : hlen - i;
+			i += ll + (eol != NULL);
+			if (ll > 0 && line[ll - 1] == '\r')
+				ll--;
+			out->vallen = (size_t)(line + ll - out->val);
+			out->folded = true;
 		}
-		while (vs < ve && (h[vs] == ' ' || h[vs] == '\t'))
-			vs++;
-		while (ve > vs && (h[ve - 1] == ' ' || h[ve - 1] == '\t'))
-			ve--;
-		if (rules_match_re_pos(re, h + vs, ve - vs))
+		*pos = i;
+		return true;
+	}
+	*pos = hlen;
+	return false;
+}
+
+/* A field's value, unfolded (line breaks removed, the blanks after them
+ * kept) and trimmed of blanks at both ends, against re (before negation). */
+static bool
+rules_hdr_match(const struct rules_ctx *c, const struct rules_hdr *hd, const struct rules_re *re)
+{
+	char buf[RULES_UNFOLD_MAX];
+	const char *v = hd->val;
+	size_t n = hd->vallen, m = 0, k, s = 0;
+
+	if (hd->folded) {
+		for (k = 0; k < n && m < sizeof(buf); k++) {
+			if (v[k] == '\r' && k + 1 < n && v[k + 1] == '\n')
+				k++;
+			else if (v[k] != '\n')
+				buf[m++] = v[k];
+		}
+		v = buf;
+		n = m;
+	}
+	while (s < n && (v[s] == ' ' || v[s] == '\t'))
+		s++;
+	while (n > s && (v[n - 1] == ' ' || v[n - 1] == '\t'))
+		n--;
+	return rules_ctx_re(c, re, v + s, n - s);
+}
+
+/* Fields called name (NULL: Subject): -1 when there is none, 1 when one
+ * matches re (before negation), else 0. */
+static int
+rules_ctx_header(struct rules_ctx *c, const char *name, size_t namelen, const struct rules_re *re)
+{
+	const struct rules_unit *u = c->u;
+	struct rules_hdr hd;
+	size_t pos = 0, k;
+	int found = -1;
+
+	if (u->headers == NULL)
+		return -1;
+	if (c->hdr_state == 0) {
+		c->hdr_state = c->slow ? 2 : 1;
+		c->nsubj = 0;
+		while (c->hdr_state == 1 && rules_hdr_next(u->headers, u->headers_len, &pos, &hd)) {
+			if (c->nhdr == RULES_HDR_INDEX) {
+				c->hdr_state = 2;
+				break;
+			}
+			if (hd.namelen == 7 && rules_bytes_equal(hd.name, "Subject", 7, true) && c->nsubj <= RULES_CTX_SUBJ) {
+				if (c->nsubj < RULES_CTX_SUBJ)
+					c->subj[c->nsubj] = (uint8_t)c->nhdr;
+				c->nsubj++;
+			}
+			c->hdr[c->nhdr++] = hd;
+		}
+	}
+	/* the subject, which every subject condition asks about */
+	if (c->hdr_state == 1 && name == NULL && c->nsubj <= RULES_CTX_SUBJ) {
+		for (k = 0; k < c->nsubj; k++) {
+			if (rules_hdr_match(c, &c->hdr[c->subj[k]], re))
+				return 1;
+			found = 0;
+		}
+		return found;
+	}
+	if (name == NULL) {
+		name = "Subject";
+		namelen = 7;
+	}
+	if (c->hdr_state == 1) {
+		for (k = 0; k < c->nhdr; k++) {
+			if (c->hdr[k].namelen != namelen || !rules_bytes_equal(c->hdr[k].name, name, namelen, true))
+				continue;
+			if (rules_hdr_match(c, &c->hdr[k], re))
+				return 1;
+			found = 0;
+		}
+		return found;
+	}
+	for (pos = 0; rules_hdr_next(u->headers, u->headers_len, &pos, &hd);) {
+		if (hd.namelen != namelen || !rules_bytes_equal(hd.name, name, namelen, true))
+			continue;
+		if (rules_hdr_match(c, &hd, re))
 			return 1;
+		found = 0;
 	}
 	return found;
 }
@@ -963,51 +929,46 @@ rules_prefix_equal(const uint8_t *a, const uint8_t *b, unsigned bits)
 	return (a[full] & mask) == (b[full] & mask);
 }
 
-/* facts.listener is "ADDR:PORT" or "[V6]:PORT" (util_format_addr). */
-static bool
-rules_match_listener(const struct rule *ru, const char *listener)
+/* facts.listener, "ADDR:PORT" or "[V6]:PORT" (util_format_addr), into
+ * the ctx: its port, and its address when the host is one. */
+static void
+rules_ctx_listener(struct rules_ctx *c)
 {
 	static const uint8_t mapped[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
-	const char *colon, *p;
-	char host[64];
-	uint8_t addr[16];
+	const char *l = c->f->listener, *colon, *p;
 	unsigned long port = 0;
+	char host[64];
 	size_t hl;
-	int family;
 
-	if (listener == NULL || (colon = strrchr(listener, ':')) == NULL || colon[1] == '\0')
-		return false;
+	c->lst_state = -1;
+	if (l == NULL || (colon = strrchr(l, ':')) == NULL || colon[1] == '\0')
+		return;
 	for (p = colon + 1; *p != '\0'; p++) {
 		if (*p < '0' || *p > '9' || port > 65535)
-			return false;
+			return;
 		port = port * 10 + (unsigned long)(*p - '0');
 	}
-	if (port != ru->lst_port)
-		return false;
-	if (ru->lst_family == 0)
-		return true;
-	hl = (size_t)(colon - listener);
-	p = listener;
-	if (hl >= 2 && p[0] == '[' && p[hl - 1] == ']') {
-		p++;
+	c->lst_state = 1;
+	c->lst_port = (unsigned)port;
+	c->lst_family = 0;
+	hl = (size_t)(colon - l);
+	if (hl >= 2 && l[0] == '[' && l[hl - 1] == ']') {
+		l++;
 		hl -= 2;
 	}
 	if (hl >= sizeof(host))
-		return false;
-	memcpy(host, p, hl);
+		return;
+	memcpy(host, l, hl);
 	host[hl] = '\0';
-	if (inet_pton(AF_INET, host, addr) == 1) {
-		family = AF_INET;
-	} else if (inet_pton(AF_INET6, host, addr) == 1) {
-		family = AF_INET6;
-		if (memcmp(addr, mapped, 12) == 0) {
-			memmove(addr, addr + 12, 4);
-			family = AF_INET;
+	if (inet_pton(AF_INET, host, c->lst_addr) == 1) {
+		c->lst_family = AF_INET;
+	} else if (inet_pton(AF_INET6, host, c->lst_addr) == 1) {
+		c->lst_family = AF_INET6;
+		if (memcmp(c->lst_addr, mapped, 12) == 0) {
+			memmove(c->lst_addr, c->lst_addr + 12, 4);
+			c->lst_family = AF_INET;
 		}
-	} else {
-		return false;
 	}
-	return family == ru->lst_family && memcmp(addr, ru->lst_addr, family == AF_INET ? 4 : 16) == 0;
 }
 
 /* ------------------------------------------------------------------------
@@ -1016,14 +977,15 @@ rules_match_listener(const struct rule *ru, const char *listener)
 
 /* The trigger's details and every condition but occurrence, probability
  * and limit, cheapest first. */
-static bool
-rules_match(const struct rule *ru, const struct rules_unit *u, const struct rules_facts *f)
+RULES_HOT bool
+rules_match(const struct rule *ru, struct rules_ctx *x)
 {
-	unsigned c = ru->conds, i;
+	const struct rules_unit *u = x->u;
+	const struct rules_facts *f = x->f;
+	unsigned c = ru->conds, bits, i;
 	const char *p;
 	size_t len;
-	uint8_t addr[16];
-	int family, r;
+	int r;
 
 	if (ru->has_codes) {
 		if (u->code < 200 || u->code > 599)
@@ -1033,6 +995,8 @@ rules_match(const struct rule *ru, const struct rules_unit *u, const struct rule
 	}
 	if (c == 0)
 		return true;
+	if (!(c & (RULES_C_MODE | RULES_C_SESSION | RULES_C_SIZE | RULES_C_CLIENT | RULES_C_LISTENER)))
+		goto fields;
 	if ((c & RULES_C_MODE) && ru->mode_sink != f->sink)
 		return false;
 	if ((c & RULES_C_SESSION) && (f->session_no < ru->sess_lo || f->session_no > ru->sess_hi))
@@ -1064,40 +1028,78 @@ rules_match(const struct rule *ru, const struct rules_unit *u, const struct rule
 		}
 	}
 	if (c & RULES_C_CLIENT) {
-		if (!rules_sockaddr_bytes(f->client, &family, addr) || family != ru->cl_family ||
-		    !rules_prefix_equal(addr, ru->cl_addr, ru->cl_prefix))
+		if (x->client_state == 0)
+			x->client_state = rules_sockaddr_bytes(f->client, &x->cl_family, x->cl_addr) ? 1 : -1;
+		if (x->client_state < 0 || x->cl_family != ru->cl_family ||
+		    !rules_prefix_equal(x->cl_addr, ru->cl_addr, ru->cl_prefix))
 			return false;
 	}
-	if ((c & RULES_C_LISTENER) && !rules_match_listener(ru, f->listener))
-		return false;
-	for (i = 0; i < RULES_NFIELDS; i++) {
-		if (!(c & (1u << i)))
-			continue;
+	if (c & RULES_C_LISTENER) {
+		if (x->lst_state == 0)
+			rules_ctx_listener(x);
+		if (x->lst_state < 0 || x->lst_port != ru->lst_port)
+			return false;
+		if (ru->lst_family != 0 &&
+		    (x->lst_family != ru->lst_family ||
+		     memcmp(x->lst_addr, ru->lst_addr, ru->lst_family == AF_INET ? 4 : 16) != 0))
+			return false;
+	}
+fields:
+	for (bits = c & RULES_FIELD_MASK; bits != 0; bits &= bits - 1) {
+		const struct rules_re *re;
+
+		i = (unsigned)__builtin_ctz(bits);
+		re = &ru->field[i];
 		if (i == RULES_F_TO) {
-			if (!rules_match_to(&ru->field[i], u))
+			/* the bigram filter says no recipient holds it: a match
+			 * for !~ when there are recipients */
+			if (!rules_ctx_may_match(x, i, re)) {
+				if (!re->neg || u->rcpts == NULL || u->nrcpts == 0)
+					return false;
+			} else if (!rules_ctx_to(x, re)) {
 				return false;
+			}
 		} else if (i == RULES_F_SUBJECT) {
-			if (u->headers == NULL)
-				return false;
-			r = rules_header_search(u->headers, u->headers_len, "Subject", 7, &ru->field[i]);
-			if (r < 0 || (r == 1) == ru->field[i].neg)
+			r = rules_ctx_header(x, NULL, 0, re);
+			if (r < 0 || (r == 1) == re->neg)
 				return false;
 		} else {
-			if (!rules_field_value(u, (enum rules_field)i, &p, &len) ||
-			    !rules_re_match(&ru->field[i], p, len))
+			if (!rules_ctx_field(x, (enum rules_field)i, &p, &len))
 				return false;
+			if (!rules_ctx_may_match(x, i, re)) {
+				if (!re->neg)
+					return false;
+			} else if (rules_ctx_re(x, re, p, len) == re->neg) {
+				return false;
+			}
 		}
 	}
 	for (i = 0; i < ru->nhdrs; i++) {
 		const struct rules_hdr_cond *hc = &ru->hdrs[i];
 
-		if (u->headers == NULL)
-			return false;
-		r = rules_header_search(u->headers, u->headers_len, hc->name, hc->namelen, &hc->re);
+		r = rules_ctx_header(x, hc->name, hc->namelen, &hc->re);
 		if (r < 0 || (r == 1) == hc->re.neg)
 			return false;
 	}
 	return true;
+}
+
+bool
+rules_rule_matches(const struct rule *ru, const struct rules_unit *u, const struct rules_facts *f, bool slow)
+{
+	struct rules_ctx x;
+
+	x.u = u;
+	x.f = f;
+	x.slow = slow;
+	x.bloom_have = x.bloom_ok = 0;
+	x.have = 0;
+	x.rcpts_measured = false;
+	x.hdr_state = 0;
+	x.nhdr = 0;
+	x.client_state = 0;
+	x.lst_state = 0;
+	return rules_match(ru, &x);
 }
 
 static void
@@ -1197,6 +1199,7 @@ rules_decide(struct rules *r, struct rules_session *rs, const struct rules_unit 
 	unsigned list, own, any;
 	uint32_t k, end;
 	struct rule *fired = NULL;
+	struct rules_ctx x;
 
 	out->rule = NULL;
 	out->actions = 0;
@@ -1208,15 +1211,27 @@ rules_decide(struct rules *r, struct rules_session *rs, const struct rules_unit 
 	if (any < RULES_NUNITS)
 		rs->units[any]++;
 	end = r->list_off[list + 1];
+	/* only the few fields the ctx starts from: the rest stays
+	 * untouched unless a rule asks */
+	x.u = unit;
+	x.f = facts;
+	x.slow = false;
+	x.bloom_have = x.bloom_ok = 0;
+	x.have = 0;
+	x.rcpts_measured = false;
+	x.hdr_state = 0;
+	x.nhdr = 0;
+	x.client_state = 0;
+	x.lst_state = 0;
 	for (k = r->list_off[list]; k < end; k++) {
-		struct rule *ru = r->v[r->list[k]];
+		struct rule *ru = r->list[k];
 
 		/* After a rule fired, the rules below it are looked at only to
 		 * count their occurrences: "occurrence 2" is the second such
 		 * unit whatever the rules above it did. */
 		if (fired != NULL && !(ru->conds & RULES_C_OCC))
 			continue;
-		if (!rules_match(ru, unit, facts))
+		if (!rules_match(ru, &x))
 			continue;
 		if (ru->conds & RULES_C_OCC) {
 			uint32_t *n = &rs->occ[ru->occ_idx];
@@ -1229,7 +1244,8 @@ rules_decide(struct rules *r, struct rules_session *rs, const struct rules_unit 
 		if (fired != NULL)
 			continue;
 		if ((ru->conds & RULES_C_PROB) && !ru->prob_always &&
-		    rules_draw(ru->seed, ru->line, facts->session_no, rs->units[ru->draw_unit]) >= ru->prob_max)
+		    rules_splitmix64(rules_splitmix64(ru->draw_base ^ facts->session_no) ^ rs->units[ru->draw_unit]) >=
+			    ru->prob_max)
 			continue;
 		if ((ru->conds & RULES_C_LIMIT) && ru->fired >= ru->limit)
 			continue;

@@ -288,6 +288,32 @@ rules_suggest(const struct rules_tok *t, const char *const *words, size_t n)
 	return w;
 }
 
+/* Is t a condition or action keyword? */
+static bool
+rules_is_keyword(const struct rules_tok *t)
+{
+	size_t k;
+
+	for (k = 0; k < KW_NCONDS; k++)
+		if (rules_tok_is(t, rules_cond_words[k]))
+			return true;
+	for (k = 0; k < RULES_NACTIONS; k++)
+		if (rules_tok_is(t, rules_action_words[k].word))
+			return true;
+	return false;
+}
+
+/*
+ * Where to go on after a bad value t: just after it, unless it is no value
+ * at all (the end, a string or operator, or the next keyword: the value was
+ * left out), then nowhere (0), so one mistake gives one error.
+ */
+static size_t
+rules_after_bad(const struct rules_tok *t, size_t next)
+{
+	return t == NULL || t->type != TOK_WORD || rules_is_keyword(t) ? 0 : next;
+}
+
 /* ------------------------------------------------------------------------
  * Cutting a rule into tokens.
  */
@@ -662,6 +688,10 @@ rules_parse_trigger(struct rules_parser *ps, struct rule *ru)
 	} else if (rules_tok_is(t, "tls")) {
 		ru->trigger = RULES_ON_TLS;
 		n = i < ps->ntok ? &ps->toks[i] : NULL;
+		/* the leg, unless a value follows: "on tls client 10.0.0.0/8"
+		 * is the client condition on either leg */
+		if (i + 1 < ps->ntok && !rules_is_keyword(&ps->toks[i + 1]))
+			n = NULL;
 		if (rules_tok_is(n, "client")) {
 			ru->leg = RULES_LEG_CLIENT;
 			i++;
@@ -926,12 +956,17 @@ rules_parse_listener(const struct rules_tok *t, struct rule *ru)
 	return true;
 }
 
-/* P: 0.25, .5, 1, 25%; 0 < P <= 1. */
+/*
+ * P: 0.25, .5, 1, 25%; 0 < P <= 1.  The value is kept as a canonical
+ * decimal ("25%" and ".250" are both "0.25"), which rule_format prints
+ * back exactly, and read with strtod.
+ */
 static bool
-rules_parse_prob(const struct rules_tok *t, double *p, const char **why)
+rules_parse_prob(const struct rules_tok *t, struct rule *ru, const char **why)
 {
-	char buf[48];
-	size_t n = t->len, k, digits = 0, dots = 0;
+	char digits[48], *out = ru->prob_text;
+	size_t n = t->len, k, nd = 0, start, end, o = 0;
+	long point = -1, z;
 	bool pct = false;
 	double v;
 
@@ -940,32 +975,56 @@ rules_parse_prob(const struct rules_tok *t, double *p, const char **why)
 		pct = true;
 		n--;
 	}
-	if (n == 0 || n >= sizeof(buf))
+	if (n == 0 || n >= sizeof(digits))
 		return false;
 	for (k = 0; k < n; k++) {
-		if (t->p[k] == '.')
-			dots++;
+		if (t->p[k] == '.' && point < 0)
+			point = (long)nd;
 		else if (t->p[k] >= '0' && t->p[k] <= '9')
-			digits++;
+			digits[nd++] = t->p[k];
 		else
 			return false;
 	}
-	if (digits == 0 || dots > 1)
+	if (nd == 0)
 		return false;
-	memcpy(buf, t->p, n);
-	buf[n] = '\0';
-	v = strtod(buf, NULL);
+	if (point < 0)
+		point = (long)nd;
 	if (pct)
-		v /= 100;
-	if (!(v > 0)) {
+		point -= 2;
+	/* the significant digits: digits[start..end), the point after
+	 * `point` of all nd digits */
+	for (start = 0; start < nd && digits[start] == '0'; start++)
+		;
+	for (end = nd; end > start && digits[end - 1] == '0' && (long)end > point; end--)
+		;
+	if (start == end) {
 		*why = "a probability is more than 0";
 		return false;
 	}
+	/* at most "0." + 2 zeros (%) + 47 digits: fits prob_text */
+	if ((long)start >= point) {
+		out[o++] = '0';
+		out[o++] = '.';
+		for (z = point; z < (long)start; z++)
+			out[o++] = '0';
+		for (k = start; k < end; k++)
+			out[o++] = digits[k];
+	} else {
+		for (k = start; k < end; k++) {
+			if ((long)k == point)
+				out[o++] = '.';
+			out[o++] = digits[k];
+		}
+		for (z = (long)end; z < point; z++)
+			out[o++] = '0';
+	}
+	out[o] = '\0';
+	v = strtod(out, NULL);
 	if (v > 1) {
 		*why = "a probability is at most 1 (100%)";
 		return false;
 	}
-	*p = v;
+	ru->prob = v;
 	return true;
 }
 
@@ -1081,7 +1140,7 @@ rules_parse_cond(struct rules_parser *ps, struct rule *ru, enum rules_kw kw, siz
 		if (n == NULL || n->type != TOK_WORD || !rules_parse_scaled(n->p, n->len, false, &ru->size)) {
 			rules_err_at(ps, n, "expected a size after '%.*s' (bytes, or with k, M or G: 10M), found %s",
 				     (int)t->len, t->p, rules_show(n, show, sizeof(show)));
-			return n == NULL || n->type != TOK_WORD ? 0 : i + 3;
+			return rules_after_bad(n, i + 3);
 		}
 		return i + 3;
 	}
@@ -1097,7 +1156,7 @@ rules_parse_cond(struct rules_parser *ps, struct rule *ru, enum rules_kw kw, siz
 		if (!rules_parse_range(t, &lo, &hi)) {
 			rules_err_at(ps, t, "bad range %s after '%s' (expected 3, 1-2, 5- or -3)",
 				     rules_show(t, show, sizeof(show)), rules_cond_words[kw]);
-			return i + 2;
+			return rules_after_bad(t, i + 2);
 		}
 		if (lo == 0 || hi == 0) {
 			rules_err_at(ps, t, "%s are counted from 1, not 0", kw == KW_SESSION ? "sessions" : "occurrences");
@@ -1123,9 +1182,11 @@ rules_parse_cond(struct rules_parser *ps, struct rule *ru, enum rules_kw kw, siz
 				     rules_show(t, show, sizeof(show)));
 			return 0;
 		}
-		if (!rules_parse_cidr(t, &ru->cl_family, ru->cl_addr, &ru->cl_prefix, &why))
+		if (!rules_parse_cidr(t, &ru->cl_family, ru->cl_addr, &ru->cl_prefix, &why)) {
 			rules_err_at(ps, t, "bad address %s after 'client' (%s)", rules_show(t, show, sizeof(show)),
 				     why != NULL ? why : "expected 192.0.2.1, 10.0.0.0/8, ::1 or 2001:db8::/32");
+			return rules_after_bad(t, i + 2);
+		}
 		return i + 2;
 	case KW_LISTENER:
 		if (t == NULL || t->type != TOK_WORD) {
@@ -1133,10 +1194,12 @@ rules_parse_cond(struct rules_parser *ps, struct rule *ru, enum rules_kw kw, siz
 				     rules_show(t, show, sizeof(show)));
 			return 0;
 		}
-		if (!rules_parse_listener(t, ru))
+		if (!rules_parse_listener(t, ru)) {
 			rules_err_at(ps, t,
 				     "bad listener %s (expected 127.0.0.1:2525, [::1]:2525 or :2525, as given to --listen)",
 				     rules_show(t, show, sizeof(show)));
+			return rules_after_bad(t, i + 2);
+		}
 		return i + 2;
 	case KW_MODE:
 		if (rules_tok_is(t, "sink"))
@@ -1145,7 +1208,7 @@ rules_parse_cond(struct rules_parser *ps, struct rule *ru, enum rules_kw kw, siz
 			ru->mode_sink = false;
 		else {
 			rules_err_at(ps, t, "expected relay or sink after 'mode', found %s", rules_show(t, show, sizeof(show)));
-			return t == NULL || t->type != TOK_WORD ? 0 : i + 2;
+			return rules_after_bad(t, i + 2);
 		}
 		return i + 2;
 	case KW_PROB:
@@ -1154,10 +1217,10 @@ rules_parse_cond(struct rules_parser *ps, struct rule *ru, enum rules_kw kw, siz
 				     rules_show(t, show, sizeof(show)));
 			return 0;
 		}
-		if (!rules_parse_prob(t, &ru->prob, &why)) {
+		if (!rules_parse_prob(t, ru, &why)) {
 			rules_err_at(ps, t, "bad probability %s (%s)", rules_show(t, show, sizeof(show)),
 				     why != NULL ? why : "expected a number from 0 to 1 such as 0.25, or 25%");
-			return i + 2;
+			return rules_after_bad(t, i + 2);
 		}
 		/* fire when a uniform 64-bit draw is below P * 2^64 */
 		if (ru->prob >= 1 || ru->prob * 18446744073709551616.0 >= 18446744073709551615.0)
@@ -1170,7 +1233,7 @@ rules_parse_cond(struct rules_parser *ps, struct rule *ru, enum rules_kw kw, siz
 		if (t == NULL || t->type != TOK_WORD || !rules_parse_u64(t->p, t->len, &v)) {
 			rules_err_at(ps, t, "expected a number after 'seed' (0 to 18446744073709551615), found %s",
 				     rules_show(t, show, sizeof(show)));
-			return t == NULL || t->type != TOK_WORD ? 0 : i + 2;
+			return rules_after_bad(t, i + 2);
 		}
 		ru->seed = v;
 		return i + 2;
@@ -1178,7 +1241,7 @@ rules_parse_cond(struct rules_parser *ps, struct rule *ru, enum rules_kw kw, siz
 		if (t == NULL || t->type != TOK_WORD || !rules_parse_u64(t->p, t->len, &v) || v == 0) {
 			rules_err_at(ps, t, "expected a number of times after 'limit' (1 or more), found %s",
 				     rules_show(t, show, sizeof(show)));
-			return t == NULL || t->type != TOK_WORD ? 0 : i + 2;
+			return rules_after_bad(t, i + 2);
 		}
 		ru->limit = v;
 		return i + 2;
@@ -1207,7 +1270,11 @@ rules_parse_reply(struct rules_parser *ps, struct rule *ru, size_t i)
 	    code > 599) {
 		rules_err_at(ps, t, "expected a reply code after '%.*s' (three digits from 200 to 599), found %s",
 			     (int)kwt->len, kwt->p, rules_show(t, show, sizeof(show)));
-		return t == NULL || t->type != TOK_WORD ? 0 : i + 2;
+		if (rules_after_bad(t, i + 2) == 0)
+			return 0;
+		/* read on past its enhanced code and text: they are not
+		 * errors of their own */
+		code = 0;
 	}
 	ru->code = (int)code;
 	i += 2;
@@ -1225,6 +1292,8 @@ rules_parse_reply(struct rules_parser *ps, struct rule *ru, size_t i)
 			rules_err_at(ps, t, "bad enhanced status code %s (expected CLASS.SUBJECT.DETAIL such as 5.1.1, "
 					    "class 2, 4 or 5)",
 				     rules_show(t, show, sizeof(show)));
+		} else if (code == 0) {
+			/* the code was wrong: said already */
 		} else if (code / 100 == 3) {
 			rules_err_at(ps, t, "a %d reply takes no enhanced status code (RFC 3463 has no class 3)", (int)code);
 		} else if (a != code / 100) {
@@ -1478,7 +1547,7 @@ rules_parse_action(struct rules_parser *ps, struct rule *ru, unsigned a, size_t 
 bad_duration:
 		rules_err_at(ps, t, "bad duration %s (expected 500ms, 5s, 2m, 1h or a number of seconds; at most 1h)",
 			     rules_show(t, show, sizeof(show)));
-		return i + 2;
+		return rules_after_bad(t, i + 2);
 	}
 	case RULES_A_THROTTLE:
 		if (t == NULL || t->type != TOK_WORD) {
@@ -1489,6 +1558,8 @@ bad_duration:
 		if (!rules_parse_scaled(t->p, t->len, true, &v) || v == 0 || v > 1024 * 1024 * 1024) {
 			rules_err_at(ps, t, "bad rate %s (bytes per second from 1 to 1G: 500, 64k, 2kB/s, 1M)",
 				     rules_show(t, show, sizeof(show)));
+			if (rules_after_bad(t, i + 2) == 0)
+				return 0;
 		}
 		ru->throttle_bps = v;
 		ru->throttle_dir = RULES_DIR_BOTH;
@@ -1582,15 +1653,17 @@ rules_read_rule(struct rules_parser *ps)
 					kw = (int)k;
 			if (kw >= 0) {
 				i = rules_parse_action(ps, ru, rules_action_words[kw].bit, i);
+			} else if (t->type == TOK_WORD &&
+				   (sug = ps->in_actions ? rules_suggest(t, words + KW_NCONDS, RULES_NACTIONS)
+							 : rules_suggest(t, words, nwords)) != NULL) {
+				rules_err_at(ps, t, "unknown %s %s (did you mean '%s'?)",
+					     ps->in_actions ? "action" : "condition or action", rules_show(t, show, sizeof(show)),
+					     sug);
+				goto done;
 			} else if (ps->after_reply && t->type == TOK_WORD) {
 				rules_err_at(ps, t, "expected an action or the reply's text, found %s (the text goes in "
 						    "double quotes: \"No such user\")",
 					     rules_show(t, show, sizeof(show)));
-				goto done;
-			} else if (t->type == TOK_WORD && (sug = rules_suggest(t, words, nwords)) != NULL) {
-				rules_err_at(ps, t, "unknown %s %s (did you mean '%s'?)",
-					     ps->in_actions ? "action" : "condition or action", rules_show(t, show, sizeof(show)),
-					     sug);
 				goto done;
 			} else {
 				rules_err_at(ps, t, "expected %s, found %s",
@@ -1654,7 +1727,12 @@ rules_parse_cb(const char *text, size_t len, uint64_t seed, rules_error_fn fn, v
 	memset(&ps, 0, sizeof(ps));
 	ps.fn = fn;
 	ps.arg = arg;
-	ps.set = calloc(1, sizeof(*ps.set));
+	/* the set holds its reference from the start: every way out below
+	 * drops it with rules_unref */
+	if ((ps.set = calloc(1, sizeof(*ps.set))) != NULL) {
+		ps.set->refs = 1;
+		ps.set->seed = seed;
+	}
 	ps.toks = malloc(RULES_TOKENS_MAX * sizeof(*ps.toks));
 	ps.scratch = malloc(RULES_RULE_MAX + RULES_TOKENS_MAX + 1);
 	ps.text = malloc(RULES_RULE_MAX + 2);
@@ -1662,8 +1740,6 @@ rules_parse_cb(const char *text, size_t len, uint64_t seed, rules_error_fn fn, v
 		rules_oom(&ps);
 		goto out;
 	}
-	ps.set->refs = 1;
-	ps.set->seed = seed;
 	/* a UTF-8 byte order mark, as some editors write */
 	if (len >= 3 && memcmp(p, "\xef\xbb\xbf", 3) == 0)
 		p += 3;
@@ -1875,7 +1951,7 @@ rule_format(const struct rule *ru, char *buf, size_t bufsz)
 	if (ru->conds & RULES_C_MODE)
 		rules_outf(&o, " mode %s", ru->mode_sink ? "sink" : "relay");
 	if (ru->conds & RULES_C_PROB) {
-		rules_outf(&o, " probability %.15g", ru->prob);
+		rules_outf(&o, " probability %s", ru->prob_text);
 		if (ru->conds & RULES_C_SEED)
 			rules_outf(&o, " seed %llu", (unsigned long long)ru->seed);
 	}

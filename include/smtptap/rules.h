@@ -210,9 +210,10 @@ void rules_session_free(struct rules_session *rs);
  * Decide what happens to a unit.  Fills *out and returns true when a rule
  * fired; false (out->rule NULL) when none did.  Updates the session's
  * counters and the fired rule's `limit` count; nothing else.  Call it
- * exactly once per unit (the unit counters behind `occurrence` and the
- * probability draw count the calls).  rs must come from rules_session_new(r)
- * (anything else, or NULL, and no rule fires).  Does not allocate.
+ * exactly once per unit: the probability draw counts the calls per kind of
+ * unit, and `occurrence` the matches.  rs must come from
+ * rules_session_new(r) (anything else, or NULL, and no rule fires).  Does
+ * not allocate.
  */
 bool rules_decide(struct rules *r, struct rules_session *rs, const struct rules_unit *unit,
 		  const struct rules_facts *facts, struct rules_decision *out);

@@ -73,6 +73,12 @@ struct rules_re {
 	char *src;  /* as written (after unquoting), for rule_format */
 	char *lit;  /* NULL: nothing known */
 	size_t litlen;
+	size_t anchor; /* lit[anchor]: the byte searched for with memchr */
+	/* Hashes (RULES_BIGRAM) of up to four case-folded byte pairs of
+	 * lit, when lit is searched for (not compared at one place): a field
+	 * missing one of them cannot hold lit. */
+	uint16_t bigrams[4];
+	unsigned nbigrams;
 	bool pure;     /* the expression is exactly lit (anchored by bol/eol) */
 	bool bol, eol; /* pure only: ^ and $ */
 };
@@ -153,12 +159,14 @@ struct rule {
 	unsigned lst_port;
 	bool mode_sink;
 	double prob;
+	char prob_text[64]; /* canonical decimal, "0.25" */
 	bool prob_always;   /* P = 1 */
 	uint64_t prob_max;  /* fire when the draw is below this */
 	uint64_t seed;	    /* own seed (RULES_C_SEED) or the set's */
 	uint64_t limit;
 	uint64_t fired; /* times fired, for limit (the one mutable field) */
 	unsigned draw_unit; /* RULES_U_* the draw counts units with */
+	uint64_t draw_base; /* the draw's rounds of seed and line, precomputed */
 
 	/* actions */
 	unsigned actions;     /* RULES_A_* as the session sees them */
@@ -181,8 +189,9 @@ struct rules {
 	struct rule **v;
 	size_t n, cap;
 	size_t nocc; /* rules with an occurrence condition */
-	/* Candidate lists (indices into v, file order), CSR layout. */
-	uint32_t *list;
+	/* Candidate lists (file order), CSR layout: list[list_off[L] ..
+	 * list_off[L + 1]) are the rules a unit of list L looks at. */
+	struct rule **list;
 	uint32_t list_off[RULES_NLISTS + 1];
 };
 
@@ -198,7 +207,7 @@ int rules_index(struct rules *r);
 void rules_rule_free(struct rule *ru);
 
 /*
- * rules.c: analyse src for the prefilter (fills lit/litlen/pure/bol/eol;
+ * rules_regex.c: analyse src for the prefilter (fills lit/litlen/pure/bol/eol;
  * -1 on allocation failure), and check that regcomp may safely be given it:
  * returns NULL, or a reason it is refused (back-references, unrolling to
  * more than RULES_REGEX_COST_MAX positions).
@@ -211,6 +220,16 @@ bool rules_re_match(const struct rules_re *re, const char *s, size_t len);
  * fuzzer, which check that both agree. */
 bool rules_re_match_slow(const struct rules_re *re, const char *s, size_t len);
 void rules_re_free(struct rules_re *re);
+
+/* The hash of a case-folded byte pair, 0..1023, for the bigram filter. */
+#define RULES_BIGRAM(a, b) \
+	((uint16_t)((((uint32_t)(uint8_t)(a) << 8 | (uint8_t)(b)) * 2654435761u) >> 22))
+
+/* rules.c: does rule ru's trigger detail and every condition but
+ * occurrence, probability and limit hold for the unit?  slow: without the
+ * per-call caches, the prefilter and the bigram filter, regexec every
+ * time (the reference the fuzzer holds the fast path to). */
+bool rules_rule_matches(const struct rule *ru, const struct rules_unit *u, const struct rules_facts *f, bool slow);
 
 /* rules.c: splitmix64 draw for (seed, line, session, unit number). */
 uint64_t rules_draw(uint64_t seed, unsigned line, uint64_t session_no, uint64_t unit_no);

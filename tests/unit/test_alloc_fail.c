@@ -16,8 +16,9 @@
  * result) or return an error that was reported (an err string, or a line
  * on stderr) -- never crash, never leak: make check runs this binary under
  * valgrind and under ASan+LSan too.  The JSON record reader (jsonread) gets
- * the same treatment on its own.  The pure parsers and the JSON writer
- * are documented not to allocate at all: that is checked here as well.
+ * the same treatment on its own, and so does the rules parser.  The pure
+ * parsers, the JSON writer and rules_decide are documented not to
+ * allocate at all: that is checked here as well.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -47,6 +48,7 @@
 #include "smtptap/json.h"
 #include "smtptap/jsonread.h"
 #include "smtptap/mime.h"
+#include "smtptap/rules.h"
 #include "smtptap/smtp.h"
 #include "smtptap/store.h"
 
@@ -105,6 +107,7 @@ static enum run_result op_store_recover(struct fixture *, char *, size_t);
 static int outcome_cb(const struct store_session_row *, void *);
 static enum run_result op_store_read(struct fixture *, char *, size_t);
 static enum run_result op_export(struct fixture *, char *, size_t);
+static enum run_result op_rules(struct fixture *, char *, size_t);
 static int count_event_cb(const struct store_event_row *, void *);
 static int count_session_cb(const struct store_session_row *, void *);
 static int count_message_cb(const struct store_message_row *, void *);
@@ -822,6 +825,72 @@ test_export(void **state)
 	assert_true(n > 10);
 }
 
+/*
+ * The rules engine: parsing (every rule kind, so every allocation path of
+ * the parser, the regex analysis and the index is reached) and a session's
+ * counters.  A failure must give NULL and "out of memory" in err, never a
+ * half-built set; rules_decide must not allocate at all.
+ */
+static const char rules_text[] =
+	"on rcpt to ~ \"^bad@\" reply 550 5.1.1 \"No such user\" \"second line\"\n"
+	"on mail session 1-2 from ~* \"@x\\.org$\" reply 451 4.3.0 \"Try again later\"\n"
+	"on data-end header X-Test ~ \"(a|b)c+\" header Subject !~ \"x\" size > 1M probability 25% reply 552\n"
+	"on ehlo strip STARTTLS,PIPELINING,CHUNKING\n"
+	"on reply rcpt code 4xx,25x rewrite 451\n"
+	"on connect client 10.0.0.0/8 listener :2525 delay 5s\n"
+	"on command occurrence 3- limit 2 reply 502\n";
+
+static enum run_result
+op_rules(struct fixture *fx, char *why, size_t whysz)
+{
+	static struct rules_decision dec;
+	struct rules_unit u;
+	struct rules_facts f;
+	struct rules_session *rs = NULL;
+	struct rules *r;
+	char err[1024] = "";
+
+	(void)fx;
+	atomic_store(&armed, true);
+	r = rules_parse("t.rules", rules_text, sizeof(rules_text) - 1, 7, err, sizeof(err));
+	if (r != NULL)
+		rs = rules_session_new(r);
+	atomic_store(&armed, false);
+	if (r == NULL) {
+		if (strstr(err, "t.rules") == NULL || strstr(err, "out of memory") == NULL)
+			OP_FAIL("rules_parse failed without saying it ran out of memory: %s", err);
+		snprintf(why, whysz, "%s", err);
+		return RUN_ERROR;
+	}
+	if (rules_count(r) != 7)
+		OP_FAIL("rules_parse succeeded with %zu rules", rules_count(r));
+	if (rs == NULL) {
+		rules_unref(r);
+		snprintf(why, whysz, "rules_session_new: out of memory");
+		return RUN_ERROR;
+	}
+	memset(&u, 0, sizeof(u));
+	memset(&f, 0, sizeof(f));
+	u.trigger = RULES_ON_COMMAND;
+	u.verb = SMTP_VERB_NOOP;
+	f.session_no = 1;
+	OP_CHECK(!rules_decide(r, rs, &u, &f, &dec));
+	OP_CHECK(!rules_decide(r, rs, &u, &f, &dec));
+	OP_CHECK(rules_decide(r, rs, &u, &f, &dec) && dec.line == 7);
+	rules_session_free(rs);
+	rules_unref(r);
+	return RUN_OK;
+}
+
+static void
+test_rules(void **state)
+{
+	long n;
+
+	n = torture(*state, "rules_parse", op_rules);
+	assert_true(n > 20);
+}
+
 /* The parsers and the JSON writer do not allocate at all (smtp.h, json.h
  * promise it); the torture loop would see zero calls.  Checked directly so
  * that a change that starts allocating is noticed and gets tortured. */
@@ -864,6 +933,40 @@ test_pure_modules_do_not_allocate(void **state)
 	assert_int_equal(json_finish(&j), 0);
 	assert_true(json_valid("{\"a\": [1, 2.5, null]}", 21));
 	atomic_store(&armed, false);
+	/* rules_decide, on every kind of condition, allocates nothing */
+	{
+		static const char *const rcpts[] = { "bad@x" };
+		static struct rules_decision dec;
+		struct rules *r = rules_parse("t", rules_text, sizeof(rules_text) - 1, 7, NULL, 0);
+		struct rules_session *rs = rules_session_new(r);
+		struct rules_unit u;
+		struct rules_facts fa;
+		int t;
+
+		assert_non_null(rs);
+		memset(&fa, 0, sizeof(fa));
+		fa.session_no = 1;
+		fa.listener = "127.0.0.1:2525";
+		atomic_store(&armed, true);
+		for (t = 0; t < 6; t++) {
+			memset(&u, 0, sizeof(u));
+			u.trigger = (enum rules_trigger)t;
+			u.verb = t == RULES_ON_REPLY ? SMTP_VERB_RCPT : SMTP_VERB_MAIL;
+			u.code = 451;
+			u.mail_from = "a@x.org";
+			u.mail_from_len = 7;
+			u.rcpts = rcpts;
+			u.nrcpts = 1;
+			u.headers = "Subject: x\r\nX-Test: ac\r\n\r\n";
+			u.headers_len = strlen(u.headers);
+			u.has_size = true;
+			u.size = 2 << 20;
+			rules_decide(r, rs, &u, &fa, &dec);
+		}
+		atomic_store(&armed, false);
+		rules_session_free(rs);
+		rules_unref(r);
+	}
 	assert_int_equal(fclose(f), 0);
 	free(jbuf);
 	assert_int_equal(atomic_load(&ncalls[SRC_OWN]), 0);
@@ -962,6 +1065,7 @@ main(void)
 		cmocka_unit_test_setup_teardown(test_store_record, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_store_read, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_export, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_rules, setup, teardown),
 	};
 
 	alloc_install_sqlite();
