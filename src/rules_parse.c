@@ -1275,6 +1275,12 @@ rules_parse_reply(struct rules_parser *ps, struct rule *ru, size_t i)
 		/* read on past its enhanced code and text: they are not
 		 * errors of their own */
 		code = 0;
+	} else if (code / 100 == 3) {
+		/* A 354 or 334 of smtptap's would ask the client for message
+		 * data or a credential that no server is waiting for. */
+		rules_err_at(ps, t, "a rule cannot answer %d: it would ask the client for data no server expects "
+				    "(use a 2xx, 4xx or 5xx code)",
+			     (int)code);
 	}
 	ru->code = (int)code;
 	i += 2;
@@ -1415,6 +1421,12 @@ rules_action_applies(const struct rule *ru, unsigned a)
 {
 	bool starttls = ru->trigger == RULES_ON_COMMAND && !ru->any_verb && ru->verb == SMTP_VERB_STARTTLS;
 
+	/* The upstream's 220 to STARTTLS never reaches the client as such:
+	 * smtptap upgrades the upstream and answers the client itself. */
+	if (ru->trigger == RULES_ON_REPLY && ru->answers == RULES_ANSWERS_COMMAND &&
+	    ru->answers_verb == SMTP_VERB_STARTTLS)
+		return "the upstream's reply to STARTTLS is smtptap's own business: use 'on starttls' or "
+		       "'on tls upstream'";
 	switch (a) {
 	case RULES_A_REWRITE:
 		if (ru->trigger == RULES_ON_CONNECT || ru->trigger == RULES_ON_TLS || starttls)
