@@ -253,6 +253,41 @@ session_rules_timer_cb(evutil_socket_t fd, short what, void *arg)
 	session_leave(s);
 }
 
+/*
+ * Bytes at the head of the client's input that a rule holds and that are
+ * recorded already: a delayed command's line, a delayed message's last
+ * bytes.  When the session ends before the delay does, the caller passes
+ * them on or drops them without recording them a second time, and the
+ * hold is over (what could not be passed on is said in a note).
+ */
+size_t
+session_rules_held_input(const struct session *s, bool *dropped)
+{
+	*dropped = false;
+	if (!session_rules_holding(s) || (s->rhold != RHOLD_COMMAND && s->rhold != RHOLD_DATA_END))
+		return 0;
+	/* a rule that answers in their place recorded them dropped */
+	*dropped = session_rules_consumes(s->rheld);
+	return s->rhold_bytes;
+}
+
+/* The session ends during a hold.  `as_recorded`: the held bytes go where
+ * the record says (else a note says they never reached the upstream). */
+void
+session_rules_end_hold(struct session *s, bool as_recorded)
+{
+	if (!session_rules_holding(s))
+		return;
+	if (s->rtimer != NULL)
+		evtimer_del(s->rtimer);
+	if (!as_recorded && (s->rhold == RHOLD_COMMAND || s->rhold == RHOLD_DATA_END) && s->rheld != NULL)
+		session_note(s, STORE_KIND_ACTION,
+			     "rule %u: the session ended during the delay: the held %s never reached the upstream",
+			     s->rheld->line, s->rhold == RHOLD_COMMAND ? "command" : "end of the message");
+	s->rhold = RHOLD_NONE;
+	s->rresume = false;
+}
+
 /* The resumed unit was carried out. */
 static const struct rules_decision *
 session_rules_take_resumed(struct session *s, enum rule_hold what)
@@ -298,7 +333,8 @@ session_rules_after(struct session *s, enum rule_after after, const char *why)
 	session_note(s, STORE_KIND_CLOSE, "%s", why);
 	session_enter_state(s, ST_CLOSING);
 	session_msg_abandon(s);
-	leg_close(&s->upstream, LEG_CLOSE_NOW);
+	/* What was forwarded (and recorded so) goes out first. */
+	leg_close_after_flush(&s->upstream);
 	session_client_leftover(s, false);
 	if (after == RULE_AFTER_RESET)
 		leg_reset_after_flush(&s->client);
@@ -328,10 +364,12 @@ session_rules_abort_upstream(struct session *s, const struct rules_decision *d, 
 	size_t n = 0;
 	struct pending p;
 
-	if (s->sink_mode || !s->upstream.open)
+	if (s->sink_mode || !session_upstream_usable(s))
 		return;
 	session_note(s, STORE_KIND_ACTION, "rule %u: upstream connection reset %s", d->line, why);
-	leg_close(&s->upstream, LEG_CLOSE_RESET);
+	/* What was forwarded before (the message but its end) goes out
+	 * first: it is recorded as sent. */
+	leg_reset_after_flush(&s->upstream);
 	s->detached = DETACHED_ABORTED;
 	/* Commands still waiting for the upstream's reply will never get
 	 * one: smtptap answers them in order (only its own entries stay). */
@@ -412,10 +450,12 @@ session_rules_connect(struct session *s)
  * the decision of a command whose delay is over), record the command with
  * the right flags, and carry out what the rule says.  RV_GO: the caller
  * goes on as without rules (the command was recorded; *recorded says so).
+ * `inlen` is the line's length in `in`; line/len what is recorded (they
+ * differ when --redact-auth rewrote an AUTH line).
  */
 enum rules_verdict
-session_rules_command(struct session *s, struct evbuffer *in, const struct smtp_cmd *cmd, const char *line,
-		      size_t len, unsigned flags, bool *recorded)
+session_rules_command(struct session *s, struct evbuffer *in, size_t inlen, const struct smtp_cmd *cmd,
+		      const char *line, size_t len, unsigned flags, bool *recorded)
 {
 	const struct rules_decision *d = session_rules_take_resumed(s, RHOLD_COMMAND);
 	bool starttls = cmd->verb == SMTP_VERB_STARTTLS;
@@ -465,7 +505,7 @@ session_rules_command(struct session *s, struct evbuffer *in, const struct smtp_
 			*recorded = true;
 		}
 		session_rules_fired(s, d, rules_trigger_name(RULES_ON_COMMAND, cmd->verb));
-		if ((d->actions & RULES_A_DELAY) && session_rules_hold(s, RHOLD_COMMAND, d, 0))
+		if ((d->actions & RULES_A_DELAY) && session_rules_hold(s, RHOLD_COMMAND, d, inlen))
 			return RV_DONE; /* the line stays at the head of the input */
 	} else {
 		*recorded = !starttls || session_rules_consumes(d);
@@ -481,7 +521,7 @@ session_rules_command(struct session *s, struct evbuffer *in, const struct smtp_
 	if (!session_rules_consumes(d))
 		return RV_GO;
 
-	evbuffer_drain(in, len); /* never forwarded */
+	evbuffer_drain(in, inlen); /* never forwarded */
 	if (d->actions & RULES_A_REPLY) {
 		enum rule_after after = session_rules_after_of(d);
 
@@ -765,7 +805,7 @@ session_rules_reply_done(struct session *s, const struct pending *p, int orig_co
 	static const struct rules_decision none = { .line = 0 };
 	bool cmd = p->kind == PEND_COMMAND;
 
-	if (rr->replaced && !s->sink_mode && s->upstream.open) {
+	if (rr->replaced && !s->sink_mode && session_upstream_usable(s)) {
 		if (cmd && p->verb == SMTP_VERB_DATA && orig_code == 354 && code != 354) {
 			struct rules_decision d = none;
 
@@ -900,7 +940,7 @@ session_rules_tls(struct session *s, enum rules_leg leg)
 		session_set_outcome(s, "rule-tls-fail", "%s", why);
 		session_enter_state(s, ST_CLOSING);
 		session_msg_abandon(s);
-		leg_close(&s->upstream, LEG_CLOSE_NOW);
+		leg_close_after_flush(&s->upstream);
 		leg_write(&s->client, tls_alert_handshake_failure, sizeof(tls_alert_handshake_failure));
 		leg_close_after_flush(&s->client);
 		return true;
