@@ -271,19 +271,29 @@ session_rules_held_input(const struct session *s, bool *dropped)
 	return s->rhold_bytes;
 }
 
-/* The session ends during a hold.  `as_recorded`: the held bytes go where
- * the record says (else a note says they never reached the upstream). */
+/*
+ * The session ends during a hold.  `as_recorded`: the held bytes (`held`,
+ * n) go where their record says; otherwise they were recorded as on their
+ * way to the upstream and never get there, and an event says so: on the
+ * proxy's side, towards the upstream, dropped, with those bytes.
+ */
 void
-session_rules_end_hold(struct session *s, bool as_recorded)
+session_rules_end_hold(struct session *s, bool as_recorded, const void *held, size_t n)
 {
 	if (!session_rules_holding(s))
 		return;
 	if (s->rtimer != NULL)
 		evtimer_del(s->rtimer);
-	if (!as_recorded && (s->rhold == RHOLD_COMMAND || s->rhold == RHOLD_DATA_END) && s->rheld != NULL)
-		session_note(s, STORE_KIND_ACTION,
-			     "rule %u: the session ended during the delay: the held %s never reached the upstream",
-			     s->rheld->line, s->rhold == RHOLD_COMMAND ? "command" : "end of the message");
+	if (!as_recorded && n > 0 && (s->rhold == RHOLD_COMMAND || s->rhold == RHOLD_DATA_END)) {
+		char text[200];
+
+		snprintf(text, sizeof(text),
+			 "rule %u: the session ended during the delay: the held %s never reached the upstream",
+			 s->rheld != NULL ? s->rheld->line : 0,
+			 s->rhold == RHOLD_COMMAND ? "command" : "end of the message");
+		session_record(s, STORE_SIDE_PROXY, STORE_KIND_ACTION,
+			       STORE_F_DROPPED | STORE_F_RULE | STORE_F_TO_UPSTREAM, 0, held, n, text);
+	}
 	s->rhold = RHOLD_NONE;
 	s->rresume = false;
 }

@@ -310,7 +310,7 @@ session_upstream_usable(const struct session *s)
 	return s->upstream.open && !s->upstream.close_after_flush;
 }
 size_t session_rules_held_input(const struct session *s, bool *dropped);
-void session_rules_end_hold(struct session *s, bool as_recorded);
+void session_rules_end_hold(struct session *s, bool as_recorded, const void *held, size_t n);
 bool session_rules_holding(const struct session *s);
 
 /* session_tls.c */

@@ -50,7 +50,9 @@
  * With rules the same checks hold: a rule's reply is a proxy event towards
  * the client, a command it keeps from the upstream is flagged dropped, an
  * upstream reply it replaces or suppresses is flagged altered or dropped,
- * a truncated reply is recorded as the bytes actually sent.
+ * a truncated reply is recorded as the bytes actually sent, and bytes a
+ * rule held that never left when the session ended are taken back by a
+ * proxy event towards the upstream flagged dropped.
  *
  * Built with -DFUZZ_STRICT (the Makefile's default) it also requires each
  * peer to have received everything recorded as forwarded to it.
@@ -742,6 +744,22 @@ fuzz_event_cb(const struct store_event_row *ev, void *arg)
 			fuzz_append(&rec->to_cl, ev->raw, ev->raw_len);
 		if (fwd && (ev->flags & STORE_F_TO_UPSTREAM))
 			fuzz_append(&rec->to_up, ev->raw, ev->raw_len);
+		/* Bytes recorded before as on their way to the upstream that
+		 * never left (a rule held them and the session ended): they
+		 * are the last ones recorded so. */
+		if ((ev->flags & (STORE_F_TO_UPSTREAM | STORE_F_DROPPED)) == (STORE_F_TO_UPSTREAM | STORE_F_DROPPED) &&
+		    ev->kind == STORE_KIND_ACTION) {
+			if (rec->to_up.len < ev->raw_len ||
+			    memcmp(rec->to_up.p + rec->to_up.len - ev->raw_len, ev->raw, ev->raw_len) != 0) {
+				if (!rec->bad)
+					snprintf(rec->why, sizeof(rec->why),
+						 "event %lld takes back bytes that are not the last forwarded",
+						 (long long)ev->seq);
+				rec->bad = true;
+			} else {
+				rec->to_up.len -= ev->raw_len;
+			}
+		}
 		break;
 	}
 	return 0;
