@@ -566,7 +566,8 @@ session_client_leftover(struct session *s, bool forward)
 		held = left;
 	if (held > 0) {
 		/* recorded when the rule held it: not twice */
-		session_rules_end_hold(s, dropped || forward, evbuffer_pullup(in, (ev_ssize_t)held), held);
+		session_rules_end_hold(s, dropped || forward || s->sink_mode, evbuffer_pullup(in, (ev_ssize_t)held),
+				       held);
 		if (forward && !dropped)
 			session_client_forward(s, in, held);
 		else
@@ -600,7 +601,8 @@ session_client_discard(struct session *s, const char *why)
 	if (held > left)
 		held = left;
 	if (held > 0) {
-		session_rules_end_hold(s, dropped, evbuffer_pullup(in, (ev_ssize_t)held), held); /* recorded already */
+		/* recorded already */
+		session_rules_end_hold(s, dropped || s->sink_mode, evbuffer_pullup(in, (ev_ssize_t)held), held);
 		evbuffer_drain(in, held);
 		left -= held;
 	}

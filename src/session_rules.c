@@ -255,10 +255,11 @@ session_rules_timer_cb(evutil_socket_t fd, short what, void *arg)
 
 /*
  * Bytes at the head of the client's input that a rule holds and that are
- * recorded already: a delayed command's line, a delayed message's last
- * bytes.  When the session ends before the delay does, the caller passes
- * them on or drops them without recording them a second time, and the
- * hold is over (what could not be passed on is said in a note).
+ * recorded already: a delayed command's line (not STARTTLS's, recorded
+ * when it goes on), a delayed message's last bytes.  When the session
+ * ends before the delay does, the caller passes them on or drops them
+ * without recording them a second time, and the hold is over (what was
+ * recorded as forwarded and never was is taken back by an event).
  */
 size_t
 session_rules_held_input(const struct session *s, bool *dropped)
@@ -515,7 +516,9 @@ session_rules_command(struct session *s, struct evbuffer *in, size_t inlen, cons
 			*recorded = true;
 		}
 		session_rules_fired(s, d, rules_trigger_name(RULES_ON_COMMAND, cmd->verb));
-		if ((d->actions & RULES_A_DELAY) && session_rules_hold(s, RHOLD_COMMAND, d, inlen))
+		/* (a STARTTLS that goes on is not recorded yet: 0 bytes of the
+		 * held line are) */
+		if ((d->actions & RULES_A_DELAY) && session_rules_hold(s, RHOLD_COMMAND, d, *recorded ? inlen : 0))
 			return RV_DONE; /* the line stays at the head of the input */
 	} else {
 		*recorded = !starttls || session_rules_consumes(d);
