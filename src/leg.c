@@ -287,13 +287,21 @@ leg_set_timeouts(struct leg *leg, int read_s, int write_s)
 /* Rate per tenth of a second, so a slow rate trickles instead of
  * arriving in one burst each second. */
 #define LEG_RATE_TICKS 10
+/* Bytes per tick of the direction that is not throttled.  Not
+ * EV_RATE_LIMIT_MAX: libevent 2.1's OpenSSL bufferevent keeps the read
+ * allowance in an int (do_read), so a bucket above INT_MAX becomes -1, no
+ * read is ever attempted, and the readable socket's event fires again at
+ * once: the loop spins and the TLS leg is never read again (found by
+ * fuzz_session with `throttle ... to-client` on a STARTTLS client).  1 GiB
+ * per tick is unlimited for any SMTP session. */
+#define LEG_RATE_UNLIMITED ((size_t)1 << 30)
 
 int
 leg_set_rate(struct leg *leg, uint64_t read_bps, uint64_t write_bps)
 {
 	struct timeval tick = { 0, 1000000 / LEG_RATE_TICKS };
 	struct ev_token_bucket_cfg *cfg, *old = leg->rate;
-	size_t r = EV_RATE_LIMIT_MAX, w = EV_RATE_LIMIT_MAX;
+	size_t r = LEG_RATE_UNLIMITED, w = LEG_RATE_UNLIMITED;
 
 	if (!leg->open)
 		return 0;
@@ -301,10 +309,10 @@ leg_set_rate(struct leg *leg, uint64_t read_bps, uint64_t write_bps)
 		r = read_bps / LEG_RATE_TICKS > 0 ? (size_t)(read_bps / LEG_RATE_TICKS) : 1;
 	if (write_bps > 0)
 		w = write_bps / LEG_RATE_TICKS > 0 ? (size_t)(write_bps / LEG_RATE_TICKS) : 1;
-	if (r > EV_RATE_LIMIT_MAX)
-		r = EV_RATE_LIMIT_MAX;
-	if (w > EV_RATE_LIMIT_MAX)
-		w = EV_RATE_LIMIT_MAX;
+	if (r > LEG_RATE_UNLIMITED)
+		r = LEG_RATE_UNLIMITED;
+	if (w > LEG_RATE_UNLIMITED)
+		w = LEG_RATE_UNLIMITED;
 	if (read_bps == 0 && write_bps == 0) {
 		bufferevent_set_rate_limit(leg->bev, NULL);
 		cfg = NULL;

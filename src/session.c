@@ -267,8 +267,13 @@ session_leave(struct session *s)
 	leg_flush(&s->upstream);
 	/* A STARTTLS 220 written in full by the flush: no drain event will
 	 * come for it, so upgrade now (still inside the callback). */
-	if (s->ctls == CTLS_AFTER_FLUSH)
+	if (s->ctls == CTLS_AFTER_FLUSH) {
 		session_tls_client_drained(s);
+		/* What that wrote: a rule's fail-tls alert, with the client leg
+		 * closing after it (no later flush would send it). */
+		leg_flush(&s->client);
+		leg_flush(&s->upstream);
+	}
 	s->in_callback--;
 	session_update_reading(s);
 	session_maybe_free(s);

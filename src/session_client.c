@@ -38,6 +38,8 @@ static void session_client_data_end(struct session *s, struct msg *m, const stru
 static void session_client_data_end_tail(struct session *s, struct msg *m, const struct rules_decision *d,
 					 size_t hold, bool bdat);
 static void session_client_forward(struct session *s, struct evbuffer *in, size_t len);
+static void session_client_data_record(struct session *s, struct msg *m, const struct evbuffer_iovec *v,
+				       const size_t *vused, int nv, size_t hold, bool dropped);
 
 /* Client input is interpreted only while both outputs have room and the
  * store keeps up (see session_update_reading). */
@@ -266,9 +268,10 @@ static void
 session_client_data(struct session *s, struct evbuffer *in)
 {
 	struct evbuffer_iovec v[16];
+	size_t vused[16];
 	struct msg *m = s->cur_msg;
 	const struct rules_decision *d = NULL;
-	int i, n = evbuffer_peek(in, -1, NULL, v, 16);
+	int i, n = evbuffer_peek(in, -1, NULL, v, 16), nv = 0;
 	size_t total = 0, hold = 0;
 	bool done = false;
 
@@ -293,7 +296,7 @@ session_client_data(struct session *s, struct evbuffer *in)
 				used += smtp_data_scan(&m->data, base + used, slice, NULL, NULL);
 			}
 		}
-		session_record(s, STORE_SIDE_CLIENT, STORE_KIND_DATA, 0, m->id, base, used, NULL);
+		vused[nv++] = used;
 		total += used;
 		done = m->data.st == SMTP_DATA_DONE;
 	}
@@ -310,9 +313,39 @@ session_client_data(struct session *s, struct evbuffer *in)
 		if (d != NULL && (session_rules_consumes(d) || (d->actions & RULES_A_DELAY)))
 			hold = total < 3 ? total : 3;
 	}
+	session_client_data_record(s, m, v, vused, nv, hold, session_rules_consumes(d));
 	session_client_forward(s, in, total - hold);
 	if (done)
 		session_client_data_end(s, m, d, hold, false);
+}
+
+/*
+ * Record the nv slices of message data just scanned; the last `hold`
+ * bytes (the end a rule keeps back) on their own, flagged dropped when
+ * the rule answers in the message's place: they never reach the upstream.
+ */
+static void
+session_client_data_record(struct session *s, struct msg *m, const struct evbuffer_iovec *v, const size_t *vused,
+			   int nv, size_t hold, bool dropped)
+{
+	size_t total = 0, before;
+	int i;
+
+	for (i = 0; i < nv; i++)
+		total += vused[i];
+	before = total - hold; /* bytes recorded as they are */
+	for (i = 0; i < nv; i++) {
+		const char *base = v[i].iov_base;
+		size_t first = vused[i] < before ? vused[i] : before;
+
+		if (first > 0)
+			session_record(s, STORE_SIDE_CLIENT, STORE_KIND_DATA, 0, m->id, base, first, NULL);
+		before -= first;
+		if (vused[i] > first)
+			session_record(s, STORE_SIDE_CLIENT, STORE_KIND_DATA,
+				       dropped ? STORE_F_DROPPED | STORE_F_RULE : 0, m->id, base + first,
+				       vused[i] - first, NULL);
+	}
 }
 
 /*
@@ -421,9 +454,10 @@ static void
 session_client_bdat(struct session *s, struct evbuffer *in)
 {
 	struct evbuffer_iovec v[16];
+	size_t vused[16];
 	struct msg *m = s->cur_msg;
 	const struct rules_decision *d = NULL;
-	int i, n = evbuffer_peek(in, -1, NULL, v, 16);
+	int i, n = evbuffer_peek(in, -1, NULL, v, 16), nv = 0;
 	size_t total = 0, hold = 0;
 
 	if (n > 16)
@@ -440,7 +474,7 @@ session_client_bdat(struct session *s, struct evbuffer *in)
 		} else if (m != NULL) {
 			session_msg_feed(m, v[i].iov_base, len);
 			m->size += len;
-			session_record(s, STORE_SIDE_CLIENT, STORE_KIND_DATA, 0, m->id, v[i].iov_base, len, NULL);
+			vused[nv++] = len; /* recorded below, once the end is decided */
 		}
 		s->bdat_left -= len;
 		total += len;
@@ -458,6 +492,8 @@ session_client_bdat(struct session *s, struct evbuffer *in)
 		if (d != NULL && (session_rules_consumes(d) || (d->actions & RULES_A_DELAY)))
 			hold = total > 0 ? 1 : 0; /* one byte short, the chunk is not complete */
 	}
+	if (m != NULL)
+		session_client_data_record(s, m, v, vused, nv, hold, session_rules_consumes(d));
 	session_client_forward(s, in, total - hold);
 	if (s->bdat_left == 0)
 		session_client_bdat_end(s, d, hold);
@@ -500,7 +536,7 @@ session_client_bdat_sink(struct session *s)
 static void
 session_client_forward(struct session *s, struct evbuffer *in, size_t len)
 {
-	if (s->sink_mode || !s->upstream.open)
+	if (s->sink_mode || !session_upstream_usable(s))
 		evbuffer_drain(in, len);
 	else
 		leg_write_from(&s->upstream, in, len);
@@ -517,15 +553,29 @@ void
 session_client_leftover(struct session *s, bool forward)
 {
 	struct evbuffer *in;
-	size_t left;
+	size_t left, held;
+	bool dropped;
 
 	if (!s->client.open)
 		return;
 	in = leg_input(&s->client);
 	left = evbuffer_get_length(in);
+	forward = forward && session_upstream_usable(s) && !s->sink_mode && s->upstream_ready;
+	held = session_rules_held_input(s, &dropped);
+	if (held > left)
+		held = left;
+	if (held > 0) {
+		/* recorded when the rule held it: not twice */
+		session_rules_end_hold(s, dropped || forward || s->sink_mode, evbuffer_pullup(in, (ev_ssize_t)held),
+				       held);
+		if (forward && !dropped)
+			session_client_forward(s, in, held);
+		else
+			evbuffer_drain(in, held);
+		left -= held;
+	}
 	if (left == 0)
 		return;
-	forward = forward && s->upstream.open && !s->sink_mode && s->upstream_ready;
 	session_record(s, STORE_SIDE_CLIENT, STORE_KIND_COMMAND, STORE_F_INCOMPLETE | (forward ? 0 : STORE_F_DROPPED),
 		       0, evbuffer_pullup(in, -1), left, NULL);
 	if (forward)
@@ -540,12 +590,22 @@ void
 session_client_discard(struct session *s, const char *why)
 {
 	struct evbuffer *in;
-	size_t left;
+	size_t left, held;
+	bool dropped;
 
 	if (!s->client.open)
 		return;
 	in = leg_input(&s->client);
 	left = evbuffer_get_length(in);
+	held = session_rules_held_input(s, &dropped);
+	if (held > left)
+		held = left;
+	if (held > 0) {
+		/* recorded already */
+		session_rules_end_hold(s, dropped || s->sink_mode, evbuffer_pullup(in, (ev_ssize_t)held), held);
+		evbuffer_drain(in, held);
+		left -= held;
+	}
 	if (left == 0)
 		return;
 	session_record(s, STORE_SIDE_CLIENT, STORE_KIND_COMMAND, STORE_F_DROPPED, 0, evbuffer_pullup(in, -1), left,

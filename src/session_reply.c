@@ -89,7 +89,10 @@ session_pend_flush_local(struct session *s)
 void
 session_upstream_lines(struct session *s)
 {
-	while (s->upstream.open && !s->upstream.handshaking && !(s->rhold == RHOLD_REPLY && !s->rresume)) {
+	/* While a rule holds a unit (a delayed command, message end, reply or
+	 * handshake) the replies wait: there is one hold at a time, and a
+	 * reply that a rule delayed as well would replace the other. */
+	while (session_upstream_usable(s) && !s->upstream.handshaking && !session_rules_holding(s)) {
 		struct evbuffer *in = leg_input(&s->upstream);
 		struct evbuffer_ptr eol;
 		struct smtp_reply_line rl;

@@ -254,6 +254,52 @@ session_rules_timer_cb(evutil_socket_t fd, short what, void *arg)
 	session_leave(s);
 }
 
+/*
+ * Bytes at the head of the client's input that a rule holds and that are
+ * recorded already: a delayed command's line (not STARTTLS's, recorded
+ * when it goes on), a delayed message's last bytes.  When the session
+ * ends before the delay does, the caller passes them on or drops them
+ * without recording them a second time, and the hold is over (what was
+ * recorded as forwarded and never was is taken back by an event).
+ */
+size_t
+session_rules_held_input(const struct session *s, bool *dropped)
+{
+	*dropped = false;
+	if (!session_rules_holding(s) || (s->rhold != RHOLD_COMMAND && s->rhold != RHOLD_DATA_END))
+		return 0;
+	/* a rule that answers in their place recorded them dropped */
+	*dropped = session_rules_consumes(s->rheld);
+	return s->rhold_bytes;
+}
+
+/*
+ * The session ends during a hold.  `as_recorded`: the held bytes (`held`,
+ * n) go where their record says; otherwise they were recorded as on their
+ * way to the upstream and never get there, and an event says so: on the
+ * proxy's side, towards the upstream, dropped, with those bytes.
+ */
+void
+session_rules_end_hold(struct session *s, bool as_recorded, const void *held, size_t n)
+{
+	if (!session_rules_holding(s))
+		return;
+	if (s->rtimer != NULL)
+		evtimer_del(s->rtimer);
+	if (!as_recorded && n > 0 && (s->rhold == RHOLD_COMMAND || s->rhold == RHOLD_DATA_END)) {
+		char text[200];
+
+		snprintf(text, sizeof(text),
+			 "rule %u: the session ended during the delay: the held %s never reached the upstream",
+			 s->rheld != NULL ? s->rheld->line : 0,
+			 s->rhold == RHOLD_COMMAND ? "command" : "end of the message");
+		session_record(s, STORE_SIDE_PROXY, STORE_KIND_ACTION,
+			       STORE_F_DROPPED | STORE_F_RULE | STORE_F_TO_UPSTREAM, 0, held, n, text);
+	}
+	s->rhold = RHOLD_NONE;
+	s->rresume = false;
+}
+
 /* The resumed unit was carried out. */
 static const struct rules_decision *
 session_rules_take_resumed(struct session *s, enum rule_hold what)
@@ -299,7 +345,8 @@ session_rules_after(struct session *s, enum rule_after after, const char *why)
 	session_note(s, STORE_KIND_CLOSE, "%s", why);
 	session_enter_state(s, ST_CLOSING);
 	session_msg_abandon(s);
-	leg_close(&s->upstream, LEG_CLOSE_NOW);
+	/* What was forwarded (and recorded so) goes out first. */
+	leg_close_after_flush(&s->upstream);
 	session_client_leftover(s, false);
 	if (after == RULE_AFTER_RESET)
 		leg_reset_after_flush(&s->client);
@@ -329,10 +376,12 @@ session_rules_abort_upstream(struct session *s, const struct rules_decision *d, 
 	size_t n = 0;
 	struct pending p;
 
-	if (s->sink_mode || !s->upstream.open)
+	if (s->sink_mode || !session_upstream_usable(s))
 		return;
 	session_note(s, STORE_KIND_ACTION, "rule %u: upstream connection reset %s", d->line, why);
-	leg_close(&s->upstream, LEG_CLOSE_RESET);
+	/* What was forwarded before (the message but its end) goes out
+	 * first: it is recorded as sent. */
+	leg_reset_after_flush(&s->upstream);
 	s->detached = DETACHED_ABORTED;
 	/* Commands still waiting for the upstream's reply will never get
 	 * one: smtptap answers them in order (only its own entries stay). */
@@ -511,7 +560,9 @@ session_rules_command(struct session *s, struct evbuffer *in, const struct smtp_
 			*recorded = true;
 		}
 		session_rules_fired(s, d, rules_trigger_name(RULES_ON_COMMAND, cmd->verb));
-		if ((d->actions & RULES_A_DELAY) && session_rules_hold(s, RHOLD_COMMAND, d, 0))
+		/* (a STARTTLS that goes on is not recorded yet: 0 bytes of the
+		 * held line are) */
+		if ((d->actions & RULES_A_DELAY) && session_rules_hold(s, RHOLD_COMMAND, d, *recorded ? len : 0))
 			return RV_DONE; /* the line stays at the head of the input */
 	} else {
 		*recorded = !starttls || session_rules_consumes(d);
@@ -810,7 +861,7 @@ session_rules_reply_done(struct session *s, const struct pending *p, int orig_co
 	static const struct rules_decision none = { .line = 0 };
 	bool cmd = p->kind == PEND_COMMAND;
 
-	if (rr->replaced && !s->sink_mode && s->upstream.open) {
+	if (rr->replaced && !s->sink_mode && session_upstream_usable(s)) {
 		if (cmd && p->verb == SMTP_VERB_DATA && orig_code == 354 && code != 354) {
 			struct rules_decision d = none;
 
@@ -946,7 +997,7 @@ session_rules_tls(struct session *s, enum rules_leg leg)
 		session_set_outcome(s, "rule-tls-fail", "%s", why);
 		session_enter_state(s, ST_CLOSING);
 		session_msg_abandon(s);
-		leg_close(&s->upstream, LEG_CLOSE_NOW);
+		leg_close_after_flush(&s->upstream);
 		leg_write(&s->client, tls_alert_handshake_failure, sizeof(tls_alert_handshake_failure));
 		leg_close_after_flush(&s->client);
 		return true;

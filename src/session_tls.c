@@ -239,7 +239,7 @@ session_tls_client_starttls(struct session *s, struct evbuffer *in, const char *
 		return;
 	}
 	session_enter_state(s, ST_TLS);
-	if (!s->sink_mode && s->upstream.open && !s->upstream.tls && s->upstream_offers_starttls &&
+	if (!s->sink_mode && session_upstream_usable(s) && !s->upstream.tls && s->upstream_offers_starttls &&
 	    (s->upstream_tls == PROXY_TLS_AUTO || s->upstream_tls == PROXY_TLS_STARTTLS)) {
 		/* The upstream is upgraded first, with the client's own
 		 * command. */
@@ -330,7 +330,7 @@ session_tls_start_upstream(struct session *s)
 	SSL *ssl = NULL;
 	size_t left;
 
-	if (!s->upstream.open || session_rules_tls(s, RULES_LEG_UPSTREAM))
+	if (!session_upstream_usable(s) || session_rules_tls(s, RULES_LEG_UPSTREAM))
 		return; /* delayed, stalled or failed by a rule */
 	if (s->ctx->tls != NULL)
 		ssl = tls_client_ssl_new(s->ctx->tls, sni, sni, err, sizeof(err)); /* no SNI for an address */

@@ -197,7 +197,7 @@ struct session {
 	enum rule_hold rhold;
 	bool rresume;		       /* the held unit's delay is over: carry out rheld */
 	struct rules_decision *rheld;  /* owned: the decision of the held unit */
-	size_t rhold_bytes;	       /* RHOLD_DATA_END: bytes withheld */
+	size_t rhold_bytes;	       /* RHOLD_DATA_END: bytes withheld; RHOLD_COMMAND: the line's length */
 	struct msg *rhold_msg;	       /* RHOLD_DATA_END: the message (owned while held) */
 	bool rhold_bdat;
 	int rhold_code;		       /* RHOLD_REPLY: the reply's code and side */
@@ -304,6 +304,16 @@ bool session_rules_strip(struct session *s, const struct rules_decision *d, stru
 			 struct evbuffer **altered);
 bool session_rules_tls(struct session *s, enum rules_leg leg);
 void session_rules_after(struct session *s, enum rule_after after, const char *why);
+/* The upstream leg may still be written to and read from: open, and not
+ * closing once its output is out (a rule's close or reset lets what was
+ * already forwarded, and recorded so, reach the upstream first). */
+static inline bool
+session_upstream_usable(const struct session *s)
+{
+	return s->upstream.open && !s->upstream.close_after_flush;
+}
+size_t session_rules_held_input(const struct session *s, bool *dropped);
+void session_rules_end_hold(struct session *s, bool as_recorded, const void *held, size_t n);
 bool session_rules_holding(const struct session *s);
 
 /* session_tls.c */

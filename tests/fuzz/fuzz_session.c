@@ -12,13 +12,21 @@
  *                 bit 2: relay to a port that refuses the connection
  *                 bit 3: the listener offers STARTTLS (--client-tls
  *                 starttls, a local CA made once per process)
+ *                 bit 4: fault rules: the fixed rule set below (every
+ *                 action on every trigger, mostly behind probabilities),
+ *                 and the clocks become virtual (see "Time" below)
+ *   byte 1        (rules only) the session's number less one, 0-255: it
+ *                 picks the connect and greeting rules (`session N`) and
+ *                 seeds every probability draw
  *   then ops      op byte: low 3 bits the op, the rest (and for sends the
  *                 next byte) a length
  *       0,1,2     the client sends the next n bytes
  *       3,4       the upstream sends the next n bytes
  *       5         run the event loop a few turns (n + 1); with n = 31,
  *                 the client starts TLS instead (after its STARTTLS, or
- *                 at any wrong moment the fuzzer picks)
+ *                 at any wrong moment the fuzzer picks); with n = 30 and
+ *                 rules, 25 ms of virtual time pass at once (a rule's
+ *                 delay runs out now rather than later)
  *       6         the client shuts its side (FIN)
  *       7         the upstream shuts its side
  *
@@ -39,11 +47,25 @@
  * Any violation abort()s with a line on stderr saying which, after the
  * recorded events.
  *
- * Built with -DFUZZ_STRICT it also requires each peer to have received
- * everything recorded as forwarded to it.  That fails today: a reply the
- * upstream sends after the client leg has closed is recorded without
- * STORE_F_DROPPED (or only STORE_F_INCOMPLETE), though it cannot have
- * reached the client.  Left off until the recording says so.
+ * With rules the same checks hold: a rule's reply is a proxy event towards
+ * the client, a command it keeps from the upstream is flagged dropped, an
+ * upstream reply it replaces or suppresses is flagged altered or dropped,
+ * a truncated reply is recorded as the bytes actually sent, and bytes a
+ * rule held that never left when the session ended are taken back by a
+ * proxy event towards the upstream flagged dropped.
+ *
+ * Built with -DFUZZ_STRICT (the Makefile's default) it also requires each
+ * peer to have received everything recorded as forwarded to it.
+ *
+ * Time.  Rules delay (5-20 ms here) and throttle (bytes per second), so
+ * with rules the session's clocks are virtual: clock_gettime and
+ * gettimeofday, on this thread and during the run only, return the real
+ * time at the start of the run plus what the harness has let pass, 1 ms
+ * per loop turn (and more per turn while waiting for the end) and 10 us
+ * per reading of the clock.  A delay
+ * then costs a few loop turns, not real time, and an input runs the same
+ * way however fast the machine is.  The session's own timeouts are set
+ * far beyond any run, so only the peers' closing ends a session.
  */
 #define _GNU_SOURCE /* accept4 */
 #include <errno.h>
@@ -59,6 +81,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/time.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <event2/event.h>
@@ -67,6 +92,7 @@
 
 #include "smtptap/log.h"
 #include "smtptap/proxy.h"
+#include "smtptap/rules.h"
 #include "smtptap/session.h"
 #include "smtptap/session_int.h"
 #include "smtptap/store.h"
@@ -81,6 +107,136 @@ int LLVMFuzzerTestOneInput(const uint8_t *, size_t);
 #define FUZZ_END_TURNS 20000
 /* Tries to write one segment into a full socket. */
 #define FUZZ_SEND_TRIES 64
+/* Virtual time per loop turn with rules; after FUZZ_END_FAST turns of
+ * waiting for the end, FUZZ_END_TICK per turn (a throttle's tick is
+ * 100 ms), so a slow throttle drains within FUZZ_END_TURNS. */
+#define FUZZ_TICK_NS 1000000ull
+/* ... and a little per clock read, so that a loop turn that spins until
+ * some time has passed (an event that fires again at once until a rate
+ * limit's next tick) ends as it would in real time rather than never. */
+#define FUZZ_CREEP_NS 10000ull
+#define FUZZ_END_FAST 2000
+#define FUZZ_END_TICK_NS 100000000ull
+/* The session's timeouts (seconds): never reached, even in virtual time. */
+#define FUZZ_TIMEOUT_S 10000000
+
+/*
+ * The rules of bit 4.  Every action on every trigger, mostly behind a
+ * probability so that different traffic takes different paths (the draw
+ * depends on the session number, byte 1, and on how many such units came
+ * before).  Actions that end a session (stall, close, reset, truncate,
+ * fail-tls) are rare per unit, so most sessions go on long enough to meet
+ * the others.  Delays are short, throttles fast enough to drain in the
+ * end turns.  No `limit`: its count outlives the session, and an input
+ * must run the same way every time.
+ */
+static const char fuzz_rules_text[] =
+	/* connect: one action per session number */
+	"on connect session 1 delay 10ms\n"
+	"on connect session 2 reply 554 5.3.2 \"No service here\"\n"
+	"on connect session 3 reply 421 4.3.2 \"Busy, try later\"\n"
+	"on connect session 4 close\n"
+	"on connect session 5 reset\n"
+	"on connect session 6 stall\n"
+	"on connect session 7 throttle 64k\n"
+	"on connect session 8 fail-tls\n"
+	"on connect session 9 delay 5ms reply 554 5.7.1 \"Go away\" reset\n"
+	"on connect session 10 throttle 16k to-client\n"
+	"on connect session 11 throttle 16k to-upstream\n"
+	"on connect session 12 client 10.0.0.0/8 close\n"
+	/* the greeting */
+	"on greeting session 13-40 probability 0.3 delay 5ms\n"
+	"on greeting session 13-40 probability 0.2 rewrite 554 5.3.2 \"Not today\"\n"
+	"on greeting session 13-40 probability 0.1 truncate 4\n"
+	"on greeting session 13-40 probability 0.1 stall\n"
+	"on greeting session 13-40 probability 0.1 close\n"
+	"on greeting session 13-40 probability 0.1 reset\n"
+	"on greeting session 13-40 probability 0.1 throttle 32k to-client\n"
+	"on reply greeting session 41-60 probability 0.3 rewrite 220 \"fuzz.example ESMTP rewritten\" delay 20ms\n"
+	/* commands */
+	"on ehlo probability 0.3 strip STARTTLS,PIPELINING\n"
+	"on ehlo probability 0.2 delay 5ms strip CHUNKING,SIZE throttle 64k\n"
+	"on ehlo helo ~ \"^a\" probability 0.5 rewrite 550 5.7.1 \"EHLO rejected\"\n"
+	"on ehlo probability 0.05 truncate\n"
+	"on helo probability 0.3 reply 250 \"fuzz.example\"\n"
+	"on lhlo probability 0.5 reply 500 5.5.1 \"No LMTP here\"\n"
+	"on mail from ~ \"a\" probability 0.3 reply 451 4.3.0 \"Try again later\"\n"
+	"on mail from !~ \"^<\" probability 0.3 rewrite 452 4.3.1 \"Insufficient storage\"\n"
+	"on mail occurrence 2 probability 0.5 delay 15ms\n"
+	"on mail probability 0.1 rewrite 550 5.7.1 \"Sender refused\" close\n"
+	"on rcpt to ~ \"^<?b\" reply 550 5.1.1 \"No such user\"\n"
+	"on rcpt probability 0.2 rewrite 450 4.2.0 \"Mailbox busy\"\n"
+	"on rcpt probability 0.1 delay 5ms reply 250 2.1.5 \"OK (not forwarded)\"\n"
+	"on data probability 0.2 rewrite 451 4.3.0 \"No DATA now\"\n"
+	"on data probability 0.1 reply 554 5.5.1 \"No valid recipients\"\n"
+	"on data probability 0.1 delay 10ms\n"
+	"on data probability 0.05 rewrite 354 \"Go ahead (rewritten)\"\n"
+	"on bdat probability 0.2 reply 552 5.3.4 \"Chunk too big\"\n"
+	"on bdat probability 0.2 rewrite 451 4.3.0 \"BDAT failed\"\n"
+	"on bdat probability 0.1 delay 5ms\n"
+	"on rset probability 0.3 reply 250 2.0.0 \"OK (not forwarded)\"\n"
+	"on noop probability 0.3 delay 5ms\n"
+	"on noop probability 0.2 truncate 2\n"
+	"on noop probability 0.1 reply 250 2.0.0 \"OK\" reset\n"
+	"on vrfy reply 252 2.5.0 \"Cannot VRFY user\"\n"
+	"on expn probability 0.5 rewrite 502 5.5.1 \"Not here\"\n"
+	"on help probability 0.5 throttle 16k both reply 214 2.0.0 \"No help\"\n"
+	"on auth mechanism ~ \"PLAIN\" probability 0.5 reply 535 5.7.8 \"Authentication failed\"\n"
+	"on auth probability 0.3 rewrite 454 4.7.0 \"Temporary authentication failure\"\n"
+	"on starttls probability 0.3 fail-tls\n"
+	"on starttls probability 0.2 reply 454 4.7.0 \"TLS not available\"\n"
+	"on starttls probability 0.2 delay 5ms\n"
+	"on quit probability 0.3 reply 221 2.0.0 \"Bye (smtptap)\"\n"
+	"on quit probability 0.3 rewrite 221 2.0.0 \"Bye (rewritten)\"\n"
+	"on command occurrence 1-4 probability 0.2 delay 5ms\n"
+	"on command probability 0.02 stall\n"
+	"on command probability 0.02 close\n"
+	"on command probability 0.02 reset\n"
+	"on command probability 0.02 reply 421 4.3.2 \"Shutting down\" close\n"
+	"on command probability 0.02 delay 5ms reply 500 5.5.2 \"Unrecognised\" reset\n"
+	"on command probability 0.03 truncate 3\n"
+	"on command probability 0.03 throttle 32k to-upstream\n"
+	"on command probability 0.03 rewrite 451 4.3.0 \"Rewritten\" truncate 10\n"
+	/* the end of a message */
+	"on data-end size > 1000 probability 0.3 reply 552 5.3.4 \"Message too big\"\n"
+	"on data-end header Subject ~ \"x\" reply 554 5.7.1 \"Looks like spam\"\n"
+	"on data-end header X-Fuzz ~ \".\" probability 0.5 rewrite 451 4.3.0 \"Lost it (delivered)\" delay 5ms\n"
+	"on data-end probability 0.2 rewrite 451 4.3.0 \"Lost it (delivered)\"\n"
+	"on data-end probability 0.1 delay 20ms\n"
+	"on data-end probability 0.05 stall\n"
+	"on data-end probability 0.05 close\n"
+	"on data-end probability 0.05 reset\n"
+	"on data-end probability 0.05 truncate\n"
+	"on data-end probability 0.05 throttle 8k\n"
+	"on data-end probability 0.05 reply 250 2.0.0 \"Queued (not really)\" close\n"
+	/* TLS handshakes (the harness's upstream is plaintext: the upstream
+	 * ones never fire here) */
+	"on tls client probability 0.2 delay 5ms\n"
+	"on tls client probability 0.1 fail-tls\n"
+	"on tls client probability 0.05 stall\n"
+	"on tls client probability 0.05 close\n"
+	"on tls client probability 0.05 reset\n"
+	"on tls upstream probability 0.5 fail-tls\n"
+	"on tls upstream probability 0.5 delay 5ms\n"
+	/* replies */
+	"on reply code 354 probability 0.2 rewrite 451 4.3.0 \"No data for you\"\n"
+	"on reply code 334 probability 0.3 rewrite 535 5.7.8 \"No\"\n"
+	"on reply mail code 2xx probability 0.2 rewrite 451 4.3.0 \"MAIL rewritten\"\n"
+	"on reply bdat code 250 probability 0.2 rewrite 452 4.3.1 \"BDAT rewritten\"\n"
+	"on reply ehlo probability 0.3 strip PIPELINING,CHUNKING,SIZE,8BITMIME\n"
+	"on reply data-end code 250 probability 0.2 stall\n"
+	"on reply data-end probability 0.2 rewrite 451 4.3.0 \"Lost (delivered)\"\n"
+	"on reply code 5xx probability 0.1 truncate 4\n"
+	"on reply code 4xx probability 0.1 close\n"
+	"on reply code 4xx probability 0.1 reset\n"
+	"on reply code 221 probability 0.3 rewrite 221 2.0.0 \"Bye (rewritten)\"\n"
+	"on reply code 250 probability 0.1 delay 5ms\n"
+	"on reply probability 0.02 stall\n"
+	"on reply probability 0.05 reply 250 2.0.0 \"Fine (rewritten)\"\n"
+	"on reply probability 0.05 throttle 16k to-client\n"
+	"on reply probability 0.03 rewrite 550 5.0.0 \"Nope\" reset\n"
+	"on reply probability 0.03 delay 5ms rewrite 451 4.0.0 \"Later\" close\n"
+	"on reply probability 0.03 truncate 1\n";
 
 struct fuzz_buf {
 	unsigned char *p;
@@ -100,6 +256,7 @@ struct fuzz_run {
 	SSL *cssl;	    /* the client's TLS, once it started it */
 	struct fuzz_buf hs; /* what the client's handshake wrote on the wire */
 	bool c_tls_failed;  /* its handshake failed: the client reads no more */
+	uint64_t tick;	    /* virtual time per loop turn (rules), ns */
 	struct fuzz_buf c_sent, u_sent, c_got, u_got;
 };
 
@@ -138,6 +295,68 @@ static SSL_CTX *fuzz_client_ctx; /* the harness client's */
 static int fuzz_lfd = -1; /* the upstream's listening socket */
 static int fuzz_rfd = -1; /* bound, not listening: connections are refused */
 static int fuzz_errfd = 2; /* stderr, kept from before -close_fd_mask */
+static struct rules *fuzz_rules; /* bit 4's set, parsed once */
+
+/* The virtual clocks (see "Time" above): on for this thread during a run
+ * with rules; the real clocks when it began, and the time let pass since. */
+static _Thread_local bool fuzz_vclock;
+static struct timespec fuzz_vmono0, fuzz_vreal0;
+static uint64_t fuzz_vns;
+
+int
+clock_gettime(clockid_t id, struct timespec *ts)
+{
+	const struct timespec *t0;
+	uint64_t ns;
+
+	if (!fuzz_vclock)
+		return (int)syscall(SYS_clock_gettime, id, ts);
+	switch (id) {
+	case CLOCK_REALTIME:
+	case CLOCK_REALTIME_COARSE:
+		t0 = &fuzz_vreal0;
+		break;
+	case CLOCK_MONOTONIC:
+	case CLOCK_MONOTONIC_COARSE:
+	case CLOCK_MONOTONIC_RAW:
+	case CLOCK_BOOTTIME:
+		t0 = &fuzz_vmono0;
+		break;
+	default:
+		return (int)syscall(SYS_clock_gettime, id, ts);
+	}
+	fuzz_vns += FUZZ_CREEP_NS;
+	ns = (uint64_t)t0->tv_nsec + fuzz_vns;
+	ts->tv_sec = t0->tv_sec + (time_t)(ns / 1000000000u);
+	ts->tv_nsec = (long)(ns % 1000000000u);
+	return 0;
+}
+
+int
+gettimeofday(struct timeval *restrict tv, void *restrict tz)
+{
+	struct timespec ts;
+
+	if (!fuzz_vclock)
+		return (int)syscall(SYS_gettimeofday, tv, tz);
+	clock_gettime(CLOCK_REALTIME, &ts);
+	tv->tv_sec = ts.tv_sec;
+	tv->tv_usec = ts.tv_nsec / 1000;
+	return 0;
+}
+
+/* Start (or stop) the virtual clocks at the real time. */
+static void
+fuzz_vclock_set(bool on)
+{
+	fuzz_vclock = false;
+	if (on) {
+		syscall(SYS_clock_gettime, CLOCK_MONOTONIC, &fuzz_vmono0);
+		syscall(SYS_clock_gettime, CLOCK_REALTIME, &fuzz_vreal0);
+		fuzz_vns = 0;
+	}
+	fuzz_vclock = on;
+}
 
 static void
 fuzz_fail(const char *fmt, ...)
@@ -197,6 +416,13 @@ fuzz_cleanup(void)
 {
 	if (fuzz_dir[0] != '\0')
 		nftw(fuzz_dir, fuzz_rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+static void
+fuzz_rules_free(void)
+{
+	rules_unref(fuzz_rules);
+	fuzz_rules = NULL;
 }
 
 int
@@ -285,13 +511,19 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
 		SSL_CTX_set_verify(fuzz_client_ctx, SSL_VERIFY_NONE, NULL);
 	}
 
-	/* Timeouts far beyond a run: every input ends by the peers closing. */
+	if ((fuzz_rules = rules_parse("fuzz.rules", fuzz_rules_text, sizeof(fuzz_rules_text) - 1, 1, err, sizeof(err))) ==
+	    NULL)
+		fuzz_fail("the rule set does not parse: %s", err);
+	atexit(fuzz_rules_free);
+
+	/* Timeouts far beyond a run, virtual time included: every input ends
+	 * by the peers closing. */
 	fuzz_cfg.routes[0] = fuzz_relay;
 	fuzz_cfg.nroutes = 1;
 	fuzz_cfg.db_path = fuzz_db;
-	fuzz_cfg.idle_timeout = 300;
-	fuzz_cfg.reply_timeout = 600;
-	fuzz_cfg.connect_timeout = 60;
+	fuzz_cfg.idle_timeout = FUZZ_TIMEOUT_S;
+	fuzz_cfg.reply_timeout = FUZZ_TIMEOUT_S;
+	fuzz_cfg.connect_timeout = FUZZ_TIMEOUT_S;
 	fuzz_cfg.grace = 10;
 	fuzz_cfg.max_sessions = 16;
 	return 0;
@@ -330,6 +562,8 @@ fuzz_drain(int fd, bool *eof, struct fuzz_buf *got, const char *who)
 static void
 fuzz_step(struct fuzz_run *r)
 {
+	if (fuzz_vclock)
+		fuzz_vns += r->tick;
 	event_base_loop(r->base, EVLOOP_NONBLOCK);
 	if (r->ufd < 0) {
 		r->ufd = accept4(fuzz_lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
@@ -452,6 +686,8 @@ fuzz_client_tls(struct fuzz_run *r)
 		ERR_clear_error();
 		if (k != SSL_ERROR_WANT_READ && k != SSL_ERROR_WANT_WRITE)
 			break;
+		if (fuzz_vclock)
+			fuzz_vns += r->tick; /* a rule's delay on the handshake runs out */
 		event_base_loop(r->base, EVLOOP_NONBLOCK);
 		if (r->ufd < 0)
 			r->ufd = accept4(fuzz_lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
@@ -508,6 +744,22 @@ fuzz_event_cb(const struct store_event_row *ev, void *arg)
 			fuzz_append(&rec->to_cl, ev->raw, ev->raw_len);
 		if (fwd && (ev->flags & STORE_F_TO_UPSTREAM))
 			fuzz_append(&rec->to_up, ev->raw, ev->raw_len);
+		/* Bytes recorded before as on their way to the upstream that
+		 * never left (a rule held them and the session ended): they
+		 * are the last ones recorded so. */
+		if ((ev->flags & (STORE_F_TO_UPSTREAM | STORE_F_DROPPED)) == (STORE_F_TO_UPSTREAM | STORE_F_DROPPED) &&
+		    ev->kind == STORE_KIND_ACTION) {
+			if (rec->to_up.len < ev->raw_len ||
+			    memcmp(rec->to_up.p + rec->to_up.len - ev->raw_len, ev->raw, ev->raw_len) != 0) {
+				if (!rec->bad)
+					snprintf(rec->why, sizeof(rec->why),
+						 "event %lld takes back bytes that are not the last forwarded",
+						 (long long)ev->seq);
+				rec->bad = true;
+			} else {
+				rec->to_up.len -= ev->raw_len;
+			}
+		}
 		break;
 	}
 	return 0;
@@ -624,6 +876,12 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	memset(&r, 0, sizeof(r));
 	r.ufd = -1;
 	r.sink = (data[0] & 1) != 0;
+	if (data[0] & 16) {
+		if (size < 2)
+			return 0;
+		i = 2;
+		r.tick = FUZZ_TICK_NS;
+	}
 	if (data[0] & 8)
 		route = r.sink ? &fuzz_sink_tls : &fuzz_relay_tls;
 	else
@@ -654,12 +912,19 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	}
 	if ((r.st = store_open(fuzz_db, err, sizeof(err))) == NULL)
 		fuzz_fail("store_open: %s", err);
+	/* (FUZZ_SESSION_REALTIME=1: real clocks, to tell a harness artefact
+	 * from a real hang) */
+	fuzz_vclock_set(r.tick != 0 && getenv("FUZZ_SESSION_REALTIME") == NULL); /* before the base reads the clock */
 	if ((r.base = event_base_new()) == NULL)
 		fuzz_fail("event_base_new");
 	if (session_ctx_init(&r.ctx, r.base, NULL, r.st, fuzz_tls, &fuzz_cfg) < 0)
 		fuzz_fail("session_ctx_init");
 	r.ctx.on_session_end = fuzz_end_cb;
 	r.ctx.arg = &r;
+	if (r.tick != 0) {
+		r.ctx.rules = fuzz_rules; /* borrowed: the sessions take their reference */
+		r.ctx.sessions_started = data[1];
+	}
 	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) < 0)
 		fuzz_fail("socketpair: %s", strerror(errno));
 	r.cfd = sv[0];
@@ -697,6 +962,10 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 				fuzz_client_tls(&r);
 				break;
 			}
+			if ((op >> 3) == 30 && r.tick != 0) {
+				fuzz_vns += 25 * FUZZ_TICK_NS; /* the rules' delays run out */
+				break;
+			}
 			for (turns = 0; turns < (int)(op >> 3) + 1; turns++)
 				fuzz_step(&r);
 			break;
@@ -718,6 +987,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	/* Both peers close; the session must end. */
 	shutdown(r.cfd, SHUT_WR);
 	for (turns = 0; turns < FUZZ_END_TURNS && !r.ended; turns++) {
+		if (turns == FUZZ_END_FAST && r.tick != 0)
+			r.tick = FUZZ_END_TICK_NS; /* a slow throttle still drains */
 		fuzz_step(&r);
 		if (r.ufd >= 0 && !r.u_shut) {
 			shutdown(r.ufd, SHUT_WR);
@@ -731,12 +1002,14 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			dprintf(fuzz_errfd,
 				"fuzz_session: stuck: state %d; client leg %s, output %zu, fd %d, hold %d, "
 				"close-after-flush %d; upstream leg %s, output %zu, fd %d, hold %d, "
-				"close-after-flush %d, tls %d\n",
+				"close-after-flush %d, tls %d; rule hold %d (resume %d), stalled %d\n",
 				(int)s->state, s->client.open ? "open" : "closed", leg_output_len(&s->client),
 				(int)s->client.fd, s->client.hold_output, s->client.close_after_flush,
 				s->upstream.open ? "open" : "closed", leg_output_len(&s->upstream), (int)s->upstream.fd,
-				s->upstream.hold_output, s->upstream.close_after_flush, s->upstream.tls);
+				s->upstream.hold_output, s->upstream.close_after_flush, s->upstream.tls, (int)s->rhold,
+				s->rresume, s->stalled);
 		session_ctx_close_all(&r.ctx);
+		fuzz_vclock_set(false);
 		store_close(r.st);
 		fuzz_dump();
 		fuzz_fail("the session did not end after both peers closed (%d loop turns)", turns);
@@ -752,6 +1025,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		close(sv[0]);
 	session_ctx_free(&r.ctx);
 	event_base_free(r.base);
+	fuzz_vclock_set(false);
 	if (store_close(r.st) != 0)
 		fuzz_fail("store_close: records were lost");
 	fuzz_check(&r);
