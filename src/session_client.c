@@ -169,13 +169,16 @@ session_client_command(struct session *s, struct evbuffer *in, const char *line,
 		session_msg_abandon(s); /* a BDAT transaction abandoned */
 		break;
 	case SMTP_VERB_MAIL:
-		session_env_add_mail(s, &cmd, line, len);
+		session_env_add_mail(s, p, &cmd, line, len);
 		break;
 	case SMTP_VERB_RCPT:
 		session_env_add_rcpt(s, p, &cmd, line, len);
 		break;
-	case SMTP_VERB_DATA:
 	case SMTP_VERB_AUTH:
+		session_auth_command(s, &cmd);
+		session_enter_state(s, ST_HOLD);
+		break;
+	case SMTP_VERB_DATA:
 		session_enter_state(s, ST_HOLD);
 		break;
 	case SMTP_VERB_QUIT:
@@ -222,6 +225,8 @@ session_client_auth_line(struct session *s, struct evbuffer *in, const char *lin
 	bool crlf = len >= 2 && line[len - 2] == '\r';
 	bool cancel = (len == 2 && line[0] == '*') || (len == 3 && line[0] == '*' && crlf);
 
+	if (!cancel)
+		session_auth_line(s, line, len);
 	if (s->ctx->cfg->redact_auth && !cancel) {
 		const char *red = crlf ? "[redacted]\r\n" : "[redacted]\n";
 
@@ -247,6 +252,7 @@ session_client_data(struct session *s, struct evbuffer *in)
 	int i, n = evbuffer_peek(in, -1, NULL, v, 16);
 	size_t total = 0;
 	bool done = false;
+	int64_t last = 0; /* the data event the final reply will answer */
 
 	if (n > 16)
 		n = 16;
@@ -269,7 +275,7 @@ session_client_data(struct session *s, struct evbuffer *in)
 				used += smtp_data_scan(&m->data, base + used, slice, NULL, NULL);
 			}
 		}
-		session_record(s, STORE_SIDE_CLIENT, STORE_KIND_DATA, 0, m->id, base, used, NULL);
+		last = session_record(s, STORE_SIDE_CLIENT, STORE_KIND_DATA, 0, m->id, base, used, NULL);
 		total += used;
 		done = m->data.st == SMTP_DATA_DONE;
 	}
@@ -283,6 +289,7 @@ session_client_data(struct session *s, struct evbuffer *in)
 		session_enter_state(s, ST_CMD);
 		p = session_pend_push(s, PEND_DATA_END, SMTP_VERB_DATA);
 		p->msg = m;
+		p->cmd_seq = last;
 	}
 	session_client_forward(s, in, total);
 	if (s->sink_mode && done) {
@@ -432,6 +439,7 @@ session_client_discard(struct session *s, const char *why)
 {
 	struct evbuffer *in;
 	size_t left;
+	int64_t dropped;
 
 	if (!s->client.open)
 		return;
@@ -439,8 +447,8 @@ session_client_discard(struct session *s, const char *why)
 	left = evbuffer_get_length(in);
 	if (left == 0)
 		return;
-	session_record(s, STORE_SIDE_CLIENT, STORE_KIND_COMMAND, STORE_F_DROPPED, 0, evbuffer_pullup(in, -1), left,
-		       NULL);
-	session_note(s, STORE_KIND_ACTION, "%zu bytes discarded: %s", left, why);
+	dropped = session_record(s, STORE_SIDE_CLIENT, STORE_KIND_COMMAND, STORE_F_DROPPED, 0, evbuffer_pullup(in, -1),
+				 left, NULL);
+	session_note_cause(s, dropped, STORE_KIND_ACTION, "%zu bytes discarded: %s", left, why);
 	evbuffer_drain(in, left);
 }

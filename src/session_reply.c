@@ -31,6 +31,7 @@ session_pend_push(struct session *s, enum pend_kind kind, enum smtp_verb verb)
 	memset(p, 0, sizeof(*p));
 	p->kind = kind;
 	p->verb = verb;
+	p->cmd_seq = s->seq; /* the command, recorded just before */
 	s->pend_len++;
 	return p;
 }
@@ -52,10 +53,18 @@ session_pend_pop(struct session *s, struct pending *out)
 void
 session_local_push(struct session *s, const char *text, bool starttls)
 {
+	session_local_push_answer(s, text, starttls, s->seq);
+}
+
+/* The same, answering event answers_seq (not the last one recorded). */
+void
+session_local_push_answer(struct session *s, const char *text, bool starttls, int64_t answers_seq)
+{
 	struct pending *p = session_pend_push(s, PEND_LOCAL, SMTP_VERB_UNKNOWN);
 
 	p->text = text;
 	p->local_starttls = starttls;
+	p->cmd_seq = answers_seq;
 	session_pend_flush_local(s);
 }
 
@@ -67,7 +76,7 @@ session_pend_flush_local(struct session *s)
 		struct pending p;
 
 		session_pend_pop(s, &p);
-		session_inject_client(s, p.text, strlen(p.text));
+		session_inject_client_link(s, p.text, strlen(p.text), p.cmd_seq, 0);
 		if (p.local_starttls)
 			s->ctls = CTLS_AFTER_FLUSH; /* upgraded once the 220 is out */
 	}
@@ -212,6 +221,7 @@ session_reply_handle(struct session *s, struct evbuffer *reply, enum store_side 
 	const char *raw;
 	struct evbuffer *altered = NULL;
 	char *text = NULL;
+	int64_t answers, seq;
 
 	if (session_reply_desync(s, reply, side, code))
 		return;
@@ -251,6 +261,10 @@ session_reply_handle(struct session *s, struct evbuffer *reply, enum store_side 
 					altered = NULL;
 				}
 			}
+			break;
+		case SMTP_VERB_MAIL:
+			if (have)
+				session_env_mail_reply(s, &p, code, raw, len);
 			break;
 		case SMTP_VERB_RCPT:
 			if (have)
@@ -300,11 +314,15 @@ session_reply_handle(struct session *s, struct evbuffer *reply, enum store_side 
 
 	if (!s->client.open)
 		flags |= STORE_F_DROPPED; /* nobody to pass it to */
-	session_record(s, side, STORE_KIND_REPLY, flags | (altered ? STORE_F_ALTERED : 0), 0, raw, len, NULL);
+	answers = have ? p.cmd_seq : 0;
+	seq = session_record_link(s, answers, 0, side, STORE_KIND_REPLY, flags | (altered ? STORE_F_ALTERED : 0), 0,
+				  raw, len, NULL);
 	if (altered != NULL) {
-		session_record(s, STORE_SIDE_PROXY, STORE_KIND_REPLY,
-			       STORE_F_INJECTED | STORE_F_TO_CLIENT | (s->client.open ? 0 : STORE_F_DROPPED), 0,
-			       evbuffer_pullup(altered, -1), evbuffer_get_length(altered), NULL);
+		/* What the client got instead: it answers the same command, and
+		 * the altered reply is why it exists. */
+		session_record_link(s, answers, seq, STORE_SIDE_PROXY, STORE_KIND_REPLY,
+				    STORE_F_INJECTED | STORE_F_TO_CLIENT | (s->client.open ? 0 : STORE_F_DROPPED), 0,
+				    evbuffer_pullup(altered, -1), evbuffer_get_length(altered), NULL);
 		leg_write_from(&s->client, altered, (size_t)-1);
 		evbuffer_free(altered);
 		evbuffer_drain(reply, len);

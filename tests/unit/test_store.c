@@ -251,7 +251,7 @@ add_event(struct store *st, int64_t sid, int64_t seq, enum store_side side, enum
 		.side = side,
 		.kind = kind,
 		.flags = flags,
-		.message_id = msg_id,
+		.message_row = msg_id,
 		.text = text,
 		.raw = raw,
 		.raw_len = len,
@@ -288,7 +288,7 @@ ev_collect_cb(const struct store_event_row *row, void *arg)
 	memset(c, 0, sizeof(*c));
 	c->seq = row->seq;
 	c->t_us = row->t_us;
-	c->message_id = row->message_id;
+	c->message_id = row->message_row;
 	c->side = row->side;
 	c->kind = row->kind;
 	c->flags = row->flags;
@@ -379,7 +379,7 @@ msg_collect_cb(const struct store_message_row *row, void *arg)
 	c->subject = dup_or_null(row->subject);
 	c->from = dup_or_null(row->from);
 	c->to = dup_or_null(row->to);
-	c->message_id = dup_or_null(row->message_id);
+	c->message_id = dup_or_null(row->message_id_hdr);
 	c->date = dup_or_null(row->date);
 	c->reply = dup_or_null(row->reply);
 	c->nrcpts = row->nrcpts;
@@ -771,7 +771,7 @@ test_events_roundtrip_bytes(void **state)
 
 	/* The names are what the sqlite3 CLI shows. */
 	assert_int_equal(db_int(fx->db, "SELECT count(*) FROM events WHERE side = 'upstream' AND kind = 'reply'"), 1);
-	assert_int_equal(db_int(fx->db, "SELECT count(*) FROM events WHERE message_id IS NULL"), 6);
+	assert_int_equal(db_int(fx->db, "SELECT count(*) FROM events WHERE message_row IS NULL"), 6);
 	assert_int_equal(db_int(fx->db, "SELECT typeof(raw) = 'blob' FROM events WHERE seq = 1"), 1);
 	store_reader_close(rd);
 }
@@ -836,31 +836,47 @@ static void
 test_messages_with_recipients(void **state)
 {
 	struct fixture *fx = *state;
-	const struct store_rcpt rcpts[] = {
-		{ "alice@example.org", NULL, 250, "250 2.1.5 ok" },
-		{ "bob@example.org", "NOTIFY=FAILURE ORCPT=rfc822;bob@example.org", 550,
-		  "550-5.1.1 no such user\n550 5.1.1 really" },
-		{ "carol@ex\xe4mple.org", NULL, 0, NULL },
+	struct store_rcpt rcpts[] = {
+		{ .address = "alice@example.org", .reply_code = 250, .reply = "250 2.1.5 ok" },
+		{ .address = "bob@example.org", .params = "NOTIFY=FAILURE ORCPT=rfc822;bob@example.org",
+		  .reply_code = 550, .reply = "550-5.1.1 no such user\n550 5.1.1 really" },
+		{ .address = "carol@ex\xe4mple.org" },
 	};
 	struct msg_list ml = { 0 };
 	struct store_reader *rd;
 	struct store *st;
-	int64_t m1, m2;
+	int64_t m1, m2, t1;
+	size_t i;
 
 	st = open_ok(fx->db);
 	add_session(st, 1, "up:587");
 	m1 = store_message_new_id(st);
 	m2 = store_message_new_id(st);
+	t1 = store_transaction_new_id(st);
+	store_transaction_open(st, &(struct store_transaction){
+		.id = t1,
+		.session_id = 1,
+		.idx = 1,
+		.started_us = 90,
+		.mail_from = "sender@example.com",
+		.mail_params = "SIZE=1234 BODY=8BITMIME",
+	});
+	/* Recipients come with their replies, in any order of arrival. */
+	for (i = 3; i-- > 0;) {
+		rcpts[i].session_id = 1;
+		rcpts[i].transaction_id = t1;
+		rcpts[i].idx = (int)i + 1;
+		store_rcpt_add(st, &rcpts[i]);
+	}
 	store_message_open(st, &(struct store_message){
 		.id = m1,
 		.session_id = 1,
+		.transaction_id = t1,
 		.idx = 1,
 		.started_us = 100,
 		.mail_from = "sender@example.com",
 		.mail_params = "SIZE=1234 BODY=8BITMIME",
 		.transport = "data",
-		.rcpts = rcpts,
-		.nrcpts = 3,
 	});
 	store_message_close(st, &(struct store_message_end){
 		.id = m1,
@@ -870,12 +886,12 @@ test_messages_with_recipients(void **state)
 		.subject = "H\xe9llo",
 		.from = "Sender <sender@example.com>",
 		.to = "alice@example.org",
-		.message_id = "<abc@example.com>",
+		.message_id_hdr = "<abc@example.com>",
 		.date = "Mon, 1 Jan 2024 00:00:00 +0000",
 		.reply_code = 250,
 		.reply = "250 2.0.0 queued as ABC",
 	});
-	/* The null sender, BDAT, no recipients kept, cut short, no reply. */
+	/* The null sender, BDAT, no transaction, cut short, no reply. */
 	store_message_open(st, &(struct store_message){
 		.id = m2, .session_id = 1, .idx = 2, .started_us = 300, .mail_from = "", .transport = "bdat" });
 	store_message_close(st, &(struct store_message_end){ .id = m2, .ended_us = 400, .size = 10 });
