@@ -218,7 +218,6 @@ cli_json_transaction_cb(const struct store_transaction_row *t, void *arg)
 	struct json *j = cj->j;
 
 	json_object_begin(j);
-	json_kv_int(j, "id", t->id);
 	json_kv_int(j, "idx", t->idx);
 	json_kv_int(j, "t_us", t->started_us - cj->started_us);
 	json_kv_string(j, "mail_from", t->mail_from);

@@ -278,6 +278,7 @@ session_free(struct session *s)
 	session_msg_abandon(s);
 	while (session_pend_pop(s, &p) == 0)
 		session_pend_release(s, &p);
+	session_env_reset(s); /* writes the last transaction, before the session ends */
 	if (s->outcome == NULL)
 		session_set_outcome(s, s->quit_ok ? "quit" : "closed", NULL);
 	store_session_close(ctx->store, s->id, now, s->outcome, s->detail[0] ? s->detail : NULL);

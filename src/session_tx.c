@@ -3,10 +3,11 @@
  * and their replies) and each message from its first content byte to its
  * final reply, with the header summary the mime parser makes on the way.
  *
- * The store sees a transaction (one per MAIL command, written when the
- * command is read), each recipient when its RCPT reply arrives (or, with
- * no reply, when the session ends), and each message tied to its
- * transaction.  What a recipient row needs travels in its pending entry,
+ * The store sees a transaction (one per MAIL command) once, when its
+ * MAIL reply arrives (or, when the envelope is reset first, then, without
+ * it), each recipient when its RCPT reply arrives (or, with no reply, when
+ * the session ends), and each message tied to its transaction.  One row
+ * per transaction, written once: its cost is one insert per message.  What a recipient row needs travels in its pending entry,
  * not in the envelope, so a pipelined RSET or MAIL that resets the
  * envelope before the reply arrives loses nothing.
  */
@@ -22,11 +23,32 @@
 static const char *session_nonempty(const char *s);
 static char *session_params_dup(const struct smtp_cmd *cmd, const char *line, size_t len);
 
+/* Write the current transaction's row, with its MAIL reply (code 0:
+ * none yet), unless it was written. */
+static void
+session_tx_write(struct session *s, int code, const char *reply)
+{
+	if (s->tx_idx == 0 || s->env.written)
+		return;
+	store_transaction_open(s->ctx->store, &(struct store_transaction){
+		.session_id = s->id,
+		.idx = s->tx_idx,
+		.started_us = s->env.started_us,
+		.mail_seq = s->env.mail_seq,
+		.mail_from = s->env.mail_from ? s->env.mail_from : "",
+		.mail_params = s->env.mail_params,
+		.mail_code = code,
+		.mail_reply = reply,
+	});
+	s->env.written = true;
+}
+
 void
 session_env_reset(struct session *s)
 {
 	size_t i;
 
+	session_tx_write(s, 0, NULL);
 	for (i = 0; i < s->env.nrcpts; i++) {
 		free(s->env.rcpts[i].address);
 		free(s->env.rcpts[i].params);
@@ -39,7 +61,7 @@ session_env_reset(struct session *s)
 	s->env.mail_from = NULL;
 	s->env.mail_params = NULL;
 	s->env.gen++;
-	s->tx_id = 0; /* the transaction ends with its envelope */
+	s->tx_idx = 0; /* the transaction ends with its envelope */
 	s->tx_nrcpts = 0;
 }
 
@@ -65,17 +87,11 @@ session_env_add_mail(struct session *s, struct pending *p, const struct smtp_cmd
 	session_env_reset(s);
 	s->env.mail_from = strndup(cmd->has_path ? cmd->path.p : "", cmd->has_path ? cmd->path.len : 0);
 	s->env.mail_params = session_params_dup(cmd, line, len);
-	s->tx_id = store_transaction_new_id(s->ctx->store);
-	store_transaction_open(s->ctx->store, &(struct store_transaction){
-		.id = s->tx_id,
-		.session_id = s->id,
-		.idx = ++s->ntx,
-		.started_us = util_now_us(),
-		.mail_seq = p->cmd_seq,
-		.mail_from = s->env.mail_from ? s->env.mail_from : "",
-		.mail_params = s->env.mail_params,
-	});
-	p->tx_id = s->tx_id;
+	s->tx_idx = ++s->ntx;
+	s->env.started_us = util_now_us();
+	s->env.mail_seq = p->cmd_seq;
+	s->env.written = false;
+	p->tx_idx = s->tx_idx;
 }
 
 void
@@ -83,10 +99,13 @@ session_env_mail_reply(struct session *s, const struct pending *p, int code, con
 {
 	char *text;
 
-	if (p->tx_id == 0)
+	if (p->tx_idx == 0)
 		return;
 	text = session_reply_text(raw, len);
-	store_transaction_mail_reply(s->ctx->store, p->tx_id, code, text);
+	if (p->tx_idx == s->tx_idx && !s->env.written)
+		session_tx_write(s, code, text);
+	else /* reset before its reply came (pipelined RSET or MAIL) */
+		store_transaction_mail_reply(s->ctx->store, s->id, p->tx_idx, code, text);
 	free(text);
 }
 
@@ -105,8 +124,8 @@ session_env_add_rcpt(struct session *s, struct pending *p, const struct smtp_cmd
 	char *params;
 
 	p->rcpt_idx = UINT32_MAX;
-	if (s->tx_id != 0) {
-		p->tx_id = s->tx_id;
+	if (s->tx_idx != 0) {
+		p->tx_idx = s->tx_idx;
 		p->tx_rcpt_idx = ++s->tx_nrcpts;
 		p->rcpt_address = strndup(cmd->has_path ? cmd->path.p : "",
 					  cmd->has_path ? (cmd->path.len < RCPT_TEXT_MAX ? cmd->path.len : RCPT_TEXT_MAX) : 0);
@@ -142,10 +161,10 @@ session_env_rcpt_reply(struct session *s, struct pending *p, int code, const cha
 	struct rcpt *r;
 	char *text = session_reply_text(raw, len);
 
-	if (p->tx_id != 0) {
+	if (p->tx_idx != 0) {
 		store_rcpt_add(s->ctx->store, &(struct store_rcpt){
 			.session_id = s->id,
-			.transaction_id = p->tx_id,
+			.transaction_idx = p->tx_idx,
 			.idx = (int)p->tx_rcpt_idx,
 			.rcpt_seq = p->cmd_seq,
 			.address = p->rcpt_address ? p->rcpt_address : "",
@@ -176,10 +195,10 @@ session_pend_release(struct session *s, struct pending *p)
 		session_msg_close(s, p->msg, 0, NULL);
 		p->msg = NULL;
 	}
-	if (p->kind == PEND_COMMAND && p->verb == SMTP_VERB_RCPT && p->tx_id != 0) {
+	if (p->kind == PEND_COMMAND && p->verb == SMTP_VERB_RCPT && p->tx_idx != 0) {
 		store_rcpt_add(s->ctx->store, &(struct store_rcpt){
 			.session_id = s->id,
-			.transaction_id = p->tx_id,
+			.transaction_idx = p->tx_idx,
 			.idx = (int)p->tx_rcpt_idx,
 			.rcpt_seq = p->cmd_seq,
 			.address = p->rcpt_address ? p->rcpt_address : "",
@@ -215,7 +234,7 @@ session_msg_open(struct session *s, struct msg *m)
 	store_message_open(s->ctx->store, &(struct store_message){
 		.id = m->id,
 		.session_id = s->id,
-		.transaction_id = s->tx_id,
+		.transaction_idx = s->tx_idx,
 		.idx = m->idx,
 		.started_us = util_now_us(),
 		.mail_from = s->env.mail_from ? s->env.mail_from : "",

@@ -42,6 +42,14 @@
 #define STORE_BUSY_TIMEOUT_MS 5000
 #define STORE_CLOSE_BUSY_TIMEOUT_MS 500
 #define STORE_PAGE_SIZE "16384"
+/* The writer's page cache, in KiB (negative: SQLite's unit for KiB).
+ * SQLite's default, 2000 KiB, is 125 pages of 16 KiB: fewer than the
+ * B-tree pages a batch of 50 interleaved sessions keeps touching (events,
+ * messages, transactions, recipients and their indexes), which then go
+ * back and forth to the OS cache (pread/pwrite); measured with 50
+ * sessions of 1 KiB messages, 8 MiB took the writer from ~150 to ~100 us
+ * per message (new file or not). */
+#define STORE_CACHE_KIB "-8192"
 /* After a checkpoint, shrink a WAL that a burst of message data grew. */
 #define STORE_WAL_SIZE_LIMIT "67108864" /* 64 MiB */
 
@@ -66,12 +74,12 @@ static const char *const store_stmt_sql[STMT_COUNT] = {
 				 "helo = coalesce(?, helo) WHERE id = ?",
 	[STMT_EVENT] = "INSERT INTO events (session_id, seq, t_us, side, kind, flags, message_row, answers_seq, "
 		       "cause_seq, text, raw) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-	[STMT_TX_OPEN] = "INSERT INTO transactions (id, session_id, idx, started_us, mail_seq, mail_from, mail_params) "
-			 "VALUES (?, ?, ?, ?, ?, ?, ?)",
-	[STMT_TX_REPLY] = "UPDATE transactions SET mail_code = ?, mail_reply = ? WHERE id = ?",
-	[STMT_RCPT] = "INSERT INTO recipients (session_id, transaction_id, idx, rcpt_seq, address, params, "
+	[STMT_TX_OPEN] = "INSERT INTO transactions (session_id, idx, started_us, mail_seq, mail_from, mail_params, "
+			 "mail_code, mail_reply) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+	[STMT_TX_REPLY] = "UPDATE transactions SET mail_code = ?, mail_reply = ? WHERE session_id = ? AND idx = ?",
+	[STMT_RCPT] = "INSERT INTO recipients (session_id, transaction_idx, idx, rcpt_seq, address, params, "
 		      "reply_code, reply_text) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-	[STMT_MESSAGE_OPEN] = "INSERT INTO messages (id, session_id, transaction_id, idx, started_us, mail_from, "
+	[STMT_MESSAGE_OPEN] = "INSERT INTO messages (id, session_id, transaction_idx, idx, started_us, mail_from, "
 			      "mail_params, transport) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
 	[STMT_MESSAGE_CLOSE] = "UPDATE messages SET ended_us = ?, size = ?, complete = ?, subject = ?, "
 			       "from_hdr = ?, to_hdr = ?, message_id_hdr = ?, date_hdr = ?, upstream_code = ?, "
@@ -342,6 +350,7 @@ store_configure(struct store *st, char *err, size_t errsz)
 	 * corrupts the file; FULL would fsync every batch. */
 	if (sqlite3_exec(st->db,
 			 "PRAGMA synchronous = NORMAL;"
+			 "PRAGMA cache_size = " STORE_CACHE_KIB ";"
 			 "PRAGMA journal_size_limit = " STORE_WAL_SIZE_LIMIT ";",
 			 NULL, NULL, NULL) != SQLITE_OK) {
 		util_errf(err, errsz, "cannot configure it: %s", sqlite3_errmsg(st->db));
@@ -494,7 +503,6 @@ store_recover(struct store *st, char *err, size_t errsz)
 		log_info("store: %s: %" PRId64 " session(s) left live by a previous run marked interrupted", st->path,
 			 changed);
 	if (store_next_id(st->db, "sessions", &st->next_session_id) != SQLITE_OK ||
-	    store_next_id(st->db, "transactions", &st->next_transaction_id) != SQLITE_OK ||
 	    store_next_id(st->db, "messages", &st->next_message_id) != SQLITE_OK) {
 		util_errf(err, errsz, "cannot read it: %s", sqlite3_errmsg(st->db));
 		return -1;

@@ -4,7 +4,7 @@
  * retention (store_prune_db from the writer thread, between batches).
  *
  * A session is deleted with everything that belongs to it (events,
- * transactions, recipients, messages; the FTS indexes follow by trigger)
+ * transactions, recipients, messages)
  * in one transaction, so a reader sees it whole or not at all, and a live
  * session (no outcome yet) is never a candidate.  Transactions are short
  * (STORE_PRUNE_CHUNK sessions or STORE_PRUNE_TX_MS, whichever comes first)
@@ -47,8 +47,7 @@ enum prune_stmt {
 static const char *const prune_sql[PS_COUNT] = {
 	[PS_SESSION] = "SELECT client_bytes + upstream_bytes + proxy_bytes FROM sessions WHERE id = ?1",
 	[PS_EVENTS] = "DELETE FROM events WHERE session_id = ?1",
-	[PS_RECIPIENTS] = "DELETE FROM recipients WHERE transaction_id IN "
-			  "(SELECT id FROM transactions WHERE session_id = ?1)",
+	[PS_RECIPIENTS] = "DELETE FROM recipients WHERE session_id = ?1",
 	[PS_MESSAGES] = "DELETE FROM messages WHERE session_id = ?1",
 	[PS_TRANSACTIONS] = "DELETE FROM transactions WHERE session_id = ?1",
 	[PS_DELETE_SESSION] = "DELETE FROM sessions WHERE id = ?1 AND outcome IS NOT NULL",
@@ -202,7 +201,6 @@ prune_floors(sqlite3 *db)
 	static const char sql[] =
 	    "INSERT INTO id_floor (name, max_id) SELECT name, m FROM ("
 	    "  SELECT 'sessions' AS name, (SELECT max(id) FROM sessions) AS m"
-	    "  UNION ALL SELECT 'transactions', (SELECT max(id) FROM transactions)"
 	    "  UNION ALL SELECT 'messages', (SELECT max(id) FROM messages)) WHERE m IS NOT NULL "
 	    "ON CONFLICT (name) DO UPDATE SET max_id = max(max_id, excluded.max_id)";
 
@@ -249,7 +247,7 @@ store_prune_db(sqlite3 *db, const struct store_prune_opts *o, struct store_prune
 	struct pruner p = { .db = db, .res = res, .err = err, .errsz = errsz };
 	int64_t ids[STORE_PRUNE_CHUNK], data, started, left = o->max_sessions > 0 ? o->max_sessions : INT64_MAX;
 	int n, i, r, rc = -1, phase;
-	bool intx = false, more;
+	bool intx = false, more, floored;
 
 	if (prune_prepare(&p) < 0)
 		goto out;
@@ -264,10 +262,7 @@ store_prune_db(sqlite3 *db, const struct store_prune_opts *o, struct store_prune
 				goto out;
 			}
 			intx = true;
-			if (prune_floors(db) < 0) {
-				prune_dberr(&p, "cannot record the highest ids");
-				goto out;
-			}
+			floored = false;
 			started = prune_now_ms();
 			for (;;) {
 				int want = left < STORE_PRUNE_CHUNK ? (int)left : STORE_PRUNE_CHUNK;
@@ -283,6 +278,13 @@ store_prune_db(sqlite3 *db, const struct store_prune_opts *o, struct store_prune
 				}
 				if ((n = prune_candidates(&p, o, ids, want, phase == 0)) < 0)
 					goto out;
+				if (n > 0 && !floored) {
+					if (prune_floors(db) < 0) {
+						prune_dberr(&p, "cannot record the highest ids");
+						goto out;
+					}
+					floored = true;
+				}
 				for (i = 0; i < n; i++) {
 					if ((r = prune_session(&p, ids[i])) < 0)
 						goto out;
@@ -337,9 +339,8 @@ prune_count(sqlite3 *db, const struct store_prune_opts *o, struct store_prune_re
 	    "SELECT count(*), coalesce(sum(ntransactions), 0), coalesce(sum(nmessages), 0), "
 	    "coalesce(sum(nevents), 0), coalesce(sum(client_bytes + upstream_bytes + proxy_bytes), 0), "
 	    "coalesce(min(id), 0), coalesce(max(id), 0), "
-	    "(SELECT count(*) FROM recipients r JOIN transactions t ON t.id = r.transaction_id "
-	    " JOIN sessions c ON c.id = t.session_id WHERE c.started_us < ?1 AND c.outcome IS NOT NULL "
-	    " AND coalesce(c.ended_us, c.started_us) < ?1) "
+	    "(SELECT count(*) FROM recipients r JOIN sessions c ON c.id = r.session_id "
+	    " WHERE c.started_us < ?1 AND c.outcome IS NOT NULL AND coalesce(c.ended_us, c.started_us) < ?1) "
 	    "FROM sessions WHERE started_us < ?1 AND outcome IS NOT NULL AND coalesce(ended_us, started_us) < ?1";
 	sqlite3_stmt *stmt;
 	int rc;

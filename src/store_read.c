@@ -60,7 +60,7 @@ static const char *rd_text(sqlite3_stmt *stmt, int col);
 static const void *rd_blob(sqlite3_stmt *stmt, int col, size_t *len);
 static enum store_side rd_side(const char *name);
 static enum store_kind rd_kind(const char *name);
-static int rcpts_load(sqlite3_stmt *stmt, int64_t transaction_id, struct rcpt_list *l);
+static int rcpts_load(sqlite3_stmt *stmt, int64_t session_id, int transaction_idx, struct rcpt_list *l);
 static int rd_prepare_rcpts(struct store_reader *rd, sqlite3_stmt **stmt, char *err, size_t errsz);
 static int rcpts_grow(struct rcpt_list *l);
 static int rcpts_dup(sqlite3_stmt *stmt, int col, char **out);
@@ -195,8 +195,8 @@ store_reader_messages(struct store_reader *rd, int64_t session_id, store_message
 	if (rd_prepare(rd,
 		       "SELECT m.id, m.session_id, m.idx, m.started_us, m.ended_us, m.mail_from, m.mail_params, "
 		       "m.transport, m.size, m.complete, m.subject, m.from_hdr, m.to_hdr, m.message_id_hdr, m.date_hdr, "
-		       "m.upstream_code, m.upstream_reply, m.transaction_id, t.idx, t.mail_code, t.mail_reply "
-		       "FROM messages m LEFT JOIN transactions t ON t.id = m.transaction_id "
+		       "m.upstream_code, m.upstream_reply, m.transaction_idx, t.mail_code, t.mail_reply "
+		       "FROM messages m LEFT JOIN transactions t ON t.session_id = m.session_id AND t.idx = m.transaction_idx "
 		       "WHERE m.session_id = ?1 ORDER BY m.idx, m.id",
 		       &stmt, err, errsz) < 0)
 		return -1;
@@ -227,13 +227,12 @@ store_reader_messages(struct store_reader *rd, int64_t session_id, store_message
 		row.date = rd_text(stmt, 14);
 		row.reply_code = sqlite3_column_int(stmt, 15);
 		row.reply = rd_text(stmt, 16);
-		row.transaction_id = sqlite3_column_int64(stmt, 17);
-		row.transaction_idx = sqlite3_column_int(stmt, 18);
-		row.mail_code = sqlite3_column_int(stmt, 19);
-		row.mail_reply = rd_text(stmt, 20);
+		row.transaction_idx = sqlite3_column_int(stmt, 17);
+		row.mail_code = sqlite3_column_int(stmt, 18);
+		row.mail_reply = rd_text(stmt, 19);
 		/* Stepping rstmt leaves stmt's current row (and the pointers
 		 * above) alone. */
-		if ((rc = rcpts_load(rstmt, row.transaction_id, &rcpts)) != SQLITE_OK)
+		if ((rc = rcpts_load(rstmt, row.session_id, row.transaction_idx, &rcpts)) != SQLITE_OK)
 			break;
 		row.rcpts = rcpts.rows;
 		row.nrcpts = rcpts.n;
@@ -270,10 +269,10 @@ store_reader_transactions(struct store_reader *rd, int64_t session_id, store_tra
 	int rc, ret = 0;
 
 	if (rd_prepare_key(rd,
-			   "SELECT t.id, t.idx, t.started_us, t.mail_seq, t.mail_from, t.mail_params, t.mail_code, "
-			   "t.mail_reply, (SELECT count(*) FROM messages m WHERE m.transaction_id = t.id "
-			   "AND m.session_id = t.session_id) "
-			   "FROM transactions t WHERE t.session_id = ?1 ORDER BY t.idx, t.id",
+			   "SELECT t.idx, t.started_us, t.mail_seq, t.mail_from, t.mail_params, t.mail_code, "
+			   "t.mail_reply, (SELECT count(*) FROM messages m WHERE m.session_id = t.session_id "
+			   "AND m.transaction_idx = t.idx) "
+			   "FROM transactions t WHERE t.session_id = ?1 ORDER BY t.idx",
 			   session_id, &stmt, err, errsz) < 0)
 		return -1;
 	if (rd_prepare_rcpts(rd, &rstmt, err, errsz) < 0) {
@@ -282,16 +281,15 @@ store_reader_transactions(struct store_reader *rd, int64_t session_id, store_tra
 	}
 	while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
 		memset(&row, 0, sizeof(row));
-		row.id = sqlite3_column_int64(stmt, 0);
-		row.idx = sqlite3_column_int(stmt, 1);
-		row.started_us = sqlite3_column_int64(stmt, 2);
-		row.mail_seq = sqlite3_column_int64(stmt, 3);
-		row.mail_from = rd_text(stmt, 4);
-		row.mail_params = rd_text(stmt, 5);
-		row.mail_code = sqlite3_column_int(stmt, 6);
-		row.mail_reply = rd_text(stmt, 7);
-		row.nmessages = sqlite3_column_int64(stmt, 8);
-		if ((rc = rcpts_load(rstmt, row.id, &rcpts)) != SQLITE_OK)
+		row.idx = sqlite3_column_int(stmt, 0);
+		row.started_us = sqlite3_column_int64(stmt, 1);
+		row.mail_seq = sqlite3_column_int64(stmt, 2);
+		row.mail_from = rd_text(stmt, 3);
+		row.mail_params = rd_text(stmt, 4);
+		row.mail_code = sqlite3_column_int(stmt, 5);
+		row.mail_reply = rd_text(stmt, 6);
+		row.nmessages = sqlite3_column_int64(stmt, 7);
+		if ((rc = rcpts_load(rstmt, session_id, row.idx, &rcpts)) != SQLITE_OK)
 			break;
 		row.rcpts = rcpts.rows;
 		row.nrcpts = rcpts.n;
@@ -535,14 +533,14 @@ rd_prepare_rcpts(struct store_reader *rd, sqlite3_stmt **stmt, char *err, size_t
 {
 	return rd_prepare(rd,
 			  "SELECT address, params, reply_code, reply_text, rcpt_seq FROM recipients "
-			  "WHERE transaction_id = ?1 ORDER BY idx",
+			  "WHERE session_id = ?1 AND transaction_idx = ?2 ORDER BY idx",
 			  stmt, err, errsz);
 }
 
-/* Copy a transaction's recipients into l (emptied first; none for id 0).
+/* Copy a transaction's recipients into l (emptied first; none for idx 0).
  * Returns an SQLite result code; SQLITE_OK when all were read. */
 static int
-rcpts_load(sqlite3_stmt *stmt, int64_t transaction_id, struct rcpt_list *l)
+rcpts_load(sqlite3_stmt *stmt, int64_t session_id, int transaction_idx, struct rcpt_list *l)
 {
 	struct store_rcpt_row *r;
 	char **s;
@@ -550,9 +548,10 @@ rcpts_load(sqlite3_stmt *stmt, int64_t transaction_id, struct rcpt_list *l)
 
 	rcpts_clear(l);
 	sqlite3_reset(stmt);
-	if (transaction_id == 0)
+	if (transaction_idx == 0)
 		return SQLITE_OK;
-	if ((rc = sqlite3_bind_int64(stmt, 1, transaction_id)) != SQLITE_OK)
+	if ((rc = sqlite3_bind_int64(stmt, 1, session_id)) != SQLITE_OK ||
+	    (rc = sqlite3_bind_int(stmt, 2, transaction_idx)) != SQLITE_OK)
 		return rc;
 	while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
 		if (l->n == l->cap && rcpts_grow(l) < 0) {

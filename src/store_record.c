@@ -40,12 +40,6 @@ store_session_new_id(struct store *st)
 }
 
 int64_t
-store_transaction_new_id(struct store *st)
-{
-	return st->next_transaction_id++;
-}
-
-int64_t
 store_message_new_id(struct store *st)
 {
 	return st->next_message_id++;
@@ -181,32 +175,35 @@ store_transaction_open(struct store *st, const struct store_transaction *t)
 	struct store_rec *rec;
 	char *cur;
 
-	rec = store_rec_alloc(st, STORE_OP_TX_OPEN, rec_strsize(t->mail_from) + rec_strsize(t->mail_params),
-			      "transaction", t->id);
+	rec = store_rec_alloc(st, STORE_OP_TX_OPEN,
+			      rec_strsize(t->mail_from) + rec_strsize(t->mail_params) + rec_strsize(t->mail_reply),
+			      "session", t->session_id);
 	if (rec == NULL)
 		return;
 	cur = rec->data;
-	rec->u.tx.id = t->id;
 	rec->u.tx.session_id = t->session_id;
 	rec->u.tx.idx = t->idx;
 	rec->u.tx.started_us = t->started_us;
 	rec->u.tx.mail_seq = t->mail_seq;
 	rec->u.tx.mail_from = rec_strcpy(&cur, t->mail_from);
 	rec->u.tx.mail_params = rec_strcpy(&cur, t->mail_params);
+	rec->u.tx.mail_code = t->mail_code;
+	rec->u.tx.mail_reply = rec_strcpy(&cur, t->mail_reply);
 	store_enqueue(st, rec);
 }
 
 void
-store_transaction_mail_reply(struct store *st, int64_t id, int code, const char *reply)
+store_transaction_mail_reply(struct store *st, int64_t session_id, int idx, int code, const char *reply)
 {
 	struct store_rec *rec;
 	char *cur;
 
-	rec = store_rec_alloc(st, STORE_OP_TX_REPLY, rec_strsize(reply), "transaction", id);
+	rec = store_rec_alloc(st, STORE_OP_TX_REPLY, rec_strsize(reply), "session", session_id);
 	if (rec == NULL)
 		return;
 	cur = rec->data;
-	rec->u.tx_reply.id = id;
+	rec->u.tx_reply.session_id = session_id;
+	rec->u.tx_reply.idx = idx;
 	rec->u.tx_reply.code = code;
 	rec->u.tx_reply.reply = rec_strcpy(&cur, reply);
 	store_enqueue(st, rec);
@@ -219,13 +216,13 @@ store_rcpt_add(struct store *st, const struct store_rcpt *r)
 	char *cur;
 
 	rec = store_rec_alloc(st, STORE_OP_RCPT,
-			      rec_strsize(r->address) + rec_strsize(r->params) + rec_strsize(r->reply), "transaction",
-			      r->transaction_id);
+			      rec_strsize(r->address) + rec_strsize(r->params) + rec_strsize(r->reply), "session",
+			      r->session_id);
 	if (rec == NULL)
 		return;
 	cur = rec->data;
 	rec->u.rcpt.session_id = r->session_id;
-	rec->u.rcpt.transaction_id = r->transaction_id;
+	rec->u.rcpt.transaction_idx = r->transaction_idx;
 	rec->u.rcpt.idx = r->idx;
 	rec->u.rcpt.rcpt_seq = r->rcpt_seq;
 	rec->u.rcpt.reply_code = r->reply_code;
@@ -249,7 +246,7 @@ store_message_open(struct store *st, const struct store_message *m)
 	cur = rec->data;
 	rec->u.msg.id = m->id;
 	rec->u.msg.session_id = m->session_id;
-	rec->u.msg.transaction_id = m->transaction_id;
+	rec->u.msg.transaction_idx = m->transaction_idx;
 	rec->u.msg.started_us = m->started_us;
 	rec->u.msg.idx = m->idx;
 	rec->u.msg.mail_from = rec_strcpy(&cur, m->mail_from);

@@ -85,6 +85,9 @@ store_run_writer(void *arg)
 		pthread_mutex_unlock(&st->lock);
 
 		nlost = store_write_batch(st, batch, n);
+		st->retain_bytes += bytes;
+		if (st->opts.max_bytes > 0 && st->retain_bytes >= st->opts.max_bytes / STORE_RETAIN_GROWTH)
+			st->next_retain_ms = store_mono_ms();
 		if (st->next_retain_ms > 0 && store_mono_ms() >= st->next_retain_ms)
 			store_retain(st);
 
@@ -155,6 +158,7 @@ store_retain(struct store *st)
 			 st->path, res.sessions, res.first_id, res.last_id, res.events);
 	}
 	st->next_retain_ms = store_mono_ms() + (res.sessions >= STORE_RETAIN_CHUNK ? 0 : STORE_RETAIN_INTERVAL_MS);
+	st->retain_bytes = 0;
 }
 
 /* With st->lock held: let a small batch grow for up to STORE_BATCH_WAIT_MS,
@@ -295,24 +299,26 @@ store_write_rec(struct store *st, const struct store_rec *rec)
 		return store_step(st, &b, rec);
 	case STORE_OP_TX_OPEN:
 		bind_start(&b, st->stmt[STMT_TX_OPEN]);
-		bind_i64(&b, rec->u.tx.id);
 		bind_i64(&b, rec->u.tx.session_id);
 		bind_i64(&b, rec->u.tx.idx);
 		bind_i64(&b, rec->u.tx.started_us);
 		bind_i64_or_null(&b, rec->u.tx.mail_seq);
 		bind_text(&b, rec->u.tx.mail_from);
 		bind_text(&b, rec->u.tx.mail_params);
+		bind_i64_or_null(&b, rec->u.tx.mail_code);
+		bind_text(&b, rec->u.tx.mail_reply);
 		return store_step(st, &b, rec);
 	case STORE_OP_TX_REPLY:
 		bind_start(&b, st->stmt[STMT_TX_REPLY]);
 		bind_i64_or_null(&b, rec->u.tx_reply.code);
 		bind_text(&b, rec->u.tx_reply.reply);
-		bind_i64(&b, rec->u.tx_reply.id);
+		bind_i64(&b, rec->u.tx_reply.session_id);
+		bind_i64(&b, rec->u.tx_reply.idx);
 		return store_step(st, &b, rec);
 	case STORE_OP_RCPT:
 		bind_start(&b, st->stmt[STMT_RCPT]);
 		bind_i64(&b, rec->u.rcpt.session_id);
-		bind_i64(&b, rec->u.rcpt.transaction_id);
+		bind_i64(&b, rec->u.rcpt.transaction_idx);
 		bind_i64(&b, rec->u.rcpt.idx);
 		bind_i64_or_null(&b, rec->u.rcpt.rcpt_seq);
 		bind_text(&b, rec->u.rcpt.address);
@@ -324,7 +330,7 @@ store_write_rec(struct store *st, const struct store_rec *rec)
 		bind_start(&b, st->stmt[STMT_MESSAGE_OPEN]);
 		bind_i64(&b, rec->u.msg.id);
 		bind_i64(&b, rec->u.msg.session_id);
-		bind_i64_or_null(&b, rec->u.msg.transaction_id);
+		bind_i64_or_null(&b, rec->u.msg.transaction_idx);
 		bind_i64(&b, rec->u.msg.idx);
 		bind_i64(&b, rec->u.msg.started_us);
 		bind_text(&b, rec->u.msg.mail_from);
@@ -404,14 +410,15 @@ store_rec_describe(const struct store_rec *rec, char *buf, size_t bufsz)
 		snprintf(buf, bufsz, "the end of session %" PRId64, rec->u.close.id);
 		break;
 	case STORE_OP_TX_OPEN:
-		snprintf(buf, bufsz, "session %" PRId64 " transaction %" PRId64, rec->u.tx.session_id, rec->u.tx.id);
+		snprintf(buf, bufsz, "session %" PRId64 " transaction %d", rec->u.tx.session_id, rec->u.tx.idx);
 		break;
 	case STORE_OP_TX_REPLY:
-		snprintf(buf, bufsz, "the MAIL reply of transaction %" PRId64, rec->u.tx_reply.id);
+		snprintf(buf, bufsz, "the MAIL reply of session %" PRId64 " transaction %d", rec->u.tx_reply.session_id,
+			 rec->u.tx_reply.idx);
 		break;
 	case STORE_OP_RCPT:
-		snprintf(buf, bufsz, "session %" PRId64 " transaction %" PRId64 " recipient %d", rec->u.rcpt.session_id,
-			 rec->u.rcpt.transaction_id, rec->u.rcpt.idx);
+		snprintf(buf, bufsz, "session %" PRId64 " transaction %d recipient %d", rec->u.rcpt.session_id,
+			 rec->u.rcpt.transaction_idx, rec->u.rcpt.idx);
 		break;
 	case STORE_OP_EVENT:
 		snprintf(buf, bufsz, "session %" PRId64 " event %" PRId64 " (%s)", rec->u.event.session_id,

@@ -76,10 +76,10 @@ struct pending {
 	 * event recorded just before the push, as callers record the command
 	 * first; set explicitly where that is not so. */
 	int64_t cmd_seq;
-	/* MAIL, RCPT: the transaction (0: none); RCPT: the recipient, written
-	 * to the store when the reply arrives (session_env_rcpt_reply) or
-	 * when the session ends without one (session_pend_release). */
-	int64_t tx_id;
+	/* MAIL, RCPT: the transaction's idx (0: none); RCPT: the recipient,
+	 * written to the store when the reply arrives (session_env_rcpt_reply)
+	 * or when the session ends without one (session_pend_release). */
+	int tx_idx;
 	uint32_t tx_rcpt_idx;
 	char *rcpt_address, *rcpt_params; /* owned */
 };
@@ -96,6 +96,10 @@ struct envelope {
 	uint32_t gen; /* bumped on every reset so stale RCPT replies are ignored */
 	char *mail_from;
 	char *mail_params;
+	/* its transaction's row, written once: at the MAIL reply, or at the
+	 * reset when none came first (session_tx.c) */
+	int64_t started_us, mail_seq;
+	bool written;
 	struct rcpt *rcpts;
 	size_t nrcpts, cap;
 	size_t bytes; /* of the strings kept, bounded by ENV_BYTES_MAX */
@@ -144,7 +148,7 @@ struct session {
 	struct evbuffer *reply_buf; /* reply lines collected so far */
 
 	struct envelope env;
-	int64_t tx_id;	     /* the transaction MAIL started (0: none), see session_tx.c */
+	int tx_idx;	     /* the transaction MAIL started (0: none), see session_tx.c */
 	int ntx;	     /* transactions so far */
 	uint32_t tx_nrcpts;  /* RCPT commands in the current transaction */
 	int nmsgs;

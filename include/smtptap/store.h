@@ -95,7 +95,6 @@ struct store *store_open_opts(const char *path, const struct store_options *opts
 int store_close(struct store *st);
 
 int64_t store_session_new_id(struct store *st);
-int64_t store_transaction_new_id(struct store *st);
 int64_t store_message_new_id(struct store *st);
 
 struct store_session {
@@ -143,25 +142,27 @@ struct store_event {
 };
 void store_event_add(struct store *st, const struct store_event *ev);
 
-/* A transaction starts with each MAIL FROM command (before its reply). */
+/* A transaction starts with each MAIL FROM command; (session_id, idx)
+ * names it.  The session writes it once, usually with its MAIL reply. */
 struct store_transaction {
-	int64_t id;
 	int64_t session_id;
 	int idx;		 /* 1-based within the session */
 	int64_t started_us;
 	int64_t mail_seq;	 /* the MAIL command's event, 0 if unknown */
 	const char *mail_from;	 /* path without <>; "" for the null sender */
 	const char *mail_params; /* or NULL */
+	int mail_code;		 /* the reply to MAIL, 0 if not (yet) seen */
+	const char *mail_reply;	 /* its full text (lines joined by "\n"), or NULL */
 };
 void store_transaction_open(struct store *st, const struct store_transaction *t);
-/* The reply to its MAIL command: code and full text (lines joined by "\n"). */
-void store_transaction_mail_reply(struct store *st, int64_t id, int code, const char *reply);
+/* The reply to its MAIL command, when it came after the row was written. */
+void store_transaction_mail_reply(struct store *st, int64_t session_id, int idx, int code, const char *reply);
 
 /* A recipient, written when its RCPT reply arrives (or at the end of the
  * session, without one). */
 struct store_rcpt {
 	int64_t session_id;
-	int64_t transaction_id;
+	int transaction_idx;  /* its transaction's idx */
 	int idx;	      /* 1-based within the transaction, in RCPT order */
 	int64_t rcpt_seq;     /* the RCPT command's event, 0 if unknown */
 	const char *address;  /* path without <> */
@@ -177,7 +178,7 @@ void store_rcpt_add(struct store *st, const struct store_rcpt *r);
 struct store_message {
 	int64_t id;
 	int64_t session_id;
-	int64_t transaction_id; /* 0: none (no MAIL before it) */
+	int transaction_idx;	/* its transaction's idx; 0: none (no MAIL before it) */
 	int idx;		/* 1-based within the session */
 	int64_t started_us;
 	const char *mail_from;	/* path without <>; "" for the null sender */
@@ -294,8 +295,7 @@ struct store_message_row {
 	const char *subject, *from, *to, *message_id_hdr, *date;
 	int reply_code;
 	const char *reply;
-	int64_t transaction_id; /* 0 if none */
-	int transaction_idx;	/* its idx, 0 if none */
+	int transaction_idx;	/* its transaction's idx, 0 if none */
 	int mail_code;		/* the reply to its MAIL, 0 if none was seen */
 	const char *mail_reply;
 	const struct store_rcpt_row *rcpts; /* the transaction's recipients */
@@ -303,7 +303,6 @@ struct store_message_row {
 };
 
 struct store_transaction_row {
-	int64_t id;
 	int idx;
 	int64_t started_us, mail_seq;
 	const char *mail_from, *mail_params;

@@ -53,6 +53,10 @@
 #define STORE_RETAIN_INTERVAL_MS 10000
 #define STORE_RETAIN_CHUNK 64
 #define STORE_RETAIN_VACUUM_PAGES 2048
+/* With a size limit, the check also comes as soon as this fraction of the
+ * limit was recorded since the last one: a burst cannot overshoot it by
+ * ten seconds' worth of traffic. */
+#define STORE_RETAIN_GROWTH 16
 
 /* Longest AUTH mechanism and user name kept in a session's summary. */
 #define STORE_AUTH_MECH_MAX 64
@@ -105,23 +109,23 @@ struct store_rec {
 			size_t raw_len;
 		} event;
 		struct {
-			int64_t id, session_id, started_us, mail_seq;
-			int idx;
-			const char *mail_from, *mail_params;
+			int64_t session_id, started_us, mail_seq;
+			int idx, mail_code;
+			const char *mail_from, *mail_params, *mail_reply;
 		} tx;
 		struct {
-			int64_t id;
-			int code;
+			int64_t session_id;
+			int idx, code;
 			const char *reply;
 		} tx_reply;
 		struct {
-			int64_t session_id, transaction_id, rcpt_seq;
-			int idx, reply_code;
+			int64_t session_id, rcpt_seq;
+			int transaction_idx, idx, reply_code;
 			const char *address, *params, *reply;
 		} rcpt;
 		struct {
-			int64_t id, session_id, transaction_id, started_us;
-			int idx;
+			int64_t id, session_id, started_us;
+			int idx, transaction_idx;
 			const char *mail_from, *mail_params, *transport;
 		} msg;
 		struct {
@@ -183,13 +187,15 @@ struct store {
 	sqlite3_stmt *stmt[STMT_COUNT];
 
 	/* event loop thread only */
-	int64_t next_session_id, next_transaction_id, next_message_id;
+	int64_t next_session_id, next_message_id;
 
 	/* writer thread only (set before it starts) */
 	struct store_options opts;
 	struct store_sum *sums; /* this batch's summary deltas */
 	size_t sums_cap, sums_n;
 	int64_t next_retain_ms; /* monotonic ms of the next retention check; 0: none configured */
+	uint64_t retain_bytes;	/* bytes queued since it; with --max-db-size, enough of them
+				   bring the check forward (STORE_RETAIN_GROWTH) */
 
 	pthread_t writer;
 	bool writer_running;

@@ -394,7 +394,6 @@ record_session(struct store *st, int64_t *sidp, int64_t *midp)
 	struct store_message_end end = { 0 };
 	struct store_event ev = { 0 };
 	int64_t sid = store_session_new_id(st), mid = store_message_new_id(st), t = 1700000000000000LL;
-	int64_t tid = store_transaction_new_id(st);
 	static const struct {
 		enum store_side side;
 		enum store_kind kind;
@@ -420,7 +419,6 @@ record_session(struct store *st, int64_t *sidp, int64_t *midp)
 	store_session_set_upstream_addr(st, sid, "[::1]:25");
 	store_session_set_tls(st, sid, STORE_SIDE_CLIENT, "{\"version\":\"TLSv1.3\"}");
 	store_session_set_auth(st, sid, "PLAIN", "user@example.org");
-	tx.id = tid;
 	tx.session_id = sid;
 	tx.idx = 1;
 	tx.started_us = t + 2;
@@ -428,10 +426,10 @@ record_session(struct store *st, int64_t *sidp, int64_t *midp)
 	tx.mail_from = "x@y";
 	tx.mail_params = "SIZE=10";
 	store_transaction_open(st, &tx);
-	store_transaction_mail_reply(st, tid, 250, "250 2.1.0 Ok");
+	store_transaction_mail_reply(st, sid, 1, 250, "250 2.1.0 Ok");
 	for (i = 0; i < 2; i++) {
 		r.session_id = sid;
-		r.transaction_id = tid;
+		r.transaction_idx = 1;
 		r.idx = i + 1;
 		r.address = rcpts[i].address;
 		r.params = rcpts[i].params;
@@ -440,7 +438,7 @@ record_session(struct store *st, int64_t *sidp, int64_t *midp)
 		store_rcpt_add(st, &r);
 	}
 	m.id = mid;
-	m.transaction_id = tid;
+	m.transaction_idx = 1;
 	m.session_id = sid;
 	m.idx = 1;
 	m.started_us = t + 5;

@@ -210,7 +210,6 @@ add_message(struct store *st, int64_t sid, int idx, int64_t *seq, const char *tr
 	size_t off, n;
 
 	memset(&tx, 0, sizeof(tx));
-	tx.id = store_transaction_new_id(st);
 	tx.session_id = sid;
 	tx.idx = idx;
 	tx.started_us = 1700000000000000LL + idx;
@@ -218,7 +217,7 @@ add_message(struct store *st, int64_t sid, int idx, int64_t *seq, const char *tr
 	store_transaction_open(st, &tx);
 	memset(&rcpt, 0, sizeof(rcpt));
 	rcpt.session_id = sid;
-	rcpt.transaction_id = tx.id;
+	rcpt.transaction_idx = idx;
 	rcpt.idx = 1;
 	rcpt.address = "rcpt@example.org";
 	rcpt.reply_code = 250;
@@ -227,7 +226,7 @@ add_message(struct store *st, int64_t sid, int idx, int64_t *seq, const char *tr
 	memset(&m, 0, sizeof(m));
 	m.id = store_message_new_id(st);
 	m.session_id = sid;
-	m.transaction_id = tx.id;
+	m.transaction_idx = idx;
 	m.idx = idx;
 	m.started_us = 1700000000000000LL + idx;
 	m.mail_from = mail_from;

@@ -845,16 +845,14 @@ test_messages_with_recipients(void **state)
 	struct msg_list ml = { 0 };
 	struct store_reader *rd;
 	struct store *st;
-	int64_t m1, m2, t1;
+	int64_t m1, m2;
 	size_t i;
 
 	st = open_ok(fx->db);
 	add_session(st, 1, "up:587");
 	m1 = store_message_new_id(st);
 	m2 = store_message_new_id(st);
-	t1 = store_transaction_new_id(st);
 	store_transaction_open(st, &(struct store_transaction){
-		.id = t1,
 		.session_id = 1,
 		.idx = 1,
 		.started_us = 90,
@@ -864,14 +862,14 @@ test_messages_with_recipients(void **state)
 	/* Recipients come with their replies, in any order of arrival. */
 	for (i = 3; i-- > 0;) {
 		rcpts[i].session_id = 1;
-		rcpts[i].transaction_id = t1;
+		rcpts[i].transaction_idx = 1;
 		rcpts[i].idx = (int)i + 1;
 		store_rcpt_add(st, &rcpts[i]);
 	}
 	store_message_open(st, &(struct store_message){
 		.id = m1,
 		.session_id = 1,
-		.transaction_id = t1,
+		.transaction_idx = 1,
 		.idx = 1,
 		.started_us = 100,
 		.mail_from = "sender@example.com",
