@@ -371,11 +371,12 @@ store_migrate_db(sqlite3 *db, char *err, size_t errsz)
 {
 	const struct schema_migration *m;
 	char sql[64];
-	int64_t version;
+	int64_t version, from;
 	size_t i;
 
 	if (store_register_functions(db) < 0 || store_query_int(db, "PRAGMA user_version", &version) != SQLITE_OK)
 		goto dberr;
+	from = version;
 	for (i = 0; i < schema_nmigrations; i++) {
 		m = &schema_migrations[i];
 		if (m->version <= version)
@@ -399,6 +400,9 @@ store_migrate_db(sqlite3 *db, char *err, size_t errsz)
 			goto rollback;
 		version = m->version;
 	}
+	/* A new file is not news; an older one made newer is. */
+	if (from > 0 && version > from)
+		log_info("store: schema upgraded from version %" PRId64 " to %" PRId64, from, version);
 	return 0;
 
 rollback:
@@ -466,7 +470,6 @@ store_upgrade(const char *path, char *err, size_t errsz)
 	sqlite3_busy_timeout(db, STORE_BUSY_TIMEOUT_MS);
 	if (store_check_db(db, err, errsz) < 0 || store_migrate_db(db, err, errsz) < 0)
 		goto out;
-	log_info("store: %s: schema upgraded from version %" PRId64 " to %d", path, version, newest);
 	rc = 0;
 out:
 	sqlite3_close(db);
