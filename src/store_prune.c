@@ -44,6 +44,10 @@ enum prune_stmt {
 	PS_COUNT
 };
 
+/* ended_us >= started_us, so the index on started_us narrows it */
+static const char prune_by_age_sql[] = "SELECT id FROM sessions WHERE started_us < ?1 AND outcome IS NOT NULL "
+				       "AND coalesce(ended_us, started_us) < ?1 ORDER BY id LIMIT ?2";
+
 static const char *const prune_sql[PS_COUNT] = {
 	[PS_SESSION] = "SELECT client_bytes + upstream_bytes + proxy_bytes FROM sessions WHERE id = ?1",
 	[PS_EVENTS] = "DELETE FROM events WHERE session_id = ?1",
@@ -51,9 +55,7 @@ static const char *const prune_sql[PS_COUNT] = {
 	[PS_MESSAGES] = "DELETE FROM messages WHERE session_id = ?1",
 	[PS_TRANSACTIONS] = "DELETE FROM transactions WHERE session_id = ?1",
 	[PS_DELETE_SESSION] = "DELETE FROM sessions WHERE id = ?1 AND outcome IS NOT NULL",
-	/* ended_us >= started_us, so the index on started_us narrows it */
-	[PS_BY_AGE] = "SELECT id FROM sessions WHERE started_us < ?1 AND outcome IS NOT NULL "
-		      "AND coalesce(ended_us, started_us) < ?1 ORDER BY id LIMIT ?2",
+	[PS_BY_AGE] = prune_by_age_sql,
 	[PS_OLDEST] = "SELECT id FROM sessions WHERE outcome IS NOT NULL ORDER BY id LIMIT ?1",
 };
 
