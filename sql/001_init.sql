@@ -1,5 +1,10 @@
 -- 001_init.sql - the first smtptap schema (PRAGMA user_version 1).
 --
+-- 002_schema2.sql changes it: events.message_id is renamed message_row and
+-- messages.message_id message_id_hdr, recipients belong to transactions,
+-- and sessions, events and messages gain columns.  The comments here
+-- describe version 1; read 002 for what is current.
+--
 -- smtptap records every SMTP session it relays or answers:
 --   sessions    one row per client connection
 --   events      everything that crossed either leg, plus smtptap's own

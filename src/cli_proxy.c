@@ -41,7 +41,8 @@ cli_proxy_usage(FILE *f)
 	      "                     [--upstream-ca FILE] [--upstream-sni NAME] [--keylog FILE]\n"
 	      "                     [--rules FILE [--rules-seed N]] [--redact-auth on|off]\n"
 	      "                     [--idle-timeout S] [--reply-timeout S]\n"
-	      "                     [--connect-timeout S] [--grace S] [--max-sessions N] [-v]...\n"
+	      "                     [--connect-timeout S] [--grace S] [--max-sessions N]\n"
+	      "                     [--retain AGE] [--max-db-size SIZE] [-v]...\n"
 	      "\n"
 	      "Relay SMTP clients to an upstream server (or answer them as a capture\n"
 	      "server with --sink, the default without --upstream) and record every\n"
@@ -87,6 +88,10 @@ cli_proxy_usage(FILE *f)
 	      "      --grace S            on SIGTERM/SIGINT, let sessions finish for S\n"
 	      "                           seconds (default 10)\n"
 	      "      --max-sessions N     concurrent sessions; more wait (default 1000)\n"
+	      "      --retain AGE         delete sessions that ended more than AGE ago\n"
+	      "                           (30m, 12h, 7d, 2w), whole, while recording\n"
+	      "      --max-db-size SIZE   keep the recorded data under SIZE (500M, 2G):\n"
+	      "                           the oldest finished sessions are deleted, whole\n"
 	      "  -v, --verbose            print each conversation live on stderr\n"
 	      "  -h, --help               this help\n",
 	      f);
@@ -246,7 +251,9 @@ cli_proxy(int argc, char **argv)
 		OPT_GRACE,
 		OPT_MAXSESS,
 		OPT_RULES,
-		OPT_RULES_SEED
+		OPT_RULES_SEED,
+		OPT_RETAIN,
+		OPT_MAXDB
 	};
 	static const struct option opts[] = {
 		{ "listen", required_argument, NULL, 'l' },
@@ -270,6 +277,8 @@ cli_proxy(int argc, char **argv)
 		{ "max-sessions", required_argument, NULL, OPT_MAXSESS },
 		{ "rules", required_argument, NULL, OPT_RULES },
 		{ "rules-seed", required_argument, NULL, OPT_RULES_SEED },
+		{ "retain", required_argument, NULL, OPT_RETAIN },
+		{ "max-db-size", required_argument, NULL, OPT_MAXDB },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
@@ -390,6 +399,22 @@ cli_proxy(int argc, char **argv)
 			seed_given = true;
 			break;
 		}
+		case OPT_RETAIN:
+			if (util_parse_age(optarg, &cfg.store.retain_us) < 0 || cfg.store.retain_us < 60 * 1000000LL) {
+				log_warnx("--retain: expected a duration of at least a minute, such as 30m, 12h, 7d or 2w "
+					  "(units s, m, h, d, w), got '%s'",
+					  optarg);
+				return CLI_EXIT_USAGE;
+			}
+			break;
+		case OPT_MAXDB:
+			if (util_parse_size(optarg, &cfg.store.max_bytes) < 0 || cfg.store.max_bytes < (1u << 20)) {
+				log_warnx("--max-db-size: expected a size of at least 1M, such as 500M or 2G (K, M, G, T: "
+					  "powers of 1024), got '%s'",
+					  optarg);
+				return CLI_EXIT_USAGE;
+			}
+			break;
 		case 'v':
 			cfg.verbosity++;
 			break;

@@ -105,6 +105,17 @@ cli_read_session_copy(struct cli_session *dst, const struct store_session_row *r
 	dst->upstream_tls = cli_read_strdup_opt(row->upstream_tls, &nomem);
 	dst->outcome = cli_read_strdup_opt(row->outcome, &nomem);
 	dst->detail = cli_read_strdup_opt(row->detail, &nomem);
+	dst->client_ip = cli_read_strdup_opt(row->client_ip, &nomem);
+	dst->helo = cli_read_strdup_opt(row->helo, &nomem);
+	dst->auth_mech = cli_read_strdup_opt(row->auth_mech, &nomem);
+	dst->auth_user = cli_read_strdup_opt(row->auth_user, &nomem);
+	dst->client_tls_version = cli_read_strdup_opt(row->client_tls_version, &nomem);
+	dst->upstream_tls_version = cli_read_strdup_opt(row->upstream_tls_version, &nomem);
+	dst->nevents = row->nevents;
+	dst->ntransactions = row->ntransactions;
+	dst->client_bytes = row->client_bytes;
+	dst->upstream_bytes = row->upstream_bytes;
+	dst->proxy_bytes = row->proxy_bytes;
 	if (nomem) {
 		cli_read_session_free(dst);
 		return -1;
@@ -124,6 +135,12 @@ cli_read_session_free(struct cli_session *s)
 	free(s->upstream_tls);
 	free(s->outcome);
 	free(s->detail);
+	free(s->client_ip);
+	free(s->helo);
+	free(s->auth_mech);
+	free(s->auth_user);
+	free(s->client_tls_version);
+	free(s->upstream_tls_version);
 	memset(s, 0, sizeof(*s));
 }
 

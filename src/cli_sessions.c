@@ -80,7 +80,7 @@ cli_sessions_json_cb(const struct store_session_row *row, void *arg)
 
 	if (cli_read_session_copy(&s, row) < 0)
 		return 1;
-	cli_json_session(j, &s, true);
+	cli_json_session(j, &s);
 	cli_read_session_free(&s);
 	return j->failed ? 2 : 0;
 }

@@ -58,6 +58,8 @@ static void cli_show_flush_data(struct cli_show *sh);
 static int cli_show_event_cb(const struct store_event_row *ev, void *arg);
 static int cli_show_raw_cb(const struct store_event_row *ev, void *arg);
 static int cli_show_message_cb(const struct store_message_row *m, void *arg);
+static int cli_show_transaction_cb(const struct store_transaction_row *t, void *arg);
+static void cli_show_rcpts(FILE *f, const struct store_rcpt_row *r, size_t n);
 static void cli_show_reply(FILE *f, int code, const char *reply, const char *indent);
 
 static void
@@ -297,7 +299,7 @@ cli_show_event_cb(const struct store_event_row *ev, void *arg)
 	bool first = true;
 
 	if (ev->kind == STORE_KIND_DATA) {
-		if (sh->pend && sh->pend_msg == ev->message_id && sh->pend_side == ev->side &&
+		if (sh->pend && sh->pend_msg == ev->message_row && sh->pend_side == ev->side &&
 		    sh->pend_flags == ev->flags) {
 			sh->pend_bytes += ev->raw_len;
 			return 0;
@@ -305,7 +307,7 @@ cli_show_event_cb(const struct store_event_row *ev, void *arg)
 		cli_show_flush_data(sh);
 		sh->pend = true;
 		sh->pend_t_us = ev->t_us;
-		sh->pend_msg = ev->message_id;
+		sh->pend_msg = ev->message_row;
 		sh->pend_side = ev->side;
 		sh->pend_flags = ev->flags;
 		sh->pend_bytes = ev->raw_len;
@@ -365,13 +367,35 @@ cli_show_reply(FILE *f, int code, const char *reply, const char *indent)
 		fputs("(no reply)", f);
 }
 
+/* Continuation lines of a reply in the messages section line up here. */
+static const char cli_show_indent[] = "                ";
+
+/* "  rcpt to      <address> params: reply", one line each. */
+static void
+cli_show_rcpts(FILE *f, const struct store_rcpt_row *r, size_t n)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		fputs("  rcpt to      <", f);
+		cli_read_put_escaped_str(f, r[i].address);
+		fputc('>', f);
+		if (r[i].params != NULL) {
+			fputc(' ', f);
+			cli_read_put_escaped_str(f, r[i].params);
+		}
+		fputs(": ", f);
+		cli_show_reply(f, r[i].reply_code, r[i].reply, cli_show_indent);
+		fputc('\n', f);
+	}
+}
+
 static int
 cli_show_message_cb(const struct store_message_row *m, void *arg)
 {
-	static const char ind[] = "                ";
+	static const char *const ind = cli_show_indent;
 	struct cli_show *sh = arg;
 	FILE *f = sh->out->f;
-	size_t i;
 
 	fprintf(f, "\n%smessage %d%s\n", sh->color ? CLI_C_BOLD : "", m->idx, sh->color ? CLI_C_RESET : "");
 	fputs("  mail from    <", f);
@@ -381,29 +405,53 @@ cli_show_message_cb(const struct store_message_row *m, void *arg)
 		fputc(' ', f);
 		cli_read_put_escaped_str(f, m->mail_params);
 	}
-	fputc('\n', f);
-	for (i = 0; i < m->nrcpts; i++) {
-		fputs("  rcpt to      <", f);
-		cli_read_put_escaped_str(f, m->rcpts[i].address);
-		fputc('>', f);
-		if (m->rcpts[i].params != NULL) {
-			fputc(' ', f);
-			cli_read_put_escaped_str(f, m->rcpts[i].params);
-		}
+	/* Recorded since schema 2 only: older sessions print as they did. */
+	if (m->mail_code != 0 || m->mail_reply != NULL) {
 		fputs(": ", f);
-		cli_show_reply(f, m->rcpts[i].reply_code, m->rcpts[i].reply, ind);
-		fputc('\n', f);
+		cli_show_reply(f, m->mail_code, m->mail_reply, ind);
 	}
+	fputc('\n', f);
+	cli_show_rcpts(f, m->rcpts, m->nrcpts);
 	fprintf(f, "  size         %" PRId64 " bytes, %s, %s\n", m->size, m->transport != NULL ? m->transport : "data",
 		m->complete ? "complete" : "INCOMPLETE (cut short)");
 	cli_show_summary_line(f, "subject", m->subject);
 	cli_show_summary_line(f, "from", m->from);
 	cli_show_summary_line(f, "to", m->to);
 	cli_show_summary_line(f, "date", m->date);
-	cli_show_summary_line(f, "message-id", m->message_id);
+	cli_show_summary_line(f, "message-id", m->message_id_hdr);
 	fputs("  upstream     ", f);
 	cli_show_reply(f, m->reply_code, m->reply, ind);
 	fputc('\n', f);
+	cli_out_check(sh->out);
+	return sh->out->werr != 0 ? 1 : 0;
+}
+
+/*
+ * A transaction that carried no message (refused, reset or abandoned
+ * before DATA): its envelope and every reply, after the messages.  One
+ * with a message was shown with it.
+ */
+static int
+cli_show_transaction_cb(const struct store_transaction_row *t, void *arg)
+{
+	struct cli_show *sh = arg;
+	FILE *f = sh->out->f;
+
+	if (t->nmessages > 0)
+		return 0;
+	fprintf(f, "\n%stransaction %d (no message)%s\n", sh->color ? CLI_C_BOLD : "", t->idx,
+		sh->color ? CLI_C_RESET : "");
+	fputs("  mail from    <", f);
+	cli_read_put_escaped_str(f, t->mail_from);
+	fputc('>', f);
+	if (t->mail_params != NULL) {
+		fputc(' ', f);
+		cli_read_put_escaped_str(f, t->mail_params);
+	}
+	fputs(": ", f);
+	cli_show_reply(f, t->mail_code, t->mail_reply, cli_show_indent);
+	fputc('\n', f);
+	cli_show_rcpts(f, t->rcpts, t->nrcpts);
 	cli_out_check(sh->out);
 	return sh->out->werr != 0 ? 1 : 0;
 }
@@ -517,6 +565,8 @@ cli_show(int argc, char **argv)
 			cli_show_flush_data(&sh);
 			r = store_reader_messages(rd, id, cli_show_message_cb, &sh, err, sizeof(err));
 		}
+		if (r == 0)
+			r = store_reader_transactions(rd, id, cli_show_transaction_cb, &sh, err, sizeof(err));
 		if (r < 0) {
 			log_warnx("reading session %" PRId64 " from %s: %s", id, db, err);
 			rc = CLI_EXIT_FAIL;

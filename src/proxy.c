@@ -94,7 +94,7 @@ proxy_run(const struct proxy_config *cfg)
 			}
 		}
 	}
-	px.store = store_open(cfg->db_path, err, sizeof(err));
+	px.store = store_open_opts(cfg->db_path, &cfg->store, err, sizeof(err));
 	if (px.store == NULL) {
 		log_warnx("cannot open the database %s: %s (use --db PATH)", cfg->db_path, err);
 		goto out;

@@ -300,12 +300,9 @@ session_free(struct session *s)
 	if (s->rhold_msg != NULL)
 		session_msg_close(s, s->rhold_msg, 0, NULL); /* its end was held by a rule */
 	s->rhold_msg = NULL;
-	while (session_pend_pop(s, &p) == 0) {
-		if (p.msg != NULL)
-			session_msg_close(s, p.msg, 0, NULL);
-		free(p.owned_text);
-		free(p.rule);
-	}
+	while (session_pend_pop(s, &p) == 0)
+		session_pend_release(s, &p);
+	session_env_reset(s); /* writes the last transaction, before the session ends */
 	if (s->outcome == NULL)
 		session_set_outcome(s, s->quit_ok ? "quit" : "closed", NULL);
 	store_session_close(ctx->store, s->id, now, s->outcome, s->detail[0] ? s->detail : NULL);
@@ -356,9 +353,16 @@ session_close_legs(struct session *s)
  * recording
  */
 
-void
+int64_t
 session_record(struct session *s, enum store_side side, enum store_kind kind, unsigned flags, int64_t msg_id,
 	       const void *raw, size_t len, const char *text)
+{
+	return session_record_link(s, 0, 0, side, kind, flags, msg_id, raw, len, text);
+}
+
+int64_t
+session_record_link(struct session *s, int64_t answers_seq, int64_t cause_seq, enum store_side side,
+		    enum store_kind kind, unsigned flags, int64_t msg_id, const void *raw, size_t len, const char *text)
 {
 	struct store_event ev = {
 		.session_id = s->id,
@@ -367,7 +371,9 @@ session_record(struct session *s, enum store_side side, enum store_kind kind, un
 		.side = side,
 		.kind = kind,
 		.flags = flags,
-		.message_id = msg_id,
+		.message_row = msg_id,
+		.answers_seq = answers_seq,
+		.cause_seq = cause_seq,
 		.text = text,
 		.raw = raw,
 		.raw_len = len,
@@ -388,9 +394,10 @@ session_record(struct session *s, enum store_side side, enum store_kind kind, un
 			event_add(s->ctx->backlog_timer, &tv);
 		}
 	}
+	return ev.seq;
 }
 
-void
+int64_t
 session_note(struct session *s, enum store_kind kind, const char *fmt, ...)
 {
 	char text[512];
@@ -399,7 +406,68 @@ session_note(struct session *s, enum store_kind kind, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(text, sizeof(text), fmt, ap);
 	va_end(ap);
-	session_record(s, STORE_SIDE_PROXY, kind, 0, 0, NULL, 0, text);
+	return session_record(s, STORE_SIDE_PROXY, kind, 0, 0, NULL, 0, text);
+}
+
+int64_t
+session_note_cause(struct session *s, int64_t cause_seq, enum store_kind kind, const char *fmt, ...)
+{
+	char text[512];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(text, sizeof(text), fmt, ap);
+	va_end(ap);
+	return session_record_link(s, 0, cause_seq, STORE_SIDE_PROXY, kind, 0, 0, NULL, 0, text);
+}
+
+/*
+ * AUTH in the session's summary: the mechanism at once, and the user name
+ * when it can be decoded from the initial response, or else from the
+ * first response line (session_auth_line).  The bytes are seen here
+ * before they are redacted; only the name goes to the store.
+ */
+void
+session_auth_command(struct session *s, const struct smtp_cmd *cmd)
+{
+	static const char *const named[] = { "PLAIN", "LOGIN", "CRAM-MD5", "XOAUTH2" };
+	char mech[AUTH_MECH_MAX], user[AUTH_USER_MAX];
+	size_t n = cmd->auth_mech.len < sizeof(mech) - 1 ? cmd->auth_mech.len : sizeof(mech) - 1;
+	size_t i;
+
+	s->auth_mech_next[0] = '\0';
+	if (n == 0)
+		return;
+	for (i = 0; i < n; i++)
+		mech[i] = cmd->auth_mech.p[i] >= 'a' && cmd->auth_mech.p[i] <= 'z' ? (char)(cmd->auth_mech.p[i] - 32)
+										     : cmd->auth_mech.p[i];
+	mech[n] = '\0';
+	if (cmd->auth_initial.len > 0 &&
+	    smtp_auth_user(cmd->auth_mech, cmd->auth_initial.p, cmd->auth_initial.len, user, sizeof(user)) > 0) {
+		store_session_set_auth(s->ctx->store, s->id, mech, user);
+		return;
+	}
+	store_session_set_auth(s->ctx->store, s->id, mech, NULL);
+	/* No initial response: the first response line names the user. */
+	if (cmd->auth_initial.len > 0)
+		return;
+	for (i = 0; i < sizeof(named) / sizeof(named[0]); i++) {
+		if (strcmp(mech, named[i]) == 0)
+			snprintf(s->auth_mech_next, sizeof(s->auth_mech_next), "%s", named[i]);
+	}
+}
+
+void
+session_auth_line(struct session *s, const char *line, size_t len)
+{
+	struct smtp_str mech = { s->auth_mech_next, strlen(s->auth_mech_next) };
+	char user[AUTH_USER_MAX];
+
+	if (mech.len == 0)
+		return;
+	if (smtp_auth_user(mech, line, len, user, sizeof(user)) > 0)
+		store_session_set_auth(s->ctx->store, s->id, s->auth_mech_next, user);
+	s->auth_mech_next[0] = '\0';
 }
 
 /*
@@ -558,6 +626,7 @@ session_client_timeout(struct session *s, bool reading)
 {
 	const struct proxy_config *cfg = s->ctx->cfg;
 	char reply[128];
+	int64_t cause;
 	int n;
 
 	if (session_timeout_out_of_turn(s, &s->client, reading))
@@ -578,8 +647,8 @@ session_client_timeout(struct session *s, bool reading)
 	n = snprintf(reply, sizeof(reply), "421 4.4.2 smtptap: idle for %d seconds, closing connection\r\n",
 		     cfg->idle_timeout);
 	session_set_outcome(s, "client-timeout", "client idle for %d s", cfg->idle_timeout);
-	session_note(s, STORE_KIND_ACTION, "client idle for %d s: closing", cfg->idle_timeout);
-	session_inject_client(s, reply, (size_t)n);
+	cause = session_note(s, STORE_KIND_ACTION, "client idle for %d s: closing", cfg->idle_timeout);
+	session_inject_client_link(s, reply, (size_t)n, 0, cause);
 	session_enter_state(s, ST_CLOSING);
 	session_msg_abandon(s);
 	leg_close(&s->upstream, LEG_CLOSE_NOW);
@@ -619,24 +688,52 @@ session_client_gone(struct session *s, const char *why)
 void
 session_inject_client(struct session *s, const char *text, size_t len)
 {
-	session_inject_client_flags(s, text, len, 0);
+	session_inject_client_link_flags(s, text, len, 0, 0, 0);
 }
 
+/* The same, with store flags of a rule's (STORE_F_RULE). */
 void
 session_inject_client_flags(struct session *s, const char *text, size_t len, unsigned flags)
 {
-	session_record(s, STORE_SIDE_PROXY, STORE_KIND_REPLY,
-		       flags | STORE_F_INJECTED | STORE_F_TO_CLIENT | (s->client.open ? 0 : STORE_F_DROPPED), 0, text, len,
-		       NULL);
+	session_inject_client_link_flags(s, text, len, 0, 0, flags);
+}
+
+/* smtptap's own reply to the client: answering answers_seq (a command it
+ * answers itself), or caused by cause_seq (a note saying why). */
+int64_t
+session_inject_client_link(struct session *s, const char *text, size_t len, int64_t answers_seq, int64_t cause_seq)
+{
+	return session_inject_client_link_flags(s, text, len, answers_seq, cause_seq, 0);
+}
+
+int64_t
+session_inject_client_link_flags(struct session *s, const char *text, size_t len, int64_t answers_seq,
+				 int64_t cause_seq, unsigned flags)
+{
+	int64_t seq;
+
+	seq = session_record_link(s, answers_seq, cause_seq, STORE_SIDE_PROXY, STORE_KIND_REPLY,
+				  flags | STORE_F_INJECTED | STORE_F_TO_CLIENT | (s->client.open ? 0 : STORE_F_DROPPED), 0,
+				  text, len, NULL);
 	leg_write(&s->client, text, len);
+	return seq;
 }
 
 void
 session_inject_upstream(struct session *s, const char *text, size_t len)
 {
-	session_record(s, STORE_SIDE_PROXY, STORE_KIND_COMMAND, STORE_F_INJECTED | STORE_F_TO_UPSTREAM, 0, text,
-		       len, NULL);
+	session_inject_upstream_cause(s, text, len, 0);
+}
+
+int64_t
+session_inject_upstream_cause(struct session *s, const char *text, size_t len, int64_t cause_seq)
+{
+	int64_t seq;
+
+	seq = session_record_link(s, 0, cause_seq, STORE_SIDE_PROXY, STORE_KIND_COMMAND,
+				  STORE_F_INJECTED | STORE_F_TO_UPSTREAM, 0, text, len, NULL);
 	leg_write(&s->upstream, text, len);
+	return seq;
 }
 
 /* Give up on the session: optionally tell the client why, then close both
@@ -644,8 +741,10 @@ session_inject_upstream(struct session *s, const char *text, size_t len)
 void
 session_fail_client(struct session *s, const char *reply, const char *outcome, const char *detail)
 {
+	int64_t cause;
+
 	session_set_outcome(s, outcome, "%s", detail);
-	session_note(s, STORE_KIND_ACTION, "%s", detail);
+	cause = session_note(s, STORE_KIND_ACTION, "%s", detail);
 	session_enter_state(s, ST_CLOSING);
 	session_msg_abandon(s);
 	leg_close(&s->upstream, LEG_CLOSE_NOW);
@@ -655,7 +754,7 @@ session_fail_client(struct session *s, const char *reply, const char *outcome, c
 		 * the reason over TLS. */
 		if (s->ctls == CTLS_WAIT_UPSTREAM)
 			session_tls_start_client(s);
-		session_inject_client(s, reply, strlen(reply));
+		session_inject_client_link(s, reply, strlen(reply), 0, cause);
 	}
 	leg_close_after_flush(&s->client);
 }

@@ -38,7 +38,7 @@ static void session_client_data_end(struct session *s, struct msg *m, const stru
 static void session_client_data_end_tail(struct session *s, struct msg *m, const struct rules_decision *d,
 					 size_t hold, bool bdat);
 static void session_client_forward(struct session *s, struct evbuffer *in, size_t len);
-static void session_client_data_record(struct session *s, struct msg *m, const struct evbuffer_iovec *v,
+static int64_t session_client_data_record(struct session *s, struct msg *m, const struct evbuffer_iovec *v,
 				       const size_t *vused, int nv, size_t hold, bool dropped);
 
 /* Client input is interpreted only while both outputs have room and the
@@ -189,13 +189,16 @@ session_client_command(struct session *s, struct evbuffer *in, const char *line,
 		session_msg_abandon(s); /* a BDAT transaction abandoned */
 		break;
 	case SMTP_VERB_MAIL:
-		session_env_add_mail(s, &cmd, line, len);
+		session_env_add_mail(s, p, &cmd, line, len);
 		break;
 	case SMTP_VERB_RCPT:
 		session_env_add_rcpt(s, p, &cmd, line, len);
 		break;
-	case SMTP_VERB_DATA:
 	case SMTP_VERB_AUTH:
+		session_auth_command(s, &cmd);
+		session_enter_state(s, ST_HOLD);
+		break;
+	case SMTP_VERB_DATA:
 		session_enter_state(s, ST_HOLD);
 		break;
 	case SMTP_VERB_QUIT:
@@ -219,7 +222,7 @@ session_client_command(struct session *s, struct evbuffer *in, const char *line,
 		bdat_empty = cmd.bdat_size == 0;
 		if (!bdat_empty)
 			session_enter_state(s, ST_BDAT);
-		else if (cmd.bdat_last && s->cur_msg != NULL && (end = session_rules_data_end(s, s->cur_msg)) != NULL &&
+		else if (cmd.bdat_last && s->cur_msg != NULL && (end = session_rules_data_end(s, s->cur_msg, true)) != NULL &&
 			 (session_rules_consumes(end) || (end->actions & RULES_A_DELAY)))
 			hold = len;
 		break;
@@ -247,6 +250,8 @@ session_client_auth_line(struct session *s, struct evbuffer *in, const char *lin
 	bool crlf = len >= 2 && line[len - 2] == '\r';
 	bool cancel = (len == 2 && line[0] == '*') || (len == 3 && line[0] == '*' && crlf);
 
+	if (!cancel)
+		session_auth_line(s, line, len);
 	if (s->ctx->cfg->redact_auth && !cancel) {
 		const char *red = crlf ? "[redacted]\r\n" : "[redacted]\n";
 
@@ -274,6 +279,7 @@ session_client_data(struct session *s, struct evbuffer *in)
 	int i, n = evbuffer_peek(in, -1, NULL, v, 16), nv = 0;
 	size_t total = 0, hold = 0;
 	bool done = false;
+	int64_t last = 0; /* the data event the final reply will answer */
 
 	if (n > 16)
 		n = 16;
@@ -309,11 +315,16 @@ session_client_data(struct session *s, struct evbuffer *in)
 		/* A rule that delays or refuses the message keeps the end of
 		 * the terminator from the upstream (without its last LF no
 		 * server takes the message as complete). */
-		d = session_rules_data_end(s, m);
+		d = session_rules_data_end(s, m, false); /* recorded after the data */
 		if (d != NULL && (session_rules_consumes(d) || (d->actions & RULES_A_DELAY)))
 			hold = total < 3 ? total : 3;
 	}
-	session_client_data_record(s, m, v, vused, nv, hold, session_rules_consumes(d));
+	last = session_client_data_record(s, m, v, vused, nv, hold, session_rules_consumes(d));
+	if (done) {
+		m->end_seq = last;
+		if (d != NULL)
+			session_rules_data_end_fired(s, d);
+	}
 	session_client_forward(s, in, total - hold);
 	if (done)
 		session_client_data_end(s, m, d, hold, false);
@@ -324,11 +335,12 @@ session_client_data(struct session *s, struct evbuffer *in)
  * bytes (the end a rule keeps back) on their own, flagged dropped when
  * the rule answers in the message's place: they never reach the upstream.
  */
-static void
+static int64_t
 session_client_data_record(struct session *s, struct msg *m, const struct evbuffer_iovec *v, const size_t *vused,
 			   int nv, size_t hold, bool dropped)
 {
 	size_t total = 0, before;
+	int64_t last = 0;
 	int i;
 
 	for (i = 0; i < nv; i++)
@@ -339,13 +351,14 @@ session_client_data_record(struct session *s, struct msg *m, const struct evbuff
 		size_t first = vused[i] < before ? vused[i] : before;
 
 		if (first > 0)
-			session_record(s, STORE_SIDE_CLIENT, STORE_KIND_DATA, 0, m->id, base, first, NULL);
+			last = session_record(s, STORE_SIDE_CLIENT, STORE_KIND_DATA, 0, m->id, base, first, NULL);
 		before -= first;
 		if (vused[i] > first)
-			session_record(s, STORE_SIDE_CLIENT, STORE_KIND_DATA,
-				       dropped ? STORE_F_DROPPED | STORE_F_RULE : 0, m->id, base + first,
-				       vused[i] - first, NULL);
+			last = session_record(s, STORE_SIDE_CLIENT, STORE_KIND_DATA,
+					      dropped ? STORE_F_DROPPED | STORE_F_RULE : 0, m->id, base + first,
+					      vused[i] - first, NULL);
 	}
+	return last;
 }
 
 /*
@@ -404,6 +417,8 @@ session_client_data_end_tail(struct session *s, struct msg *m, const struct rule
 		session_client_forward(s, in, hold);
 	if (!bdat) {
 		struct pending *p = session_pend_push(s, PEND_DATA_END, SMTP_VERB_DATA);
+
+		p->cmd_seq = m->end_seq;
 
 		p->msg = m;
 		session_rules_attach(s, p);
@@ -488,12 +503,14 @@ session_client_bdat(struct session *s, struct evbuffer *in)
 		return;
 	}
 	if (s->bdat_left == 0 && s->bdat_cur_last && m != NULL) {
-		d = session_rules_data_end(s, m);
+		d = session_rules_data_end(s, m, false); /* recorded after the data */
 		if (d != NULL && (session_rules_consumes(d) || (d->actions & RULES_A_DELAY)))
 			hold = total > 0 ? 1 : 0; /* one byte short, the chunk is not complete */
 	}
 	if (m != NULL)
 		session_client_data_record(s, m, v, vused, nv, hold, session_rules_consumes(d));
+	if (d != NULL)
+		session_rules_data_end_fired(s, d);
 	session_client_forward(s, in, total - hold);
 	if (s->bdat_left == 0)
 		session_client_bdat_end(s, d, hold);
@@ -592,6 +609,7 @@ session_client_discard(struct session *s, const char *why)
 	struct evbuffer *in;
 	size_t left, held;
 	bool dropped;
+	int64_t dseq;
 
 	if (!s->client.open)
 		return;
@@ -608,8 +626,8 @@ session_client_discard(struct session *s, const char *why)
 	}
 	if (left == 0)
 		return;
-	session_record(s, STORE_SIDE_CLIENT, STORE_KIND_COMMAND, STORE_F_DROPPED, 0, evbuffer_pullup(in, -1), left,
-		       NULL);
-	session_note(s, STORE_KIND_ACTION, "%zu bytes discarded: %s", left, why);
+	dseq = session_record(s, STORE_SIDE_CLIENT, STORE_KIND_COMMAND, STORE_F_DROPPED, 0, evbuffer_pullup(in, -1), left,
+			      NULL);
+	session_note_cause(s, dseq, STORE_KIND_ACTION, "%zu bytes discarded: %s", left, why);
 	evbuffer_drain(in, left);
 }

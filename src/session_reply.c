@@ -31,6 +31,7 @@ session_pend_push(struct session *s, enum pend_kind kind, enum smtp_verb verb)
 	memset(p, 0, sizeof(*p));
 	p->kind = kind;
 	p->verb = verb;
+	p->cmd_seq = s->seq; /* the command, recorded just before */
 	s->pend_len++;
 	return p;
 }
@@ -52,10 +53,18 @@ session_pend_pop(struct session *s, struct pending *out)
 void
 session_local_push(struct session *s, const char *text, bool starttls)
 {
+	session_local_push_answer(s, text, starttls, s->seq);
+}
+
+/* The same, answering event answers_seq (not the last one recorded). */
+void
+session_local_push_answer(struct session *s, const char *text, bool starttls, int64_t answers_seq)
+{
 	struct pending *p = session_pend_push(s, PEND_LOCAL, SMTP_VERB_UNKNOWN);
 
 	p->text = text;
 	p->local_starttls = starttls;
+	p->cmd_seq = answers_seq;
 	session_pend_flush_local(s);
 }
 
@@ -68,7 +77,8 @@ session_pend_flush_local(struct session *s)
 
 		session_pend_pop(s, &p);
 		if (p.text[0] != '\0')
-			session_inject_client_flags(s, p.text, strlen(p.text), p.by_rule ? STORE_F_RULE : 0);
+			session_inject_client_link_flags(s, p.text, strlen(p.text), p.cmd_seq, p.cause_seq,
+							 p.by_rule ? STORE_F_RULE : 0);
 		free(p.owned_text);
 		free(p.rule);
 		if (p.local_starttls)
@@ -236,6 +246,7 @@ session_reply_handle(struct session *s, struct evbuffer *reply, enum store_side 
 	struct rules_reply rr;
 	int orig_code = code;
 	bool stripped = false;
+	int64_t answers, seq;
 
 	if (session_reply_desync(s, reply, side, code))
 		return;
@@ -302,9 +313,15 @@ session_reply_handle(struct session *s, struct evbuffer *reply, enum store_side 
 				}
 			}
 			break;
-		case SMTP_VERB_RCPT:
+		case SMTP_VERB_MAIL:
 			if (have)
-				session_env_rcpt_reply(s, &p, code, raw, len);
+				session_env_mail_reply(s, &p, code, raw, len);
+			break;
+		case SMTP_VERB_RCPT:
+			/* a recipient keeps the server's own reply */
+			if (have)
+				session_env_rcpt_reply(s, &p, rr.orig_raw ? rr.orig_code : code,
+						       rr.orig_raw ? rr.orig_raw : raw, rr.orig_raw ? rr.orig_len : len);
 			break;
 		case SMTP_VERB_DATA:
 			if (s->state == ST_HOLD) {
@@ -353,9 +370,11 @@ session_reply_handle(struct session *s, struct evbuffer *reply, enum store_side 
 		stripped = session_rules_strip(s, rr.strip, reply, &altered);
 	if (!s->client.open)
 		flags |= STORE_F_DROPPED; /* nobody to pass it to */
-	session_record(s, side, STORE_KIND_REPLY,
-		       flags | (altered || rr.truncate ? STORE_F_ALTERED : 0) | (rr.truncate || stripped ? STORE_F_RULE : 0),
-		       0, raw, len, NULL);
+	answers = have ? p.cmd_seq : 0;
+	seq = session_record_link(s, answers, rr.replaced ? rr.rule_seq : 0, side, STORE_KIND_REPLY,
+				  flags | (altered || rr.truncate ? STORE_F_ALTERED : 0) |
+					  (rr.truncate || stripped ? STORE_F_RULE : 0),
+				  0, raw, len, NULL);
 	if (rr.suppress) {
 		evbuffer_drain(reply, len);
 		if (altered != NULL)
@@ -365,21 +384,22 @@ session_reply_handle(struct session *s, struct evbuffer *reply, enum store_side 
 		size_t n = rr.truncate < evbuffer_get_length(src) ? rr.truncate : evbuffer_get_length(src);
 
 		/* the client gets the reply cut mid-line, then the close */
-		session_record(s, STORE_SIDE_PROXY, STORE_KIND_REPLY,
-			       STORE_F_INJECTED | STORE_F_TO_CLIENT | STORE_F_INCOMPLETE | STORE_F_RULE |
-				       (s->client.open ? 0 : STORE_F_DROPPED),
-			       0, evbuffer_pullup(src, (ev_ssize_t)n), n, NULL);
+		session_record_link(s, answers, seq, STORE_SIDE_PROXY, STORE_KIND_REPLY,
+				    STORE_F_INJECTED | STORE_F_TO_CLIENT | STORE_F_INCOMPLETE | STORE_F_RULE |
+					    (s->client.open ? 0 : STORE_F_DROPPED),
+				    0, evbuffer_pullup(src, (ev_ssize_t)n), n, NULL);
 		leg_write_from(&s->client, src, n);
 		if (altered != NULL)
 			evbuffer_free(altered);
 		evbuffer_drain(reply, evbuffer_get_length(reply));
 	} else if (altered != NULL) {
-		/* the EHLO reply as smtptap changed it (TLS offer, a rule's strip) */
-		session_record(s, STORE_SIDE_PROXY, STORE_KIND_REPLY,
-			       STORE_F_INJECTED | STORE_F_TO_CLIENT | (stripped ? STORE_F_RULE : 0) |
-				       (s->client.open ? 0 : STORE_F_DROPPED),
-			       0,
-			       evbuffer_pullup(altered, -1), evbuffer_get_length(altered), NULL);
+		/* What the client got instead (the TLS offer, a rule's strip):
+		 * it answers the same command, and the altered reply is why it
+		 * exists. */
+		session_record_link(s, answers, seq, STORE_SIDE_PROXY, STORE_KIND_REPLY,
+				    STORE_F_INJECTED | STORE_F_TO_CLIENT | (stripped ? STORE_F_RULE : 0) |
+					    (s->client.open ? 0 : STORE_F_DROPPED),
+				    0, evbuffer_pullup(altered, -1), evbuffer_get_length(altered), NULL);
 		leg_write_from(&s->client, altered, (size_t)-1);
 		evbuffer_free(altered);
 		evbuffer_drain(reply, len);
@@ -391,6 +411,7 @@ session_reply_handle(struct session *s, struct evbuffer *reply, enum store_side 
 		session_msg_close(s, p.msg, 0, NULL);
 	free(p.rule); /* rr.strip pointed into it: done with */
 	free(rr.orig_text);
+	free(rr.orig_raw);
 
 	session_pend_flush_local(s);
 	if (rr.rule_line != 0 || rr.stall)

@@ -148,7 +148,9 @@ session_rules_fired(struct session *s, const struct rules_decision *d, const cha
 
 	snprintf(text, sizeof(text), "rule %u fired on %s (event %" PRId64 "): %s%s", d->line, on, s->seq, d->text,
 		 seed);
-	session_record(s, STORE_SIDE_PROXY, STORE_KIND_ACTION, STORE_F_RULE, 0, NULL, 0, text);
+	s->rule_unit_seq = s->seq;
+	s->rule_seq = session_record_link(s, 0, s->rule_unit_seq, STORE_SIDE_PROXY, STORE_KIND_ACTION, STORE_F_RULE, 0,
+					  NULL, 0, text);
 }
 
 static struct rules_decision *
@@ -321,6 +323,8 @@ session_rules_local(struct session *s, const struct rules_decision *d, enum rule
 	p->text = p->owned_text != NULL ? p->owned_text : "451 4.3.0 smtptap: out of memory\r\n";
 	p->after = after;
 	p->by_rule = true;
+	p->cmd_seq = s->rule_unit_seq; /* it answers what the rule fired on */
+	p->cause_seq = s->rule_seq;
 	session_pend_flush_local(s);
 }
 
@@ -378,7 +382,7 @@ session_rules_abort_upstream(struct session *s, const struct rules_decision *d, 
 
 	if (s->sink_mode || !session_upstream_usable(s))
 		return;
-	session_note(s, STORE_KIND_ACTION, "rule %u: upstream connection reset %s", d->line, why);
+	session_note_cause(s, s->rule_seq, STORE_KIND_ACTION, "rule %u: upstream connection reset %s", d->line, why);
 	/* What was forwarded before (the message but its end) goes out
 	 * first: it is recorded as sent. */
 	leg_reset_after_flush(&s->upstream);
@@ -390,20 +394,20 @@ session_rules_abort_upstream(struct session *s, const struct rules_decision *d, 
 			kept[n++] = p;
 			continue;
 		}
-		if (p.msg != NULL)
-			session_msg_close(s, p.msg, 0, NULL);
-		free(p.rule);
+		session_pend_release(s, &p);
 		if (p.kind == PEND_COMMAND || p.kind == PEND_DATA_END || p.kind == PEND_AUTH_LINE) {
+			int64_t answers = p.cmd_seq;
+
+			memset(&p, 0, sizeof(p));
 			p.kind = PEND_LOCAL;
 			p.text = "421 4.4.2 smtptap: the upstream connection was reset by a rule\r\n";
-			p.owned_text = NULL;
-			p.rule = NULL;
-			p.msg = NULL;
+			p.cmd_seq = answers;
+			p.cause_seq = s->rule_seq;
 			kept[n++] = p;
 		}
 	}
 	for (size_t i = 0; i < n; i++)
-		*session_pend_push(s, kept[i].kind, kept[i].verb) = kept[i];
+		*session_pend_push(s, kept[i].kind, kept[i].verb) = kept[i]; /* ownership moves back */
 	session_pend_flush_local(s);
 }
 
@@ -444,7 +448,7 @@ session_rules_connect(struct session *s)
 	}
 	if (d->actions & RULES_A_STALL) {
 		s->stalled = true;
-		session_note(s, STORE_KIND_ACTION, "rule %u: stalled: no greeting, the upstream is not contacted", d->line);
+		session_note_cause(s, s->rule_seq, STORE_KIND_ACTION, "rule %u: stalled: no greeting, the upstream is not contacted", d->line);
 		return false;
 	}
 	if (d->actions & (RULES_A_CLOSE | RULES_A_RESET)) {
@@ -595,7 +599,7 @@ session_rules_command(struct session *s, struct evbuffer *in, const struct smtp_
 	}
 	if (d->actions & RULES_A_STALL) {
 		s->stalled = true;
-		session_note(s, STORE_KIND_ACTION, "rule %u: stalled: this command and what follows get no answer",
+		session_note_cause(s, s->rule_seq, STORE_KIND_ACTION, "rule %u: stalled: this command and what follows get no answer",
 			     d->line);
 		return RV_DONE;
 	}
@@ -616,6 +620,7 @@ session_rules_attach(struct session *s, struct pending *p)
 	}
 	free(p->rule);
 	p->rule = s->rattach;
+	p->rule_seq = s->rule_seq; /* it fired just before */
 	s->rattach = NULL;
 }
 
@@ -662,8 +667,11 @@ session_rules_detached(struct session *s, struct evbuffer *in, const struct smtp
  * the end of a message
  */
 
+/* Decide about the end of message m; `record`: say in the transcript now
+ * that the rule fired (else the caller does it with
+ * session_rules_data_end_fired once the data is recorded). */
 const struct rules_decision *
-session_rules_data_end(struct session *s, struct msg *m)
+session_rules_data_end(struct session *s, struct msg *m, bool record)
 {
 	const char *rcpts[RULES_RCPTS_SEEN];
 	struct rules_unit u = {
@@ -681,7 +689,8 @@ session_rules_data_end(struct session *s, struct msg *m)
 	session_rules_unit_tx(s, &u, rcpts, RULES_RCPTS_SEEN);
 	if ((d = session_rules_decide(s, &u)) == NULL)
 		return NULL;
-	session_rules_fired(s, d, "data-end");
+	if (record)
+		session_rules_fired(s, d, "data-end");
 	if (d->actions & RULES_A_THROTTLE)
 		session_rules_throttle(s, d);
 	if ((d->actions & (RULES_A_REWRITE | RULES_A_TRUNCATE)) && !session_rules_consumes(d)) {
@@ -689,6 +698,12 @@ session_rules_data_end(struct session *s, struct msg *m)
 		s->rattach = session_rules_dup(d); /* goes with the entry awaiting the message's reply */
 	}
 	return d;
+}
+
+void
+session_rules_data_end_fired(struct session *s, const struct rules_decision *d)
+{
+	session_rules_fired(s, d, "data-end");
 }
 
 /* Hold the message's last bytes (at the head of the client's input) for
@@ -737,6 +752,7 @@ session_rules_data_end_local(struct session *s, const struct rules_decision *d, 
 			q->text = q->owned_text != NULL ? q->owned_text : "451 4.3.0 smtptap: out of memory\r\n";
 			q->after = after;
 			q->by_rule = true;
+			q->cause_seq = s->rule_seq;
 			session_pend_flush_local(s);
 		} else {
 			session_rules_local(s, d, after);
@@ -745,7 +761,7 @@ session_rules_data_end_local(struct session *s, const struct rules_decision *d, 
 	}
 	if (d->actions & RULES_A_STALL) {
 		s->stalled = true;
-		session_note(s, STORE_KIND_ACTION, "rule %u: stalled: the message gets no answer", d->line);
+		session_note_cause(s, s->rule_seq, STORE_KIND_ACTION, "rule %u: stalled: the message gets no answer", d->line);
 		return;
 	}
 	session_rules_after_rule(s, d, session_rules_after_of(d));
@@ -781,6 +797,7 @@ session_rules_reply(struct session *s, struct evbuffer *reply, enum store_side s
 		return; /* smtptap's own exchanges (TLS, prelude, silent, local) */
 	if (d == NULL && head != NULL && head->rule != NULL) {
 		d = head->rule; /* the command's rule: rewrite, truncate or strip its reply */
+		out->rule_seq = head->rule_seq;
 	} else if (d == NULL) {
 		struct rules_unit u = { .trigger = RULES_ON_REPLY, .code = *code, .verb = SMTP_VERB_UNKNOWN };
 
@@ -810,6 +827,9 @@ session_rules_reply(struct session *s, struct evbuffer *reply, enum store_side s
 			out->held = true;
 			return;
 		}
+		out->rule_seq = s->rule_seq;
+	} else {
+		out->rule_seq = s->rule_seq; /* resumed after its delay */
 	}
 	out->rule_line = d->line;
 	if (d->actions & RULES_A_THROTTLE)
@@ -817,10 +837,14 @@ session_rules_reply(struct session *s, struct evbuffer *reply, enum store_side s
 	if (d->actions & (RULES_A_REPLY | RULES_A_REWRITE)) {
 		/* The upstream's own reply is kept, marked altered; what the
 		 * client gets is recorded as smtptap's. */
-		session_record(s, side, STORE_KIND_REPLY, STORE_F_ALTERED | STORE_F_RULE, 0, evbuffer_pullup(reply, -1), len,
-			       NULL);
+		session_record_link(s, head != NULL ? head->cmd_seq : 0, 0, side, STORE_KIND_REPLY,
+				    STORE_F_ALTERED | STORE_F_RULE, 0, evbuffer_pullup(reply, -1), len, NULL);
 		out->orig_code = *code;
 		out->orig_text = session_reply_text((const char *)evbuffer_pullup(reply, -1), len);
+		if ((out->orig_raw = malloc(len)) != NULL) {
+			memcpy(out->orig_raw, evbuffer_pullup(reply, -1), len);
+			out->orig_len = len;
+		}
 		evbuffer_drain(reply, len);
 		evbuffer_add(reply, d->reply, d->reply_len);
 		out->replaced = true;
@@ -894,7 +918,7 @@ session_rules_reply_done(struct session *s, const struct pending *p, int orig_co
 	}
 	if (rr->stall) {
 		s->stalled = true;
-		session_note(s, STORE_KIND_ACTION, "rule %u: stalled: no more replies reach the client", rr->rule_line);
+		session_note_cause(s, s->rule_seq, STORE_KIND_ACTION, "rule %u: stalled: no more replies reach the client", rr->rule_line);
 	}
 	if (rr->truncate > 0 || rr->after != RULE_AFTER_NONE) {
 		char why[96];
@@ -949,7 +973,7 @@ session_rules_strip(struct session *s, const struct rules_decision *d, struct ev
 		if (*altered != NULL)
 			evbuffer_add(*altered, cur, len);
 	} else {
-		session_note(s, STORE_KIND_ACTION, "rule %u: nothing to strip from this EHLO reply", d->line);
+		session_note_cause(s, s->rule_seq, STORE_KIND_ACTION, "rule %u: nothing to strip from this EHLO reply", d->line);
 	}
 	free(a);
 	free(b);
@@ -1016,7 +1040,7 @@ session_rules_tls(struct session *s, enum rules_leg leg)
 		return false;
 	if (d->actions & RULES_A_STALL) {
 		s->stalled = true;
-		session_note(s, STORE_KIND_ACTION, "rule %u: stalled: the %s TLS handshake never starts", d->line,
+		session_note_cause(s, s->rule_seq, STORE_KIND_ACTION, "rule %u: stalled: the %s TLS handshake never starts", d->line,
 			     leg == RULES_LEG_CLIENT ? "client" : "upstream");
 		return true;
 	}

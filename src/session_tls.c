@@ -52,7 +52,7 @@ static bool session_tls_needs_prelude(struct session *s);
 static void session_tls_prelude_ehlo(struct session *s);
 static void session_tls_prelude_plain(struct session *s, const char *why);
 static void session_tls_upstream_ready(struct session *s);
-static void session_tls_hold(struct session *s, struct evbuffer *reply, unsigned flags);
+static void session_tls_hold(struct session *s, const struct pending *p, struct evbuffer *reply, unsigned flags);
 static void session_tls_record(struct session *s, struct leg *leg, bool client_side);
 static const char *session_tls_client_name(struct session *s, char *buf, size_t bufsz);
 
@@ -117,8 +117,10 @@ session_tls_prelude_ehlo(struct session *s)
 			snprintf(addr, sizeof(addr), "[%.*s]", (int)(colon - a), a);
 	}
 	n = snprintf(cmd, sizeof(cmd), "EHLO %s\r\n", addr);
+	/* Prompted by the greeting just recorded; the EHLO is what its reply
+	 * will answer. */
+	session_inject_upstream_cause(s, cmd, (size_t)n, s->seq);
 	session_pend_push(s, PEND_PRELUDE_EHLO, SMTP_VERB_EHLO);
-	session_inject_upstream(s, cmd, (size_t)n);
 }
 
 /* The prelude found no TLS: fail when it was required, else go on in
@@ -143,10 +145,10 @@ session_tls_prelude_plain(struct session *s, const char *why)
 /* Keep a reply for later (the greeting during the prelude, the upstream's
  * 220 until its handshake is done): recorded now, passed on later. */
 static void
-session_tls_hold(struct session *s, struct evbuffer *reply, unsigned flags)
+session_tls_hold(struct session *s, const struct pending *p, struct evbuffer *reply, unsigned flags)
 {
-	session_record(s, STORE_SIDE_UPSTREAM, STORE_KIND_REPLY, flags, 0, evbuffer_pullup(reply, -1),
-		       evbuffer_get_length(reply), NULL);
+	session_record_link(s, p->cmd_seq, 0, STORE_SIDE_UPSTREAM, STORE_KIND_REPLY, flags, 0,
+			    evbuffer_pullup(reply, -1), evbuffer_get_length(reply), NULL);
 	if (s->held_greeting == NULL)
 		s->held_greeting = evbuffer_new();
 	if (s->held_greeting != NULL)
@@ -171,24 +173,25 @@ session_tls_reply(struct session *s, const struct pending *p, struct evbuffer *r
 		if (code != 220 || !session_tls_needs_prelude(s))
 			return false;
 		s->prelude = true;
-		session_tls_hold(s, reply, 0);
+		session_tls_hold(s, p, reply, 0);
 		session_tls_prelude_ehlo(s);
 		return true;
 	case PEND_PRELUDE_EHLO: {
 		char *out = malloc(len + 16);
 		size_t outlen;
 		bool had = false;
+		int64_t seq;
 
-		session_record(s, STORE_SIDE_UPSTREAM, STORE_KIND_REPLY, STORE_F_DROPPED, 0,
-			       evbuffer_pullup(reply, -1), len, NULL);
+		seq = session_record_link(s, p->cmd_seq, 0, STORE_SIDE_UPSTREAM, STORE_KIND_REPLY, STORE_F_DROPPED, 0,
+					  evbuffer_pullup(reply, -1), len, NULL);
 		if (out != NULL)
 			smtp_ehlo_edit((const char *)evbuffer_pullup(reply, -1), len, "STARTTLS", true, out, len + 16,
 				       &outlen, &had);
 		free(out);
 		evbuffer_drain(reply, len);
 		if (code / 100 == 2 && had) {
+			session_inject_upstream_cause(s, "STARTTLS\r\n", 10, seq);
 			session_pend_push(s, PEND_PRELUDE_STARTTLS, SMTP_VERB_STARTTLS);
-			session_inject_upstream(s, "STARTTLS\r\n", 10);
 		} else {
 			snprintf(why, sizeof(why), "upstream %s does not offer STARTTLS", s->route->upstream);
 			session_tls_prelude_plain(s, why);
@@ -196,8 +199,8 @@ session_tls_reply(struct session *s, const struct pending *p, struct evbuffer *r
 		return true;
 	}
 	case PEND_PRELUDE_STARTTLS:
-		session_record(s, STORE_SIDE_UPSTREAM, STORE_KIND_REPLY, STORE_F_DROPPED, 0,
-			       evbuffer_pullup(reply, -1), len, NULL);
+		session_record_link(s, p->cmd_seq, 0, STORE_SIDE_UPSTREAM, STORE_KIND_REPLY, STORE_F_DROPPED, 0,
+				    evbuffer_pullup(reply, -1), len, NULL);
 		if (code == 220) {
 			evbuffer_drain(reply, len);
 			session_tls_start_upstream(s);
@@ -212,12 +215,13 @@ session_tls_reply(struct session *s, const struct pending *p, struct evbuffer *r
 		return true;
 	case PEND_STARTTLS:
 		if (code == 220) {
-			session_tls_hold(s, reply, 0);
+			session_tls_hold(s, p, reply, 0);
 			session_tls_start_upstream(s);
 			return true;
 		}
 		/* Refused: the client hears it as it would without smtptap. */
-		session_note(s, STORE_KIND_TLS, "upstream refused STARTTLS (%d): both legs stay plaintext", code);
+		session_note_cause(s, p->cmd_seq, STORE_KIND_TLS,
+				   "upstream refused STARTTLS (%d): both legs stay plaintext", code);
 		session_enter_state(s, ST_CMD);
 		return false;
 	default:
@@ -247,7 +251,9 @@ session_tls_client_starttls(struct session *s, struct evbuffer *in, const char *
 		session_pend_push(s, PEND_STARTTLS, SMTP_VERB_STARTTLS);
 		leg_write_from(&s->upstream, in, len);
 	} else {
-		session_record(s, STORE_SIDE_CLIENT, STORE_KIND_COMMAND, STORE_F_DROPPED, 0, line, len, NULL);
+		int64_t cmd = session_record(s, STORE_SIDE_CLIENT, STORE_KIND_COMMAND, STORE_F_DROPPED, 0, line, len,
+					     NULL);
+
 		evbuffer_drain(in, len);
 		if (!s->sink_mode && s->upstream_tls == PROXY_TLS_STARTTLS && !s->upstream_tls_on) {
 			session_fail_client(s, "421 4.7.0 smtptap: the upstream does not offer STARTTLS\r\n",
@@ -256,11 +262,12 @@ session_tls_client_starttls(struct session *s, struct evbuffer *in, const char *
 			return;
 		}
 		if (!s->sink_mode && !s->upstream.tls)
-			session_note(s, STORE_KIND_TLS, "client STARTTLS answered by smtptap; the upstream leg stays "
-				     "plaintext (%s)",
-				     s->upstream_tls == PROXY_TLS_OFF ? "--upstream-tls off" :
-									"the upstream does not offer STARTTLS");
-		session_local_push(s, local_starttls_220, true);
+			session_note_cause(s, cmd, STORE_KIND_TLS,
+					   "client STARTTLS answered by smtptap; the upstream leg stays "
+					   "plaintext (%s)",
+					   s->upstream_tls == PROXY_TLS_OFF ? "--upstream-tls off" :
+									      "the upstream does not offer STARTTLS");
+		session_local_push_answer(s, local_starttls_220, true, cmd);
 	}
 	session_client_discard(s, "client plaintext pipelined after STARTTLS is never interpreted (RFC 3207)");
 }
@@ -340,9 +347,11 @@ session_tls_start_upstream(struct session *s)
 	 * (the upstream-side twin of the STARTTLS injection). */
 	left = evbuffer_get_length(leg_input(&s->upstream));
 	if (left > 0) {
-		session_record(s, STORE_SIDE_UPSTREAM, STORE_KIND_REPLY, STORE_F_DROPPED, 0,
-			       evbuffer_pullup(leg_input(&s->upstream), -1), left, NULL);
-		session_note(s, STORE_KIND_ACTION, "%zu bytes the upstream sent after its 220 to STARTTLS discarded", left);
+		int64_t dropped = session_record(s, STORE_SIDE_UPSTREAM, STORE_KIND_REPLY, STORE_F_DROPPED, 0,
+						 evbuffer_pullup(leg_input(&s->upstream), -1), left, NULL);
+
+		session_note_cause(s, dropped, STORE_KIND_ACTION,
+				   "%zu bytes the upstream sent after its 220 to STARTTLS discarded", left);
 	}
 	if (ssl == NULL || leg_start_tls(&s->upstream, ssl, false) < 0) {
 		snprintf(why, sizeof(why), "cannot start TLS with upstream %s: %s", s->route->upstream,

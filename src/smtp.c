@@ -27,6 +27,9 @@ static void	 smtp_parse_auth(const char *, size_t, struct smtp_cmd *);
 static int	 smtp_parse_num(const char *, size_t, size_t *, int);
 static void	 smtp_parse_enhanced(struct smtp_reply_line *);
 static void	 smtp_data_mid(struct smtp_data *, const char *, size_t *, size_t, char *, size_t *);
+static int	 smtp_b64_value(unsigned char);
+static size_t	 smtp_b64_decode(const char *, size_t, unsigned char *);
+static size_t	 smtp_auth_name(const unsigned char *, size_t, char *, size_t);
 
 static const struct {
 	enum smtp_verb verb;
@@ -326,6 +329,138 @@ smtp_parse_auth(const char *s, size_t len, struct smtp_cmd *out)
 		out->auth_initial.p = s + start;
 		out->auth_initial.len = i - start;
 	}
+}
+
+/* ------------------------------------------------------------------------
+ * What a session summary keeps of HELO/EHLO and AUTH.
+ */
+
+int
+smtp_helo_name(const char *line, size_t len, struct smtp_str *out)
+{
+	struct smtp_cmd cmd;
+	size_t end;
+
+	if (smtp_parse_command(line, len, &cmd) < 0 ||
+	    (cmd.verb != SMTP_VERB_HELO && cmd.verb != SMTP_VERB_EHLO && cmd.verb != SMTP_VERB_LHLO))
+		return -1;
+	end = smtp_skip_token(cmd.arg.p, cmd.arg.len, 0);
+	out->p = cmd.arg.p;
+	out->len = end;
+	return 0;
+}
+
+static int
+smtp_b64_value(unsigned char c)
+{
+	if (c >= 'A' && c <= 'Z')
+		return c - 'A';
+	if (c >= 'a' && c <= 'z')
+		return c - 'a' + 26;
+	if (c >= '0' && c <= '9')
+		return c - '0' + 52;
+	if (c == '+')
+		return 62;
+	if (c == '/')
+		return 63;
+	return -1;
+}
+
+/*
+ * Decode base64 in[0..len) (len a multiple of 4, padding only at the end)
+ * into out, which holds len / 4 * 3 bytes.  Returns the decoded length, or
+ * (size_t)-1 when the text is not base64.
+ */
+static size_t
+smtp_b64_decode(const char *in, size_t len, unsigned char *out)
+{
+	size_t i, n = 0;
+	int k, v[4];
+
+	if (len % 4 != 0)
+		return (size_t)-1;
+	for (i = 0; i < len; i += 4) {
+		for (k = 0; k < 4; k++) {
+			v[k] = in[i + k] == '=' ? -2 : smtp_b64_value((unsigned char)in[i + k]);
+			if (v[k] == -1)
+				return (size_t)-1;
+		}
+		/* '=' only as the last one or two characters of the text */
+		if (v[0] < 0 || v[1] < 0 || (v[2] == -2 && v[3] != -2) ||
+		    ((v[2] == -2 || v[3] == -2) && i + 4 != len))
+			return (size_t)-1;
+		out[n++] = (unsigned char)(v[0] << 2 | v[1] >> 4);
+		if (v[2] >= 0)
+			out[n++] = (unsigned char)((v[1] & 0xf) << 4 | v[2] >> 2);
+		if (v[3] >= 0)
+			out[n++] = (unsigned char)((v[2] & 0x3) << 6 | v[3]);
+	}
+	return n;
+}
+
+/* Copy a decoded name into out as a C string; 0 when it is empty, holds
+ * a control byte or does not fit. */
+static size_t
+smtp_auth_name(const unsigned char *p, size_t len, char *out, size_t outsz)
+{
+	size_t i;
+
+	if (len == 0 || len >= outsz)
+		return 0;
+	for (i = 0; i < len; i++) {
+		if (p[i] < 0x20 || p[i] == 0x7f)
+			return 0;
+	}
+	memcpy(out, p, len);
+	out[len] = '\0';
+	return len;
+}
+
+size_t
+smtp_auth_user(struct smtp_str mech, const char *resp, size_t len, char *out, size_t outsz)
+{
+	unsigned char buf[SMTP_AUTH_B64_MAX / 4 * 3];
+	const unsigned char *p, *q, *end;
+	size_t n, got = 0;
+	bool cut = false;
+
+	if (outsz == 0)
+		return 0;
+	out[0] = '\0';
+	len = smtp_strip_eol(resp, len);
+	while (len > 0 && smtp_is_space(resp[len - 1]))
+		len--;
+	if (len > SMTP_AUTH_B64_MAX) {
+		len = SMTP_AUTH_B64_MAX; /* a multiple of 4: decodes a prefix */
+		cut = true;
+	}
+	n = smtp_b64_decode(resp, len, buf);
+	if (n == (size_t)-1 || n == 0)
+		goto out;
+	end = buf + n;
+	/* A name ends at a separator inside the prefix, or it is not known
+	 * whole: LOGIN and CRAM-MD5 need the whole response. */
+	if (smtp_str_eq_ci(mech, "LOGIN")) {
+		if (!cut)
+			got = smtp_auth_name(buf, n, out, outsz);
+	} else if (smtp_str_eq_ci(mech, "PLAIN")) {
+		/* authzid NUL authcid NUL passwd */
+		if ((p = memchr(buf, '\0', n)) != NULL && (q = memchr(p + 1, '\0', (size_t)(end - p - 1))) != NULL)
+			got = smtp_auth_name(p + 1, (size_t)(q - p - 1), out, outsz);
+	} else if (smtp_str_eq_ci(mech, "CRAM-MD5")) {
+		for (q = end; q > buf && q[-1] != ' '; q--)
+			;
+		if (q > buf && !cut)
+			got = smtp_auth_name(buf, (size_t)(q - 1 - buf), out, outsz);
+	} else if (smtp_str_eq_ci(mech, "XOAUTH2")) {
+		/* "user=" USER ^A "auth=Bearer " TOKEN ^A ^A */
+		if (n > 5 && memcmp(buf, "user=", 5) == 0 && (q = memchr(buf + 5, 0x01, n - 5)) != NULL)
+			got = smtp_auth_name(buf + 5, (size_t)(q - buf - 5), out, outsz);
+	}
+out:
+	/* The buffer may hold a password (PLAIN) or a token (XOAUTH2). */
+	explicit_bzero(buf, sizeof(buf));
+	return got;
 }
 
 /* ------------------------------------------------------------------------

@@ -29,17 +29,19 @@
 #define STORE_APPLICATION_ID 0x53544150
 #define STORE_READ_BUSY_TIMEOUT_MS 5000
 
+/* The counts are the summary the writer keeps (sql/002_schema2.sql): a
+ * listing reads only the sessions table. */
 #define SESSION_COLUMNS                                                                                  \
 	"s.id, s.started_us, s.ended_us, s.listener, s.client, s.upstream, s.upstream_addr, s.mode, "     \
-	"s.client_tls, s.upstream_tls, s.outcome, s.detail, "                                              \
-	"(SELECT count(*) FROM messages m WHERE m.session_id = s.id), "                                   \
-	"(SELECT count(*) FROM events e WHERE e.session_id = s.id)"
+	"s.client_tls, s.upstream_tls, s.outcome, s.detail, s.nmessages, s.nevents, s.client_ip, s.helo, " \
+	"s.auth_mech, s.auth_user, s.client_tls_version, s.upstream_tls_version, s.ntransactions, "        \
+	"s.client_bytes, s.upstream_bytes, s.proxy_bytes"
 
 struct store_reader {
 	sqlite3 *db;
 };
 
-/* A message's recipients, copied out of their statement so that they
+/* A transaction's recipients, copied out of their statement so that they
  * outlive its next step; strs[3 * i + k] owns rows[i]'s k-th string. */
 struct rcpt_list {
 	struct store_rcpt_row *rows;
@@ -58,7 +60,8 @@ static const char *rd_text(sqlite3_stmt *stmt, int col);
 static const void *rd_blob(sqlite3_stmt *stmt, int col, size_t *len);
 static enum store_side rd_side(const char *name);
 static enum store_kind rd_kind(const char *name);
-static int rcpts_load(sqlite3_stmt *stmt, int64_t message_id, struct rcpt_list *l);
+static int rcpts_load(sqlite3_stmt *stmt, int64_t session_id, int transaction_idx, struct rcpt_list *l);
+static int rd_prepare_rcpts(struct store_reader *rd, sqlite3_stmt **stmt, char *err, size_t errsz);
 static int rcpts_grow(struct rcpt_list *l);
 static int rcpts_dup(sqlite3_stmt *stmt, int col, char **out);
 static void rcpts_clear(struct rcpt_list *l);
@@ -79,6 +82,10 @@ store_reader_open(const char *path, char *err, size_t errsz)
 		util_errf(err, errsz, "not a regular file");
 		return NULL;
 	}
+	/* Reading never changes the file, except to bring an older schema
+	 * up to date, once (store.c, with the proxy's checks). */
+	if (store_upgrade(path, err, errsz) < 0)
+		return NULL;
 	rd = calloc(1, sizeof(*rd));
 	if (rd == NULL) {
 		util_errf(err, errsz, "out of memory");
@@ -149,7 +156,7 @@ store_reader_events(struct store_reader *rd, int64_t session_id, store_event_cb 
 	int rc, ret = 0;
 
 	if (rd_prepare_key(rd,
-			   "SELECT seq, t_us, side, kind, flags, message_id, text, raw FROM events "
+			   "SELECT seq, t_us, side, kind, flags, message_row, text, raw, answers_seq, cause_seq FROM events "
 			   "WHERE session_id = ?1 ORDER BY seq",
 			   session_id, &stmt, err, errsz) < 0)
 		return -1;
@@ -160,9 +167,11 @@ store_reader_events(struct store_reader *rd, int64_t session_id, store_event_cb 
 		row.side = rd_side(rd_text(stmt, 2));
 		row.kind = rd_kind(rd_text(stmt, 3));
 		row.flags = (unsigned)sqlite3_column_int64(stmt, 4);
-		row.message_id = sqlite3_column_int64(stmt, 5);
+		row.message_row = sqlite3_column_int64(stmt, 5);
 		row.text = rd_text(stmt, 6);
 		row.raw = rd_blob(stmt, 7, &row.raw_len);
+		row.answers_seq = sqlite3_column_int64(stmt, 8);
+		row.cause_seq = sqlite3_column_int64(stmt, 9);
 		if ((ret = cb(&row, arg)) != 0)
 			break;
 	}
@@ -184,15 +193,14 @@ store_reader_messages(struct store_reader *rd, int64_t session_id, store_message
 	int rc, ret = 0;
 
 	if (rd_prepare(rd,
-		       "SELECT id, session_id, idx, started_us, ended_us, mail_from, mail_params, transport, size, "
-		       "complete, subject, from_hdr, to_hdr, message_id, date_hdr, upstream_code, upstream_reply "
-		       "FROM messages WHERE session_id = ?1 ORDER BY idx, id",
+		       "SELECT m.id, m.session_id, m.idx, m.started_us, m.ended_us, m.mail_from, m.mail_params, "
+		       "m.transport, m.size, m.complete, m.subject, m.from_hdr, m.to_hdr, m.message_id_hdr, m.date_hdr, "
+		       "m.upstream_code, m.upstream_reply, m.transaction_idx, t.mail_code, t.mail_reply "
+		       "FROM messages m LEFT JOIN transactions t ON t.session_id = m.session_id AND t.idx = m.transaction_idx "
+		       "WHERE m.session_id = ?1 ORDER BY m.idx, m.id",
 		       &stmt, err, errsz) < 0)
 		return -1;
-	if (rd_prepare(rd,
-		       "SELECT address, params, reply_code, reply_text FROM recipients "
-		       "WHERE message_id = ?1 ORDER BY idx",
-		       &rstmt, err, errsz) < 0) {
+	if (rd_prepare_rcpts(rd, &rstmt, err, errsz) < 0) {
 		sqlite3_finalize(stmt);
 		return -1;
 	}
@@ -215,13 +223,16 @@ store_reader_messages(struct store_reader *rd, int64_t session_id, store_message
 		row.subject = rd_text(stmt, 10);
 		row.from = rd_text(stmt, 11);
 		row.to = rd_text(stmt, 12);
-		row.message_id = rd_text(stmt, 13);
+		row.message_id_hdr = rd_text(stmt, 13);
 		row.date = rd_text(stmt, 14);
 		row.reply_code = sqlite3_column_int(stmt, 15);
 		row.reply = rd_text(stmt, 16);
+		row.transaction_idx = sqlite3_column_int(stmt, 17);
+		row.mail_code = sqlite3_column_int(stmt, 18);
+		row.mail_reply = rd_text(stmt, 19);
 		/* Stepping rstmt leaves stmt's current row (and the pointers
 		 * above) alone. */
-		if ((rc = rcpts_load(rstmt, row.id, &rcpts)) != SQLITE_OK)
+		if ((rc = rcpts_load(rstmt, row.session_id, row.transaction_idx, &rcpts)) != SQLITE_OK)
 			break;
 		row.rcpts = rcpts.rows;
 		row.nrcpts = rcpts.n;
@@ -249,7 +260,63 @@ out:
 }
 
 int
-store_reader_message_data(struct store_reader *rd, int64_t message_id, store_chunk_cb cb, void *arg, char *err,
+store_reader_transactions(struct store_reader *rd, int64_t session_id, store_transaction_cb cb, void *arg,
+			  char *err, size_t errsz)
+{
+	struct store_transaction_row row;
+	struct rcpt_list rcpts = { 0 };
+	sqlite3_stmt *stmt, *rstmt;
+	int rc, ret = 0;
+
+	if (rd_prepare_key(rd,
+			   "SELECT t.idx, t.started_us, t.mail_seq, t.mail_from, t.mail_params, t.mail_code, "
+			   "t.mail_reply, (SELECT count(*) FROM messages m WHERE m.session_id = t.session_id "
+			   "AND m.transaction_idx = t.idx) "
+			   "FROM transactions t WHERE t.session_id = ?1 ORDER BY t.idx",
+			   session_id, &stmt, err, errsz) < 0)
+		return -1;
+	if (rd_prepare_rcpts(rd, &rstmt, err, errsz) < 0) {
+		sqlite3_finalize(stmt);
+		return -1;
+	}
+	while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+		memset(&row, 0, sizeof(row));
+		row.idx = sqlite3_column_int(stmt, 0);
+		row.started_us = sqlite3_column_int64(stmt, 1);
+		row.mail_seq = sqlite3_column_int64(stmt, 2);
+		row.mail_from = rd_text(stmt, 3);
+		row.mail_params = rd_text(stmt, 4);
+		row.mail_code = sqlite3_column_int(stmt, 5);
+		row.mail_reply = rd_text(stmt, 6);
+		row.nmessages = sqlite3_column_int64(stmt, 7);
+		if ((rc = rcpts_load(rstmt, session_id, row.idx, &rcpts)) != SQLITE_OK)
+			break;
+		row.rcpts = rcpts.rows;
+		row.nrcpts = rcpts.n;
+		ret = cb(&row, arg);
+		rcpts_clear(&rcpts);
+		if (ret != 0) {
+			rc = SQLITE_DONE;
+			break;
+		}
+	}
+	if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+		if (rc == SQLITE_NOMEM)
+			util_errf(err, errsz, "cannot read the database: out of memory");
+		else
+			rd_db_error(rd, err, errsz);
+		ret = -1;
+	}
+	rcpts_clear(&rcpts);
+	free(rcpts.rows);
+	free(rcpts.strs);
+	sqlite3_finalize(rstmt);
+	sqlite3_finalize(stmt);
+	return ret;
+}
+
+int
+store_reader_message_data(struct store_reader *rd, int64_t message_row, store_chunk_cb cb, void *arg, char *err,
 			  size_t errsz)
 {
 	sqlite3_stmt *stmt;
@@ -257,12 +324,12 @@ store_reader_message_data(struct store_reader *rd, int64_t message_id, store_chu
 	size_t len;
 	int rc, ret = 0;
 
-	/* events_message (message_id, seq) delivers the rows in order: no
+	/* events_message (message_row, seq) delivers the rows in order: no
 	 * sort, so a message of any size streams one chunk at a time. */
 	if (rd_prepare_key(rd,
-			   "SELECT raw FROM events WHERE message_id = ?1 AND kind = 'data' AND raw IS NOT NULL "
-			   "ORDER BY message_id, seq",
-			   message_id, &stmt, err, errsz) < 0)
+			   "SELECT raw FROM events WHERE message_row = ?1 AND kind = 'data' AND raw IS NOT NULL "
+			   "ORDER BY message_row, seq",
+			   message_row, &stmt, err, errsz) < 0)
 		return -1;
 	while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
 		p = rd_blob(stmt, 0, &len);
@@ -286,8 +353,8 @@ store_reader_message_data(struct store_reader *rd, int64_t message_id, store_chu
 
 /*
  * Only an smtptap database this binary understands is read: its tables,
- * its application_id, and a schema version it knows (older ones are fine
- * as long as migrations only add).
+ * its application_id, and this binary's schema version (store_upgrade
+ * brought an older one up to date before).
  */
 static int
 rd_check(struct store_reader *rd, char *err, size_t errsz)
@@ -299,7 +366,7 @@ rd_check(struct store_reader *rd, char *err, size_t errsz)
 
 	rc = sqlite3_prepare_v2(rd->db,
 				"SELECT (SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN "
-				"('sessions', 'events', 'messages', 'recipients')), "
+				"('sessions', 'events', 'messages', 'recipients', 'transactions')), "
 				"(SELECT user_version FROM pragma_user_version), "
 				"(SELECT application_id FROM pragma_application_id)",
 				-1, &stmt, NULL);
@@ -323,7 +390,12 @@ rd_check(struct store_reader *rd, char *err, size_t errsz)
 			version, newest);
 		return -1;
 	}
-	if (version == 0 || appid != STORE_APPLICATION_ID || ntables != 4) {
+	if (version > 0 && appid == STORE_APPLICATION_ID && version < newest) {
+		util_errf(err, errsz, "database schema version %" PRId64 " is older than this smtptap's (%d) and was not upgraded",
+			  version, newest);
+		return -1;
+	}
+	if (version == 0 || appid != STORE_APPLICATION_ID || ntables != 5) {
 		util_errf(err, errsz, "not an smtptap database");
 		return -1;
 	}
@@ -385,6 +457,16 @@ rd_walk_sessions(struct store_reader *rd, sqlite3_stmt *stmt, store_session_cb c
 		row.detail = rd_text(stmt, 11);
 		row.nmessages = sqlite3_column_int64(stmt, 12);
 		row.nevents = sqlite3_column_int64(stmt, 13);
+		row.client_ip = rd_text(stmt, 14);
+		row.helo = rd_text(stmt, 15);
+		row.auth_mech = rd_text(stmt, 16);
+		row.auth_user = rd_text(stmt, 17);
+		row.client_tls_version = rd_text(stmt, 18);
+		row.upstream_tls_version = rd_text(stmt, 19);
+		row.ntransactions = sqlite3_column_int64(stmt, 20);
+		row.client_bytes = sqlite3_column_int64(stmt, 21);
+		row.upstream_bytes = sqlite3_column_int64(stmt, 22);
+		row.proxy_bytes = sqlite3_column_int64(stmt, 23);
 		if ((ret = cb(&row, arg)) != 0)
 			break;
 	}
@@ -446,10 +528,19 @@ rd_kind(const char *name)
 	return STORE_KIND_ACTION;
 }
 
-/* Copy message_id's recipients into l (emptied first).  Returns an SQLite
- * result code; SQLITE_OK when all were read. */
 static int
-rcpts_load(sqlite3_stmt *stmt, int64_t message_id, struct rcpt_list *l)
+rd_prepare_rcpts(struct store_reader *rd, sqlite3_stmt **stmt, char *err, size_t errsz)
+{
+	return rd_prepare(rd,
+			  "SELECT address, params, reply_code, reply_text, rcpt_seq FROM recipients "
+			  "WHERE session_id = ?1 AND transaction_idx = ?2 ORDER BY idx",
+			  stmt, err, errsz);
+}
+
+/* Copy a transaction's recipients into l (emptied first; none for idx 0).
+ * Returns an SQLite result code; SQLITE_OK when all were read. */
+static int
+rcpts_load(sqlite3_stmt *stmt, int64_t session_id, int transaction_idx, struct rcpt_list *l)
 {
 	struct store_rcpt_row *r;
 	char **s;
@@ -457,7 +548,10 @@ rcpts_load(sqlite3_stmt *stmt, int64_t message_id, struct rcpt_list *l)
 
 	rcpts_clear(l);
 	sqlite3_reset(stmt);
-	if ((rc = sqlite3_bind_int64(stmt, 1, message_id)) != SQLITE_OK)
+	if (transaction_idx == 0)
+		return SQLITE_OK;
+	if ((rc = sqlite3_bind_int64(stmt, 1, session_id)) != SQLITE_OK ||
+	    (rc = sqlite3_bind_int(stmt, 2, transaction_idx)) != SQLITE_OK)
 		return rc;
 	while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
 		if (l->n == l->cap && rcpts_grow(l) < 0) {
@@ -478,6 +572,7 @@ rcpts_load(sqlite3_stmt *stmt, int64_t message_id, struct rcpt_list *l)
 		r->params = s[1];
 		r->reply = s[2];
 		r->reply_code = sqlite3_column_int(stmt, 2);
+		r->rcpt_seq = sqlite3_column_int64(stmt, 4);
 	}
 	sqlite3_reset(stmt);
 	return rc == SQLITE_DONE ? SQLITE_OK : rc;

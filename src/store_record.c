@@ -22,7 +22,7 @@
 #include "smtptap/store_int.h"
 
 static void store_session_set(struct store *st, enum store_op op, int64_t session_id, enum store_side side,
-			      const char *value);
+			      const char *value, const char *value2);
 static struct store_rec *store_rec_alloc(struct store *st, enum store_op op, size_t extra, const char *what,
 					 int64_t id);
 static size_t rec_strsize(const char *s);
@@ -67,27 +67,35 @@ store_session_open(struct store *st, const struct store_session *s)
 	store_enqueue(st, rec);
 }
 
-/* Queue an update of one text column of a session row. */
+/* Queue an update of one or two text columns of a session row. */
 static void
-store_session_set(struct store *st, enum store_op op, int64_t session_id, enum store_side side, const char *value)
+store_session_set(struct store *st, enum store_op op, int64_t session_id, enum store_side side, const char *value,
+		  const char *value2)
 {
 	struct store_rec *rec;
 	char *cur;
 
-	rec = store_rec_alloc(st, op, rec_strsize(value), "session", session_id);
+	rec = store_rec_alloc(st, op, rec_strsize(value) + rec_strsize(value2), "session", session_id);
 	if (rec == NULL)
 		return;
 	cur = rec->data;
 	rec->u.set.id = session_id;
 	rec->u.set.side = side;
 	rec->u.set.value = rec_strcpy(&cur, value);
+	rec->u.set.value2 = rec_strcpy(&cur, value2);
 	store_enqueue(st, rec);
 }
 
 void
 store_session_set_upstream_addr(struct store *st, int64_t session_id, const char *addr)
 {
-	store_session_set(st, STORE_OP_SESSION_ADDR, session_id, STORE_SIDE_UPSTREAM, addr);
+	store_session_set(st, STORE_OP_SESSION_ADDR, session_id, STORE_SIDE_UPSTREAM, addr, NULL);
+}
+
+void
+store_session_set_auth(struct store *st, int64_t session_id, const char *mech, const char *user)
+{
+	store_session_set(st, STORE_OP_SESSION_AUTH, session_id, STORE_SIDE_CLIENT, mech, user);
 }
 
 void
@@ -97,7 +105,7 @@ store_session_set_tls(struct store *st, int64_t session_id, enum store_side side
 		log_warnx("s=%" PRId64 " store: TLS details for side %d ignored: not a leg", session_id, (int)side);
 		return;
 	}
-	store_session_set(st, STORE_OP_SESSION_TLS, session_id, side, json);
+	store_session_set(st, STORE_OP_SESSION_TLS, session_id, side, json, NULL);
 }
 
 void
@@ -142,7 +150,9 @@ store_event_add(struct store *st, const struct store_event *ev)
 	rec->u.event.session_id = ev->session_id;
 	rec->u.event.seq = ev->seq;
 	rec->u.event.t_us = ev->t_us;
-	rec->u.event.message_id = ev->message_id;
+	rec->u.event.message_row = ev->message_row;
+	rec->u.event.answers_seq = ev->answers_seq;
+	rec->u.event.cause_seq = ev->cause_seq;
 	rec->u.event.side = ev->side;
 	rec->u.event.kind = ev->kind;
 	rec->u.event.flags = ev->flags;
@@ -160,43 +170,88 @@ store_event_add(struct store *st, const struct store_event *ev)
 }
 
 void
+store_transaction_open(struct store *st, const struct store_transaction *t)
+{
+	struct store_rec *rec;
+	char *cur;
+
+	rec = store_rec_alloc(st, STORE_OP_TX_OPEN,
+			      rec_strsize(t->mail_from) + rec_strsize(t->mail_params) + rec_strsize(t->mail_reply),
+			      "session", t->session_id);
+	if (rec == NULL)
+		return;
+	cur = rec->data;
+	rec->u.tx.session_id = t->session_id;
+	rec->u.tx.idx = t->idx;
+	rec->u.tx.started_us = t->started_us;
+	rec->u.tx.mail_seq = t->mail_seq;
+	rec->u.tx.mail_from = rec_strcpy(&cur, t->mail_from);
+	rec->u.tx.mail_params = rec_strcpy(&cur, t->mail_params);
+	rec->u.tx.mail_code = t->mail_code;
+	rec->u.tx.mail_reply = rec_strcpy(&cur, t->mail_reply);
+	store_enqueue(st, rec);
+}
+
+void
+store_transaction_mail_reply(struct store *st, int64_t session_id, int idx, int code, const char *reply)
+{
+	struct store_rec *rec;
+	char *cur;
+
+	rec = store_rec_alloc(st, STORE_OP_TX_REPLY, rec_strsize(reply), "session", session_id);
+	if (rec == NULL)
+		return;
+	cur = rec->data;
+	rec->u.tx_reply.session_id = session_id;
+	rec->u.tx_reply.idx = idx;
+	rec->u.tx_reply.code = code;
+	rec->u.tx_reply.reply = rec_strcpy(&cur, reply);
+	store_enqueue(st, rec);
+}
+
+void
+store_rcpt_add(struct store *st, const struct store_rcpt *r)
+{
+	struct store_rec *rec;
+	char *cur;
+
+	rec = store_rec_alloc(st, STORE_OP_RCPT,
+			      rec_strsize(r->address) + rec_strsize(r->params) + rec_strsize(r->reply), "session",
+			      r->session_id);
+	if (rec == NULL)
+		return;
+	cur = rec->data;
+	rec->u.rcpt.session_id = r->session_id;
+	rec->u.rcpt.transaction_idx = r->transaction_idx;
+	rec->u.rcpt.idx = r->idx;
+	rec->u.rcpt.rcpt_seq = r->rcpt_seq;
+	rec->u.rcpt.reply_code = r->reply_code;
+	rec->u.rcpt.address = rec_strcpy(&cur, r->address);
+	rec->u.rcpt.params = rec_strcpy(&cur, r->params);
+	rec->u.rcpt.reply = rec_strcpy(&cur, r->reply);
+	store_enqueue(st, rec);
+}
+
+void
 store_message_open(struct store *st, const struct store_message *m)
 {
 	struct store_rec *rec;
-	struct rec_rcpt *rcpts;
-	size_t extra, i;
 	char *cur;
 
-	if (m->nrcpts > (SIZE_MAX / 4) / sizeof(*rcpts)) {
-		store_count_lost(st, 1, "s=%" PRId64 " store: message %" PRId64 " dropped: %zu recipients", m->session_id,
-			   m->id, m->nrcpts);
-		return;
-	}
-	extra = m->nrcpts * sizeof(*rcpts) + rec_strsize(m->mail_from) + rec_strsize(m->mail_params) +
-		rec_strsize(m->transport);
-	for (i = 0; i < m->nrcpts; i++)
-		extra += rec_strsize(m->rcpts[i].address) + rec_strsize(m->rcpts[i].params) +
-			 rec_strsize(m->rcpts[i].reply);
-	rec = store_rec_alloc(st, STORE_OP_MESSAGE_OPEN, extra, "message", m->id);
+	rec = store_rec_alloc(st, STORE_OP_MESSAGE_OPEN,
+			      rec_strsize(m->mail_from) + rec_strsize(m->mail_params) + rec_strsize(m->transport),
+			      "message", m->id);
 	if (rec == NULL)
 		return;
-	rcpts = (void *)rec->data;
-	cur = rec->data + m->nrcpts * sizeof(*rcpts);
+	cur = rec->data;
 	rec->u.msg.id = m->id;
 	rec->u.msg.session_id = m->session_id;
+	rec->u.msg.transaction_idx = m->transaction_idx;
 	rec->u.msg.started_us = m->started_us;
 	rec->u.msg.idx = m->idx;
 	rec->u.msg.mail_from = rec_strcpy(&cur, m->mail_from);
 	rec->u.msg.mail_params = rec_strcpy(&cur, m->mail_params);
 	rec->u.msg.transport = rec_strcpy(&cur, m->transport);
-	for (i = 0; i < m->nrcpts; i++) {
-		rcpts[i].address = rec_strcpy(&cur, m->rcpts[i].address);
-		rcpts[i].params = rec_strcpy(&cur, m->rcpts[i].params);
-		rcpts[i].reply = rec_strcpy(&cur, m->rcpts[i].reply);
-		rcpts[i].reply_code = m->rcpts[i].reply_code;
-	}
-	rec->u.msg.rcpts = rcpts;
-	rec->u.msg.nrcpts = m->nrcpts;
 	store_enqueue(st, rec);
 }
 
@@ -208,7 +263,7 @@ store_message_close(struct store *st, const struct store_message_end *m)
 
 	rec = store_rec_alloc(st, STORE_OP_MESSAGE_CLOSE,
 			      rec_strsize(m->subject) + rec_strsize(m->from) + rec_strsize(m->to) +
-				  rec_strsize(m->message_id) + rec_strsize(m->date) + rec_strsize(m->reply),
+				  rec_strsize(m->message_id_hdr) + rec_strsize(m->date) + rec_strsize(m->reply),
 			      "message", m->id);
 	if (rec == NULL)
 		return;
@@ -220,7 +275,7 @@ store_message_close(struct store *st, const struct store_message_end *m)
 	rec->u.msg_end.subject = rec_strcpy(&cur, m->subject);
 	rec->u.msg_end.from = rec_strcpy(&cur, m->from);
 	rec->u.msg_end.to = rec_strcpy(&cur, m->to);
-	rec->u.msg_end.message_id = rec_strcpy(&cur, m->message_id);
+	rec->u.msg_end.message_id_hdr = rec_strcpy(&cur, m->message_id_hdr);
 	rec->u.msg_end.date = rec_strcpy(&cur, m->date);
 	rec->u.msg_end.reply_code = m->reply_code;
 	rec->u.msg_end.reply = rec_strcpy(&cur, m->reply);

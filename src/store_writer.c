@@ -14,12 +14,14 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/prctl.h>
 #include <time.h>
 
 #include <sqlite3.h>
 
 #include "smtptap/store_int.h"
+#include "smtptap/util.h"
 
 /* Binds a statement's parameters in order, remembering the first error so
  * that a row is never stepped with a parameter silently left NULL. */
@@ -30,8 +32,15 @@ struct binder {
 };
 
 static void store_writer_linger(struct store *st);
+static void store_writer_idle(struct store *st);
+static int64_t store_mono_ms(void);
+static void store_retain(struct store *st);
 static uint64_t store_write_batch(struct store *st, struct store_rec *batch, size_t n);
 static int store_write_rec(struct store *st, const struct store_rec *rec);
+static struct store_sum *store_sum_get(struct store *st, int64_t id);
+static void store_sum_rec(struct store *st, const struct store_rec *rec);
+static int store_sums_apply(struct store *st);
+static void store_sums_reset(struct store *st);
 static int store_step(struct store *st, struct binder *b, const struct store_rec *rec);
 static int store_exec_stmt(struct store *st, enum store_stmt which);
 static void store_rec_describe(const struct store_rec *rec, char *buf, size_t bufsz);
@@ -40,6 +49,7 @@ static void bind_start(struct binder *b, sqlite3_stmt *stmt);
 static void bind_i64(struct binder *b, int64_t v);
 static void bind_i64_or_null(struct binder *b, int64_t v);
 static void bind_text(struct binder *b, const char *s);
+static void bind_text_len(struct binder *b, const char *s, size_t len);
 static void bind_blob(struct binder *b, const void *p, size_t len);
 
 /* ------------------------------------------------------------------------
@@ -56,10 +66,12 @@ store_run_writer(void *arg)
 
 	/* Named so that top -H, perf and gdb tell it from the event loop. */
 	prctl(PR_SET_NAME, "smtptap-writer", 0, 0, 0);
+	if (st->opts.retain_us > 0 || st->opts.max_bytes > 0)
+		st->next_retain_ms = store_mono_ms(); /* a first look at once */
 	pthread_mutex_lock(&st->lock);
 	for (;;) {
 		while (st->head == NULL && !st->stop)
-			pthread_cond_wait(&st->cond, &st->lock);
+			store_writer_idle(st);
 		if (st->head == NULL)
 			break;
 		store_writer_linger(st);
@@ -73,6 +85,11 @@ store_run_writer(void *arg)
 		pthread_mutex_unlock(&st->lock);
 
 		nlost = store_write_batch(st, batch, n);
+		st->retain_bytes += bytes;
+		if (st->opts.max_bytes > 0 && st->retain_bytes >= st->opts.max_bytes / STORE_RETAIN_GROWTH)
+			st->next_retain_ms = store_mono_ms();
+		if (st->next_retain_ms > 0 && store_mono_ms() >= st->next_retain_ms)
+			store_retain(st);
 
 		pthread_mutex_lock(&st->lock);
 		st->backlog -= bytes;
@@ -80,6 +97,68 @@ store_run_writer(void *arg)
 	}
 	pthread_mutex_unlock(&st->lock);
 	return NULL;
+}
+
+static int64_t
+store_mono_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* With st->lock held and nothing queued: wait for records, or until
+ * retention is due (and then look at it, without the lock). */
+static void
+store_writer_idle(struct store *st)
+{
+	struct timespec deadline;
+	int64_t now;
+
+	if (st->next_retain_ms <= 0) {
+		pthread_cond_wait(&st->cond, &st->lock);
+		return;
+	}
+	now = store_mono_ms();
+	if (now >= st->next_retain_ms) {
+		pthread_mutex_unlock(&st->lock);
+		store_retain(st);
+		pthread_mutex_lock(&st->lock);
+		return;
+	}
+	deadline.tv_sec = st->next_retain_ms / 1000;
+	deadline.tv_nsec = (long)(st->next_retain_ms % 1000) * 1000000L;
+	pthread_cond_timedwait(&st->cond, &st->lock, &deadline);
+}
+
+/*
+ * Retention (proxy --retain, --max-db-size), between batches: delete at
+ * most STORE_RETAIN_CHUNK whole sessions in one short transaction, give
+ * some freed pages back, and come back soon if there is more to do, else
+ * after STORE_RETAIN_INTERVAL_MS.  Recording waits only for this one step.
+ */
+static void
+store_retain(struct store *st)
+{
+	struct store_prune_opts o = { .max_bytes = st->opts.max_bytes, .max_sessions = STORE_RETAIN_CHUNK };
+	struct store_prune_result res;
+	char err[256];
+
+	memset(&res, 0, sizeof(res));
+	if (st->opts.retain_us > 0)
+		o.before_us = util_now_us() - st->opts.retain_us;
+	if (store_prune_db(st->db, &o, &res, err, sizeof(err)) < 0) {
+		log_warnx("store: %s: retention: %s (tried again in %d s)", st->path, err, STORE_RETAIN_INTERVAL_MS / 1000);
+		res.sessions = 0;
+	} else if (res.sessions > 0) {
+		store_incremental_vacuum(st->db, STORE_RETAIN_VACUUM_PAGES);
+		log_info("store: %s: retention deleted %" PRId64 " session(s) (%" PRId64 "-%" PRId64 ", %" PRId64
+			 " events)",
+			 st->path, res.sessions, res.first_id, res.last_id, res.events);
+	}
+	st->next_retain_ms = store_mono_ms() + (res.sessions >= STORE_RETAIN_CHUNK ? 0 : STORE_RETAIN_INTERVAL_MS);
+	st->retain_bytes = 0;
 }
 
 /* With st->lock held: let a small batch grow for up to STORE_BATCH_WAIT_MS,
@@ -122,12 +201,15 @@ store_write_batch(struct store *st, struct store_rec *batch, size_t n)
 	}
 	for (rec = batch; rec != NULL; rec = rec->next, left--) {
 		if (store_write_rec(st, rec) == 0) {
+			store_sum_rec(st, rec);
 			intx++;
 			continue;
 		}
 		nlost++;
 		if (!sqlite3_get_autocommit(st->db))
 			continue;
+		/* Rolled back: so are the rows the summaries counted. */
+		store_sums_reset(st);
 		nlost += intx;
 		intx = 0;
 		if (store_exec_stmt(st, STMT_BEGIN) != SQLITE_OK) {
@@ -135,13 +217,20 @@ store_write_batch(struct store *st, struct store_rec *batch, size_t n)
 			goto out;
 		}
 	}
-	if (store_exec_stmt(st, STMT_COMMIT) != SQLITE_OK) {
+	if (store_sums_apply(st) < 0 && sqlite3_get_autocommit(st->db)) {
+		nlost += intx; /* the summary's failure rolled the rows back */
+		intx = 0;
+	}
+	if (sqlite3_get_autocommit(st->db)) {
+		/* nothing left to commit */
+	} else if (store_exec_stmt(st, STMT_COMMIT) != SQLITE_OK) {
 		store_count_lost(st, 0, "store: cannot commit %" PRIu64 " records: %s", intx, sqlite3_errmsg(st->db));
 		nlost += intx;
 		if (!sqlite3_get_autocommit(st->db))
 			store_exec_stmt(st, STMT_ROLLBACK);
 	}
 out:
+	store_sums_reset(st);
 	for (rec = batch; rec != NULL; rec = next) {
 		next = rec->next;
 		free(rec);
@@ -154,7 +243,6 @@ static int
 store_write_rec(struct store *st, const struct store_rec *rec)
 {
 	struct binder b;
-	size_t i;
 
 	switch (rec->op) {
 	case STORE_OP_SESSION_OPEN:
@@ -165,6 +253,17 @@ store_write_rec(struct store *st, const struct store_rec *rec)
 		bind_text(&b, rec->u.session.client);
 		bind_text(&b, rec->u.session.upstream);
 		bind_text(&b, rec->u.session.mode);
+		{
+			char ip[UTIL_ADDR_MAX];
+
+			bind_text(&b, store_client_ip(rec->u.session.client, ip, sizeof(ip)) == 0 ? ip : NULL);
+			return store_step(st, &b, rec);
+		}
+	case STORE_OP_SESSION_AUTH:
+		bind_start(&b, st->stmt[STMT_SESSION_AUTH]);
+		bind_text(&b, rec->u.set.value);
+		bind_text(&b, rec->u.set.value2);
+		bind_i64(&b, rec->u.set.id);
 		return store_step(st, &b, rec);
 	case STORE_OP_SESSION_ADDR:
 	case STORE_OP_SESSION_TLS:
@@ -192,35 +291,52 @@ store_write_rec(struct store *st, const struct store_rec *rec)
 		bind_text(&b, store_side_name(rec->u.event.side));
 		bind_text(&b, store_kind_name(rec->u.event.kind));
 		bind_i64(&b, rec->u.event.flags);
-		bind_i64_or_null(&b, rec->u.event.message_id);
+		bind_i64_or_null(&b, rec->u.event.message_row);
+		bind_i64_or_null(&b, rec->u.event.answers_seq);
+		bind_i64_or_null(&b, rec->u.event.cause_seq);
 		bind_text(&b, rec->u.event.text);
 		bind_blob(&b, rec->u.event.raw, rec->u.event.raw_len);
+		return store_step(st, &b, rec);
+	case STORE_OP_TX_OPEN:
+		bind_start(&b, st->stmt[STMT_TX_OPEN]);
+		bind_i64(&b, rec->u.tx.session_id);
+		bind_i64(&b, rec->u.tx.idx);
+		bind_i64(&b, rec->u.tx.started_us);
+		bind_i64_or_null(&b, rec->u.tx.mail_seq);
+		bind_text(&b, rec->u.tx.mail_from);
+		bind_text(&b, rec->u.tx.mail_params);
+		bind_i64_or_null(&b, rec->u.tx.mail_code);
+		bind_text(&b, rec->u.tx.mail_reply);
+		return store_step(st, &b, rec);
+	case STORE_OP_TX_REPLY:
+		bind_start(&b, st->stmt[STMT_TX_REPLY]);
+		bind_i64_or_null(&b, rec->u.tx_reply.code);
+		bind_text(&b, rec->u.tx_reply.reply);
+		bind_i64(&b, rec->u.tx_reply.session_id);
+		bind_i64(&b, rec->u.tx_reply.idx);
+		return store_step(st, &b, rec);
+	case STORE_OP_RCPT:
+		bind_start(&b, st->stmt[STMT_RCPT]);
+		bind_i64(&b, rec->u.rcpt.session_id);
+		bind_i64(&b, rec->u.rcpt.transaction_idx);
+		bind_i64(&b, rec->u.rcpt.idx);
+		bind_i64_or_null(&b, rec->u.rcpt.rcpt_seq);
+		bind_text(&b, rec->u.rcpt.address);
+		bind_text(&b, rec->u.rcpt.params);
+		bind_i64_or_null(&b, rec->u.rcpt.reply_code);
+		bind_text(&b, rec->u.rcpt.reply);
 		return store_step(st, &b, rec);
 	case STORE_OP_MESSAGE_OPEN:
 		bind_start(&b, st->stmt[STMT_MESSAGE_OPEN]);
 		bind_i64(&b, rec->u.msg.id);
 		bind_i64(&b, rec->u.msg.session_id);
+		bind_i64_or_null(&b, rec->u.msg.transaction_idx);
 		bind_i64(&b, rec->u.msg.idx);
 		bind_i64(&b, rec->u.msg.started_us);
 		bind_text(&b, rec->u.msg.mail_from);
 		bind_text(&b, rec->u.msg.mail_params);
 		bind_text(&b, rec->u.msg.transport);
-		if (store_step(st, &b, rec) < 0)
-			return -1;
-		for (i = 0; i < rec->u.msg.nrcpts; i++) {
-			const struct rec_rcpt *r = &rec->u.msg.rcpts[i];
-
-			bind_start(&b, st->stmt[STMT_RCPT]);
-			bind_i64(&b, rec->u.msg.id);
-			bind_i64(&b, (int64_t)i + 1);
-			bind_text(&b, r->address);
-			bind_text(&b, r->params);
-			bind_i64_or_null(&b, r->reply_code);
-			bind_text(&b, r->reply);
-			if (store_step(st, &b, rec) < 0)
-				return -1;
-		}
-		return 0;
+		return store_step(st, &b, rec);
 	case STORE_OP_MESSAGE_CLOSE:
 		bind_start(&b, st->stmt[STMT_MESSAGE_CLOSE]);
 		bind_i64(&b, rec->u.msg_end.ended_us);
@@ -229,7 +345,7 @@ store_write_rec(struct store *st, const struct store_rec *rec)
 		bind_text(&b, rec->u.msg_end.subject);
 		bind_text(&b, rec->u.msg_end.from);
 		bind_text(&b, rec->u.msg_end.to);
-		bind_text(&b, rec->u.msg_end.message_id);
+		bind_text(&b, rec->u.msg_end.message_id_hdr);
 		bind_text(&b, rec->u.msg_end.date);
 		bind_i64_or_null(&b, rec->u.msg_end.reply_code);
 		bind_text(&b, rec->u.msg_end.reply);
@@ -287,8 +403,22 @@ store_rec_describe(const struct store_rec *rec, char *buf, size_t bufsz)
 		snprintf(buf, bufsz, "the %s TLS details of session %" PRId64, store_side_name(rec->u.set.side),
 			 rec->u.set.id);
 		break;
+	case STORE_OP_SESSION_AUTH:
+		snprintf(buf, bufsz, "the AUTH details of session %" PRId64, rec->u.set.id);
+		break;
 	case STORE_OP_SESSION_CLOSE:
 		snprintf(buf, bufsz, "the end of session %" PRId64, rec->u.close.id);
+		break;
+	case STORE_OP_TX_OPEN:
+		snprintf(buf, bufsz, "session %" PRId64 " transaction %d", rec->u.tx.session_id, rec->u.tx.idx);
+		break;
+	case STORE_OP_TX_REPLY:
+		snprintf(buf, bufsz, "the MAIL reply of session %" PRId64 " transaction %d", rec->u.tx_reply.session_id,
+			 rec->u.tx_reply.idx);
+		break;
+	case STORE_OP_RCPT:
+		snprintf(buf, bufsz, "session %" PRId64 " transaction %d recipient %d", rec->u.rcpt.session_id,
+			 rec->u.rcpt.transaction_idx, rec->u.rcpt.idx);
 		break;
 	case STORE_OP_EVENT:
 		snprintf(buf, bufsz, "session %" PRId64 " event %" PRId64 " (%s)", rec->u.event.session_id,
@@ -304,6 +434,143 @@ store_rec_describe(const struct store_rec *rec, char *buf, size_t bufsz)
 		snprintf(buf, bufsz, "a record of unknown type %d", (int)rec->op);
 		break;
 	}
+}
+
+/* ------------------------------------------------------------------------
+ * the sessions' summary columns
+ */
+
+/* The batch's summary entry of session id, made if needed; NULL only when
+ * memory is short even after applying (and so emptying) the table. */
+static struct store_sum *
+store_sum_get(struct store *st, int64_t id)
+{
+	struct store_sum *v, *e;
+	size_t cap, i, k;
+
+	for (;;) {
+		if (st->sums_cap > 0) {
+			for (i = (size_t)id & (st->sums_cap - 1);; i = (i + 1) & (st->sums_cap - 1)) {
+				e = &st->sums[i];
+				if (e->id == id)
+					return e;
+				if (e->id == 0)
+					break;
+			}
+			if (st->sums_n < st->sums_cap / 2) {
+				memset(e, 0, sizeof(*e));
+				e->id = id;
+				st->sums_n++;
+				return e;
+			}
+		}
+		/* Grow (rehashing), or, when memory is short, write what the
+		 * table holds now (in the same transaction) and start over. */
+		cap = st->sums_cap == 0 ? 256 : st->sums_cap * 2;
+		if ((v = calloc(cap, sizeof(*v))) == NULL) {
+			if (st->sums_n == 0 || store_sums_apply(st) < 0)
+				return NULL;
+			continue;
+		}
+		for (k = 0; k < st->sums_cap; k++) {
+			if (st->sums[k].id == 0)
+				continue;
+			for (i = (size_t)st->sums[k].id & (cap - 1); v[i].id != 0; i = (i + 1) & (cap - 1))
+				;
+			v[i] = st->sums[k];
+		}
+		free(st->sums);
+		st->sums = v;
+		st->sums_cap = cap;
+	}
+}
+
+/* Count a written record in its session's summary. */
+static void
+store_sum_rec(struct store *st, const struct store_rec *rec)
+{
+	struct store_sum *e;
+	const char *name;
+	size_t len;
+
+	switch (rec->op) {
+	case STORE_OP_EVENT:
+		if ((e = store_sum_get(st, rec->u.event.session_id)) == NULL)
+			return;
+		e->nevents++;
+		if ((unsigned)rec->u.event.side < 3)
+			e->bytes[rec->u.event.side] += (int64_t)rec->u.event.raw_len;
+		/* What the client said it is (not a line smtptap dropped). */
+		if (rec->u.event.side == STORE_SIDE_CLIENT && rec->u.event.kind == STORE_KIND_COMMAND &&
+		    !(rec->u.event.flags & STORE_F_DROPPED) &&
+		    store_helo_name(rec->u.event.raw, rec->u.event.raw_len, &name, &len)) {
+			e->helo = name;
+			e->helo_len = len;
+		}
+		break;
+	case STORE_OP_TX_OPEN:
+		if ((e = store_sum_get(st, rec->u.tx.session_id)) != NULL)
+			e->ntransactions++;
+		break;
+	case STORE_OP_MESSAGE_OPEN:
+		if ((e = store_sum_get(st, rec->u.msg.session_id)) != NULL)
+			e->nmessages++;
+		break;
+	default:
+		break;
+	}
+}
+
+/* One UPDATE per session the batch touched, inside its transaction, then
+ * an empty table.  Returns 0, or -1 when an UPDATE failed (logged). */
+static int
+store_sums_apply(struct store *st)
+{
+	struct binder b;
+	size_t i;
+	int rc = 0;
+
+	for (i = 0; i < st->sums_cap && st->sums_n > 0; i++) {
+		struct store_sum *e = &st->sums[i];
+
+		if (e->id == 0)
+			continue;
+		bind_start(&b, st->stmt[STMT_SESSION_SUMMARY]);
+		bind_i64(&b, e->nevents);
+		bind_i64(&b, e->ntransactions);
+		bind_i64(&b, e->nmessages);
+		bind_i64(&b, e->bytes[STORE_SIDE_CLIENT]);
+		bind_i64(&b, e->bytes[STORE_SIDE_UPSTREAM]);
+		bind_i64(&b, e->bytes[STORE_SIDE_PROXY]);
+		if (e->helo != NULL)
+			bind_text_len(&b, e->helo, e->helo_len);
+		else
+			bind_text(&b, NULL);
+		bind_i64(&b, e->id);
+		if (b.rc == SQLITE_OK && (b.rc = sqlite3_step(b.stmt)) == SQLITE_DONE)
+			b.rc = SQLITE_OK;
+		if (b.rc != SQLITE_OK) {
+			store_count_lost(st, 0, "store: cannot update the summary of session %" PRId64 ": %s", e->id,
+					 sqlite3_errmsg(st->db));
+			rc = -1;
+		}
+		sqlite3_reset(b.stmt);
+		sqlite3_clear_bindings(b.stmt);
+		memset(e, 0, sizeof(*e));
+		st->sums_n--;
+		if (rc < 0 && sqlite3_get_autocommit(st->db))
+			break; /* rolled back: the rest is moot */
+	}
+	store_sums_reset(st);
+	return rc;
+}
+
+static void
+store_sums_reset(struct store *st)
+{
+	if (st->sums_n > 0)
+		memset(st->sums, 0, st->sums_cap * sizeof(*st->sums));
+	st->sums_n = 0;
 }
 
 /* ------------------------------------------------------------------------
@@ -343,6 +610,14 @@ bind_text(struct binder *b, const char *s)
 	if (b->rc == SQLITE_OK)
 		b->rc = s == NULL ? sqlite3_bind_null(b->stmt, b->idx)
 				  : sqlite3_bind_text(b->stmt, b->idx, s, -1, SQLITE_STATIC);
+}
+
+static void
+bind_text_len(struct binder *b, const char *s, size_t len)
+{
+	b->idx++;
+	if (b->rc == SQLITE_OK)
+		b->rc = sqlite3_bind_text64(b->stmt, b->idx, s, len, SQLITE_STATIC, SQLITE_UTF8);
 }
 
 static void

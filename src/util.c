@@ -5,6 +5,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <netinet/in.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -100,6 +101,105 @@ util_parse_int(const char *s, long min, long max, long *out)
 		return -1;
 	*out = v;
 	return 0;
+}
+
+int
+util_parse_age(const char *s, int64_t *out_us)
+{
+	static const struct {
+		char unit;
+		int64_t us;
+	} units[] = {
+		{ 's', 1000000LL }, { 'm', 60LL * 1000000 }, { 'h', 3600LL * 1000000 },
+		{ 'd', 86400LL * 1000000 }, { 'w', 7LL * 86400 * 1000000 },
+	};
+	int64_t total = 0, v;
+	size_t i;
+
+	if (s == NULL || *s == '\0')
+		return -1;
+	while (*s != '\0') {
+		if (*s < '0' || *s > '9')
+			return -1;
+		for (v = 0; *s >= '0' && *s <= '9'; s++) {
+			if (v > (INT64_MAX - 9) / 10)
+				return -1;
+			v = v * 10 + (*s - '0');
+		}
+		for (i = 0; i < sizeof(units) / sizeof(units[0]); i++)
+			if (*s == units[i].unit)
+				break;
+		if (i == sizeof(units) / sizeof(units[0]))
+			return -1; /* a number needs its unit */
+		if (v > (INT64_MAX - total) / units[i].us)
+			return -1;
+		total += v * units[i].us;
+		s++;
+	}
+	*out_us = total;
+	return 0;
+}
+
+int
+util_parse_size(const char *s, uint64_t *out)
+{
+	uint64_t v = 0, mul = 1;
+	const char *p = s;
+
+	if (s == NULL || *p < '0' || *p > '9')
+		return -1;
+	for (; *p >= '0' && *p <= '9'; p++) {
+		if (v > (UINT64_MAX - 9) / 10)
+			return -1;
+		v = v * 10 + (uint64_t)(*p - '0');
+	}
+	switch (*p | 0x20) {
+	case 'k':
+		mul = 1ULL << 10;
+		break;
+	case 'm':
+		mul = 1ULL << 20;
+		break;
+	case 'g':
+		mul = 1ULL << 30;
+		break;
+	case 't':
+		mul = 1ULL << 40;
+		break;
+	default:
+		break;
+	}
+	if (mul > 1) {
+		p++;
+		if ((*p | 0x20) == 'i')
+			p++;
+		if (*p == 'B' || *p == 'b')
+			p++;
+	} else if (*p == 'B' || *p == 'b') {
+		p++;
+	}
+	if (*p != '\0' || v > UINT64_MAX / mul)
+		return -1;
+	*out = v * mul;
+	return 0;
+}
+
+void
+util_fmt_bytes(char *buf, size_t bufsz, int64_t n)
+{
+	static const char *const units[] = { "KiB", "MiB", "GiB", "TiB" };
+	double v = (double)n;
+	int i = -1;
+
+	if (n < 1024 && n > -1024) {
+		snprintf(buf, bufsz, "%" PRId64 " B", n);
+		return;
+	}
+	while ((v >= 1024 || v <= -1024) && i < 3) {
+		v /= 1024;
+		i++;
+	}
+	snprintf(buf, bufsz, "%.1f %s", v, units[i]);
 }
 
 void

@@ -24,5 +24,6 @@ int cli_show(int argc, char **argv);	 /* cli_show.c */
 int cli_export(int argc, char **argv);	 /* cli_export.c */
 int cli_ca(int argc, char **argv);	 /* cli_ca.c */
 int cli_rules(int argc, char **argv);	 /* cli_rules.c */
+int cli_prune(int argc, char **argv);	 /* cli_prune.c */
 
 #endif

@@ -13,11 +13,12 @@
 #include "smtptap/json.h"
 #include "smtptap/store.h"
 
-/* The session object; nmessages only when with_nmessages (the list). */
-void cli_json_session(struct json *j, const struct cli_session *s, bool with_nmessages);
+/* The session object, with the summary the writer keeps. */
+void cli_json_session(struct json *j, const struct cli_session *s);
 
 /*
- * {"session": {...}, "events": [...], "messages": [...]} for session s.
+ * {"session": {...}, "events": [...], "messages": [...], "transactions":
+ * [...]} for session s.
  * Returns CLI_EXIT_OK (write errors are left in out->werr for
  * cli_out_close) or CLI_EXIT_FAIL after reporting a database error.
  */

@@ -33,6 +33,9 @@ struct cli_session {
 	int64_t id, started_us, ended_us, nmessages;
 	char *listener, *client, *upstream, *upstream_addr, *mode;
 	char *client_tls, *upstream_tls, *outcome, *detail;
+	/* the summary the writer keeps (NULL / 0 when unknown) */
+	char *client_ip, *helo, *auth_mech, *auth_user, *client_tls_version, *upstream_tls_version;
+	int64_t nevents, ntransactions, client_bytes, upstream_bytes, proxy_bytes;
 };
 
 /* An event flag's name, as --json and the transcript's tags spell it. */

@@ -11,6 +11,7 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+#include "smtptap/store.h"
 #include "smtptap/tls.h"
 
 #define PROXY_LISTEN_MAX 16
@@ -50,6 +51,7 @@ struct proxy_config {
 	struct tls_config tls;	  /* CA, certificate, verification, key log */
 	const char *upstream_sni; /* --upstream-sni, NULL: the upstream host name */
 	const char *db_path;
+	struct store_options store; /* --retain, --max-db-size */
 	bool redact_auth;
 	int idle_timeout;    /* seconds a client may stay silent (RFC 5321: 5 min) */
 	int reply_timeout;   /* seconds to wait for an upstream reply (RFC 5321: 10 min for DATA) */

@@ -36,6 +36,9 @@
 #define ENV_BYTES_MAX (1024 * 1024) /* ... and bytes of their addresses and parameters */
 #define MIME_SLICE 8192		    /* unstuffed bytes handed to mime at once */
 #define REPLY_TEXT_MAX 4096	    /* reply text kept with a message/recipient */
+#define RCPT_TEXT_MAX 4096	    /* of an address (or its parameters) kept with a recipient */
+#define AUTH_MECH_MAX 64	    /* AUTH mechanism and user name kept in the summary */
+#define AUTH_USER_MAX 512
 #define BACKLOG_POLL_MS 10
 
 enum session_state {
@@ -99,8 +102,20 @@ struct pending {
 	char *owned_text;    /* PEND_LOCAL: the reply, owned (a rule's) */
 	enum rule_after after; /* PEND_LOCAL: then close or reset the client */
 	bool by_rule;	     /* PEND_LOCAL: a rule's reply */
+	int64_t cause_seq;   /* PEND_LOCAL: the event that caused the reply (a rule's firing) */
+	int64_t rule_seq;    /* rule: the event saying it fired */
 	struct rules_decision *rule; /* owned: a rule's rewrite/truncate/strip of this reply */
 	struct msg *msg;     /* owned: a message awaiting its final reply */
+	/* The event the reply will answer (its answers_seq): by default the
+	 * event recorded just before the push, as callers record the command
+	 * first; set explicitly where that is not so. */
+	int64_t cmd_seq;
+	/* MAIL, RCPT: the transaction's idx (0: none); RCPT: the recipient,
+	 * written to the store when the reply arrives (session_env_rcpt_reply)
+	 * or when the session ends without one (session_pend_release). */
+	int tx_idx;
+	uint32_t tx_rcpt_idx;
+	char *rcpt_address, *rcpt_params; /* owned */
 };
 
 struct rcpt {
@@ -115,6 +130,10 @@ struct envelope {
 	uint32_t gen; /* bumped on every reset so stale RCPT replies are ignored */
 	char *mail_from;
 	char *mail_params;
+	/* its transaction's row, written once: at the MAIL reply, or at the
+	 * reset when none came first (session_tx.c) */
+	int64_t started_us, mail_seq;
+	bool written;
 	struct rcpt *rcpts;
 	size_t nrcpts, cap;
 	size_t bytes; /* of the strings kept, bounded by ENV_BYTES_MAX */
@@ -130,6 +149,7 @@ struct msg {
 	uint64_t size;	  /* unstuffed bytes */
 	struct smtp_data data;
 	bool early_reply; /* BDAT LAST answered before its bytes were through */
+	int64_t end_seq;  /* DATA: the last data event, which the final reply answers */
 	int reply_code;
 	char *reply;
 	struct mime_hdr_parser mime; /* large: keep last */
@@ -165,6 +185,9 @@ struct session {
 	struct evbuffer *reply_buf; /* reply lines collected so far */
 
 	struct envelope env;
+	int tx_idx;	     /* the transaction MAIL started (0: none), see session_tx.c */
+	int ntx;	     /* transactions so far */
+	uint32_t tx_nrcpts;  /* RCPT commands in the current transaction */
 	int nmsgs;
 	struct msg *cur_msg; /* receiving content now */
 	uint64_t bdat_left;  /* bytes left in the current BDAT chunk */
@@ -207,9 +230,14 @@ struct session {
 	uint64_t rate_up, rate_down;   /* a throttle rule's bytes/s towards each side, 0: none */
 	bool bdat_discard;	       /* a rule answered this BDAT: its chunk goes nowhere */
 	enum rule_detached detached;
+	int64_t rule_seq;	       /* the event of the latest rule firing */
+	int64_t rule_unit_seq;	       /* ... and of the unit it fired on */
 	unsigned fail_client_tls;      /* rule line that fails the client's handshake, 0 none */
 
 	bool freeing;
+	/* AUTH: the mechanism whose next response line names the user (LOGIN
+	 * or PLAIN without an initial response, CRAM-MD5, XOAUTH2), "" if none */
+	char auth_mech_next[16];
 	int in_callback;
 	const char *outcome; /* static string: first cause wins */
 	char detail[256];
@@ -221,16 +249,33 @@ void session_leave(struct session *s);
 void session_enter_state(struct session *s, enum session_state st);
 void session_set_outcome(struct session *s, const char *outcome, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
-void session_record(struct session *s, enum store_side side, enum store_kind kind, unsigned flags,
-		    int64_t msg_id, const void *raw, size_t len, const char *text);
-void session_note(struct session *s, enum store_kind kind, const char *fmt, ...)
+/* Record an event; returns its seq.  The _link form also says which
+ * event it answers (a reply) and which caused it (what smtptap did), 0 for
+ * none; see events.answers_seq and cause_seq in sql/002_schema2.sql. */
+int64_t session_record(struct session *s, enum store_side side, enum store_kind kind, unsigned flags,
+		       int64_t msg_id, const void *raw, size_t len, const char *text);
+int64_t session_record_link(struct session *s, int64_t answers_seq, int64_t cause_seq, enum store_side side,
+			    enum store_kind kind, unsigned flags, int64_t msg_id, const void *raw, size_t len,
+			    const char *text);
+int64_t session_note(struct session *s, enum store_kind kind, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
+int64_t session_note_cause(struct session *s, int64_t cause_seq, enum store_kind kind, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+/* AUTH: record its mechanism and, when it can be decoded, its user name
+ * (never the password) in the session's summary. */
+void session_auth_command(struct session *s, const struct smtp_cmd *cmd);
+void session_auth_line(struct session *s, const char *line, size_t len);
 void session_update_reading(struct session *s);
 void session_update_timeouts(struct session *s);
 void session_fail_client(struct session *s, const char *reply, const char *outcome, const char *detail);
 void session_inject_client(struct session *s, const char *text, size_t len);
 void session_inject_client_flags(struct session *s, const char *text, size_t len, unsigned flags);
+int64_t session_inject_client_link(struct session *s, const char *text, size_t len, int64_t answers_seq,
+				   int64_t cause_seq);
+int64_t session_inject_client_link_flags(struct session *s, const char *text, size_t len, int64_t answers_seq,
+					 int64_t cause_seq, unsigned flags);
 void session_inject_upstream(struct session *s, const char *text, size_t len);
+int64_t session_inject_upstream_cause(struct session *s, const char *text, size_t len, int64_t cause_seq);
 void session_close_legs(struct session *s);
 
 /* session_client.c */
@@ -247,15 +292,21 @@ void session_upstream_tail(struct session *s);
 void session_sink_answer(struct session *s, const char *text, size_t len);
 void session_pend_flush_local(struct session *s);
 void session_local_push(struct session *s, const char *text, bool starttls);
+void session_local_push_answer(struct session *s, const char *text, bool starttls, int64_t answers_seq);
 void session_greeting_release(struct session *s);
 void session_reply_resume(struct session *s);
 
 /* session_tx.c */
 void session_env_reset(struct session *s);
-void session_env_add_mail(struct session *s, const struct smtp_cmd *cmd, const char *line, size_t len);
+void session_env_add_mail(struct session *s, struct pending *p, const struct smtp_cmd *cmd, const char *line,
+			  size_t len);
+void session_env_mail_reply(struct session *s, const struct pending *p, int code, const char *raw, size_t len);
 void session_env_add_rcpt(struct session *s, struct pending *p, const struct smtp_cmd *cmd, const char *line,
 			  size_t len);
-void session_env_rcpt_reply(struct session *s, const struct pending *p, int code, const char *raw, size_t len);
+void session_env_rcpt_reply(struct session *s, struct pending *p, int code, const char *raw, size_t len);
+/* A pending entry that will get no reply (the session ends): what it
+ * holds is recorded as unanswered and freed. */
+void session_pend_release(struct session *s, struct pending *p);
 struct msg *session_msg_new(struct session *s, bool bdat);
 void session_msg_open(struct session *s, struct msg *m);
 void session_msg_close(struct session *s, struct msg *m, int code, const char *reply);
@@ -278,7 +329,8 @@ enum rules_verdict session_rules_command(struct session *s, struct evbuffer *in,
 void session_rules_attach(struct session *s, struct pending *p);
 void session_rules_detached(struct session *s, struct evbuffer *in, const struct smtp_cmd *cmd, const char *line,
 			    size_t len);
-const struct rules_decision *session_rules_data_end(struct session *s, struct msg *m);
+const struct rules_decision *session_rules_data_end(struct session *s, struct msg *m, bool record);
+void session_rules_data_end_fired(struct session *s, const struct rules_decision *d);
 bool session_rules_consumes(const struct rules_decision *d);
 void session_rules_data_end_local(struct session *s, const struct rules_decision *d, struct msg *m,
 				  struct pending *q);
@@ -292,8 +344,11 @@ struct rules_reply {
 	enum rule_after after;
 	size_t truncate;      /* > 0: only this many bytes go to the client, then close */
 	unsigned rule_line;
-	int orig_code;	      /* replaced: the server's own reply (owned text) */
+	int64_t rule_seq;     /* the event of the rule's firing */
+	int orig_code;	      /* replaced: the server's own reply (owned text and bytes) */
 	char *orig_text;
+	char *orig_raw;
+	size_t orig_len;
 	const struct rules_decision *strip; /* EHLO capabilities to strip */
 };
 void session_rules_reply(struct session *s, struct evbuffer *reply, enum store_side side, int *code,

@@ -129,6 +129,37 @@ int smtp_parse_ehlo_keyword(const char *text, size_t len, struct smtp_ehlo_kw *o
 int smtp_ehlo_edit(const char *in, size_t len, const char *kw, bool want, char *out, size_t outsz,
 		   size_t *outlen, bool *had);
 
+/*
+ * The name a client gave in HELO, EHLO or LHLO: the first word after the
+ * verb ("client.example" or an address literal "[192.0.2.1]").  `line` as
+ * for smtp_parse_command.  Returns 0 with the name in *out (a slice of
+ * line, possibly empty), -1 when the line is not one of those commands.
+ */
+int smtp_helo_name(const char *line, size_t len, struct smtp_str *out);
+
+/* Base64 characters of an AUTH response that smtp_auth_user decodes at
+ * most: enough for any real user name (XOAUTH2 puts it first). */
+#define SMTP_AUTH_B64_MAX 1024
+
+/*
+ * The user name an AUTH response carries (RFC 4954), so that it can be
+ * recorded while the credentials themselves are redacted.  `mech` is the
+ * mechanism as sent; `resp` the base64 text of the initial response or of
+ * the first response line (a line terminator is ignored).
+ *   PLAIN     the authentication identity (RFC 4616: authzid NUL authcid
+ *             NUL passwd: the second field)
+ *   LOGIN     the decoded response (the answer to "Username:")
+ *   CRAM-MD5  the text before the last space (RFC 2195: "user digest")
+ *   XOAUTH2   the value of "user=" up to the next ^A
+ * Writes the NUL-terminated name into out and returns its length; returns
+ * 0 (out "") for any other mechanism, an empty ("=") or cancelled ("*")
+ * response, bad base64, a name holding a control byte, or one that does
+ * not fit in outsz - 1 bytes.  Only the first SMTP_AUTH_B64_MAX base64
+ * characters are decoded; the decoded bytes, which hold the password for
+ * PLAIN, are wiped before returning.
+ */
+size_t smtp_auth_user(struct smtp_str mech, const char *resp, size_t len, char *out, size_t outsz);
+
 /* Case-insensitive: is `kw` equal to the NUL-terminated `name`? */
 bool smtp_str_eq_ci(struct smtp_str s, const char *name);
 

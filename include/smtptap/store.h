@@ -11,8 +11,9 @@
  * never corrupts the file.
  *
  * Ids are assigned by the caller's thread (store_*_new_id) from MAX(id) at
- * open time, so sessions, events and messages can be linked without a
- * round trip to the writer.
+ * open time (and id_floor, see sql/002_schema2.sql), so sessions,
+ * transactions, events and messages can be linked without a round trip to
+ * the writer.
  *
  * Reading (the CLI): store_reader_* open the file read-only and walk rows
  * with callbacks; a row's pointers are valid only during its callback.
@@ -40,7 +41,7 @@ enum store_kind {
 	STORE_KIND_REPLY,	/* one complete (multi-line) reply, raw = exact bytes */
 	STORE_KIND_DATA,	/* message content as sent on the wire (DATA
 				   stream with dot-stuffing and terminator, or
-				   a BDAT chunk's bytes); message_id set */
+				   a BDAT chunk's bytes); message_row set */
 	STORE_KIND_AUTH,	/* a client line answering a 334 challenge */
 	STORE_KIND_ACTION,	/* a proxy decision or note; text explains */
 	STORE_KIND_CLOSE,	/* a leg closed; text says why */
@@ -73,14 +74,22 @@ int store_global_init(void);
 
 /* ---- writing (event loop thread) ---- */
 
+/* Retention kept by the writer thread (proxy --retain, --max-db-size):
+ * whole sessions, oldest first, never a live one. */
+struct store_options {
+	int64_t retain_us;  /* delete sessions that ended longer ago than this; 0: keep */
+	uint64_t max_bytes; /* keep the data (pages in use) under this; 0: no limit */
+};
+
 /*
  * Open (creating with mode 0600 if needed) and migrate the database at
  * `path`, then start the writer thread.  Sessions left unfinished by a
  * previous crash are marked outcome 'interrupted'.  Returns NULL with a
  * one-line reason in err on failure.  The caller owns the result and
- * releases it with store_close().
+ * releases it with store_close().  `opts` may be NULL (keep everything).
  */
 struct store *store_open(const char *path, char *err, size_t errsz);
+struct store *store_open_opts(const char *path, const struct store_options *opts, char *err, size_t errsz);
 
 /* Flush every queued record, stop the writer, close the database.
  * Returns 0, or -1 if any write failed during the run (already logged). */
@@ -101,14 +110,23 @@ void store_session_open(struct store *st, const struct store_session *s);
 
 /* Resolved upstream address once connected ("[::1]:25"). */
 void store_session_set_upstream_addr(struct store *st, int64_t session_id, const char *addr);
-/* client_tls / upstream_tls: a JSON object text, for later issues. */
+/* client_tls / upstream_tls: a JSON object text (its "version" is also
+ * kept as client_tls_version / upstream_tls_version). */
 void store_session_set_tls(struct store *st, int64_t session_id, enum store_side side, const char *json);
+/* An AUTH attempt: its mechanism ("PLAIN") and the user name it carries,
+ * or NULL when not (yet) known.  Never the password. */
+void store_session_set_auth(struct store *st, int64_t session_id, const char *mech, const char *user);
 
 /* outcome: short word ("quit", "client-closed", "upstream-unreachable", ...);
  * detail: one human line or NULL. */
 void store_session_close(struct store *st, int64_t session_id, int64_t ended_us, const char *outcome,
 			 const char *detail);
 
+/*
+ * One event.  The writer also keeps the session's summary from it (the
+ * count of events, the bytes each side sent, the latest HELO/EHLO name of
+ * a client command), in the same transaction as the row.
+ */
 struct store_event {
 	int64_t session_id;
 	int64_t seq; /* 1, 2, ... within the session, in the order things happened */
@@ -116,32 +134,57 @@ struct store_event {
 	enum store_side side;
 	enum store_kind kind;
 	unsigned flags;
-	int64_t message_id; /* 0 = none */
+	int64_t message_row; /* messages.id (kind 'data'), 0 = none */
+	int64_t answers_seq; /* a reply: the seq of the event it answers, 0 = none */
+	int64_t cause_seq;   /* what smtptap did: the seq of the event that caused it, 0 = none */
 	const char *text;   /* NUL-terminated or NULL; for actions, notes */
 	const void *raw;    /* exact bytes, or NULL */
 	size_t raw_len;
 };
 void store_event_add(struct store *st, const struct store_event *ev);
 
+/* A transaction starts with each MAIL FROM command; (session_id, idx)
+ * names it.  The session writes it once, usually with its MAIL reply. */
+struct store_transaction {
+	int64_t session_id;
+	int idx;		 /* 1-based within the session */
+	int64_t started_us;
+	int64_t mail_seq;	 /* the MAIL command's event, 0 if unknown */
+	const char *mail_from;	 /* path without <>; "" for the null sender */
+	const char *mail_params; /* or NULL */
+	int mail_code;		 /* the reply to MAIL, 0 if not (yet) seen */
+	const char *mail_reply;	 /* its full text (lines joined by "\n"), or NULL */
+};
+void store_transaction_open(struct store *st, const struct store_transaction *t);
+/* The reply to its MAIL command, when it came after the row was written. */
+void store_transaction_mail_reply(struct store *st, int64_t session_id, int idx, int code, const char *reply);
+
+/* A recipient, written when its RCPT reply arrives (or at the end of the
+ * session, without one). */
 struct store_rcpt {
+	int64_t session_id;
+	int transaction_idx;  /* its transaction's idx */
+	int idx;	      /* 1-based within the transaction, in RCPT order */
+	int64_t rcpt_seq;     /* the RCPT command's event, 0 if unknown */
 	const char *address;  /* path without <> */
 	const char *params;   /* ESMTP parameters as written, or NULL */
 	int reply_code;	      /* 0 if no reply was seen */
 	const char *reply;    /* full reply text (lines joined by "\n"), or NULL */
 };
+void store_rcpt_add(struct store *st, const struct store_rcpt *r);
 
 /* A message starts when DATA is accepted (354) or the first BDAT chunk is
- * sent: the envelope is known by then. */
+ * sent: the envelope is known by then (its recipients are the
+ * transaction's). */
 struct store_message {
 	int64_t id;
 	int64_t session_id;
+	int transaction_idx;	/* its transaction's idx; 0: none (no MAIL before it) */
 	int idx;		/* 1-based within the session */
 	int64_t started_us;
 	const char *mail_from;	/* path without <>; "" for the null sender */
 	const char *mail_params; /* or NULL */
 	const char *transport;	/* "data" or "bdat" */
-	const struct store_rcpt *rcpts;
-	size_t nrcpts;
 };
 void store_message_open(struct store *st, const struct store_message *m);
 
@@ -150,7 +193,7 @@ struct store_message_end {
 	int64_t ended_us;
 	uint64_t size;	   /* message bytes after dot-unstuffing */
 	bool complete;	   /* false: the stream was cut short */
-	const char *subject, *from, *to, *message_id, *date; /* decoded summaries */
+	const char *subject, *from, *to, *message_id_hdr, *date; /* decoded summaries */
 	int reply_code;	   /* upstream's final reply, 0 if none */
 	const char *reply; /* its full text, or NULL */
 };
@@ -163,12 +206,52 @@ void store_message_close(struct store *st, const struct store_message_end *m);
 #define STORE_BACKLOG_LOW (4u * 1024 * 1024)
 size_t store_backlog_bytes(struct store *st);
 
+/* ---- maintenance (CLI) ---- */
+
+/*
+ * Bring the database at `path` to this binary's schema in place, if it is
+ * older; nothing if it is current.  Readers call this first: they open the
+ * file read-only.  Fails (with a reason) when the file cannot be written
+ * or an older smtptap proxy is recording into it.
+ */
+int store_upgrade(const char *path, char *err, size_t errsz);
+
+struct store_prune_opts {
+	int64_t before_us;    /* sessions that ended before this unix time (us); 0: no age limit */
+	uint64_t max_bytes;   /* also the oldest ones while the data exceeds this; 0: no size limit */
+	int64_t max_sessions; /* at most this many in one call; 0: no limit */
+	bool dry_run;	      /* count them, change nothing */
+	bool vacuum;	      /* afterwards VACUUM the whole file (needs no proxy on it) */
+};
+
+struct store_prune_result {
+	int64_t sessions, transactions, messages, recipients, events;
+	int64_t bytes;		   /* recorded bytes of the deleted sessions (sessions.*_bytes) */
+	int64_t first_id, last_id; /* the range of session ids deleted (0 when none) */
+	int64_t file_before, file_after; /* the file's size */
+	int64_t data_before, data_after; /* bytes of pages in use */
+	bool incremental;	   /* auto_vacuum=INCREMENTAL: freed pages go back to the file system */
+};
+
+/*
+ * Delete whole sessions (their events, transactions, recipients and
+ * messages with them, in one transaction each), never a live one: every
+ * session that ended before opts->before_us, and then the oldest ended
+ * ones while the pages in use exceed opts->max_bytes.  Then give the freed
+ * pages back to the file system (incremental vacuum) when the file allows
+ * it.  Safe while a proxy records into the file.  Returns 0, or -1 with a
+ * reason in err.
+ */
+int store_prune(const char *path, const struct store_prune_opts *opts, struct store_prune_result *res, char *err,
+		size_t errsz);
+
 /* ---- reading (CLI, any thread, read-only) ---- */
 
 struct store_reader;
 
 /* Returns NULL with a reason in err (missing file, not an smtptap
- * database, newer schema than this binary knows). */
+ * database, newer schema than this binary knows, an older schema that
+ * cannot be upgraded).  An older schema is upgraded first (store_upgrade). */
 struct store_reader *store_reader_open(const char *path, char *err, size_t errsz);
 void store_reader_close(struct store_reader *rd);
 
@@ -178,7 +261,11 @@ struct store_session_row {
 	const char *listener, *client, *upstream, *upstream_addr, *mode;
 	const char *client_tls, *upstream_tls; /* JSON text or NULL */
 	const char *outcome, *detail;	       /* NULL while live */
-	int64_t nmessages, nevents;
+	/* the summary the writer keeps */
+	const char *client_ip, *helo, *auth_mech, *auth_user; /* NULL when unknown */
+	const char *client_tls_version, *upstream_tls_version;
+	int64_t nmessages, nevents, ntransactions;
+	int64_t client_bytes, upstream_bytes, proxy_bytes;
 };
 
 struct store_event_row {
@@ -186,7 +273,8 @@ struct store_event_row {
 	enum store_side side;
 	enum store_kind kind;
 	unsigned flags;
-	int64_t message_id;
+	int64_t message_row;		/* 0 if none */
+	int64_t answers_seq, cause_seq; /* 0 if none */
 	const char *text; /* NULL if none */
 	const void *raw;  /* NULL if none */
 	size_t raw_len;
@@ -195,6 +283,7 @@ struct store_event_row {
 struct store_rcpt_row {
 	const char *address, *params, *reply;
 	int reply_code;
+	int64_t rcpt_seq; /* 0 if unknown */
 };
 
 struct store_message_row {
@@ -204,9 +293,23 @@ struct store_message_row {
 	const char *mail_from, *mail_params, *transport;
 	int64_t size;
 	bool complete;
-	const char *subject, *from, *to, *message_id, *date;
+	const char *subject, *from, *to, *message_id_hdr, *date;
 	int reply_code;
 	const char *reply;
+	int transaction_idx;	/* its transaction's idx, 0 if none */
+	int mail_code;		/* the reply to its MAIL, 0 if none was seen */
+	const char *mail_reply;
+	const struct store_rcpt_row *rcpts; /* the transaction's recipients */
+	size_t nrcpts;
+};
+
+struct store_transaction_row {
+	int idx;
+	int64_t started_us, mail_seq;
+	const char *mail_from, *mail_params;
+	int mail_code; /* 0 if no reply was seen */
+	const char *mail_reply;
+	int64_t nmessages; /* messages of this transaction */
 	const struct store_rcpt_row *rcpts;
 	size_t nrcpts;
 };
@@ -216,6 +319,7 @@ struct store_message_row {
 typedef int (*store_session_cb)(const struct store_session_row *row, void *arg);
 typedef int (*store_event_cb)(const struct store_event_row *row, void *arg);
 typedef int (*store_message_cb)(const struct store_message_row *row, void *arg);
+typedef int (*store_transaction_cb)(const struct store_transaction_row *row, void *arg);
 typedef int (*store_chunk_cb)(const void *data, size_t len, void *arg);
 
 /* The most recent `limit` sessions (all if limit <= 0), oldest first. */
@@ -229,8 +333,11 @@ int store_reader_events(struct store_reader *rd, int64_t session_id, store_event
 			size_t errsz);
 int store_reader_messages(struct store_reader *rd, int64_t session_id, store_message_cb cb, void *arg,
 			  char *err, size_t errsz);
+/* A session's transactions, in order, each with its recipients. */
+int store_reader_transactions(struct store_reader *rd, int64_t session_id, store_transaction_cb cb, void *arg,
+			      char *err, size_t errsz);
 /* The wire bytes of a message (STORE_KIND_DATA events), in order. */
-int store_reader_message_data(struct store_reader *rd, int64_t message_id, store_chunk_cb cb, void *arg,
+int store_reader_message_data(struct store_reader *rd, int64_t message_row, store_chunk_cb cb, void *arg,
 			      char *err, size_t errsz);
 
 #endif

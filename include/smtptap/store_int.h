@@ -9,7 +9,11 @@
  *   store_record.c  the event loop side: each store_* recording call
  *                   copies its arguments into one record and queues it;
  *                   the backlog and the count of lost records
- *   store_writer.c  the writer thread: batches, transactions, binding
+ *   store_writer.c  the writer thread: batches, transactions, binding, the
+ *                   sessions' summary columns, retention
+ *   store_prune.c   deleting whole sessions (prune, retention)
+ *   store_fn.c      what the writer derives from records (client IP, HELO
+ *                   name) and the SQL functions the migrations use for it
  * store_read.c (the CLI's read-only half) does not use this header, and
  * no file outside the store includes it: struct store stays opaque to
  * everyone else.
@@ -42,25 +46,39 @@
 #define STORE_BATCH_BYTES (4u * 1024 * 1024)
 #define STORE_BATCH_WAIT_MS 100
 
+/* How often the writer looks at retention (--retain, --max-db-size), how
+ * many sessions it deletes in one go (one transaction, between batches, so
+ * recording never waits long), and how many freed pages it gives back to
+ * the file system after each go. */
+#define STORE_RETAIN_INTERVAL_MS 10000
+#define STORE_RETAIN_CHUNK 64
+#define STORE_RETAIN_VACUUM_PAGES 2048
+/* With a size limit, the check also comes as soon as this fraction of the
+ * limit was recorded since the last one: a burst cannot overshoot it by
+ * ten seconds' worth of traffic. */
+#define STORE_RETAIN_GROWTH 16
+
+/* Longest AUTH mechanism and user name kept in a session's summary. */
+#define STORE_AUTH_MECH_MAX 64
+#define STORE_AUTH_USER_MAX 512
+
 enum store_op {
 	STORE_OP_SESSION_OPEN,
 	STORE_OP_SESSION_ADDR,
 	STORE_OP_SESSION_TLS,
+	STORE_OP_SESSION_AUTH,
 	STORE_OP_SESSION_CLOSE,
 	STORE_OP_EVENT,
+	STORE_OP_TX_OPEN,
+	STORE_OP_TX_REPLY,
+	STORE_OP_RCPT,
 	STORE_OP_MESSAGE_OPEN,
 	STORE_OP_MESSAGE_CLOSE,
 };
 
-struct rec_rcpt {
-	const char *address, *params, *reply;
-	int reply_code;
-};
-
 /*
  * One queued write.  Every pointer in the union points into data[] (or is
- * NULL), so the record owns all it refers to.  For STORE_OP_MESSAGE_OPEN,
- * data[] starts with the recipient array.
+ * NULL), so the record owns all it refers to.
  */
 struct store_rec {
 	struct store_rec *next;
@@ -75,13 +93,14 @@ struct store_rec {
 			int64_t id;
 			enum store_side side; /* STORE_OP_SESSION_TLS */
 			const char *value;
+			const char *value2;   /* STORE_OP_SESSION_AUTH: the user */
 		} set;
 		struct {
 			int64_t id, ended_us;
 			const char *outcome, *detail;
 		} close;
 		struct {
-			int64_t session_id, seq, t_us, message_id;
+			int64_t session_id, seq, t_us, message_row, answers_seq, cause_seq;
 			enum store_side side;
 			enum store_kind kind;
 			unsigned flags;
@@ -90,25 +109,35 @@ struct store_rec {
 			size_t raw_len;
 		} event;
 		struct {
+			int64_t session_id, started_us, mail_seq;
+			int idx, mail_code;
+			const char *mail_from, *mail_params, *mail_reply;
+		} tx;
+		struct {
+			int64_t session_id;
+			int idx, code;
+			const char *reply;
+		} tx_reply;
+		struct {
+			int64_t session_id, rcpt_seq;
+			int transaction_idx, idx, reply_code;
+			const char *address, *params, *reply;
+		} rcpt;
+		struct {
 			int64_t id, session_id, started_us;
-			int idx;
+			int idx, transaction_idx;
 			const char *mail_from, *mail_params, *transport;
-			const struct rec_rcpt *rcpts;
-			size_t nrcpts;
 		} msg;
 		struct {
 			int64_t id, ended_us, size;
 			bool complete;
-			const char *subject, *from, *to, *message_id, *date;
+			const char *subject, *from, *to, *message_id_hdr, *date;
 			int reply_code;
 			const char *reply;
 		} msg_end;
 	} u;
 	char data[];
 };
-
-_Static_assert(offsetof(struct store_rec, data) % _Alignof(struct rec_rcpt) == 0,
-	       "recipient arrays start data[]");
 
 enum store_stmt {
 	STMT_BEGIN,
@@ -118,12 +147,31 @@ enum store_stmt {
 	STMT_SESSION_ADDR,
 	STMT_SESSION_CLIENT_TLS,
 	STMT_SESSION_UPSTREAM_TLS,
+	STMT_SESSION_AUTH,
 	STMT_SESSION_CLOSE,
+	STMT_SESSION_SUMMARY,
 	STMT_EVENT,
-	STMT_MESSAGE_OPEN,
+	STMT_TX_OPEN,
+	STMT_TX_REPLY,
 	STMT_RCPT,
+	STMT_MESSAGE_OPEN,
 	STMT_MESSAGE_CLOSE,
 	STMT_COUNT
+};
+
+/*
+ * What one batch adds to a session's summary columns, applied with one
+ * UPDATE per session at the end of the batch (STMT_SESSION_SUMMARY): the
+ * counts and bytes are deltas; helo points into a record of the batch,
+ * which outlives the UPDATE.  An open-addressed table keyed by session id
+ * (0 marks a free slot).
+ */
+struct store_sum {
+	int64_t id;
+	int64_t nevents, ntransactions, nmessages;
+	int64_t bytes[3]; /* by enum store_side */
+	const char *helo;
+	size_t helo_len;
 };
 
 /*
@@ -140,6 +188,14 @@ struct store {
 
 	/* event loop thread only */
 	int64_t next_session_id, next_message_id;
+
+	/* writer thread only (set before it starts) */
+	struct store_options opts;
+	struct store_sum *sums; /* this batch's summary deltas */
+	size_t sums_cap, sums_n;
+	int64_t next_retain_ms; /* monotonic ms of the next retention check; 0: none configured */
+	uint64_t retain_bytes;	/* bytes queued since it; with --max-db-size, enough of them
+				   bring the check forward (STORE_RETAIN_GROWTH) */
 
 	pthread_t writer;
 	bool writer_running;
@@ -167,5 +223,35 @@ void *store_run_writer(void *arg);
  * not flood stderr.  Any thread (store_record.c).
  */
 void store_count_lost(struct store *st, uint64_t n, const char *fmt, ...) LOG_PRINTF(3, 4);
+
+/* store_fn.c */
+/* "127.0.0.1" of "127.0.0.1:53422", "::1" of "[::1]:53422".  Returns 0,
+ * or -1 (out "") when client is NULL or not an address with a port. */
+int store_client_ip(const char *client, char *out, size_t outsz);
+/* The name a client command gives when it is HELO, EHLO or LHLO (a slice
+ * of raw). */
+bool store_helo_name(const void *raw, size_t len, const char **name, size_t *namelen);
+/* An AUTH mechanism in upper case, as kept in sessions.auth_mech. */
+void store_auth_mech_upper(const char *p, size_t len, char *out, size_t outsz);
+/* smtptap_client_ip(), smtptap_helo(), smtptap_auth_mech(),
+ * smtptap_auth_user() for the migrations (sql/002_schema2.sql).
+ * Returns 0 or -1. */
+int store_register_functions(sqlite3 *db);
+
+/* store.c */
+/* Refuse a file that is not empty and not an smtptap database this binary
+ * can migrate; then migrate it (each step in its own transaction).  On a
+ * handle opened read-write; used by store_open and store_upgrade. */
+int store_check_db(sqlite3 *db, char *err, size_t errsz);
+int store_migrate_db(sqlite3 *db, char *err, size_t errsz);
+
+/* store_prune.c */
+/* store_prune's work on an open read-write handle (the CLI's, or the
+ * writer's between batches).  Adds to *res.  Returns 0, or -1 with err. */
+int store_prune_db(sqlite3 *db, const struct store_prune_opts *opts, struct store_prune_result *res, char *err,
+		   size_t errsz);
+/* Give up to npages free pages back to the file system (all when npages
+ * <= 0) when the file has auto_vacuum=INCREMENTAL.  Returns 0 or -1. */
+int store_incremental_vacuum(sqlite3 *db, int64_t npages);
 
 #endif

@@ -30,4 +30,18 @@ void util_errf(char *err, size_t errsz, const char *fmt, ...) __attribute__((for
 /* Parse a decimal integer in [min, max]; returns 0 or -1. */
 int util_parse_int(const char *s, long min, long max, long *out);
 
+/*
+ * A duration: one or more NUMBER UNIT pairs, unit s, m, h, d or w
+ * ("30m", "12h", "7d", "2w", "1d12h"), into microseconds.  Returns 0, or
+ * -1 (no unit, unknown unit, empty, overflow).
+ */
+int util_parse_age(const char *s, int64_t *out_us);
+/*
+ * A size: a number with an optional K, M, G or T (powers of 1024; "KB",
+ * "KiB" and lower case too): "500M", "2G", "1048576".  Returns 0, or -1.
+ */
+int util_parse_size(const char *s, uint64_t *out);
+/* "1.2 MiB", "512 B": for people. */
+void util_fmt_bytes(char *buf, size_t bufsz, int64_t n);
+
 #endif

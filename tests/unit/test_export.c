@@ -201,22 +201,36 @@ static int64_t
 add_message(struct store *st, int64_t sid, int idx, int64_t *seq, const char *transport, const char *mail_from,
 	    const char *wire, size_t wlen, size_t maxchunk, bool complete, uint64_t size)
 {
-	static const struct store_rcpt rcpt = { "rcpt@example.org", NULL, 250, "250 2.1.5 Ok" };
+	struct store_transaction tx;
+	struct store_rcpt rcpt;
 	struct store_message m;
 	struct store_message_end end;
 	struct store_event ev;
 	uint32_t lcg = 99u + (uint32_t)idx;
 	size_t off, n;
 
+	memset(&tx, 0, sizeof(tx));
+	tx.session_id = sid;
+	tx.idx = idx;
+	tx.started_us = 1700000000000000LL + idx;
+	tx.mail_from = mail_from;
+	store_transaction_open(st, &tx);
+	memset(&rcpt, 0, sizeof(rcpt));
+	rcpt.session_id = sid;
+	rcpt.transaction_idx = idx;
+	rcpt.idx = 1;
+	rcpt.address = "rcpt@example.org";
+	rcpt.reply_code = 250;
+	rcpt.reply = "250 2.1.5 Ok";
+	store_rcpt_add(st, &rcpt);
 	memset(&m, 0, sizeof(m));
 	m.id = store_message_new_id(st);
 	m.session_id = sid;
+	m.transaction_idx = idx;
 	m.idx = idx;
 	m.started_us = 1700000000000000LL + idx;
 	m.mail_from = mail_from;
 	m.transport = transport;
-	m.rcpts = &rcpt;
-	m.nrcpts = 1;
 	store_message_open(st, &m);
 	for (off = 0; off < wlen; off += n) {
 		lcg = lcg * 1103515245u + 12345u;
@@ -229,7 +243,7 @@ add_message(struct store *st, int64_t sid, int idx, int64_t *seq, const char *tr
 		ev.t_us = m.started_us + (int64_t)off;
 		ev.side = STORE_SIDE_CLIENT;
 		ev.kind = STORE_KIND_DATA;
-		ev.message_id = m.id;
+		ev.message_row = m.id;
 		ev.raw = wire + off;
 		ev.raw_len = n;
 		store_event_add(st, &ev);

@@ -1676,6 +1676,124 @@ test_data_large_message(void **state)
 	free(oref);
 }
 
+/* ------------------------------------------------------------------------
+ * HELO name and AUTH user (the session's summary)
+ */
+
+static void
+check_helo(const char *line, int want_rc, const char *want)
+{
+	const char *p = dup_exact(line, strlen(line));
+	struct smtp_str name;
+
+	assert_int_equal(smtp_helo_name(p, strlen(line), &name), want_rc);
+	if (want_rc == 0) {
+		assert_int_equal(name.len, strlen(want));
+		assert_memory_equal(name.p, want, name.len);
+	}
+}
+
+static void
+test_helo_name(void **state)
+{
+	(void)state;
+	check_helo("EHLO client.example\r\n", 0, "client.example");
+	check_helo("helo  old.example\n", 0, "old.example");
+	check_helo("LHLO lmtp.example extra words\r\n", 0, "lmtp.example");
+	check_helo("EHLO [192.0.2.1]\r\n", 0, "[192.0.2.1]");
+	check_helo("EHLO\r\n", 0, "");
+	check_helo("MAIL FROM:<a@b>\r\n", -1, NULL);
+	check_helo("EHLOX foo\r\n", -1, NULL);
+	check_helo("\r\n", -1, NULL);
+}
+
+/* smtp_auth_user over base64 of `plain` (len bytes, may hold NULs). */
+static size_t
+auth_user(const char *mech, const char *plain, size_t len, char *out, size_t outsz)
+{
+	static const char tab[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+	char b64[4096];
+	struct smtp_str m = { mech, strlen(mech) };
+	const unsigned char *u = (const unsigned char *)plain;
+	size_t i, n = 0;
+
+	for (i = 0; i < len; i += 3) {
+		uint32_t v = (uint32_t)u[i] << 16 | (i + 1 < len ? (uint32_t)u[i + 1] << 8 : 0) |
+			     (i + 2 < len ? u[i + 2] : 0);
+
+		b64[n++] = tab[v >> 18];
+		b64[n++] = tab[(v >> 12) & 63];
+		b64[n++] = i + 1 < len ? tab[(v >> 6) & 63] : '=';
+		b64[n++] = i + 2 < len ? tab[v & 63] : '=';
+	}
+	b64[n++] = '\r';
+	b64[n++] = '\n';
+	return smtp_auth_user(m, dup_exact(b64, n), n, out, outsz);
+}
+
+static void
+test_auth_user(void **state)
+{
+	char out[64];
+	struct smtp_str plain = { "PLAIN", 5 };
+
+	(void)state;
+	/* PLAIN: the authentication identity, never the password */
+	assert_int_equal(auth_user("PLAIN", "\0alice@example.com\0s3cret", 26, out, sizeof(out)), 17);
+	assert_string_equal(out, "alice@example.com");
+	assert_int_equal(auth_user("plain", "admin\0bob\0pw", 12, out, sizeof(out)), 3);
+	assert_string_equal(out, "bob");
+	assert_int_equal(auth_user("PLAIN", "\0bob", 4, out, sizeof(out)), 0); /* no second NUL */
+	assert_string_equal(out, "");
+	assert_int_equal(auth_user("PLAIN", "\0\0pw", 4, out, sizeof(out)), 0); /* empty name */
+	/* LOGIN: the response itself */
+	assert_int_equal(auth_user("LOGIN", "user@example.com", 16, out, sizeof(out)), 16);
+	assert_string_equal(out, "user@example.com");
+	/* CRAM-MD5: "user digest" */
+	assert_int_equal(auth_user("CRAM-MD5", "tim b913a602c7eda7a495b4e6e7334d3890", 36, out, sizeof(out)), 3);
+	assert_string_equal(out, "tim");
+	assert_int_equal(auth_user("CRAM-MD5", "nodigest", 8, out, sizeof(out)), 0);
+	/* XOAUTH2: user= up to ^A */
+	{
+		static const char xo[] = "user=someone@example.com\001auth=Bearer ya29.x\001\001";
+		static const char noname[] = "auth=Bearer x\001\001";
+
+		assert_int_equal(auth_user("XOAUTH2", xo, sizeof(xo) - 1, out, sizeof(out)), 19);
+		assert_string_equal(out, "someone@example.com");
+		assert_int_equal(auth_user("XOAUTH2", noname, sizeof(noname) - 1, out, sizeof(out)), 0);
+	}
+	/* other mechanisms, bad input */
+	assert_int_equal(auth_user("SCRAM-SHA-256", "n,,n=user,r=abc", 15, out, sizeof(out)), 0);
+	assert_int_equal(auth_user("LOGIN", "bad\nname", 8, out, sizeof(out)), 0); /* control byte */
+	assert_int_equal(auth_user("LOGIN", "abcdefgh", 8, out, 8), 0);		/* does not fit */
+	assert_int_equal(auth_user("LOGIN", "abcdefg", 7, out, 8), 7);
+	assert_int_equal(smtp_auth_user(plain, dup_exact("=", 1), 1, out, sizeof(out)), 0);
+	assert_int_equal(smtp_auth_user(plain, dup_exact("*\r\n", 3), 3, out, sizeof(out)), 0);
+	assert_int_equal(smtp_auth_user(plain, dup_exact("[redacted]", 10), 10, out, sizeof(out)), 0);
+	assert_int_equal(smtp_auth_user(plain, dup_exact("AGJvYgBwdw", 10), 10, out, sizeof(out)), 0); /* unpadded */
+	assert_int_equal(smtp_auth_user(plain, dup_exact("AGJ=vYgBw", 9), 9, out, sizeof(out)), 0);
+	assert_int_equal(smtp_auth_user(plain, dup_exact("AGJvYgBwdw==", 12), 12, out, 0), 0);
+	assert_int_equal(smtp_auth_user(plain, dup_exact("AGJvYgBwdw==", 12), 12, out, sizeof(out)), 3);
+	assert_string_equal(out, "bob");
+}
+
+/* A response longer than SMTP_AUTH_B64_MAX: PLAIN's name, near the start,
+ * is still found; LOGIN's, cut, is not made up. */
+static void
+test_auth_user_long(void **state)
+{
+	char plain[2000], out[64];
+
+	(void)state;
+	memset(plain, 'p', sizeof(plain));
+	memcpy(plain, "\0carol\0", 7);
+	assert_int_equal(auth_user("PLAIN", plain, sizeof(plain), out, sizeof(out)), 5);
+	assert_string_equal(out, "carol");
+	memset(plain, 'u', sizeof(plain));
+	assert_int_equal(auth_user("LOGIN", plain, sizeof(plain), out, sizeof(out)), 0);
+	assert_int_equal(auth_user("LOGIN", plain, SMTP_AUTH_B64_MAX / 4 * 3, out, sizeof(out)), 0); /* too long for out */
+}
+
 int
 main(void)
 {
@@ -1743,6 +1861,9 @@ main(void)
 		cmocka_unit_test(test_data_split_equivalence),
 		cmocka_unit_test(test_data_exhaustive_small),
 		cmocka_unit_test(test_data_large_message),
+		cmocka_unit_test_teardown(test_helo_name, teardown_bufs),
+		cmocka_unit_test_teardown(test_auth_user, teardown_bufs),
+		cmocka_unit_test_teardown(test_auth_user_long, teardown_bufs),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

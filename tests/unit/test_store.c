@@ -24,6 +24,7 @@
 #include <inttypes.h>
 #include <signal.h>
 #include <sqlite3.h>
+#include <sys/file.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -32,6 +33,7 @@
 #include "smtptap/log.h"
 #include "smtptap/schema.h"
 #include "smtptap/store.h"
+#include "smtptap/util.h"
 
 struct fixture {
 	char dir[64];
@@ -251,7 +253,7 @@ add_event(struct store *st, int64_t sid, int64_t seq, enum store_side side, enum
 		.side = side,
 		.kind = kind,
 		.flags = flags,
-		.message_id = msg_id,
+		.message_row = msg_id,
 		.text = text,
 		.raw = raw,
 		.raw_len = len,
@@ -288,7 +290,7 @@ ev_collect_cb(const struct store_event_row *row, void *arg)
 	memset(c, 0, sizeof(*c));
 	c->seq = row->seq;
 	c->t_us = row->t_us;
-	c->message_id = row->message_id;
+	c->message_id = row->message_row;
 	c->side = row->side;
 	c->kind = row->kind;
 	c->flags = row->flags;
@@ -379,7 +381,7 @@ msg_collect_cb(const struct store_message_row *row, void *arg)
 	c->subject = dup_or_null(row->subject);
 	c->from = dup_or_null(row->from);
 	c->to = dup_or_null(row->to);
-	c->message_id = dup_or_null(row->message_id);
+	c->message_id = dup_or_null(row->message_id_hdr);
 	c->date = dup_or_null(row->date);
 	c->reply = dup_or_null(row->reply);
 	c->nrcpts = row->nrcpts;
@@ -771,7 +773,7 @@ test_events_roundtrip_bytes(void **state)
 
 	/* The names are what the sqlite3 CLI shows. */
 	assert_int_equal(db_int(fx->db, "SELECT count(*) FROM events WHERE side = 'upstream' AND kind = 'reply'"), 1);
-	assert_int_equal(db_int(fx->db, "SELECT count(*) FROM events WHERE message_id IS NULL"), 6);
+	assert_int_equal(db_int(fx->db, "SELECT count(*) FROM events WHERE message_row IS NULL"), 6);
 	assert_int_equal(db_int(fx->db, "SELECT typeof(raw) = 'blob' FROM events WHERE seq = 1"), 1);
 	store_reader_close(rd);
 }
@@ -836,31 +838,45 @@ static void
 test_messages_with_recipients(void **state)
 {
 	struct fixture *fx = *state;
-	const struct store_rcpt rcpts[] = {
-		{ "alice@example.org", NULL, 250, "250 2.1.5 ok" },
-		{ "bob@example.org", "NOTIFY=FAILURE ORCPT=rfc822;bob@example.org", 550,
-		  "550-5.1.1 no such user\n550 5.1.1 really" },
-		{ "carol@ex\xe4mple.org", NULL, 0, NULL },
+	struct store_rcpt rcpts[] = {
+		{ .address = "alice@example.org", .reply_code = 250, .reply = "250 2.1.5 ok" },
+		{ .address = "bob@example.org", .params = "NOTIFY=FAILURE ORCPT=rfc822;bob@example.org",
+		  .reply_code = 550, .reply = "550-5.1.1 no such user\n550 5.1.1 really" },
+		{ .address = "carol@ex\xe4mple.org" },
 	};
 	struct msg_list ml = { 0 };
 	struct store_reader *rd;
 	struct store *st;
 	int64_t m1, m2;
+	size_t i;
 
 	st = open_ok(fx->db);
 	add_session(st, 1, "up:587");
 	m1 = store_message_new_id(st);
 	m2 = store_message_new_id(st);
+	store_transaction_open(st, &(struct store_transaction){
+		.session_id = 1,
+		.idx = 1,
+		.started_us = 90,
+		.mail_from = "sender@example.com",
+		.mail_params = "SIZE=1234 BODY=8BITMIME",
+	});
+	/* Recipients come with their replies, in any order of arrival. */
+	for (i = 3; i-- > 0;) {
+		rcpts[i].session_id = 1;
+		rcpts[i].transaction_idx = 1;
+		rcpts[i].idx = (int)i + 1;
+		store_rcpt_add(st, &rcpts[i]);
+	}
 	store_message_open(st, &(struct store_message){
 		.id = m1,
 		.session_id = 1,
+		.transaction_idx = 1,
 		.idx = 1,
 		.started_us = 100,
 		.mail_from = "sender@example.com",
 		.mail_params = "SIZE=1234 BODY=8BITMIME",
 		.transport = "data",
-		.rcpts = rcpts,
-		.nrcpts = 3,
 	});
 	store_message_close(st, &(struct store_message_end){
 		.id = m1,
@@ -870,12 +886,12 @@ test_messages_with_recipients(void **state)
 		.subject = "H\xe9llo",
 		.from = "Sender <sender@example.com>",
 		.to = "alice@example.org",
-		.message_id = "<abc@example.com>",
+		.message_id_hdr = "<abc@example.com>",
 		.date = "Mon, 1 Jan 2024 00:00:00 +0000",
 		.reply_code = 250,
 		.reply = "250 2.0.0 queued as ABC",
 	});
-	/* The null sender, BDAT, no recipients kept, cut short, no reply. */
+	/* The null sender, BDAT, no transaction, cut short, no reply. */
 	store_message_open(st, &(struct store_message){
 		.id = m2, .session_id = 1, .idx = 2, .started_us = 300, .mail_from = "", .transport = "bdat" });
 	store_message_close(st, &(struct store_message_end){ .id = m2, .ended_us = 400, .size = 10 });
@@ -1342,6 +1358,649 @@ test_bench_writer(void **state)
 	free(buf);
 }
 
+/* ------------------------------------------------------------------------
+ * Schema 2: migrating a schema-1 file, summaries, transactions, links,
+ * prune and retention.
+ */
+
+/* One text value from the database (NULL as "(null)") into buf. */
+static const char *
+db_text(const char *path, const char *sql, char *buf, size_t bufsz)
+{
+	sqlite3 *db;
+	sqlite3_stmt *stmt;
+	const unsigned char *t;
+
+	assert_int_equal(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+	if (sqlite3_prepare_v2(db, sql, -1, &stmt, NULL) != SQLITE_OK)
+		fail_msg("%s: %s", sql, sqlite3_errmsg(db));
+	assert_int_equal(sqlite3_step(stmt), SQLITE_ROW);
+	t = sqlite3_column_text(stmt, 0);
+	snprintf(buf, bufsz, "%s", t != NULL ? (const char *)t : "(null)");
+	sqlite3_finalize(stmt);
+	sqlite3_close(db);
+	return buf;
+}
+
+/*
+ * A schema-1 file as the issue-2 smtptap wrote it (sql/001_init.sql only),
+ * with three sessions: a relay session with AUTH LOGIN recorded unredacted
+ * and a message with two recipients; a sink session from an IPv6 client
+ * with TLS, a redacted AUTH PLAIN, a dropped EHLO after a HELO, and a
+ * message cut short; a session still live.
+ */
+static void
+make_v1(const char *path)
+{
+	static const char rows[] =
+	    "INSERT INTO sessions (id, started_us, ended_us, listener, client, upstream, upstream_addr, mode, "
+	    "  client_tls, outcome) VALUES "
+	    "(1, 1000, 9000, '127.0.0.1:2525', '127.0.0.1:5000', 'mx:25', '127.0.0.1:25', 'relay', NULL, 'quit'), "
+	    "(2, 2000, 8000, '[::1]:2525', '[::1]:6000', NULL, NULL, 'sink', "
+	    "  '{\"version\":\"TLSv1.3\",\"cipher\":\"TLS_AES_128_GCM_SHA256\"}', 'client-closed'), "
+	    "(3, 3000, NULL, '127.0.0.1:2525', '127.0.0.1:7000', NULL, NULL, 'sink', NULL, NULL);"
+	    "INSERT INTO events (session_id, seq, t_us, side, kind, flags, message_id, text, raw) VALUES "
+	    "(1, 1, 1001, 'proxy', 'connect', 0, NULL, 'client connected', NULL), "
+	    "(1, 2, 1002, 'upstream', 'reply', 0, NULL, NULL, CAST('220 mx ready' || char(13, 10) AS BLOB)), "
+	    "(1, 3, 1003, 'client', 'command', 0, NULL, NULL, CAST('EHLO one.example' || char(13, 10) AS BLOB)), "
+	    "(1, 4, 1004, 'upstream', 'reply', 0, NULL, NULL, CAST('250 mx' || char(13, 10) AS BLOB)), "
+	    "(1, 5, 1005, 'client', 'command', 0, NULL, NULL, CAST('AUTH LOGIN' || char(13, 10) AS BLOB)), "
+	    "(1, 6, 1006, 'upstream', 'reply', 0, NULL, NULL, CAST('334 VXNlcm5hbWU6' || char(13, 10) AS BLOB)), "
+	    /* base64("u1@example.com"), then the password line */
+	    "(1, 7, 1007, 'client', 'auth', 0, NULL, NULL, CAST('dTFAZXhhbXBsZS5jb20=' || char(13, 10) AS BLOB)), "
+	    "(1, 8, 1008, 'upstream', 'reply', 0, NULL, NULL, CAST('334 UGFzc3dvcmQ6' || char(13, 10) AS BLOB)), "
+	    "(1, 9, 1009, 'client', 'auth', 0, NULL, NULL, CAST('cHc=' || char(13, 10) AS BLOB)), "
+	    "(1, 10, 1010, 'upstream', 'reply', 0, NULL, NULL, CAST('235 ok' || char(13, 10) AS BLOB)), "
+	    "(1, 11, 1011, 'client', 'data', 0, 1, NULL, CAST('Subject: hi' || char(13, 10, 13, 10) || "
+	    "  'body' || char(13, 10) || '.' || char(13, 10) AS BLOB)), "
+	    "(1, 12, 1012, 'upstream', 'reply', 0, NULL, NULL, CAST('250 queued' || char(13, 10) AS BLOB)), "
+	    "(2, 1, 2001, 'proxy', 'connect', 0, NULL, 'client connected', NULL), "
+	    "(2, 2, 2002, 'proxy', 'reply', 17, NULL, NULL, CAST('220 smtptap' || char(13, 10) AS BLOB)), "
+	    "(2, 3, 2003, 'client', 'command', 0, NULL, NULL, CAST('HELO two.example' || char(13, 10) AS BLOB)), "
+	    "(2, 4, 2004, 'client', 'command', 4, NULL, NULL, CAST('EHLO dropped.example' || char(13, 10) AS BLOB)), "
+	    "(2, 5, 2005, 'client', 'command', 8, NULL, NULL, CAST('AUTH PLAIN [redacted]' || char(13, 10) AS BLOB)), "
+	    "(2, 6, 2006, 'client', 'data', 0, 2, NULL, CAST('Subject: cut' || char(13, 10) AS BLOB)), "
+	    "(3, 1, 3001, 'proxy', 'connect', 0, NULL, 'client connected', NULL), "
+	    "(3, 2, 3002, 'client', 'command', 0, NULL, NULL, CAST('EHLO live.example' || char(13, 10) AS BLOB));"
+	    "INSERT INTO messages (id, session_id, idx, started_us, ended_us, mail_from, mail_params, transport, "
+	    "  size, complete, subject, message_id, upstream_code, upstream_reply) VALUES "
+	    "(1, 1, 1, 1011, 1012, 'a@example.com', 'SIZE=10', 'data', 16, 1, 'hi', '<m1@example.com>', 250, "
+	    "  '250 queued'), "
+	    "(2, 2, 1, 2006, 2007, '', NULL, 'bdat', 14, 0, 'cut', NULL, NULL, NULL);"
+	    "INSERT INTO recipients (message_id, idx, address, params, reply_code, reply_text) VALUES "
+	    "(1, 1, 'Bob@Example.org', NULL, 250, '250 ok'), "
+	    "(1, 2, 'carol@example.net', 'NOTIFY=NEVER', 550, '550 no'), "
+	    "(2, 1, 'dave@example.com', NULL, NULL, NULL);";
+	char *msg = NULL;
+	sqlite3 *db;
+
+	assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+	if (sqlite3_exec(db, "PRAGMA page_size = 16384; PRAGMA journal_mode = WAL;", NULL, NULL, &msg) != SQLITE_OK ||
+	    sqlite3_exec(db, schema_migrations[0].sql, NULL, NULL, &msg) != SQLITE_OK ||
+	    sqlite3_exec(db, "PRAGMA user_version = 1", NULL, NULL, &msg) != SQLITE_OK ||
+	    sqlite3_exec(db, rows, NULL, NULL, &msg) != SQLITE_OK)
+		fail_msg("making a schema-1 database: %s", msg);
+	sqlite3_close(db);
+}
+
+struct tx_copy {
+	int idx, mail_code;
+	int64_t nmessages, mail_seq;
+	char *mail_from, *mail_reply;
+	size_t nrcpts;
+	char *rcpt_addr[4];
+	int rcpt_code[4];
+	int64_t rcpt_seq[4];
+};
+
+struct tx_list {
+	struct tx_copy v[8];
+	size_t n;
+};
+
+static int
+tx_collect_cb(const struct store_transaction_row *row, void *arg)
+{
+	struct tx_list *l = arg;
+	struct tx_copy *c;
+	size_t i;
+
+	assert_true(l->n < 8);
+	assert_true(row->nrcpts <= 4);
+	c = &l->v[l->n++];
+	memset(c, 0, sizeof(*c));
+	c->idx = row->idx;
+	c->mail_code = row->mail_code;
+	c->nmessages = row->nmessages;
+	c->mail_seq = row->mail_seq;
+	c->mail_from = dup_or_null(row->mail_from);
+	c->mail_reply = dup_or_null(row->mail_reply);
+	c->nrcpts = row->nrcpts;
+	for (i = 0; i < row->nrcpts; i++) {
+		c->rcpt_addr[i] = dup_or_null(row->rcpts[i].address);
+		c->rcpt_code[i] = row->rcpts[i].reply_code;
+		c->rcpt_seq[i] = row->rcpts[i].rcpt_seq;
+	}
+	return 0;
+}
+
+static void
+tx_list_free(struct tx_list *l)
+{
+	size_t i, k;
+
+	for (i = 0; i < l->n; i++) {
+		free(l->v[i].mail_from);
+		free(l->v[i].mail_reply);
+		for (k = 0; k < l->v[i].nrcpts; k++)
+			free(l->v[i].rcpt_addr[k]);
+	}
+	l->n = 0;
+}
+
+/* What any migrated copy of make_v1() must hold. */
+static void
+check_v1_migrated(const char *path)
+{
+	struct msg_list ml = { 0 };
+	struct tx_list tl = { 0 };
+	struct store_reader *rd;
+	char buf[256];
+
+	assert_int_equal(db_int(path, "PRAGMA user_version"), 2);
+	assert_string_equal(db_text(path, "PRAGMA integrity_check", buf, sizeof(buf)), "ok");
+	/* clear names */
+	assert_int_equal(db_int(path, "SELECT count(*) FROM events WHERE message_row = 1"), 1);
+	assert_string_equal(db_text(path, "SELECT message_id_hdr FROM messages WHERE id = 1", buf, sizeof(buf)),
+			    "<m1@example.com>");
+	assert_int_equal(db_int(path, "SELECT count(*) FROM pragma_table_info('events') WHERE name = 'message_id'"), 0);
+	/* one transaction per message, with its recipients */
+	assert_int_equal(db_int(path, "SELECT count(*) FROM transactions"), 2);
+	assert_int_equal(db_int(path, "SELECT count(*) FROM recipients WHERE session_id = 1 AND transaction_idx = 1"), 2);
+	assert_int_equal(db_int(path, "SELECT transaction_idx FROM messages WHERE id = 2"), 1);
+	/* summaries computed from the events */
+	assert_int_equal(db_int(path, "SELECT nevents FROM sessions WHERE id = 1"), 12);
+	assert_int_equal(db_int(path, "SELECT nmessages + ntransactions FROM sessions WHERE id = 1"), 2);
+	assert_int_equal(db_int(path, "SELECT count(*) FROM sessions s WHERE NOT (client_bytes = (SELECT "
+				      "coalesce(sum(length(raw)), 0) FROM events WHERE session_id = s.id AND side = "
+				      "'client') AND upstream_bytes = (SELECT coalesce(sum(length(raw)), 0) FROM events "
+				      "WHERE session_id = s.id AND side = 'upstream') AND proxy_bytes = (SELECT "
+				      "coalesce(sum(length(raw)), 0) FROM events WHERE session_id = s.id AND side = 'proxy'))"),
+			 0);
+	assert_int_equal(db_int(path, "SELECT proxy_bytes FROM sessions WHERE id = 2"), 13);
+	assert_string_equal(db_text(path, "SELECT helo FROM sessions WHERE id = 1", buf, sizeof(buf)), "one.example");
+	/* the dropped EHLO is not what the client is called */
+	assert_string_equal(db_text(path, "SELECT helo FROM sessions WHERE id = 2", buf, sizeof(buf)), "two.example");
+	assert_string_equal(db_text(path, "SELECT auth_mech || ' ' || auth_user FROM sessions WHERE id = 1", buf,
+				    sizeof(buf)),
+			    "LOGIN u1@example.com");
+	/* redacted: the mechanism, no user */
+	assert_string_equal(db_text(path, "SELECT auth_mech || ' ' || coalesce(auth_user, '-') FROM sessions WHERE "
+					  "id = 2",
+				    buf, sizeof(buf)),
+			    "PLAIN -");
+	assert_string_equal(db_text(path, "SELECT client_ip FROM sessions WHERE id = 2", buf, sizeof(buf)), "::1");
+	assert_string_equal(db_text(path, "SELECT client_tls_version FROM sessions WHERE id = 2", buf, sizeof(buf)),
+			    "TLSv1.3");
+	assert_int_equal(db_int(path, "SELECT count(*) FROM events WHERE answers_seq IS NOT NULL OR cause_seq IS NOT "
+				      "NULL"),
+			 0);
+	/* what readers get */
+	rd = reader_ok(path);
+	assert_int_equal(store_reader_messages(rd, 1, msg_collect_cb, &ml, NULL, 0), 0);
+	assert_int_equal(ml.n, 1);
+	assert_string_equal(ml.v[0].message_id, "<m1@example.com>");
+	assert_int_equal(ml.v[0].nrcpts, 2);
+	assert_string_equal(ml.v[0].rcpt_addr[0], "Bob@Example.org");
+	assert_int_equal(ml.v[0].rcpt_code[1], 550);
+	assert_string_equal(ml.v[0].rcpt_params[1], "NOTIFY=NEVER");
+	msg_list_free(&ml);
+	assert_int_equal(store_reader_transactions(rd, 2, tx_collect_cb, &tl, NULL, 0), 0);
+	assert_int_equal(tl.n, 1);
+	assert_int_equal(tl.v[0].nmessages, 1);
+	assert_string_equal(tl.v[0].mail_from, "");
+	assert_int_equal(tl.v[0].mail_code, 0);
+	assert_int_equal(tl.v[0].nrcpts, 1);
+	assert_int_equal(tl.v[0].rcpt_code[0], 0);
+	tx_list_free(&tl);
+	store_reader_close(rd);
+}
+
+static void
+test_migrate_v1_by_proxy(void **state)
+{
+	struct fixture *fx = *state;
+	struct store *st;
+	int64_t sid;
+
+	make_v1(fx->db);
+	st = open_ok(fx->db);
+	/* ids go on after the old ones */
+	sid = store_session_new_id(st);
+	assert_int_equal(sid, 4);
+	assert_int_equal(store_message_new_id(st), 3);
+	add_session(st, sid, NULL);
+	assert_int_equal(store_close(st), 0);
+	check_v1_migrated(fx->db);
+	/* the live session was marked as an older store does */
+	assert_int_equal(db_int(fx->db, "SELECT outcome = 'interrupted' FROM sessions WHERE id = 3"), 1);
+	/* a file made before schema 2 keeps its auto_vacuum (none) */
+	assert_int_equal(db_int(fx->db, "PRAGMA auto_vacuum"), 0);
+}
+
+static void
+test_migrate_v1_by_reader(void **state)
+{
+	struct fixture *fx = *state;
+
+	make_v1(fx->db);
+	store_reader_close(reader_ok(fx->db)); /* upgrades the file */
+	check_v1_migrated(fx->db);
+	/* the live session stays live: readers recover nothing */
+	assert_int_equal(db_int(fx->db, "SELECT outcome IS NULL FROM sessions WHERE id = 3"), 1);
+	/* an upgraded file is not upgraded again */
+	store_reader_close(reader_ok(fx->db));
+	assert_int_equal(db_int(fx->db, "PRAGMA user_version"), 2);
+}
+
+/* An older proxy recording into the file (its flock) forbids upgrading. */
+static void
+test_migrate_refused_while_old_proxy_records(void **state)
+{
+	struct fixture *fx = *state;
+	char err[256] = "";
+	int fd;
+
+	make_v1(fx->db);
+	fd = open(fx->db, O_RDWR);
+	assert_true(fd >= 0);
+	assert_int_equal(flock(fd, LOCK_EX | LOCK_NB), 0);
+	assert_null(store_reader_open(fx->db, err, sizeof(err)));
+	assert_non_null(strstr(err, "older smtptap proxy is recording into it"));
+	assert_int_equal(db_int(fx->db, "PRAGMA user_version"), 1);
+	close(fd);
+	store_reader_close(reader_ok(fx->db));
+	assert_int_equal(db_int(fx->db, "PRAGMA user_version"), 2);
+}
+
+/* A migration that fails leaves the file as it was. */
+static void
+test_migrate_failure_rolls_back(void **state)
+{
+	struct fixture *fx = *state;
+	char err[256] = "";
+
+	make_v1(fx->db);
+	db_exec(fx->db, "CREATE TABLE transactions (x)"); /* in the way of schema 2 */
+	assert_null(store_open(fx->db, err, sizeof(err)));
+	assert_non_null(strstr(err, "schema migration 002_schema2.sql failed"));
+	assert_int_equal(db_int(fx->db, "PRAGMA user_version"), 1);
+	assert_int_equal(db_int(fx->db, "SELECT count(*) FROM pragma_table_info('events') WHERE name = 'message_id'"), 1);
+	assert_int_equal(db_int(fx->db, "SELECT count(*) FROM recipients"), 3);
+}
+
+static void
+test_new_file_auto_vacuum(void **state)
+{
+	struct fixture *fx = *state;
+
+	assert_int_equal(store_close(open_ok(fx->db)), 0);
+	assert_int_equal(db_int(fx->db, "PRAGMA auto_vacuum"), 2); /* INCREMENTAL */
+}
+
+/* The summary columns agree with the rows, across batches and sessions. */
+static void
+test_summaries_kept_by_writer(void **state)
+{
+	struct fixture *fx = *state;
+	struct store *st;
+	char raw[100], buf[128];
+	int64_t seq[3] = { 0, 0, 0 };
+	int i, k;
+
+	st = open_ok(fx->db);
+	add_session(st, 1, "up:25");
+	add_session(st, 2, NULL);
+	for (i = 0; i < 300; i++) {
+		for (k = 1; k <= 2; k++) {
+			snprintf(raw, sizeof(raw), "NOOP %d\r\n", i);
+			add_event(st, k, ++seq[k], STORE_SIDE_CLIENT, STORE_KIND_COMMAND, 0, 0, NULL, raw, strlen(raw));
+			add_event(st, k, ++seq[k], k == 1 ? STORE_SIDE_UPSTREAM : STORE_SIDE_PROXY, STORE_KIND_REPLY, 0,
+				  0, NULL, "250 ok\r\n", 8);
+		}
+		if (i == 10) {
+			add_event(st, 1, ++seq[1], STORE_SIDE_CLIENT, STORE_KIND_COMMAND, 0, 0, NULL,
+				  "EHLO first.example\r\n", 20);
+			wait_drained(st); /* a batch boundary */
+		}
+		if (i == 200)
+			add_event(st, 1, ++seq[1], STORE_SIDE_CLIENT, STORE_KIND_COMMAND, 0, 0, NULL,
+				  "ehlo second.example\r\n", 21);
+		if (i == 250) /* dropped: not the client's name */
+			add_event(st, 1, ++seq[1], STORE_SIDE_CLIENT, STORE_KIND_COMMAND, STORE_F_DROPPED, 0, NULL,
+				  "EHLO dropped.example\r\n", 22);
+	}
+	store_session_set_auth(st, 2, "LOGIN", NULL);
+	store_session_set_auth(st, 2, "LOGIN", "who@example.com");
+	store_session_set_tls(st, 1, STORE_SIDE_UPSTREAM, "{\"version\":\"TLSv1.2\"}");
+	store_session_set_tls(st, 2, STORE_SIDE_CLIENT, "not json");
+	store_transaction_open(st, &(struct store_transaction){ .session_id = 2, .idx = 1, .mail_from = "x" });
+	store_message_open(st, &(struct store_message){ .id = store_message_new_id(st), .session_id = 2,
+							 .transaction_idx = 1, .idx = 1, .transport = "data" });
+	assert_int_equal(store_close(st), 0);
+
+	assert_int_equal(db_int(fx->db, "SELECT count(*) FROM sessions s WHERE nevents = (SELECT count(*) FROM events "
+					"WHERE session_id = s.id)"),
+			 2);
+	assert_int_equal(db_int(fx->db, "SELECT nevents FROM sessions WHERE id = 1"), 603);
+	assert_int_equal(db_int(fx->db, "SELECT count(*) FROM sessions s WHERE client_bytes = (SELECT "
+					"sum(length(raw)) FROM events WHERE session_id = s.id AND side = 'client')"),
+			 2);
+	assert_int_equal(db_int(fx->db, "SELECT upstream_bytes FROM sessions WHERE id = 1"), 300 * 8);
+	assert_int_equal(db_int(fx->db, "SELECT proxy_bytes + upstream_bytes FROM sessions WHERE id = 2"), 300 * 8);
+	assert_string_equal(db_text(fx->db, "SELECT helo FROM sessions WHERE id = 1", buf, sizeof(buf)),
+			    "second.example");
+	assert_string_equal(db_text(fx->db, "SELECT coalesce(helo, '-') FROM sessions WHERE id = 2", buf, sizeof(buf)),
+			    "-");
+	assert_string_equal(db_text(fx->db, "SELECT auth_mech || ' ' || auth_user FROM sessions WHERE id = 2", buf,
+				    sizeof(buf)),
+			    "LOGIN who@example.com");
+	assert_string_equal(db_text(fx->db, "SELECT upstream_tls_version FROM sessions WHERE id = 1", buf, sizeof(buf)),
+			    "TLSv1.2");
+	assert_string_equal(db_text(fx->db, "SELECT coalesce(client_tls_version, '-') || client_tls FROM sessions "
+					    "WHERE id = 2",
+				    buf, sizeof(buf)),
+			    "-not json");
+	assert_int_equal(db_int(fx->db, "SELECT ntransactions * 10 + nmessages FROM sessions WHERE id = 2"), 11);
+	assert_string_equal(db_text(fx->db, "SELECT client_ip FROM sessions WHERE id = 1", buf, sizeof(buf)),
+			    "127.0.0.1");
+}
+
+/* Transactions with and without messages, recipients written with their
+ * replies, a MAIL reply that came after the row, the links of events. */
+static void
+test_transactions_recipients_links(void **state)
+{
+	struct fixture *fx = *state;
+	struct tx_list tl = { 0 };
+	struct msg_list ml = { 0 };
+	struct ev_list el = { 0 };
+	struct store_reader *rd;
+	struct store *st;
+	int64_t mid;
+
+	st = open_ok(fx->db);
+	add_session(st, 1, NULL);
+	add_event(st, 1, 1, STORE_SIDE_CLIENT, STORE_KIND_COMMAND, 0, 0, NULL, "MAIL FROM:<a@x>\r\n", 17);
+	store_transaction_open(st, &(struct store_transaction){ .session_id = 1, .idx = 1, .started_us = 5,
+								 .mail_seq = 1, .mail_from = "a@x", .mail_code = 250,
+								 .mail_reply = "250 ok" });
+	store_event_add(st, &(struct store_event){ .session_id = 1, .seq = 2, .t_us = 6, .side = STORE_SIDE_PROXY,
+						   .kind = STORE_KIND_REPLY, .answers_seq = 1, .raw = "250 ok\r\n",
+						   .raw_len = 8 });
+	store_rcpt_add(st, &(struct store_rcpt){ .session_id = 1, .transaction_idx = 1, .idx = 1, .rcpt_seq = 3,
+						 .address = "r1@x", .reply_code = 250, .reply = "250 ok" });
+	store_rcpt_add(st, &(struct store_rcpt){ .session_id = 1, .transaction_idx = 1, .idx = 2, .rcpt_seq = 5,
+						 .address = "r2@x" }); /* no reply came */
+	mid = store_message_new_id(st);
+	store_message_open(st, &(struct store_message){ .id = mid, .session_id = 1, .transaction_idx = 1, .idx = 1,
+							 .mail_from = "a@x", .transport = "bdat" });
+	/* a second transaction, reset before its MAIL reply, and never DATA */
+	store_transaction_open(st, &(struct store_transaction){ .session_id = 1, .idx = 2, .mail_from = "b@x" });
+	store_transaction_mail_reply(st, 1, 2, 451, "451 later");
+	store_rcpt_add(st, &(struct store_rcpt){ .session_id = 1, .transaction_idx = 2, .idx = 1,
+						 .address = "nodata@x", .reply_code = 503, .reply = "503 no" });
+	store_event_add(st, &(struct store_event){ .session_id = 1, .seq = 3, .t_us = 7, .side = STORE_SIDE_UPSTREAM,
+						   .kind = STORE_KIND_REPLY, .flags = STORE_F_ALTERED, .answers_seq = 1,
+						   .raw = "250 x\r\n", .raw_len = 7 });
+	store_event_add(st, &(struct store_event){ .session_id = 1, .seq = 4, .t_us = 8, .side = STORE_SIDE_PROXY,
+						   .kind = STORE_KIND_REPLY, .answers_seq = 1, .cause_seq = 3,
+						   .raw = "250 y\r\n", .raw_len = 7 });
+	assert_int_equal(store_close(st), 0);
+
+	rd = reader_ok(fx->db);
+	assert_int_equal(store_reader_transactions(rd, 1, tx_collect_cb, &tl, NULL, 0), 0);
+	assert_int_equal(tl.n, 2);
+	assert_int_equal(tl.v[0].idx, 1);
+	assert_int_equal(tl.v[0].mail_code, 250);
+	assert_string_equal(tl.v[0].mail_reply, "250 ok");
+	assert_int_equal(tl.v[0].mail_seq, 1);
+	assert_int_equal(tl.v[0].nmessages, 1);
+	assert_int_equal(tl.v[0].nrcpts, 2);
+	assert_int_equal(tl.v[0].rcpt_code[0], 250);
+	assert_int_equal(tl.v[0].rcpt_seq[0], 3);
+	assert_int_equal(tl.v[0].rcpt_code[1], 0);
+	assert_int_equal(tl.v[1].nmessages, 0);
+	assert_int_equal(tl.v[1].mail_code, 451);
+	assert_string_equal(tl.v[1].rcpt_addr[0], "nodata@x");
+	assert_int_equal(tl.v[1].rcpt_code[0], 503);
+	tx_list_free(&tl);
+	assert_int_equal(store_reader_messages(rd, 1, msg_collect_cb, &ml, NULL, 0), 0);
+	assert_int_equal(ml.n, 1);
+	assert_int_equal(ml.v[0].nrcpts, 2); /* its transaction's */
+	msg_list_free(&ml);
+	assert_int_equal(store_reader_events(rd, 1, ev_collect_cb, &el, NULL, 0), 0);
+	assert_int_equal(el.n, 4);
+	ev_list_free(&el);
+	store_reader_close(rd);
+	assert_int_equal(db_int(fx->db, "SELECT count(*) FROM events WHERE answers_seq = 1"), 3);
+	assert_int_equal(db_int(fx->db, "SELECT seq FROM events WHERE cause_seq = 3"), 4);
+	assert_int_equal(db_int(fx->db, "SELECT count(*) FROM events WHERE answers_seq IS NULL AND cause_seq IS NULL"),
+			 1);
+}
+
+/* The questions users ask are index searches, not table scans. */
+static void
+test_search_uses_indexes(void **state)
+{
+	static const struct {
+		const char *sql, *want;
+	} plans[] = {
+		{ "SELECT session_id FROM recipients WHERE address = 'a@b' COLLATE NOCASE", "recipients_address" },
+		{ "SELECT session_id FROM transactions WHERE mail_from = 'a@b' COLLATE NOCASE",
+		  "transactions_mail_from" },
+		{ "SELECT id FROM messages WHERE message_id_hdr = '<x@y>'", "messages_message_id_hdr" },
+		{ "SELECT id FROM sessions WHERE client_ip = '127.0.0.1' ORDER BY id DESC LIMIT 50",
+		  "sessions_client_ip" },
+		{ "SELECT id FROM sessions WHERE outcome = 'quit' ORDER BY id DESC LIMIT 50", "sessions_outcome" },
+		{ "SELECT id FROM sessions WHERE started_us BETWEEN 1 AND 2", "sessions_started" },
+		{ "SELECT * FROM transactions WHERE session_id = 5", "PRIMARY KEY" },
+		{ "SELECT * FROM recipients WHERE session_id = 5 AND transaction_idx = 1", "PRIMARY KEY" },
+	};
+	struct fixture *fx = *state;
+	char sql[512], plan[256];
+	size_t i;
+
+	assert_int_equal(store_close(open_ok(fx->db)), 0);
+	for (i = 0; i < sizeof(plans) / sizeof(plans[0]); i++) {
+		snprintf(sql, sizeof(sql), "SELECT group_concat(detail, ' | ') FROM (SELECT detail FROM "
+			 "(EXPLAIN QUERY PLAN %s))", plans[i].sql);
+		/* EXPLAIN is not a table: ask sqlite for the plan another way */
+		(void)sql;
+		{
+			sqlite3 *db;
+			sqlite3_stmt *stmt;
+			size_t n = 0;
+
+			assert_int_equal(sqlite3_open_v2(fx->db, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+			snprintf(sql, sizeof(sql), "EXPLAIN QUERY PLAN %s", plans[i].sql);
+			assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &stmt, NULL), SQLITE_OK);
+			plan[0] = '\0';
+			while (sqlite3_step(stmt) == SQLITE_ROW && n < sizeof(plan) - 1)
+				n += (size_t)snprintf(plan + n, sizeof(plan) - n, "%s; ", sqlite3_column_text(stmt, 3));
+			sqlite3_finalize(stmt);
+			sqlite3_close(db);
+		}
+		if (strstr(plan, plans[i].want) == NULL || strstr(plan, "SCAN") != NULL)
+			fail_msg("%s: plan '%s' does not search %s", plans[i].sql, plan, plans[i].want);
+	}
+}
+
+/* A session with one message of `len` data bytes, started and ended at
+ * `t` (unix us); outcome NULL leaves it live. */
+static void
+add_whole_session(struct store *st, int64_t sid, int64_t t, const char *outcome, size_t len)
+{
+	static char data[65536];
+	int64_t mid = store_message_new_id(st);
+	size_t off;
+	int64_t seq = 0;
+
+	memset(data, 'd', sizeof(data));
+	store_session_open(st, &(struct store_session){ .id = sid, .started_us = t, .listener = "l", .client =
+										     "127.0.0.1:1",
+							 .mode = "sink" });
+	add_event(st, sid, ++seq, STORE_SIDE_CLIENT, STORE_KIND_COMMAND, 0, 0, NULL, "MAIL FROM:<a@b>\r\n", 17);
+	store_transaction_open(st, &(struct store_transaction){ .session_id = sid, .idx = 1, .started_us = t,
+								 .mail_from = "a@b", .mail_code = 250 });
+	store_rcpt_add(st, &(struct store_rcpt){ .session_id = sid, .transaction_idx = 1, .idx = 1, .address = "r@b",
+						 .reply_code = 250 });
+	store_message_open(st, &(struct store_message){ .id = mid, .session_id = sid, .transaction_idx = 1, .idx = 1,
+							 .started_us = t, .mail_from = "a@b", .transport = "data" });
+	for (off = 0; off < len; off += sizeof(data))
+		add_event(st, sid, ++seq, STORE_SIDE_CLIENT, STORE_KIND_DATA, 0, mid, NULL, data,
+			  len - off < sizeof(data) ? len - off : sizeof(data));
+	store_message_close(st, &(struct store_message_end){ .id = mid, .ended_us = t, .size = len, .complete = true,
+							     .subject = "s" });
+	if (outcome != NULL)
+		store_session_close(st, sid, t, outcome, NULL);
+}
+
+static void
+test_prune_whole_sessions(void **state)
+{
+	struct fixture *fx = *state;
+	struct store_prune_opts o = { 0 };
+	struct store_prune_result dry, r;
+	struct store *st;
+	int64_t now = 1700000000000000LL + 100LL * 86400 * 1000000, day = 86400LL * 1000000, i;
+	char err[256] = "", buf[64];
+
+	st = open_ok(fx->db);
+	for (i = 1; i <= 10; i++) /* 1-10: one a day, 90 to 81 days before `now` */
+		add_whole_session(st, store_session_new_id(st), now - (91 - i) * day, "quit", 200000);
+	add_whole_session(st, store_session_new_id(st), now - 95 * day, NULL, 1000); /* 11: old, but live */
+	add_whole_session(st, store_session_new_id(st), now - day, "quit", 1000);   /* 12: recent */
+	assert_int_equal(store_close(st), 0);
+
+	o.before_us = now - 85 * day; /* 1-5 ended earlier */
+	o.dry_run = true;
+	assert_int_equal(store_prune(fx->db, &o, &dry, err, sizeof(err)), 0);
+	assert_int_equal(dry.sessions, 5);
+	assert_int_equal(db_int(fx->db, "SELECT count(*) FROM sessions"), 12);
+	o.dry_run = false;
+	assert_int_equal(store_prune(fx->db, &o, &r, err, sizeof(err)), 0);
+	/* what the dry run announced, deleted whole */
+	assert_int_equal(r.sessions, 5);
+	assert_int_equal(r.first_id, 1);
+	assert_int_equal(r.last_id, 5);
+	assert_int_equal(r.events, dry.events);
+	assert_int_equal(r.messages, dry.messages);
+	assert_int_equal(r.transactions, dry.transactions);
+	assert_int_equal(r.recipients, dry.recipients);
+	assert_int_equal(r.bytes, dry.bytes);
+	assert_int_equal(r.messages, 5);
+	assert_true(r.bytes >= 5 * 200000);
+	assert_true(r.incremental);
+	assert_true(r.file_after < r.file_before); /* space given back */
+	assert_int_equal(db_int(fx->db, "SELECT min(id) FROM sessions"), 6);
+	assert_int_equal(db_int(fx->db, "SELECT count(*) FROM events WHERE session_id <= 5"), 0);
+	assert_int_equal(db_int(fx->db, "SELECT count(*) FROM messages WHERE session_id <= 5"), 0);
+	assert_int_equal(db_int(fx->db, "SELECT count(*) FROM transactions WHERE session_id <= 5"), 0);
+	assert_int_equal(db_int(fx->db, "SELECT count(*) FROM recipients WHERE session_id <= 5"), 0);
+	assert_string_equal(db_text(fx->db, "PRAGMA integrity_check", buf, sizeof(buf)), "ok");
+
+	/* everything that ended: never the live one */
+	o.before_us = now;
+	assert_int_equal(store_prune(fx->db, &o, &r, err, sizeof(err)), 0);
+	assert_int_equal(r.sessions, 6);
+	assert_int_equal(db_int(fx->db, "SELECT count(*) FROM sessions"), 1);
+	assert_int_equal(db_int(fx->db, "SELECT id FROM sessions"), 11);
+	/* the ids deleted are never handed out again */
+	db_exec(fx->db, "UPDATE sessions SET outcome = 'quit' WHERE id = 11");
+	assert_int_equal(store_prune(fx->db, &o, &r, err, sizeof(err)), 0);
+	assert_int_equal(db_int(fx->db, "SELECT count(*) FROM sessions"), 0);
+	st = open_ok(fx->db);
+	assert_int_equal(store_session_new_id(st), 13);
+	assert_int_equal(store_message_new_id(st), 13);
+	assert_int_equal(store_close(st), 0);
+
+	/* errors */
+	assert_int_equal(store_prune("/nonexistent/x.db", &o, &r, err, sizeof(err)), -1);
+	assert_non_null(strstr(err, "No such file"));
+}
+
+/* Wait (bounded) until the database has `want` sessions. */
+static void
+wait_sessions(const char *path, int64_t want)
+{
+	struct timespec ms = { 0, 10000000 };
+	int i;
+
+	for (i = 0; i < 3000 && db_int(path, "SELECT count(*) FROM sessions") != want; i++)
+		nanosleep(&ms, NULL);
+	assert_int_equal(db_int(path, "SELECT count(*) FROM sessions"), want);
+}
+
+/* Bytes of the pages in use. */
+static int64_t
+data_bytes(const char *path)
+{
+	return db_int(path, "SELECT (page_count - freelist_count) * page_size FROM pragma_page_count, "
+			    "pragma_freelist_count, pragma_page_size");
+}
+
+/* The writer deletes what --retain and --max-db-size say, whole, oldest
+ * first. */
+static void
+test_retention_by_writer(void **state)
+{
+	struct fixture *fx = *state;
+	struct store_options opts = { 0 };
+	struct timespec ms = { 0, 10000000 };
+	struct store *st;
+	int64_t now = util_now_us(), day = 86400LL * 1000000, i, n;
+	char err[256] = "";
+
+	st = open_ok(fx->db);
+	for (i = 1; i <= 4; i++) /* ended 9, 8, 7 and 6 days ago */
+		add_whole_session(st, store_session_new_id(st), now - (10 - i) * day, "quit", 1000);
+	/* live when smtptap stopped: interrupted at the next start, ended
+	 * at its last event, 20 days ago */
+	add_whole_session(st, store_session_new_id(st), now - 20 * day, NULL, 1000);
+	assert_int_equal(store_close(st), 0);
+
+	/* keep 7 days: 1-3 and 5 go at the writer's first look */
+	opts.retain_us = 7 * day;
+	st = store_open_opts(fx->db, &opts, err, sizeof(err));
+	assert_non_null(st);
+	wait_sessions(fx->db, 1);
+	assert_int_equal(db_int(fx->db, "SELECT id FROM sessions"), 4);
+	assert_int_equal(store_close(st), 0);
+
+	/* a size limit: the oldest go until the data fits */
+	st = open_ok(fx->db);
+	for (i = 0; i < 6; i++) /* 6-11 */
+		add_whole_session(st, store_session_new_id(st), now, "quit", 1000000);
+	assert_int_equal(store_close(st), 0);
+	assert_true(data_bytes(fx->db) > 6000000);
+	memset(&opts, 0, sizeof(opts));
+	opts.max_bytes = 3500000;
+	st = store_open_opts(fx->db, &opts, err, sizeof(err));
+	assert_non_null(st);
+	for (i = 0; i < 3000 && data_bytes(fx->db) > 3500000; i++)
+		nanosleep(&ms, NULL);
+	assert_int_equal(store_close(st), 0);
+	assert_true(data_bytes(fx->db) <= 3500000);
+	/* the newest kept, whole, no gap */
+	n = db_int(fx->db, "SELECT count(*) FROM sessions");
+	assert_true(n >= 1 && n < 6);
+	assert_int_equal(db_int(fx->db, "SELECT max(id) FROM sessions"), 11);
+	assert_int_equal(db_int(fx->db, "SELECT min(id) FROM sessions"), 12 - n);
+	assert_int_equal(db_int(fx->db, "SELECT count(*) FROM messages"), n);
+	assert_int_equal(db_int(fx->db, "SELECT count(DISTINCT session_id) FROM events"), n);
+}
+
 int
 main(void)
 {
@@ -1367,6 +2026,16 @@ main(void)
 		cmocka_unit_test_setup_teardown(test_session_not_found_and_stop, setup_dir, teardown_dir),
 		cmocka_unit_test_setup_teardown(test_write_errors_counted, setup_dir, teardown_dir),
 		cmocka_unit_test_setup_teardown(test_disk_full_counted, setup_dir, teardown_dir),
+		cmocka_unit_test_setup_teardown(test_migrate_v1_by_proxy, setup_dir, teardown_dir),
+		cmocka_unit_test_setup_teardown(test_migrate_v1_by_reader, setup_dir, teardown_dir),
+		cmocka_unit_test_setup_teardown(test_migrate_refused_while_old_proxy_records, setup_dir, teardown_dir),
+		cmocka_unit_test_setup_teardown(test_migrate_failure_rolls_back, setup_dir, teardown_dir),
+		cmocka_unit_test_setup_teardown(test_new_file_auto_vacuum, setup_dir, teardown_dir),
+		cmocka_unit_test_setup_teardown(test_summaries_kept_by_writer, setup_dir, teardown_dir),
+		cmocka_unit_test_setup_teardown(test_transactions_recipients_links, setup_dir, teardown_dir),
+		cmocka_unit_test_setup_teardown(test_search_uses_indexes, setup_dir, teardown_dir),
+		cmocka_unit_test_setup_teardown(test_prune_whole_sessions, setup_dir, teardown_dir),
+		cmocka_unit_test_setup_teardown(test_retention_by_writer, setup_dir, teardown_dir),
 	};
 	/* A benchmark is not a test: run it only when asked. */
 	const struct CMUnitTest bench[] = {

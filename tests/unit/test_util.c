@@ -97,13 +97,84 @@ test_parse_int(void **state)
 	assert_int_equal(util_parse_int("99999999999999999999999", 0, 100, &v), -1);
 }
 
+static void
+test_parse_age(void **state)
+{
+	int64_t v;
+
+	(void)state;
+	assert_int_equal(util_parse_age("30m", &v), 0);
+	assert_int_equal(v, 30LL * 60 * 1000000);
+	assert_int_equal(util_parse_age("12h", &v), 0);
+	assert_int_equal(v, 12LL * 3600 * 1000000);
+	assert_int_equal(util_parse_age("7d", &v), 0);
+	assert_int_equal(v, 7LL * 86400 * 1000000);
+	assert_int_equal(util_parse_age("2w", &v), 0);
+	assert_int_equal(v, 14LL * 86400 * 1000000);
+	assert_int_equal(util_parse_age("1d12h", &v), 0);
+	assert_int_equal(v, 36LL * 3600 * 1000000);
+	assert_int_equal(util_parse_age("0s", &v), 0);
+	assert_int_equal(v, 0);
+	assert_int_equal(util_parse_age("7", &v), -1);	 /* a unit is needed */
+	assert_int_equal(util_parse_age("7x", &v), -1);
+	assert_int_equal(util_parse_age("d", &v), -1);
+	assert_int_equal(util_parse_age("", &v), -1);
+	assert_int_equal(util_parse_age("-1d", &v), -1);
+	assert_int_equal(util_parse_age("7 d", &v), -1);
+	assert_int_equal(util_parse_age("99999999999999999w", &v), -1); /* overflow */
+	assert_int_equal(util_parse_age("100000000w100000000w", &v), -1);
+}
+
+static void
+test_parse_size(void **state)
+{
+	uint64_t v;
+
+	(void)state;
+	assert_int_equal(util_parse_size("1048576", &v), 0);
+	assert_int_equal(v, 1048576);
+	assert_int_equal(util_parse_size("500M", &v), 0);
+	assert_int_equal(v, 500ULL << 20);
+	assert_int_equal(util_parse_size("2G", &v), 0);
+	assert_int_equal(v, 2ULL << 30);
+	assert_int_equal(util_parse_size("2GiB", &v), 0);
+	assert_int_equal(v, 2ULL << 30);
+	assert_int_equal(util_parse_size("10kb", &v), 0);
+	assert_int_equal(v, 10240);
+	assert_int_equal(util_parse_size("1T", &v), 0);
+	assert_int_equal(v, 1ULL << 40);
+	assert_int_equal(util_parse_size("512B", &v), 0);
+	assert_int_equal(v, 512);
+	assert_int_equal(util_parse_size("1.5G", &v), -1);
+	assert_int_equal(util_parse_size("M", &v), -1);
+	assert_int_equal(util_parse_size("5X", &v), -1);
+	assert_int_equal(util_parse_size("5MBs", &v), -1);
+	assert_int_equal(util_parse_size("", &v), -1);
+	assert_int_equal(util_parse_size("99999999999T", &v), -1); /* overflow */
+}
+
+static void
+test_fmt_bytes(void **state)
+{
+	char buf[32];
+
+	(void)state;
+	util_fmt_bytes(buf, sizeof(buf), 512);
+	assert_string_equal(buf, "512 B");
+	util_fmt_bytes(buf, sizeof(buf), 1536);
+	assert_string_equal(buf, "1.5 KiB");
+	util_fmt_bytes(buf, sizeof(buf), 5LL << 30);
+	assert_string_equal(buf, "5.0 GiB");
+}
+
 int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_split_ipv4), cmocka_unit_test(test_split_ipv6),
 		cmocka_unit_test(test_split_errors), cmocka_unit_test(test_format_addr),
-		cmocka_unit_test(test_parse_int),
+		cmocka_unit_test(test_parse_int), cmocka_unit_test(test_parse_age),
+		cmocka_unit_test(test_parse_size), cmocka_unit_test(test_fmt_bytes),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
