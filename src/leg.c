@@ -329,7 +329,9 @@ leg_close(struct leg *leg, enum leg_close_how how)
 		struct linger lg = { 1, 0 };
 
 		setsockopt(leg->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
-	} else if (leg->tls && !leg->handshaking) {
+	} else if (leg->tls && !leg->handshaking && !leg->reset_on_close) {
+		/* (a reset sends no close_notify: the peer would take the
+		 * clean TLS end for the close and never see the RST) */
 		/* close_notify, best effort: the socket is non-blocking. */
 		SSL *ssl = bufferevent_openssl_get_ssl(leg->bev);
 
@@ -352,6 +354,7 @@ leg_close(struct leg *leg, enum leg_close_how how)
 	leg->fd = -1;
 	leg->open = false;
 	leg->close_after_flush = false;
+	leg->reset_on_close = false;
 	leg->handshaking = false;
 }
 
@@ -387,6 +390,7 @@ leg_reset_after_flush(struct leg *leg)
 	 * still written first. */
 	if (leg->fd >= 0)
 		setsockopt(leg->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+	leg->reset_on_close = true;
 	leg_close_after_flush(leg);
 }
 

@@ -525,7 +525,9 @@ session_client_leftover(struct session *s, bool forward)
 	left = evbuffer_get_length(in);
 	if (left == 0)
 		return;
-	forward = forward && s->upstream.open && !s->sink_mode && s->upstream_ready;
+	/* After a stall nothing the client says reaches the upstream, its
+	 * last words at the close included (docs/rules.md). */
+	forward = forward && s->upstream.open && !s->sink_mode && s->upstream_ready && !s->stalled;
 	session_record(s, STORE_SIDE_CLIENT, STORE_KIND_COMMAND, STORE_F_INCOMPLETE | (forward ? 0 : STORE_F_DROPPED),
 		       0, evbuffer_pullup(in, -1), left, NULL);
 	if (forward)

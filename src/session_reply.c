@@ -232,6 +232,7 @@ session_reply_handle(struct session *s, struct evbuffer *reply, enum store_side 
 	char *text = NULL;
 	struct rules_reply rr;
 	int orig_code = code;
+	bool stripped = false;
 
 	if (session_reply_desync(s, reply, side, code))
 		return;
@@ -342,12 +343,19 @@ session_reply_handle(struct session *s, struct evbuffer *reply, enum store_side 
 		break;
 	}
 
-	if (rr.strip != NULL && code / 100 == 2)
-		session_rules_strip(s, rr.strip, reply, &altered);
+	if (rr.strip != NULL && code / 100 == 2) {
+		size_t before = evbuffer_get_length(altered != NULL ? altered : reply);
+
+		/* stripping only removes: a shorter reply is one the rule changed */
+		if (session_rules_strip(s, rr.strip, reply, &altered) && evbuffer_get_length(altered) != before)
+			stripped = true;
+	}
 	if (!s->client.open)
 		flags |= STORE_F_DROPPED; /* nobody to pass it to */
+	if (altered != NULL || rr.truncate > 0)
+		flags &= ~(unsigned)(STORE_F_INJECTED | STORE_F_TO_CLIENT); /* the sink's own, which the client never saw */
 	session_record(s, side, STORE_KIND_REPLY,
-		       flags | (altered || rr.truncate ? STORE_F_ALTERED : 0) | (rr.truncate || rr.strip ? STORE_F_RULE : 0),
+		       flags | (altered || rr.truncate ? STORE_F_ALTERED : 0) | (rr.truncate || stripped ? STORE_F_RULE : 0),
 		       0, raw, len, NULL);
 	if (rr.suppress) {
 		evbuffer_drain(reply, len);
@@ -368,8 +376,9 @@ session_reply_handle(struct session *s, struct evbuffer *reply, enum store_side 
 		evbuffer_drain(reply, evbuffer_get_length(reply));
 	} else if (altered != NULL) {
 		session_record(s, STORE_SIDE_PROXY, STORE_KIND_REPLY,
-			       STORE_F_INJECTED | STORE_F_TO_CLIENT | (s->client.open ? 0 : STORE_F_DROPPED), 0,
-			       evbuffer_pullup(altered, -1), evbuffer_get_length(altered), NULL);
+			       STORE_F_INJECTED | STORE_F_TO_CLIENT | (s->client.open ? 0 : STORE_F_DROPPED) |
+				       (stripped ? STORE_F_RULE : 0),
+			       0, evbuffer_pullup(altered, -1), evbuffer_get_length(altered), NULL);
 		leg_write_from(&s->client, altered, (size_t)-1);
 		evbuffer_free(altered);
 		evbuffer_drain(reply, len);

@@ -463,13 +463,16 @@ session_rules_command(struct session *s, struct evbuffer *in, const struct smtp_
 				       flags | (session_rules_consumes(d) ? STORE_F_DROPPED | STORE_F_RULE : 0), 0, line, len,
 				       NULL);
 			*recorded = true;
+			session_rules_fired(s, d, rules_trigger_name(RULES_ON_COMMAND, cmd->verb));
 		}
-		session_rules_fired(s, d, rules_trigger_name(RULES_ON_COMMAND, cmd->verb));
 		if ((d->actions & RULES_A_DELAY) && session_rules_hold(s, RHOLD_COMMAND, d, 0))
 			return RV_DONE; /* the line stays at the head of the input */
 	} else {
 		*recorded = !starttls || session_rules_consumes(d);
 	}
+	/* A STARTTLS that goes on: its firing follows the command, which
+	 * session_tls.c records (after the delay, if any). */
+	s->rfire_starttls = starttls && !session_rules_consumes(d) ? d : NULL;
 	if (d->actions & RULES_A_THROTTLE)
 		session_rules_throttle(s, d);
 	if (d->actions & RULES_A_FAIL_TLS)
@@ -504,6 +507,18 @@ session_rules_command(struct session *s, struct evbuffer *in, const struct smtp_
 	}
 	session_rules_after_rule(s, d, session_rules_after_of(d));
 	return RV_DONE;
+}
+
+/* session_tls.c recorded the client's STARTTLS: the rule that fired on
+ * it is recorded right after. */
+void
+session_rules_starttls_recorded(struct session *s)
+{
+	const struct rules_decision *d = s->rfire_starttls;
+
+	s->rfire_starttls = NULL;
+	if (d != NULL)
+		session_rules_fired(s, d, "starttls");
 }
 
 /* The reply change a rule asked for goes with the entry of its command. */
@@ -903,6 +918,9 @@ session_rules_tls(struct session *s, enum rules_leg leg)
 		leg_close(&s->upstream, LEG_CLOSE_NOW);
 		leg_write(&s->client, tls_alert_handshake_failure, sizeof(tls_alert_handshake_failure));
 		leg_close_after_flush(&s->client);
+		/* Called from session_leave's own flush (the 220 just went
+		 * out): nothing would write the alert otherwise. */
+		leg_flush(&s->client);
 		return true;
 	}
 	if (fail != 0) {

@@ -65,6 +65,7 @@ struct leg {
 	bool handshaking;	/* between leg_start_tls() and LEG_EV_TLS_DONE */
 	bool hold_output;	/* plain leg: keep output until leg_start_tls() */
 	bool close_after_flush; /* close once the output is empty */
+	bool reset_on_close;	/* leg_reset_after_flush(): no close_notify, an RST */
 	bool reading;		/* EV_READ wanted by the session */
 	int64_t tls_started_us;
 	unsigned long tls_error; /* first OpenSSL error of the last failure, 0 none */

@@ -207,6 +207,10 @@ struct session {
 	bool bdat_discard;	       /* a rule answered this BDAT: its chunk goes nowhere */
 	enum rule_detached detached;
 	unsigned fail_client_tls;      /* rule line that fails the client's handshake, 0 none */
+	/* A rule that fired on a STARTTLS which goes on: its action event is
+	 * recorded once session_tls.c has recorded the command (borrowed:
+	 * rdec or rheld). */
+	const struct rules_decision *rfire_starttls;
 
 	bool freeing;
 	int in_callback;
@@ -302,6 +306,7 @@ bool session_rules_strip(struct session *s, const struct rules_decision *d, stru
 bool session_rules_tls(struct session *s, enum rules_leg leg);
 void session_rules_after(struct session *s, enum rule_after after, const char *why);
 bool session_rules_holding(const struct session *s);
+void session_rules_starttls_recorded(struct session *s);
 
 /* session_tls.c */
 void session_tls_start(struct session *s);
