@@ -227,7 +227,9 @@ session_reply_handle(struct session *s, struct evbuffer *reply, enum store_side 
 	bool have;
 	unsigned flags = side == STORE_SIDE_PROXY ? STORE_F_INJECTED | STORE_F_TO_CLIENT : 0;
 	size_t len = evbuffer_get_length(reply);
-	const char *raw;
+	const char *raw, *txraw;
+	size_t txlen;
+	int txcode;
 	struct evbuffer *altered = NULL;
 	char *text = NULL;
 	struct rules_reply rr;
@@ -261,10 +263,23 @@ session_reply_handle(struct session *s, struct evbuffer *reply, enum store_side 
 	have = session_pend_pop(s, &p) == 0;
 	if (have && session_tls_reply(s, &p, reply, code)) {
 		free(p.rule);
+		free(rr.orig);
 		session_pend_flush_local(s);
 		return;
 	}
 	raw = (const char *)evbuffer_pullup(reply, -1);
+	if (rr.orig != NULL) {
+		/* The records of the message and its recipients say what the
+		 * upstream did (a rewritten 250 was a delivery); the events
+		 * say what the client was told. */
+		txraw = rr.orig;
+		txlen = rr.orig_len;
+		txcode = orig_code;
+	} else {
+		txraw = raw;
+		txlen = len;
+		txcode = code;
+	}
 	switch (have ? p.kind : PEND_COMMAND) {
 	case PEND_GREETING:
 		s->upstream_ready = true;
@@ -272,8 +287,8 @@ session_reply_handle(struct session *s, struct evbuffer *reply, enum store_side 
 			session_enter_state(s, ST_CMD);
 		break;
 	case PEND_DATA_END:
-		text = session_reply_text(raw, len);
-		session_msg_close(s, p.msg, code, text);
+		text = session_reply_text(txraw, txlen);
+		session_msg_close(s, p.msg, txcode, text);
 		p.msg = NULL;
 		break;
 	case PEND_AUTH_LINE:
@@ -299,7 +314,7 @@ session_reply_handle(struct session *s, struct evbuffer *reply, enum store_side 
 			break;
 		case SMTP_VERB_RCPT:
 			if (have)
-				session_env_rcpt_reply(s, &p, code, raw, len);
+				session_env_rcpt_reply(s, &p, txcode, txraw, txlen);
 			break;
 		case SMTP_VERB_DATA:
 			if (s->state == ST_HOLD) {
@@ -321,14 +336,14 @@ session_reply_handle(struct session *s, struct evbuffer *reply, enum store_side 
 			break;
 		case SMTP_VERB_BDAT:
 			if (p.bdat_last) {
-				text = session_reply_text(raw, len);
+				text = session_reply_text(txraw, txlen);
 				if (p.msg != NULL) {
-					session_msg_close(s, p.msg, code, text);
+					session_msg_close(s, p.msg, txcode, text);
 					p.msg = NULL;
 				} else if (s->cur_msg != NULL && s->cur_msg->bdat) {
 					/* answered before the chunk was through */
 					s->cur_msg->early_reply = true;
-					s->cur_msg->reply_code = code;
+					s->cur_msg->reply_code = txcode;
 					s->cur_msg->reply = text;
 					text = NULL;
 				}
@@ -386,6 +401,7 @@ session_reply_handle(struct session *s, struct evbuffer *reply, enum store_side 
 		leg_write_from(&s->client, reply, (size_t)-1);
 	}
 	free(text);
+	free(rr.orig);
 	if (p.msg != NULL)
 		session_msg_close(s, p.msg, 0, NULL);
 	free(p.rule); /* rr.strip pointed into it: done with */

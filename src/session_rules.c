@@ -331,6 +331,10 @@ session_rules_abort_upstream(struct session *s, const struct rules_decision *d, 
 	if (s->sink_mode || !s->upstream.open)
 		return;
 	session_note(s, STORE_KIND_ACTION, "rule %u: upstream connection reset %s", d->line, why);
+	/* What was relayed before the end (the content that came in the same
+	 * read as the terminator) goes out first: the upstream sees all of the
+	 * message but its end, as it would have with a slower client. */
+	leg_flush(&s->upstream);
 	leg_close(&s->upstream, LEG_CLOSE_RESET);
 	s->detached = DETACHED_ABORTED;
 	/* Commands still waiting for the upstream's reply will never get
@@ -631,8 +635,26 @@ session_rules_data_end_resumed(struct session *s)
 void
 session_rules_data_end_local(struct session *s, const struct rules_decision *d, struct msg *m, struct pending *q)
 {
+	enum rule_after after = session_rules_after_of(d);
 	char *text = NULL;
+	bool bdat = false;
 
+	if (q != NULL) {
+		/* BDAT LAST: smtptap answers its entry (the rule's reply, or
+		 * nothing), set before the upstream is cut off: that turns what
+		 * still awaits the upstream into 421s and moves the entries. */
+		q->kind = PEND_LOCAL;
+		q->msg = NULL;
+		q->text = "";
+		if (d->actions & RULES_A_REPLY) {
+			q->owned_text = strndup(d->reply, d->reply_len);
+			q->text = q->owned_text != NULL ? q->owned_text : "451 4.3.0 smtptap: out of memory\r\n";
+			q->after = after;
+			q->by_rule = true;
+		}
+		q = NULL; /* may have moved */
+		bdat = true;
+	}
 	session_rules_abort_upstream(s, d, "before the end of the message, so it is not delivered");
 	if (s->sink_mode) {
 		char scratch[SINK_REPLY_MAX];
@@ -644,24 +666,11 @@ session_rules_data_end_local(struct session *s, const struct rules_decision *d, 
 		text = session_reply_text(d->reply, d->reply_len);
 	session_msg_close(s, m, (d->actions & RULES_A_REPLY) ? d->code : 0, text);
 	free(text);
-	if (q != NULL) {
-		/* BDAT LAST: its entry is answered by smtptap now */
-		q->kind = PEND_LOCAL;
-		q->msg = NULL;
-		q->text = "";
-	}
 	if (d->actions & RULES_A_REPLY) {
-		enum rule_after after = session_rules_after_of(d);
-
-		if (q != NULL) {
-			q->owned_text = strndup(d->reply, d->reply_len);
-			q->text = q->owned_text != NULL ? q->owned_text : "451 4.3.0 smtptap: out of memory\r\n";
-			q->after = after;
-			q->by_rule = true;
+		if (bdat)
 			session_pend_flush_local(s);
-		} else {
+		else
 			session_rules_local(s, d, after);
-		}
 		return;
 	}
 	if (d->actions & RULES_A_STALL) {
@@ -669,7 +678,7 @@ session_rules_data_end_local(struct session *s, const struct rules_decision *d, 
 		session_note(s, STORE_KIND_ACTION, "rule %u: stalled: the message gets no answer", d->line);
 		return;
 	}
-	session_rules_after_rule(s, d, session_rules_after_of(d));
+	session_rules_after_rule(s, d, after);
 }
 
 /* ------------------------------------------------------------------------
@@ -740,6 +749,11 @@ session_rules_reply(struct session *s, struct evbuffer *reply, enum store_side s
 		 * client gets is recorded as smtptap's. */
 		session_record(s, side, STORE_KIND_REPLY, STORE_F_ALTERED | STORE_F_RULE, 0, evbuffer_pullup(reply, -1), len,
 			       NULL);
+		if ((out->orig = malloc(len + 1)) != NULL) {
+			evbuffer_copyout(reply, out->orig, len);
+			out->orig[len] = '\0';
+			out->orig_len = len;
+		}
 		evbuffer_drain(reply, len);
 		evbuffer_add(reply, d->reply, d->reply_len);
 		out->replaced = true;

@@ -296,6 +296,10 @@ struct rules_reply {
 	size_t truncate;      /* > 0: only this many bytes go to the client, then close */
 	unsigned rule_line;
 	const struct rules_decision *strip; /* EHLO capabilities to strip */
+	/* replaced: the upstream's own reply (malloc'd), which the message
+	 * and recipient records keep (what the upstream did) */
+	char *orig;
+	size_t orig_len;
 };
 void session_rules_reply(struct session *s, struct evbuffer *reply, enum store_side side, int *code,
 			 struct rules_reply *out);

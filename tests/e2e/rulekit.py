@@ -183,6 +183,40 @@ class LogUpstream:
             pass
 
 
+class UpView:
+    """One test's view of a shared LogUpstream: the connections and
+    messages since the test started (starting aiosmtpd for each test
+    would cost a third of a second each)."""
+
+    def __init__(self, up):
+        self.up = up
+        self.addr = up.addr
+        with up._lock:
+            self._c0 = len(up._conns)
+        with up.handler.lock:
+            self._e0 = len(up.handler.envelopes)
+        self._a0 = len(up.auth_seen)
+
+    @property
+    def envelopes(self):
+        return self.up.envelopes[self._e0:]
+
+    @property
+    def auth_seen(self):
+        return self.up.auth_seen[self._a0:]
+
+    def wait_envelopes(self, n, timeout=RECORD_TIMEOUT):
+        return wait_until(lambda: self.envelopes if len(self.envelopes) >= n else None, timeout,
+                          what="%d messages at the upstream" % n)
+
+    def conns(self):
+        with self.up._lock:
+            return [bytes(c) for c in self.up._conns[self._c0:]]
+
+    lines = LogUpstream.lines
+    commands = LogUpstream.commands
+
+
 # --------------------------------------------------------------------------
 # the client
 
@@ -435,12 +469,27 @@ def rules_ca(tmp_path_factory):
     return d, cafile
 
 
+@pytest.fixture(scope="session")
+def shared_upstreams():
+    """Recording aiosmtpd upstreams (plain, and with AUTH) for the whole run."""
+    ups = {}
+
+    def get(auth=False):
+        if auth not in ups:
+            ups[auth] = LogUpstream(auth=auth)
+        return ups[auth]
+
+    yield get
+    for u in ups.values():
+        u.stop()
+
+
 @pytest.fixture
-def rules_env(smtptap, rules_ca, tmp_path):
+def rules_env(smtptap, rules_ca, tmp_path, shared_upstreams):
     """Factory: rules_env(rules_text, mode="relay"|"sink", tls="plain"|"starttls",
     args=[...], upstream=ADDR (default: a fresh LogUpstream), auth=False,
     listen=(...)) -> Env."""
-    ups, envs = [], []
+    envs = []
     n = [0]
 
     def start(rules, mode="relay", tls="plain", args=(), upstream=None, auth=False, listen=("127.0.0.1:0",),
@@ -455,8 +504,7 @@ def rules_env(smtptap, rules_ca, tmp_path):
             a += ["--client-tls", "starttls"]
         if mode == "relay":
             if upstream is None:
-                up = LogUpstream(auth=auth)
-                ups.append(up)
+                up = UpView(shared_upstreams(auth))
                 upstream = up.addr
             p = smtptap(upstream=upstream, args=a + list(args), listen=listen, name=name, grace=grace)
         else:
@@ -469,8 +517,50 @@ def rules_env(smtptap, rules_ca, tmp_path):
     yield start
     for e in envs:
         e.close_clients()
-    for u in ups:
-        u.stop()
+
+
+# --------------------------------------------------------------------------
+# conversations
+
+# Every rules file starts with a comment and a blank line: rules are on
+# line 3 and below, so a line number that is off shows.
+HEAD = "# fault rules under test\n\n"
+
+
+def rules(*lines):
+    return HEAD + "\n".join(lines) + "\n"
+
+
+def mail(c):
+    c.expect("MAIL FROM:<alice@example.com>", 250)
+
+
+def finish(c, rcpts=(GOOD,), subject="ok"):
+    """The rest of a transaction after MAIL; returns the final reply."""
+    for r in rcpts:
+        c.expect("RCPT TO:<%s>" % r, 250)
+    c.expect("DATA", 354)
+    c.send(data_bytes(message(subject)))
+    return c.reply()
+
+
+def deliver_control(env):
+    """A clean session that delivers one message: proves the upstream is
+    alive and takes mail, so a message it lacks was really never delivered."""
+    c = env.session()
+    mail(c)
+    r = finish(c, subject="control")
+    assert r.code == 250, r
+    c.expect("QUIT", 221)
+    c.close()
+
+
+def upstream_lines(env, i=0):
+    return env.up.lines(i) if env.relay else []
+
+
+def session_outcome(doc):
+    return doc["session"]["outcome"], doc["session"]["detail"] or ""
 
 
 # --------------------------------------------------------------------------

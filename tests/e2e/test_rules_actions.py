@@ -17,50 +17,9 @@ import time
 
 import pytest
 
-from rulekit import (COMBOS, GOOD, MODES, SILENCE, after, altered_replies, by_seq, check_fired, combos, data_bytes, flags,
-                     message, rule_replies)
-from rulekit import rules_ca, rules_env  # noqa: F401
-
-# Every rules file starts with a comment and a blank line: rules are on
-# line 3 and below, so a line number that is off shows.
-HEAD = "# fault rules under test\n\n"
-
-
-def rules(*lines):
-    return HEAD + "\n".join(lines) + "\n"
-
-
-def mail(c):
-    c.expect("MAIL FROM:<alice@example.com>", 250)
-
-
-def finish(c, rcpts=(GOOD,), subject="ok"):
-    """The rest of a transaction after MAIL; returns the final reply."""
-    for r in rcpts:
-        c.expect("RCPT TO:<%s>" % r, 250)
-    c.expect("DATA", 354)
-    c.send(data_bytes(message(subject)))
-    return c.reply()
-
-
-def deliver_control(env):
-    """A clean session that delivers one message: proves the upstream is
-    alive and takes mail, so a message it lacks was really never delivered."""
-    c = env.session()
-    mail(c)
-    r = finish(c, subject="control")
-    assert r.code == 250, r
-    c.expect("QUIT", 221)
-    c.close()
-
-
-def upstream_lines(env, i=0):
-    return env.up.lines(i) if env.relay else []
-
-
-def session_outcome(doc):
-    return doc["session"]["outcome"], doc["session"]["detail"] or ""
-
+from rulekit import (COMBOS, GOOD, MODES, SILENCE, after, altered_replies, check_fired, combos, data_bytes, finish,
+                     flags, mail, message, rule_replies, rules, session_outcome, upstream_lines)
+from rulekit import rules_ca, rules_env, shared_upstreams  # noqa: F401
 
 # --------------------------------------------------------------------------
 # actions on a command
