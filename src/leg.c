@@ -209,6 +209,23 @@ leg_write_from(struct leg *leg, struct evbuffer *src, size_t len)
 		evbuffer_remove_buffer(src, leg_queue(leg), len);
 }
 
+void
+leg_drop_output(struct leg *leg)
+{
+	struct evbuffer *out;
+
+	if (!leg->open)
+		return;
+	out = bufferevent_get_output(leg->bev);
+	if (!leg->tls)
+		evbuffer_unfreeze(out, 1); /* see leg_flush() */
+	evbuffer_drain(out, evbuffer_get_length(out));
+	if (!leg->tls)
+		evbuffer_freeze(out, 1);
+	if (leg->stage != NULL)
+		evbuffer_drain(leg->stage, evbuffer_get_length(leg->stage));
+}
+
 /* A TLS leg's staged bytes go to OpenSSL: small ones as one record. */
 static void
 leg_flush_tls(struct leg *leg)

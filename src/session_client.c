@@ -151,10 +151,6 @@ session_client_command(struct session *s, struct evbuffer *in, const char *line,
 	if (smtp_parse_command(line, len, &cmd) < 0)
 		memset(&cmd, 0, sizeof(cmd)); /* an empty line: unknown, passed through */
 
-	if (s->detached != DETACHED_NO) {
-		session_rules_detached(s, in, &cmd, line, len);
-		return;
-	}
 	if (cmd.verb == SMTP_VERB_AUTH && cfg->redact_auth && cmd.auth_initial.len > 0) {
 		int n = snprintf(redacted, sizeof(redacted), "%.*s %.*s [redacted]%s", (int)cmd.verb_text.len,
 				 cmd.verb_text.p, (int)(cmd.auth_mech.len > 64 ? 64 : cmd.auth_mech.len),
@@ -163,9 +159,13 @@ session_client_command(struct session *s, struct evbuffer *in, const char *line,
 		rawlen = (size_t)n;
 		flags |= STORE_F_REDACTED;
 	}
+	if (s->detached != DETACHED_NO) {
+		session_rules_detached(s, in, &cmd, raw, rawlen, len, flags);
+		return;
+	}
 	/* A rule may answer, hold, stall or close instead; it records the
 	 * command itself when it fires (dropped, if it is not forwarded). */
-	if (session_rules_command(s, in, &cmd, raw, rawlen, flags, &recorded) == RV_DONE)
+	if (session_rules_command(s, in, &cmd, raw, rawlen, len, flags, &recorded) == RV_DONE)
 		return;
 	if (cmd.verb == SMTP_VERB_STARTTLS) {
 		session_tls_client_starttls(s, in, line, len);

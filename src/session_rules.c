@@ -25,9 +25,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <event2/buffer.h>
 #include <event2/event.h>
+#include <openssl/evp.h>
 
 #include "smtptap/log.h"
 
@@ -121,6 +123,45 @@ session_rules_unit_tx(struct session *s, struct rules_unit *u, const char **rcpt
 	u->helo = s->helo[0] ? s->helo : NULL;
 }
 
+/*
+ * The user name of an AUTH command, when its initial response carries one
+ * (RFC 4616 PLAIN: authzid NUL authcid NUL passwd; LOGIN: the user name).
+ * A name sent later, on its own line, is not known when the command is
+ * decided.  Returns false when there is none to be had.
+ */
+static bool
+session_rules_auth_user(const struct smtp_cmd *cmd, char *out, size_t outsz)
+{
+	unsigned char dec[768];
+	const struct smtp_str *ir = &cmd->auth_initial;
+	const unsigned char *user, *end;
+	bool plain = cmd->auth_mech.len == 5 && strncasecmp(cmd->auth_mech.p, "PLAIN", 5) == 0;
+	bool login = cmd->auth_mech.len == 5 && strncasecmp(cmd->auth_mech.p, "LOGIN", 5) == 0;
+	int n;
+
+	if ((!plain && !login) || ir->len == 0 || ir->len % 4 != 0 || ir->len / 4 * 3 > sizeof(dec))
+		return false;
+	if ((n = EVP_DecodeBlock(dec, (const unsigned char *)ir->p, (int)ir->len)) < 0)
+		return false;
+	n -= (ir->p[ir->len - 1] == '=') + (ir->p[ir->len - 2] == '='); /* EVP_DecodeBlock counts the padding */
+	user = dec;
+	end = dec + n;
+	if (plain) {
+		const unsigned char *nul = memchr(dec, '\0', (size_t)n);
+
+		if (nul == NULL)
+			return false;
+		user = nul + 1;
+		if ((end = memchr(user, '\0', (size_t)(dec + n - user))) == NULL)
+			return false;
+	}
+	if (memchr(user, '\0', (size_t)(end - user)) != NULL || (size_t)(end - user) >= outsz)
+		return false;
+	memcpy(out, user, (size_t)(end - user));
+	out[end - user] = '\0';
+	return true;
+}
+
 static const struct rules_decision *
 session_rules_decide(struct session *s, struct rules_unit *u)
 {
@@ -198,6 +239,9 @@ session_rules_hold(struct session *s, enum rule_hold what, const struct rules_de
 		s->rtimer = evtimer_new(s->ctx->base, session_rules_timer_cb, s);
 	free(s->rheld);
 	s->rheld = session_rules_dup(d);
+	/* The delay counts from now, not from when this loop iteration began
+	 * (libevent's cached time): "at least D" holds as measured outside. */
+	event_base_update_cache_time(s->ctx->base);
 	if (s->rtimer == NULL || s->rheld == NULL || evtimer_add(s->rtimer, &tv) < 0) {
 		log_warnx("s=%" PRId64 " cannot set up a rule's delay: going on at once", s->id);
 		return false;
@@ -380,8 +424,15 @@ session_rules_connect(struct session *s)
 	}
 	if (d->actions & RULES_A_THROTTLE)
 		session_rules_throttle(s, d);
-	if (d->actions & RULES_A_FAIL_TLS)
+	if (d->actions & RULES_A_FAIL_TLS) {
 		s->fail_client_tls = d->line;
+		if (s->client_tls == PROXY_TLS_IMPLICIT) {
+			/* The handshake is the first thing: fail it now; the
+			 * upstream is never contacted. */
+			session_rules_tls(s, RULES_LEG_CLIENT);
+			return false;
+		}
+	}
 	if (d->actions & RULES_A_REPLY) {
 		struct pending p;
 
@@ -416,10 +467,12 @@ session_rules_connect(struct session *s)
  * the decision of a command whose delay is over), record the command with
  * the right flags, and carry out what the rule says.  RV_GO: the caller
  * goes on as without rules (the command was recorded; *recorded says so).
+ * line/len: the command as recorded (an AUTH secret redacted); inlen: its
+ * bytes in `in`.
  */
 enum rules_verdict
 session_rules_command(struct session *s, struct evbuffer *in, const struct smtp_cmd *cmd, const char *line,
-		      size_t len, unsigned flags, bool *recorded)
+		      size_t len, size_t inlen, unsigned flags, bool *recorded)
 {
 	const struct rules_decision *d = session_rules_take_resumed(s, RHOLD_COMMAND);
 	bool starttls = cmd->verb == SMTP_VERB_STARTTLS;
@@ -435,7 +488,7 @@ session_rules_command(struct session *s, struct evbuffer *in, const struct smtp_
 			.arg = cmd->arg.p,
 			.arg_len = cmd->arg.len,
 		};
-		char mech[64] = "", helo[256] = "", *rcpt = NULL;
+		char mech[64] = "", helo[256] = "", user[256], *rcpt = NULL;
 
 		if (s->rules == NULL)
 			return RV_GO;
@@ -456,6 +509,8 @@ session_rules_command(struct session *s, struct evbuffer *in, const struct smtp_
 		if (cmd->verb == SMTP_VERB_AUTH) {
 			snprintf(mech, sizeof(mech), "%.*s", (int)cmd->auth_mech.len, cmd->auth_mech.p);
 			u.auth_mech = mech;
+			if (session_rules_auth_user(cmd, user, sizeof(user)))
+				u.auth_user = user;
 		}
 		d = session_rules_decide(s, &u);
 		free(rcpt);
@@ -488,7 +543,9 @@ session_rules_command(struct session *s, struct evbuffer *in, const struct smtp_
 	if (!session_rules_consumes(d))
 		return RV_GO;
 
-	evbuffer_drain(in, len); /* never forwarded */
+	/* never forwarded; `line` may be the redacted copy (AUTH PLAIN
+	 * secret): the line in `in` is inlen bytes */
+	evbuffer_drain(in, inlen);
 	if (d->actions & RULES_A_REPLY) {
 		enum rule_after after = session_rules_after_of(d);
 
@@ -549,7 +606,7 @@ session_rules_attach(struct session *s, struct pending *p)
  */
 void
 session_rules_detached(struct session *s, struct evbuffer *in, const struct smtp_cmd *cmd, const char *line,
-		       size_t len)
+		       size_t len, size_t inlen, unsigned flags)
 {
 	static const char r221[] = "221 2.0.0 smtptap: closing connection\r\n";
 	static const char r250[] = "250 2.0.0 OK (smtptap: no upstream)\r\n";
@@ -559,8 +616,9 @@ session_rules_detached(struct session *s, struct evbuffer *in, const struct smtp
 	const char *reply;
 	bool close = false;
 
-	session_record(s, STORE_SIDE_CLIENT, STORE_KIND_COMMAND, STORE_F_DROPPED, 0, line, len, NULL);
-	evbuffer_drain(in, len);
+	/* line: as recorded (AUTH secrets redacted); the line in `in` is inlen bytes */
+	session_record(s, STORE_SIDE_CLIENT, STORE_KIND_COMMAND, flags | STORE_F_DROPPED, 0, line, len, NULL);
+	evbuffer_drain(in, inlen);
 	if (cmd->verb == SMTP_VERB_QUIT) {
 		reply = r221;
 		close = true;
@@ -825,6 +883,17 @@ session_rules_reply_done(struct session *s, const struct pending *p, int orig_co
 			}
 		}
 	}
+	if (rr->replaced && s->sink_mode && cmd &&
+	    (p->verb == SMTP_VERB_MAIL || (p->verb == SMTP_VERB_BDAT && !p->bdat_last)) && orig_code / 100 == 2 &&
+	    code / 100 != 2) {
+		char scratch[SINK_REPLY_MAX];
+		struct smtp_cmd rset = { .verb = SMTP_VERB_RSET };
+
+		/* The sink forgets the transaction the client was told failed
+		 * (its commands are answered in turn: none is pipelined in it). */
+		sink_reply_command(&s->sink, &rset, scratch);
+		session_msg_abandon(s);
+	}
 	if (rr->stall) {
 		s->stalled = true;
 		session_note(s, STORE_KIND_ACTION, "rule %u: stalled: no more replies reach the client", rr->rule_line);
@@ -904,6 +973,8 @@ session_rules_tls(struct session *s, enum rules_leg leg)
 	struct rules_unit u = { .trigger = RULES_ON_TLS, .leg = leg };
 	unsigned fail = 0;
 
+	if (s->stalled)
+		return true; /* asked again (the client's bytes keep coming): still nothing */
 	if (d == NULL) {
 		if (leg == RULES_LEG_CLIENT && s->fail_client_tls != 0) {
 			fail = s->fail_client_tls;
@@ -930,6 +1001,9 @@ session_rules_tls(struct session *s, enum rules_leg leg)
 		session_enter_state(s, ST_CLOSING);
 		session_msg_abandon(s);
 		leg_close(&s->upstream, LEG_CLOSE_NOW);
+		/* An implicit-TLS greeting queued for after the handshake
+		 * never goes out in plaintext. */
+		leg_drop_output(&s->client);
 		leg_write(&s->client, tls_alert_handshake_failure, sizeof(tls_alert_handshake_failure));
 		leg_close_after_flush(&s->client);
 		/* Called from session_leave's own flush (the 220 just went

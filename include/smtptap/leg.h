@@ -122,6 +122,9 @@ void leg_write_from(struct leg *leg, struct evbuffer *src, size_t len);
  * hand what the callback queued to OpenSSL at once (one record when it is
  * small).  The session calls it at the end of every callback. */
 void leg_flush(struct leg *leg);
+/* Forget output not yet written (what was meant to go out under TLS, on a
+ * handshake that will not happen). */
+void leg_drop_output(struct leg *leg);
 
 void leg_set_reading(struct leg *leg, bool on);
 /* Seconds (0: none). */

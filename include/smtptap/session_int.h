@@ -277,10 +277,10 @@ void session_rules_free(struct session *s);
 bool session_rules_connect(struct session *s);
 void session_begin(struct session *s);
 enum rules_verdict session_rules_command(struct session *s, struct evbuffer *in, const struct smtp_cmd *cmd,
-					 const char *line, size_t len, unsigned flags, bool *recorded);
+					 const char *line, size_t len, size_t inlen, unsigned flags, bool *recorded);
 void session_rules_attach(struct session *s, struct pending *p);
 void session_rules_detached(struct session *s, struct evbuffer *in, const struct smtp_cmd *cmd, const char *line,
-			    size_t len);
+			    size_t len, size_t inlen, unsigned flags);
 const struct rules_decision *session_rules_data_end(struct session *s, struct msg *m);
 bool session_rules_consumes(const struct rules_decision *d);
 void session_rules_data_end_local(struct session *s, const struct rules_decision *d, struct msg *m,

@@ -250,16 +250,24 @@ class Client:
     close_notify: "EOF occurred in violation of protocol")."""
 
     def __init__(self, port, timeout=10, ctx=None):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        self.sock.settimeout(timeout)
         self.ctx = ctx
         self.buf = b""
         self.tls = None  # ssl.SSLObject once upgraded
+        self.reset_early = False
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        try:
+            self.sock.connect(("127.0.0.1", port))
+        except ConnectionResetError:
+            # accepted and reset before connect(2) returned (loopback is quick)
+            self.reset_early = True
 
     def settimeout(self, t):
         self.sock.settimeout(t)
 
     def _raw_recv(self):
+        if self.reset_early:
+            raise Reset("connection reset at once")
         try:
             d = self.sock.recv(65536)
         except ConnectionResetError:
@@ -268,16 +276,22 @@ class Client:
             raise Closed("connection closed (buffered %r)" % self.buf)
         return d
 
+    def _sendall(self, data):
+        try:
+            self.sock.sendall(data)
+        except (ConnectionResetError, BrokenPipeError):
+            raise Reset("connection reset while sending")
+
     def _tls_flush(self):
         out = self._out.read()
         if out:
-            self.sock.sendall(out)
+            self._sendall(out)
 
     def send(self, data):
         if isinstance(data, str):
             data = data.encode()
         if self.tls is None:
-            self.sock.sendall(data)
+            self._sendall(data)
             return
         self.tls.write(data)
         self._tls_flush()
