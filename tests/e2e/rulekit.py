@@ -507,7 +507,7 @@ def rules_env(smtptap, rules_ca, tmp_path, shared_upstreams):
     n = [0]
 
     def start(rules, mode="relay", tls="plain", args=(), upstream=None, auth=False, listen=("127.0.0.1:0",),
-              name=None, grace=2):
+              name=None, grace=1):
         n[0] += 1
         path = str(tmp_path / ("rules%d.conf" % n[0]))
         with open(path, "w") as f:

@@ -186,18 +186,18 @@ def throttle_combos(f):
 def test_throttle_to_client(mode, tls, rules_env):
     """`throttle R to-client`: from the rule on, bytes towards the client
     at R bytes/s (here: the replies to MAIL, RSET and a second EHLO)."""
-    r = rules("on mail throttle 200 to-client")
+    r = rules("on mail throttle 400 to-client")
     env = rules_env(r, mode, tls)
-    c = env.session(timeout=3)
+    c = env.session(timeout=2)
     t0 = time.monotonic()
     c.send("MAIL FROM:<alice@example.com>\r\nRSET\r\nEHLO again.example\r\n")
     got = [c.reply() for _ in range(3)]
     elapsed = time.monotonic() - t0
     assert [g.code for g in got] == [250, 250, 250], got
     n = sum(len(g.raw) for g in got)
-    # 20 bytes per tenth of a second; the first tick may be partial
-    least = (-(-n // 20) - 2) * 0.1
-    assert n >= 60 and elapsed >= least, "%d bytes in %.3fs, expected at least %.2fs at 200 B/s" % (n, elapsed, least)
+    # 40 bytes per tenth of a second; the first tick may be partial
+    least = (-(-n // 40) - 2) * 0.1
+    assert n >= 60 and elapsed >= least, "%d bytes in %.3fs, expected at least %.2fs at 400 B/s" % (n, elapsed, least)
     c.expect("QUIT", 221)
     check_fired(env.doc(), r, 3, "mail", "command")
 
@@ -207,9 +207,9 @@ def test_throttle_to_upstream(mode, tls, rules_env):
     """`throttle R to-upstream`: from the rule on, bytes towards the
     upstream (in sink mode: the client's bytes read) at R bytes/s; the
     message still arrives whole."""
-    r = rules("on data throttle 2k to-upstream")
+    r = rules("on data throttle 4k to-upstream")
     env = rules_env(r, mode, tls)
-    c = env.session(timeout=3)
+    c = env.session(timeout=2)
     mail(c)
     c.expect("RCPT TO:<%s>" % GOOD, 250)
     c.expect("DATA", 354)
@@ -221,8 +221,9 @@ def test_throttle_to_upstream(mode, tls, rules_env):
     elapsed = time.monotonic() - t0
     assert got.code == 250, got
     n = len(data_bytes(msg))
-    least = (-(-n // 204) - 2) * 0.1  # 2048 B/s: 204 bytes per tick
-    assert elapsed >= least, "%d bytes in %.3fs, expected at least %.2fs at 2 KiB/s" % (n, elapsed, least)
+    least = (-(-n // 409) - 2) * 0.1  # 4096 B/s: 409 bytes per tick
+    assert least >= 0.1 and elapsed >= least, "%d bytes in %.3fs, expected at least %.2fs at 4 KiB/s" % (
+        n, elapsed, least)
     c.expect("QUIT", 221)
     if env.relay:
         [e] = env.up.wait_envelopes(1)
