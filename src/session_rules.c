@@ -144,6 +144,8 @@ session_rules_auth_user(const struct smtp_cmd *cmd, char *out, size_t outsz)
 	if ((n = EVP_DecodeBlock(dec, (const unsigned char *)ir->p, (int)ir->len)) < 0)
 		return false;
 	n -= (ir->p[ir->len - 1] == '=') + (ir->p[ir->len - 2] == '='); /* EVP_DecodeBlock counts the padding */
+	if (n <= 0)
+		return false;
 	user = dec;
 	end = dec + n;
 	if (plain) {
