@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from rulekit import (COMBOS, COMBO_IDS, GOOD, MODES, SILENCE, after, check_fired, combos, data_bytes,
+from rulekit import (COMBO_IDS, COMBOS, DELAY, DELAY_US, GOOD, MODES, SILENCE, after, check_fired, combos, data_bytes,
                      deliver_control, flags, mail, message, rule_replies, rules, session_outcome)
 from rulekit import rules_ca, rules_env, shared_upstreams  # noqa: F401
 from conftest import wait_until
@@ -131,7 +131,7 @@ def test_delay_on_data_end(mode, tls, rules_env):
     t0 = time.monotonic()
     got = c.reply()
     elapsed = time.monotonic() - t0
-    assert got.code == 250 and elapsed >= 0.3, (got, elapsed)
+    assert got.code == 250 and elapsed >= DELAY, (got, elapsed)
     c.expect("QUIT", 221)
     doc = env.doc()
     [(act, trig, _)] = check_fired(doc, r, 3, "data-end", "data")
@@ -140,7 +140,7 @@ def test_delay_on_data_end(mode, tls, rules_env):
         env.up.wait_envelopes(1)
         assert delivered(env) == ["fault slow"]
         reply = [e for e in after(doc, act, "reply") if e["side"] == "upstream"][0]
-        assert reply["t_us"] - trig["t_us"] >= 300000, (trig, reply)
+        assert reply["t_us"] - trig["t_us"] >= DELAY_US, (trig, reply)
 
 
 @pytest.mark.parametrize("mode,tls", [("relay", "plain"), ("sink", "starttls")], ids=["relay-plain", "sink-starttls"])
