@@ -306,3 +306,32 @@ def test_fail_tls_on_starttls(mode, rules_env):
     assert outcome == "rule-tls-fail" and "rule 3" in detail, (outcome, detail)
     if env.relay:
         assert env.up.commands() == ["EHLO"], env.up.commands()
+
+
+@pytest.mark.parametrize("mode,tls", [("relay", "plain"), ("sink", "starttls")], ids=["relay-plain", "sink-starttls"])
+def test_reply_then_close_or_reset_and_delayed_reply(mode, tls, rules_env):
+    """`reply ... close` / `reply ... reset`: the reply, then a FIN / an
+    RST; `delay D reply ...`: the rule's reply at least D later."""
+    r = rules('on rcpt to ~ "^closeme@" reply 421 4.7.0 "Closing (rule)" close',
+              'on rcpt to ~ "^resetme@" reply 421 4.7.0 "Resetting (rule)" reset',
+              'on rcpt to ~ "^slow@" delay 300ms reply 450 4.2.1 "Slow (rule)"')
+    env = rules_env(r, mode, tls)
+    for n, (who, expect) in enumerate([("closeme", "closed"), ("resetme", "reset")], 1):
+        c = env.session()
+        mail(c)
+        c.send("RCPT TO:<%s@example.org>\r\n" % who)
+        got = c.reply()
+        assert got.code == 421 and "(rule)" in got.text, got
+        assert c.outcome() == (expect, b""), who
+        assert session_outcome(env.doc(n))[0] == "rule-" + ("close" if who == "closeme" else "reset")
+    c = env.session()
+    mail(c)
+    t0 = time.monotonic()
+    got = c.cmd("RCPT TO:<slow@example.org>")
+    assert (got.code, got.lines) == (450, ["4.2.1 Slow (rule)"]) and time.monotonic() - t0 >= DELAY, got
+    c.expect("QUIT", 221)
+    doc = env.doc(3)
+    [(act, trig, _)] = check_fired(doc, r, 5, "rcpt", "command")
+    assert {"dropped", "rule"} <= flags(trig)
+    if env.relay:
+        assert all(b"me@" not in l and b"slow@" not in l for l in env.up.conns()), env.up.conns()
