@@ -209,6 +209,23 @@ leg_write_from(struct leg *leg, struct evbuffer *src, size_t len)
 		evbuffer_remove_buffer(src, leg_queue(leg), len);
 }
 
+void
+leg_drop_output(struct leg *leg)
+{
+	struct evbuffer *out;
+
+	if (!leg->open)
+		return;
+	out = bufferevent_get_output(leg->bev);
+	if (!leg->tls)
+		evbuffer_unfreeze(out, 1); /* see leg_flush() */
+	evbuffer_drain(out, evbuffer_get_length(out));
+	if (!leg->tls)
+		evbuffer_freeze(out, 1);
+	if (leg->stage != NULL)
+		evbuffer_drain(leg->stage, evbuffer_get_length(leg->stage));
+}
+
 /* A TLS leg's staged bytes go to OpenSSL: small ones as one record. */
 static void
 leg_flush_tls(struct leg *leg)
@@ -337,7 +354,9 @@ leg_close(struct leg *leg, enum leg_close_how how)
 		struct linger lg = { 1, 0 };
 
 		setsockopt(leg->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
-	} else if (leg->tls && !leg->handshaking) {
+	} else if (leg->tls && !leg->handshaking && !leg->reset_on_close) {
+		/* (a reset sends no close_notify: the peer would take the
+		 * clean TLS end for the close and never see the RST) */
 		/* close_notify, best effort: the socket is non-blocking. */
 		SSL *ssl = bufferevent_openssl_get_ssl(leg->bev);
 
@@ -360,6 +379,7 @@ leg_close(struct leg *leg, enum leg_close_how how)
 	leg->fd = -1;
 	leg->open = false;
 	leg->close_after_flush = false;
+	leg->reset_on_close = false;
 	leg->handshaking = false;
 }
 
@@ -395,6 +415,7 @@ leg_reset_after_flush(struct leg *leg)
 	 * still written first. */
 	if (leg->fd >= 0)
 		setsockopt(leg->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+	leg->reset_on_close = true;
 	leg_close_after_flush(leg);
 }
 

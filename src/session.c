@@ -565,9 +565,11 @@ session_update_reading(struct session *s)
 	size_t cout = leg_output_len(&s->client), uout = leg_output_len(&s->upstream);
 
 	if (s->client.open) {
+		/* A stalled session interprets nothing, but reads on, so that
+		 * it ends when the client gives up. */
 		bool on = !s->paused_backlog && cout <= LEG_OUTPUT_HIGH && uout <= LEG_OUTPUT_HIGH &&
-			  s->state != ST_CLOSING && s->state != ST_TLS && s->ctls != CTLS_WAIT_UPSTREAM &&
-			  s->ctls != CTLS_AFTER_FLUSH;
+			  s->state != ST_CLOSING &&
+			  (s->stalled || (s->state != ST_TLS && s->ctls != CTLS_WAIT_UPSTREAM && s->ctls != CTLS_AFTER_FLUSH));
 
 		leg_set_reading(&s->client, on);
 	}

@@ -153,10 +153,6 @@ session_client_command(struct session *s, struct evbuffer *in, const char *line,
 	if (smtp_parse_command(line, len, &cmd) < 0)
 		memset(&cmd, 0, sizeof(cmd)); /* an empty line: unknown, passed through */
 
-	if (s->detached != DETACHED_NO) {
-		session_rules_detached(s, in, &cmd, line, len);
-		return;
-	}
 	if (cmd.verb == SMTP_VERB_AUTH && cfg->redact_auth && cmd.auth_initial.len > 0) {
 		int n = snprintf(redacted, sizeof(redacted), "%.*s %.*s [redacted]%s", (int)cmd.verb_text.len,
 				 cmd.verb_text.p, (int)(cmd.auth_mech.len > 64 ? 64 : cmd.auth_mech.len),
@@ -164,6 +160,10 @@ session_client_command(struct session *s, struct evbuffer *in, const char *line,
 		raw = redacted;
 		rawlen = (size_t)n;
 		flags |= STORE_F_REDACTED;
+	}
+	if (s->detached != DETACHED_NO) {
+		session_rules_detached(s, in, &cmd, raw, rawlen, len, flags);
+		return;
 	}
 	/* A rule may answer, hold, stall or close instead; it records the
 	 * command itself when it fires (dropped, if it is not forwarded). */
@@ -593,6 +593,9 @@ session_client_leftover(struct session *s, bool forward)
 	}
 	if (left == 0)
 		return;
+	/* After a stall nothing the client says reaches the upstream, its
+	 * last words at the close included (docs/rules.md). */
+	forward = forward && s->upstream.open && !s->sink_mode && s->upstream_ready && !s->stalled;
 	session_record(s, STORE_SIDE_CLIENT, STORE_KIND_COMMAND, STORE_F_INCOMPLETE | (forward ? 0 : STORE_F_DROPPED),
 		       0, evbuffer_pullup(in, -1), left, NULL);
 	if (forward)

@@ -240,7 +240,9 @@ session_reply_handle(struct session *s, struct evbuffer *reply, enum store_side 
 	bool have;
 	unsigned flags = side == STORE_SIDE_PROXY ? STORE_F_INJECTED | STORE_F_TO_CLIENT : 0;
 	size_t len = evbuffer_get_length(reply);
-	const char *raw;
+	const char *raw, *txraw;
+	size_t txlen;
+	int txcode;
 	struct evbuffer *altered = NULL;
 	char *text = NULL;
 	struct rules_reply rr;
@@ -275,10 +277,23 @@ session_reply_handle(struct session *s, struct evbuffer *reply, enum store_side 
 	have = session_pend_pop(s, &p) == 0;
 	if (have && session_tls_reply(s, &p, reply, code)) {
 		free(p.rule);
+		free(rr.orig_raw);
 		session_pend_flush_local(s);
 		return;
 	}
 	raw = (const char *)evbuffer_pullup(reply, -1);
+	if (rr.orig_raw != NULL) {
+		/* The records of the message and its recipients say what the
+		 * upstream did (a rewritten 250 was a delivery); the events
+		 * say what the client was told. */
+		txraw = rr.orig_raw;
+		txlen = rr.orig_len;
+		txcode = rr.orig_code;
+	} else {
+		txraw = raw;
+		txlen = len;
+		txcode = code;
+	}
 	switch (have ? p.kind : PEND_COMMAND) {
 	case PEND_GREETING:
 		s->upstream_ready = true;
@@ -286,10 +301,8 @@ session_reply_handle(struct session *s, struct evbuffer *reply, enum store_side 
 			session_enter_state(s, ST_CMD);
 		break;
 	case PEND_DATA_END:
-		/* The message keeps the server's own reply; what a rule told
-		 * the client instead is in the transcript. */
-		text = rr.replaced ? NULL : session_reply_text(raw, len);
-		session_msg_close(s, p.msg, rr.replaced ? rr.orig_code : code, rr.replaced ? rr.orig_text : text);
+		text = session_reply_text(txraw, txlen);
+		session_msg_close(s, p.msg, txcode, text);
 		p.msg = NULL;
 		break;
 	case PEND_AUTH_LINE:
@@ -315,13 +328,12 @@ session_reply_handle(struct session *s, struct evbuffer *reply, enum store_side 
 			break;
 		case SMTP_VERB_MAIL:
 			if (have)
-				session_env_mail_reply(s, &p, code, raw, len);
+				session_env_mail_reply(s, &p, txcode, txraw, txlen);
 			break;
 		case SMTP_VERB_RCPT:
 			/* a recipient keeps the server's own reply */
 			if (have)
-				session_env_rcpt_reply(s, &p, rr.orig_raw ? rr.orig_code : code,
-						       rr.orig_raw ? rr.orig_raw : raw, rr.orig_raw ? rr.orig_len : len);
+				session_env_rcpt_reply(s, &p, txcode, txraw, txlen);
 			break;
 		case SMTP_VERB_DATA:
 			if (s->state == ST_HOLD) {
@@ -343,15 +355,14 @@ session_reply_handle(struct session *s, struct evbuffer *reply, enum store_side 
 			break;
 		case SMTP_VERB_BDAT:
 			if (p.bdat_last) {
-				text = session_reply_text(raw, len);
+				text = session_reply_text(txraw, txlen);
 				if (p.msg != NULL) {
-					session_msg_close(s, p.msg, rr.replaced ? rr.orig_code : code,
-							  rr.replaced ? rr.orig_text : text);
+					session_msg_close(s, p.msg, txcode, text);
 					p.msg = NULL;
 				} else if (s->cur_msg != NULL && s->cur_msg->bdat) {
 					/* answered before the chunk was through */
 					s->cur_msg->early_reply = true;
-					s->cur_msg->reply_code = code;
+					s->cur_msg->reply_code = txcode;
 					s->cur_msg->reply = text;
 					text = NULL;
 				}
@@ -366,10 +377,17 @@ session_reply_handle(struct session *s, struct evbuffer *reply, enum store_side 
 		break;
 	}
 
-	if (rr.strip != NULL && code / 100 == 2)
-		stripped = session_rules_strip(s, rr.strip, reply, &altered);
+	if (rr.strip != NULL && code / 100 == 2) {
+		size_t before = evbuffer_get_length(altered != NULL ? altered : reply);
+
+		/* stripping only removes: a shorter reply is one the rule changed */
+		if (session_rules_strip(s, rr.strip, reply, &altered) && evbuffer_get_length(altered) != before)
+			stripped = true;
+	}
 	if (!s->client.open)
 		flags |= STORE_F_DROPPED; /* nobody to pass it to */
+	if (altered != NULL || rr.truncate > 0)
+		flags &= ~(unsigned)(STORE_F_INJECTED | STORE_F_TO_CLIENT); /* the sink's own, which the client never saw */
 	answers = have ? p.cmd_seq : 0;
 	seq = session_record_link(s, answers, rr.replaced ? rr.rule_seq : 0, side, STORE_KIND_REPLY,
 				  flags | (altered || rr.truncate ? STORE_F_ALTERED : 0) |
@@ -407,10 +425,10 @@ session_reply_handle(struct session *s, struct evbuffer *reply, enum store_side 
 		leg_write_from(&s->client, reply, (size_t)-1);
 	}
 	free(text);
+	free(rr.orig_raw);
 	if (p.msg != NULL)
 		session_msg_close(s, p.msg, 0, NULL);
 	free(p.rule); /* rr.strip pointed into it: done with */
-	free(rr.orig_text);
 	free(rr.orig_raw);
 
 	session_pend_flush_local(s);

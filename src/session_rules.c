@@ -25,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <event2/buffer.h>
 #include <event2/event.h>
@@ -122,6 +123,47 @@ session_rules_unit_tx(struct session *s, struct rules_unit *u, const char **rcpt
 	u->helo = s->helo[0] ? s->helo : NULL;
 }
 
+/*
+ * The user name of an AUTH command, when its initial response carries one
+ * (RFC 4616 PLAIN: authzid NUL authcid NUL passwd; LOGIN: the user name).
+ * A name sent later, on its own line, is not known when the command is
+ * decided.  Returns false when there is none to be had.
+ */
+static bool
+session_rules_auth_user(const struct smtp_cmd *cmd, char *out, size_t outsz)
+{
+	unsigned char dec[768];
+	const struct smtp_str *ir = &cmd->auth_initial;
+	const unsigned char *user, *end;
+	bool plain = cmd->auth_mech.len == 5 && strncasecmp(cmd->auth_mech.p, "PLAIN", 5) == 0;
+	bool login = cmd->auth_mech.len == 5 && strncasecmp(cmd->auth_mech.p, "LOGIN", 5) == 0;
+	int n;
+
+	if ((!plain && !login) || ir->len == 0 || ir->len % 4 != 0 || ir->len / 4 * 3 > sizeof(dec))
+		return false;
+	if ((n = EVP_DecodeBlock(dec, (const unsigned char *)ir->p, (int)ir->len)) < 0)
+		return false;
+	n -= (ir->p[ir->len - 1] == '=') + (ir->p[ir->len - 2] == '='); /* EVP_DecodeBlock counts the padding */
+	if (n <= 0)
+		return false;
+	user = dec;
+	end = dec + n;
+	if (plain) {
+		const unsigned char *nul = memchr(dec, '\0', (size_t)n);
+
+		if (nul == NULL)
+			return false;
+		user = nul + 1;
+		if ((end = memchr(user, '\0', (size_t)(dec + n - user))) == NULL)
+			return false;
+	}
+	if (memchr(user, '\0', (size_t)(end - user)) != NULL || (size_t)(end - user) >= outsz)
+		return false;
+	memcpy(out, user, (size_t)(end - user));
+	out[end - user] = '\0';
+	return true;
+}
+
 static const struct rules_decision *
 session_rules_decide(struct session *s, struct rules_unit *u)
 {
@@ -201,6 +243,9 @@ session_rules_hold(struct session *s, enum rule_hold what, const struct rules_de
 		s->rtimer = evtimer_new(s->ctx->base, session_rules_timer_cb, s);
 	free(s->rheld);
 	s->rheld = session_rules_dup(d);
+	/* The delay counts from now, not from when this loop iteration began
+	 * (libevent's cached time): "at least D" holds as measured outside. */
+	event_base_update_cache_time(s->ctx->base);
 	if (s->rtimer == NULL || s->rheld == NULL || evtimer_add(s->rtimer, &tv) < 0) {
 		log_warnx("s=%" PRId64 " cannot set up a rule's delay: going on at once", s->id);
 		return false;
@@ -431,8 +476,15 @@ session_rules_connect(struct session *s)
 	}
 	if (d->actions & RULES_A_THROTTLE)
 		session_rules_throttle(s, d);
-	if (d->actions & RULES_A_FAIL_TLS)
+	if (d->actions & RULES_A_FAIL_TLS) {
 		s->fail_client_tls = d->line;
+		if (s->client_tls == PROXY_TLS_IMPLICIT) {
+			/* The handshake is the first thing: fail it now; the
+			 * upstream is never contacted. */
+			session_rules_tls(s, RULES_LEG_CLIENT);
+			return false;
+		}
+	}
 	if (d->actions & RULES_A_REPLY) {
 		struct pending p;
 
@@ -461,47 +513,6 @@ session_rules_connect(struct session *s)
 /* ------------------------------------------------------------------------
  * commands
  */
-
-/*
- * The user name in an AUTH command's initial response, for `user ~`:
- * PLAIN's authentication identity (RFC 4616: authzid NUL authcid NUL
- * passwd) or LOGIN's user name.  The password is never looked at beyond
- * finding where the name ends.
- */
-static bool
-session_rules_auth_user(const struct smtp_cmd *cmd, char *out, size_t outsz)
-{
-	unsigned char buf[768];
-	size_t n = cmd->auth_initial.len, i, start = 0, field = 0, len;
-	int got;
-
-	if (n == 0 || n > 1000 || n % 4 != 0)
-		return false;
-	got = EVP_DecodeBlock(buf, (const unsigned char *)cmd->auth_initial.p, (int)n);
-	if (got < 0)
-		return false;
-	len = (size_t)got;
-	/* EVP_DecodeBlock counts the padding as decoded bytes */
-	for (i = n; i > n - 2 && cmd->auth_initial.p[i - 1] == '=' && len > 0; i--)
-		len--;
-	if (smtp_str_eq_ci(cmd->auth_mech, "LOGIN")) {
-		snprintf(out, outsz, "%.*s", (int)len, buf);
-		return memchr(buf, '\0', len) == NULL;
-	}
-	if (!smtp_str_eq_ci(cmd->auth_mech, "PLAIN"))
-		return false;
-	for (i = 0; i < len; i++) {
-		if (buf[i] != '\0')
-			continue;
-		if (field == 1) {
-			snprintf(out, outsz, "%.*s", (int)(i - start), buf + start);
-			return true;
-		}
-		field++;
-		start = i + 1;
-	}
-	return false;
-}
 
 /*
  * A command line of len bytes is at the head of `in`, parsed into cmd;
@@ -562,15 +573,16 @@ session_rules_command(struct session *s, struct evbuffer *in, const struct smtp_
 				       flags | (session_rules_consumes(d) ? STORE_F_DROPPED | STORE_F_RULE : 0), 0, raw, rawlen,
 				       NULL);
 			*recorded = true;
+			session_rules_fired(s, d, rules_trigger_name(RULES_ON_COMMAND, cmd->verb));
 		}
-		session_rules_fired(s, d, rules_trigger_name(RULES_ON_COMMAND, cmd->verb));
-		/* (a STARTTLS that goes on is not recorded yet: 0 bytes of the
-		 * held line are) */
 		if ((d->actions & RULES_A_DELAY) && session_rules_hold(s, RHOLD_COMMAND, d, *recorded ? len : 0))
 			return RV_DONE; /* the line stays at the head of the input */
 	} else {
 		*recorded = !starttls || session_rules_consumes(d);
 	}
+	/* A STARTTLS that goes on: its firing follows the command, which
+	 * session_tls.c records (after the delay, if any). */
+	s->rfire_starttls = starttls && !session_rules_consumes(d) ? d : NULL;
 	if (d->actions & RULES_A_THROTTLE)
 		session_rules_throttle(s, d);
 	if (d->actions & RULES_A_FAIL_TLS)
@@ -582,7 +594,8 @@ session_rules_command(struct session *s, struct evbuffer *in, const struct smtp_
 	if (!session_rules_consumes(d))
 		return RV_GO;
 
-	evbuffer_drain(in, len); /* never forwarded */
+	/* never forwarded (len: the line in `in`, not its redacted record) */
+	evbuffer_drain(in, len);
 	if (d->actions & RULES_A_REPLY) {
 		enum rule_after after = session_rules_after_of(d);
 
@@ -605,6 +618,18 @@ session_rules_command(struct session *s, struct evbuffer *in, const struct smtp_
 	}
 	session_rules_after_rule(s, d, session_rules_after_of(d));
 	return RV_DONE;
+}
+
+/* session_tls.c recorded the client's STARTTLS: the rule that fired on
+ * it is recorded right after. */
+void
+session_rules_starttls_recorded(struct session *s)
+{
+	const struct rules_decision *d = s->rfire_starttls;
+
+	s->rfire_starttls = NULL;
+	if (d != NULL)
+		session_rules_fired(s, d, "starttls");
 }
 
 /* The reply change a rule asked for goes with the entry of its command. */
@@ -632,7 +657,7 @@ session_rules_attach(struct session *s, struct pending *p)
  */
 void
 session_rules_detached(struct session *s, struct evbuffer *in, const struct smtp_cmd *cmd, const char *line,
-		       size_t len)
+		       size_t len, size_t inlen, unsigned flags)
 {
 	static const char r221[] = "221 2.0.0 smtptap: closing connection\r\n";
 	static const char r250[] = "250 2.0.0 OK (smtptap: no upstream)\r\n";
@@ -642,8 +667,9 @@ session_rules_detached(struct session *s, struct evbuffer *in, const struct smtp
 	const char *reply;
 	bool close = false;
 
-	session_record(s, STORE_SIDE_CLIENT, STORE_KIND_COMMAND, STORE_F_DROPPED, 0, line, len, NULL);
-	evbuffer_drain(in, len);
+	/* line: as recorded (AUTH secrets redacted); the line in `in` is inlen bytes */
+	session_record(s, STORE_SIDE_CLIENT, STORE_KIND_COMMAND, flags | STORE_F_DROPPED, 0, line, len, NULL);
+	evbuffer_drain(in, inlen);
 	if (cmd->verb == SMTP_VERB_QUIT) {
 		reply = r221;
 		close = true;
@@ -728,6 +754,26 @@ session_rules_data_end_resumed(struct session *s)
 void
 session_rules_data_end_local(struct session *s, const struct rules_decision *d, struct msg *m, struct pending *q)
 {
+	enum rule_after after = session_rules_after_of(d);
+	bool bdat = false;
+
+	if (q != NULL) {
+		/* BDAT LAST: smtptap answers its entry (the rule's reply, or
+		 * nothing), set before the upstream is cut off: that turns what
+		 * still awaits the upstream into 421s and moves the entries. */
+		q->kind = PEND_LOCAL;
+		q->msg = NULL;
+		q->text = "";
+		if (d->actions & RULES_A_REPLY) {
+			q->owned_text = strndup(d->reply, d->reply_len);
+			q->text = q->owned_text != NULL ? q->owned_text : "451 4.3.0 smtptap: out of memory\r\n";
+			q->after = after;
+			q->by_rule = true;
+			q->cause_seq = s->rule_seq;
+		}
+		q = NULL; /* may have moved */
+		bdat = true;
+	}
 	session_rules_abort_upstream(s, d, "before the end of the message, so it is not delivered");
 	if (s->sink_mode) {
 		char scratch[SINK_REPLY_MAX];
@@ -738,25 +784,11 @@ session_rules_data_end_local(struct session *s, const struct rules_decision *d, 
 	/* No server answered it: the message has no reply of its own (the
 	 * rule's is in the transcript). */
 	session_msg_close(s, m, 0, NULL);
-	if (q != NULL) {
-		/* BDAT LAST: its entry is answered by smtptap now */
-		q->kind = PEND_LOCAL;
-		q->msg = NULL;
-		q->text = "";
-	}
 	if (d->actions & RULES_A_REPLY) {
-		enum rule_after after = session_rules_after_of(d);
-
-		if (q != NULL) {
-			q->owned_text = strndup(d->reply, d->reply_len);
-			q->text = q->owned_text != NULL ? q->owned_text : "451 4.3.0 smtptap: out of memory\r\n";
-			q->after = after;
-			q->by_rule = true;
-			q->cause_seq = s->rule_seq;
+		if (bdat)
 			session_pend_flush_local(s);
-		} else {
+		else
 			session_rules_local(s, d, after);
-		}
 		return;
 	}
 	if (d->actions & RULES_A_STALL) {
@@ -764,7 +796,7 @@ session_rules_data_end_local(struct session *s, const struct rules_decision *d, 
 		session_note_cause(s, s->rule_seq, STORE_KIND_ACTION, "rule %u: stalled: the message gets no answer", d->line);
 		return;
 	}
-	session_rules_after_rule(s, d, session_rules_after_of(d));
+	session_rules_after_rule(s, d, after);
 }
 
 /* ------------------------------------------------------------------------
@@ -840,7 +872,6 @@ session_rules_reply(struct session *s, struct evbuffer *reply, enum store_side s
 		session_record_link(s, head != NULL ? head->cmd_seq : 0, 0, side, STORE_KIND_REPLY,
 				    STORE_F_ALTERED | STORE_F_RULE, 0, evbuffer_pullup(reply, -1), len, NULL);
 		out->orig_code = *code;
-		out->orig_text = session_reply_text((const char *)evbuffer_pullup(reply, -1), len);
 		if ((out->orig_raw = malloc(len)) != NULL) {
 			memcpy(out->orig_raw, evbuffer_pullup(reply, -1), len);
 			out->orig_len = len;
@@ -915,6 +946,17 @@ session_rules_reply_done(struct session *s, const struct pending *p, int orig_co
 					     rr->rule_line);
 			}
 		}
+	}
+	if (rr->replaced && s->sink_mode && cmd &&
+	    (p->verb == SMTP_VERB_MAIL || (p->verb == SMTP_VERB_BDAT && !p->bdat_last)) && orig_code / 100 == 2 &&
+	    code / 100 != 2) {
+		char scratch[SINK_REPLY_MAX];
+		struct smtp_cmd rset = { .verb = SMTP_VERB_RSET };
+
+		/* The sink forgets the transaction the client was told failed
+		 * (its commands are answered in turn: none is pipelined in it). */
+		sink_reply_command(&s->sink, &rset, scratch);
+		session_msg_abandon(s);
 	}
 	if (rr->stall) {
 		s->stalled = true;
@@ -996,6 +1038,8 @@ session_rules_tls(struct session *s, enum rules_leg leg)
 	struct rules_unit u = { .trigger = RULES_ON_TLS, .leg = leg };
 	unsigned fail = 0;
 
+	if (s->stalled)
+		return true; /* asked again (the client's bytes keep coming): still nothing */
 	if (d == NULL) {
 		if (leg == RULES_LEG_CLIENT && s->fail_client_tls != 0) {
 			fail = s->fail_client_tls;
@@ -1022,8 +1066,14 @@ session_rules_tls(struct session *s, enum rules_leg leg)
 		session_enter_state(s, ST_CLOSING);
 		session_msg_abandon(s);
 		leg_close_after_flush(&s->upstream);
+		/* An implicit-TLS greeting queued for after the handshake
+		 * never goes out in plaintext. */
+		leg_drop_output(&s->client);
 		leg_write(&s->client, tls_alert_handshake_failure, sizeof(tls_alert_handshake_failure));
 		leg_close_after_flush(&s->client);
+		/* Called from session_leave's own flush (the 220 just went
+		 * out): nothing would write the alert otherwise. */
+		leg_flush(&s->client);
 		return true;
 	}
 	if (fail != 0) {

@@ -235,25 +235,25 @@ session_tls_client_starttls(struct session *s, struct evbuffer *in, const char *
 {
 	bool offer = (s->client_tls == PROXY_TLS_AUTO || s->client_tls == PROXY_TLS_STARTTLS) &&
 		     s->ctx->tls != NULL;
+	/* The upstream is upgraded first, with the client's own command. */
+	bool upstream_first = offer && s->ctls == CTLS_NONE && !s->sink_mode && session_upstream_usable(s) &&
+			      !s->upstream.tls && s->upstream_offers_starttls &&
+			      (s->upstream_tls == PROXY_TLS_AUTO || s->upstream_tls == PROXY_TLS_STARTTLS);
+	int64_t cmd;
 
+	cmd = session_record(s, STORE_SIDE_CLIENT, STORE_KIND_COMMAND, upstream_first ? 0 : STORE_F_DROPPED, 0, line,
+			     len, NULL);
+	session_rules_starttls_recorded(s);
 	if (!offer || s->ctls != CTLS_NONE) {
-		session_record(s, STORE_SIDE_CLIENT, STORE_KIND_COMMAND, STORE_F_DROPPED, 0, line, len, NULL);
 		evbuffer_drain(in, len);
-		session_local_push(s, s->ctls != CTLS_NONE ? local_starttls_again : local_starttls_off, false);
+		session_local_push_answer(s, s->ctls != CTLS_NONE ? local_starttls_again : local_starttls_off, false, cmd);
 		return;
 	}
 	session_enter_state(s, ST_TLS);
-	if (!s->sink_mode && session_upstream_usable(s) && !s->upstream.tls && s->upstream_offers_starttls &&
-	    (s->upstream_tls == PROXY_TLS_AUTO || s->upstream_tls == PROXY_TLS_STARTTLS)) {
-		/* The upstream is upgraded first, with the client's own
-		 * command. */
-		session_record(s, STORE_SIDE_CLIENT, STORE_KIND_COMMAND, 0, 0, line, len, NULL);
-		session_pend_push(s, PEND_STARTTLS, SMTP_VERB_STARTTLS);
+	if (upstream_first) {
+		session_pend_push(s, PEND_STARTTLS, SMTP_VERB_STARTTLS)->cmd_seq = cmd;
 		leg_write_from(&s->upstream, in, len);
 	} else {
-		int64_t cmd = session_record(s, STORE_SIDE_CLIENT, STORE_KIND_COMMAND, STORE_F_DROPPED, 0, line, len,
-					     NULL);
-
 		evbuffer_drain(in, len);
 		if (!s->sink_mode && s->upstream_tls == PROXY_TLS_STARTTLS && !s->upstream_tls_on) {
 			session_fail_client(s, "421 4.7.0 smtptap: the upstream does not offer STARTTLS\r\n",

@@ -65,6 +65,7 @@ struct leg {
 	bool handshaking;	/* between leg_start_tls() and LEG_EV_TLS_DONE */
 	bool hold_output;	/* plain leg: keep output until leg_start_tls() */
 	bool close_after_flush; /* close once the output is empty */
+	bool reset_on_close;	/* leg_reset_after_flush(): no close_notify, an RST */
 	bool reading;		/* EV_READ wanted by the session */
 	int64_t tls_started_us;
 	unsigned long tls_error; /* first OpenSSL error of the last failure, 0 none */
@@ -121,6 +122,9 @@ void leg_write_from(struct leg *leg, struct evbuffer *src, size_t len);
  * hand what the callback queued to OpenSSL at once (one record when it is
  * small).  The session calls it at the end of every callback. */
 void leg_flush(struct leg *leg);
+/* Forget output not yet written (what was meant to go out under TLS, on a
+ * handshake that will not happen). */
+void leg_drop_output(struct leg *leg);
 
 void leg_set_reading(struct leg *leg, bool on);
 /* Seconds (0: none). */

@@ -233,6 +233,10 @@ struct session {
 	int64_t rule_seq;	       /* the event of the latest rule firing */
 	int64_t rule_unit_seq;	       /* ... and of the unit it fired on */
 	unsigned fail_client_tls;      /* rule line that fails the client's handshake, 0 none */
+	/* A rule that fired on a STARTTLS which goes on: its action event is
+	 * recorded once session_tls.c has recorded the command (borrowed:
+	 * rdec or rheld). */
+	const struct rules_decision *rfire_starttls;
 
 	bool freeing;
 	/* AUTH: the mechanism whose next response line names the user (LOGIN
@@ -328,7 +332,7 @@ enum rules_verdict session_rules_command(struct session *s, struct evbuffer *in,
 					 size_t len, const char *raw, size_t rawlen, unsigned flags, bool *recorded);
 void session_rules_attach(struct session *s, struct pending *p);
 void session_rules_detached(struct session *s, struct evbuffer *in, const struct smtp_cmd *cmd, const char *line,
-			    size_t len);
+			    size_t len, size_t inlen, unsigned flags);
 const struct rules_decision *session_rules_data_end(struct session *s, struct msg *m, bool record);
 void session_rules_data_end_fired(struct session *s, const struct rules_decision *d);
 bool session_rules_consumes(const struct rules_decision *d);
@@ -345,11 +349,12 @@ struct rules_reply {
 	size_t truncate;      /* > 0: only this many bytes go to the client, then close */
 	unsigned rule_line;
 	int64_t rule_seq;     /* the event of the rule's firing */
-	int orig_code;	      /* replaced: the server's own reply (owned text and bytes) */
-	char *orig_text;
+	const struct rules_decision *strip; /* EHLO capabilities to strip */
+	/* replaced: the server's own reply (malloc'd) and its code, which the
+	 * message and recipient records keep (what the upstream did) */
 	char *orig_raw;
 	size_t orig_len;
-	const struct rules_decision *strip; /* EHLO capabilities to strip */
+	int orig_code;
 };
 void session_rules_reply(struct session *s, struct evbuffer *reply, enum store_side side, int *code,
 			 struct rules_reply *out);
@@ -370,6 +375,7 @@ session_upstream_usable(const struct session *s)
 size_t session_rules_held_input(const struct session *s, bool *dropped);
 void session_rules_end_hold(struct session *s, bool as_recorded, const void *held, size_t n);
 bool session_rules_holding(const struct session *s);
+void session_rules_starttls_recorded(struct session *s);
 
 /* session_tls.c */
 void session_tls_start(struct session *s);
