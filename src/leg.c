@@ -37,6 +37,13 @@ static void leg_set_error(struct leg *leg, short what);
 static void leg_apply_reading(struct leg *leg);
 static struct evbuffer *leg_queue(struct leg *leg);
 static void leg_flush_tls(struct leg *leg);
+static void leg_input_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg);
+static void leg_rate_cb(evutil_socket_t fd, short what, void *arg);
+static size_t leg_read_max(const struct leg *leg);
+
+/* Throttling works in tenths of a second, so a slow rate trickles instead
+ * of arriving in one burst each second. */
+#define LEG_RATE_TICKS 10
 
 static void
 leg_setup_bev(struct leg *leg)
@@ -44,7 +51,17 @@ leg_setup_bev(struct leg *leg)
 	bufferevent_setcb(leg->bev, leg_readcb, leg_writecb, leg_eventcb, leg);
 	bufferevent_setwatermark(leg->bev, EV_READ, 0, LEG_INPUT_HIGH);
 	bufferevent_setwatermark(leg->bev, EV_WRITE, LEG_OUTPUT_LOW, 0);
-	bufferevent_set_max_single_read(leg->bev, LEG_READ_MAX);
+	bufferevent_set_max_single_read(leg->bev, leg_read_max(leg));
+}
+
+/* A throttled leg reads at most a tick's worth at once, so the bytes a
+ * read brings never run far ahead of the rate. */
+static size_t
+leg_read_max(const struct leg *leg)
+{
+	size_t tick = leg->rate_rd / LEG_RATE_TICKS > 0 ? (size_t)(leg->rate_rd / LEG_RATE_TICKS) : 1;
+
+	return leg->rate_rd == 0 || tick > LEG_READ_MAX ? LEG_READ_MAX : tick;
 }
 
 int
@@ -141,8 +158,8 @@ leg_start_tls(struct leg *leg, SSL *ssl, bool accept)
 	bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
 	leg_setup_bev(leg);
 	leg_set_timeouts(leg, leg->read_timeout, leg->write_timeout);
-	if (leg->rate != NULL)
-		bufferevent_set_rate_limit(bev, leg->rate);
+	if (leg->rate_rd > 0)
+		evbuffer_add_cb(bufferevent_get_input(bev), leg_input_cb, leg);
 	/* Output queued before the upgrade goes out encrypted.  The plain
 	 * bufferevent keeps its output's start frozen; thaw it to move it. */
 	out = bufferevent_get_output(plain);
@@ -172,7 +189,7 @@ leg_output_len(struct leg *leg)
 	if (!leg->open)
 		return 0;
 	return evbuffer_get_length(bufferevent_get_output(leg->bev)) +
-	       (leg->tls ? evbuffer_get_length(leg->stage) : 0);
+	       (leg->tls ? evbuffer_get_length(leg->stage) : 0) + (leg->paced ? evbuffer_get_length(leg->paced) : 0);
 }
 
 /*
@@ -186,7 +203,91 @@ leg_output_len(struct leg *leg)
 static struct evbuffer *
 leg_queue(struct leg *leg)
 {
+	if (leg->paced != NULL)
+		return leg->paced; /* throttled: leg_pace hands it on */
 	return leg->tls ? leg->stage : bufferevent_get_output(leg->bev);
+}
+
+/* Where output goes once it may (the real queue under `paced`). */
+static struct evbuffer *
+leg_queue_real(struct leg *leg)
+{
+	return leg->tls ? leg->stage : bufferevent_get_output(leg->bev);
+}
+
+/* Hand what the write tokens allow of the paced bytes to the real queue. */
+static void
+leg_pace(struct leg *leg)
+{
+	size_t n;
+
+	if (leg->paced == NULL || leg->tok_wr <= 0)
+		return;
+	n = evbuffer_get_length(leg->paced);
+	if ((int64_t)n > leg->tok_wr)
+		n = (size_t)leg->tok_wr;
+	if (n == 0)
+		return;
+	evbuffer_remove_buffer(leg->paced, leg_queue_real(leg), n);
+	leg->tok_wr -= (int64_t)n;
+}
+
+static void
+leg_rate_arm(struct leg *leg)
+{
+	struct timeval tv = { 0, 1000000 / LEG_RATE_TICKS };
+
+	if (leg->rate_timer != NULL && !evtimer_pending(leg->rate_timer, NULL))
+		evtimer_add(leg->rate_timer, &tv);
+}
+
+/* Bytes read take read tokens; out of them, reading waits for a refill. */
+static void
+leg_input_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
+{
+	struct leg *leg = arg;
+
+	(void)buf;
+	if (leg->rate_rd == 0 || info->n_added == 0)
+		return;
+	leg->tok_rd -= (int64_t)info->n_added;
+	if (leg->tok_rd <= 0 && !leg->rd_blocked) {
+		leg->rd_blocked = true;
+		if (leg->open && !leg->handshaking)
+			bufferevent_disable(leg->bev, EV_READ);
+		leg_rate_arm(leg);
+	}
+}
+
+/* A tick: refill both buckets (a tick's worth at most: no bursts), let
+ * reading and paced writing go on. */
+static void
+leg_rate_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct leg *leg = arg;
+	int64_t trd = leg->rate_rd / LEG_RATE_TICKS > 0 ? (int64_t)(leg->rate_rd / LEG_RATE_TICKS) : 1;
+	int64_t twr = leg->rate_wr / LEG_RATE_TICKS > 0 ? (int64_t)(leg->rate_wr / LEG_RATE_TICKS) : 1;
+	bool waiting;
+
+	(void)fd;
+	(void)what;
+	if (!leg->open)
+		return;
+	leg->tok_rd = leg->tok_rd + trd > trd ? trd : leg->tok_rd + trd;
+	leg->tok_wr = twr;
+	if (leg->rd_blocked && leg->tok_rd > 0) {
+		leg->rd_blocked = false;
+		leg_apply_reading(leg);
+	}
+	waiting = leg->paced != NULL && evbuffer_get_length(leg->paced) > 0;
+	leg_flush(leg); /* paces, writes, may close */
+	if (!leg->open)
+		return;
+	if (leg->rd_blocked || (leg->paced != NULL && evbuffer_get_length(leg->paced) > 0))
+		leg_rate_arm(leg);
+	/* The session may be waiting for room, as after a write. */
+	if (waiting && leg_output_len(leg) <= LEG_OUTPUT_LOW)
+		leg->cb(leg, LEG_EV_DRAINED, leg->arg);
 }
 
 void
@@ -244,6 +345,11 @@ leg_flush(struct leg *leg)
 {
 	struct evbuffer *out;
 
+	if (leg->open && leg->paced != NULL && !leg->hold_output) {
+		leg_pace(leg);
+		if (evbuffer_get_length(leg->paced) > 0)
+			leg_rate_arm(leg);
+	}
 	if (leg->open && leg->tls) {
 		leg_flush_tls(leg);
 		return;
@@ -251,10 +357,7 @@ leg_flush(struct leg *leg)
 	if (!leg->open || leg->hold_output || leg->fd < 0)
 		return;
 	out = bufferevent_get_output(leg->bev);
-	if (leg->rate != NULL && evbuffer_get_length(out) > 0) {
-		/* A throttled leg writes only through its rate limit. */
-		bufferevent_enable(leg->bev, EV_WRITE);
-	} else if (evbuffer_get_length(out) > 0 && !(bufferevent_get_enabled(leg->bev) & EV_WRITE)) {
+	if (evbuffer_get_length(out) > 0 && !(bufferevent_get_enabled(leg->bev) & EV_WRITE)) {
 		int n;
 
 		/* A bufferevent keeps its output's start frozen so that only
@@ -266,7 +369,8 @@ leg_flush(struct leg *leg)
 		if (n < 0 || evbuffer_get_length(out) > 0)
 			bufferevent_enable(leg->bev, EV_WRITE);
 	}
-	if (leg->close_after_flush && evbuffer_get_length(out) == 0)
+	if (leg->close_after_flush && evbuffer_get_length(out) == 0 &&
+	    (leg->paced == NULL || evbuffer_get_length(leg->paced) == 0))
 		leg_close(leg, LEG_CLOSE_NOW);
 }
 
@@ -284,7 +388,7 @@ leg_apply_reading(struct leg *leg)
 {
 	if (!leg->open || leg->handshaking)
 		return; /* a handshake reads regardless; applied when it is done */
-	if (leg->reading && !leg->close_after_flush)
+	if (leg->reading && !leg->close_after_flush && !leg->rd_blocked)
 		bufferevent_enable(leg->bev, EV_READ);
 	else
 		bufferevent_disable(leg->bev, EV_READ);
@@ -301,47 +405,33 @@ leg_set_timeouts(struct leg *leg, int read_s, int write_s)
 		bufferevent_set_timeouts(leg->bev, read_s > 0 ? &r : NULL, write_s > 0 ? &w : NULL);
 }
 
-/* Rate per tenth of a second, so a slow rate trickles instead of
- * arriving in one burst each second. */
-#define LEG_RATE_TICKS 10
-/* Bytes per tick of the direction that is not throttled.  Not
- * EV_RATE_LIMIT_MAX: libevent 2.1's OpenSSL bufferevent keeps the read
- * allowance in an int (do_read), so a bucket above INT_MAX becomes -1, no
- * read is ever attempted, and the readable socket's event fires again at
- * once: the loop spins and the TLS leg is never read again (found by
- * fuzz_session with `throttle ... to-client` on a STARTTLS client).  1 GiB
- * per tick is unlimited for any SMTP session. */
-#define LEG_RATE_UNLIMITED ((size_t)1 << 30)
-
 int
 leg_set_rate(struct leg *leg, uint64_t read_bps, uint64_t write_bps)
 {
-	struct timeval tick = { 0, 1000000 / LEG_RATE_TICKS };
-	struct ev_token_bucket_cfg *cfg, *old = leg->rate;
-	size_t r = LEG_RATE_UNLIMITED, w = LEG_RATE_UNLIMITED;
-
 	if (!leg->open)
 		return 0;
-	if (read_bps > 0)
-		r = read_bps / LEG_RATE_TICKS > 0 ? (size_t)(read_bps / LEG_RATE_TICKS) : 1;
-	if (write_bps > 0)
-		w = write_bps / LEG_RATE_TICKS > 0 ? (size_t)(write_bps / LEG_RATE_TICKS) : 1;
-	if (r > LEG_RATE_UNLIMITED)
-		r = LEG_RATE_UNLIMITED;
-	if (w > LEG_RATE_UNLIMITED)
-		w = LEG_RATE_UNLIMITED;
-	if (read_bps == 0 && write_bps == 0) {
-		bufferevent_set_rate_limit(leg->bev, NULL);
-		cfg = NULL;
-	} else {
-		cfg = ev_token_bucket_cfg_new(r, r, w, w, &tick);
-		if (cfg == NULL)
-			return -1;
-		bufferevent_set_rate_limit(leg->bev, cfg);
+	if (leg->rate_timer == NULL && (read_bps > 0 || write_bps > 0) &&
+	    (leg->rate_timer = evtimer_new(leg->base, leg_rate_cb, leg)) == NULL)
+		return -1;
+	if (write_bps > 0 && leg->paced == NULL && (leg->paced = evbuffer_new()) == NULL)
+		return -1;
+	if (write_bps == 0 && leg->paced != NULL) {
+		/* unthrottled: what waits goes on at once */
+		evbuffer_add_buffer(leg_queue_real(leg), leg->paced);
+		evbuffer_free(leg->paced);
+		leg->paced = NULL;
 	}
-	leg->rate = cfg;
-	if (old != NULL)
-		ev_token_bucket_cfg_free(old);
+	if (read_bps > 0 && leg->rate_rd == 0)
+		evbuffer_add_cb(bufferevent_get_input(leg->bev), leg_input_cb, leg);
+	if (read_bps == 0 && leg->rd_blocked) {
+		leg->rd_blocked = false;
+		leg_apply_reading(leg);
+	}
+	leg->rate_rd = read_bps;
+	leg->rate_wr = write_bps;
+	bufferevent_set_max_single_read(leg->bev, leg_read_max(leg));
+	leg->tok_rd = read_bps / LEG_RATE_TICKS > 0 ? (int64_t)(read_bps / LEG_RATE_TICKS) : 1;
+	leg->tok_wr = write_bps / LEG_RATE_TICKS > 0 ? (int64_t)(write_bps / LEG_RATE_TICKS) : 1;
 	return 0;
 }
 
@@ -372,9 +462,14 @@ leg_close(struct leg *leg, enum leg_close_how how)
 	if (leg->stage != NULL)
 		evbuffer_free(leg->stage);
 	leg->stage = NULL;
-	if (leg->rate != NULL)
-		ev_token_bucket_cfg_free(leg->rate); /* after the bufferevent that used it */
-	leg->rate = NULL;
+	if (leg->paced != NULL)
+		evbuffer_free(leg->paced);
+	if (leg->rate_timer != NULL)
+		event_free(leg->rate_timer);
+	leg->paced = NULL;
+	leg->rate_timer = NULL;
+	leg->rate_rd = leg->rate_wr = 0;
+	leg->rd_blocked = false;
 	leg->bev = NULL;
 	leg->fd = -1;
 	leg->open = false;
@@ -451,7 +546,7 @@ leg_writecb(struct bufferevent *bev, void *arg)
 		return;
 	}
 	if (evbuffer_get_length(bufferevent_get_output(bev)) == 0) {
-		if (leg->close_after_flush)
+		if (leg->close_after_flush && (leg->paced == NULL || evbuffer_get_length(leg->paced) == 0))
 			leg_close(leg, LEG_CLOSE_NOW);
 		else if (!leg->tls)
 			bufferevent_disable(bev, EV_WRITE); /* see leg_flush() */

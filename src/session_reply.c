@@ -425,7 +425,6 @@ session_reply_handle(struct session *s, struct evbuffer *reply, enum store_side 
 		leg_write_from(&s->client, reply, (size_t)-1);
 	}
 	free(text);
-	free(rr.orig_raw);
 	if (p.msg != NULL)
 		session_msg_close(s, p.msg, 0, NULL);
 	free(p.rule); /* rr.strip pointed into it: done with */

@@ -756,6 +756,7 @@ session_rules_data_end_local(struct session *s, const struct rules_decision *d, 
 {
 	enum rule_after after = session_rules_after_of(d);
 	bool bdat = false;
+	char *text;
 
 	if (q != NULL) {
 		/* BDAT LAST: smtptap answers its entry (the rule's reply, or
@@ -781,9 +782,11 @@ session_rules_data_end_local(struct session *s, const struct rules_decision *d, 
 
 		sink_reply_command(&s->sink, &rset, scratch); /* the sink forgets the transaction */
 	}
-	/* No server answered it: the message has no reply of its own (the
-	 * rule's is in the transcript). */
-	session_msg_close(s, m, 0, NULL);
+	/* No server saw its end: the rule's reply is the message's final
+	 * reply (the one the client got). */
+	text = (d->actions & RULES_A_REPLY) ? session_reply_text(d->reply, d->reply_len) : NULL;
+	session_msg_close(s, m, (d->actions & RULES_A_REPLY) ? d->code : 0, text);
+	free(text);
 	if (d->actions & RULES_A_REPLY) {
 		if (bdat)
 			session_pend_flush_local(s);

@@ -32,7 +32,6 @@
 struct evbuffer;
 struct evdns_base;
 struct bufferevent;
-struct ev_token_bucket_cfg;
 struct leg;
 
 enum leg_event {
@@ -73,7 +72,17 @@ struct leg {
 	char addr[UTIL_ADDR_MAX];	  /* the peer's address */
 	char err[LEG_ERR_MAX];		  /* the last error, one line */
 	struct evbuffer *stage; /* TLS: output of this callback, see leg_flush */
-	struct ev_token_bucket_cfg *rate; /* leg_set_rate(), NULL: unlimited */
+	/* leg_set_rate(): the leg's own token buckets, refilled each tenth
+	 * of a second by rate_timer, the same for a plain and a TLS leg
+	 * (libevent's rate limits misbehave on its OpenSSL bufferevents).
+	 * Reads: bytes added to the input take tokens; out of tokens, reading
+	 * stops until the refill.  Writes: output waits in `paced` and goes
+	 * on a tick's worth at a time. */
+	uint64_t rate_rd, rate_wr;	/* bytes per second, 0: unlimited */
+	int64_t tok_rd, tok_wr;
+	bool rd_blocked;
+	struct evbuffer *paced;
+	struct event *rate_timer;
 	leg_cb cb;
 	void *arg;
 };
