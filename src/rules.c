@@ -513,6 +513,10 @@ rules_regexec(const regex_t *re, const char *s, size_t len)
 RULES_HOT bool
 rules_match_re_pos(const struct rules_re *re, const char *s, size_t len)
 {
+	/* the same cut as rules_regexec's, so a literal never sees more
+	 * than the expression would */
+	if (len > SMTP_LINE_MAX)
+		len = SMTP_LINE_MAX;
 	if (s == NULL)
 		s = "";
 	if (re->pure) {

@@ -225,89 +225,179 @@ keep:
 	return 0;
 }
 
-const char *
-rules_re_refuse(const char *src)
-{
-	uint64_t sum[65], last = 0, g, k, lo, hi;
-	size_t n = strlen(src), i, depth = 0;
+/*
+ * What is known of a piece of an expression while it is walked: its size
+ * once unrolled, whether it can match the empty string, whether a
+ * repetition operator was just applied to it.
+ */
+struct rules_rx_atom {
+	uint64_t cost;
+	bool nullable;
+	bool repeated;
+};
 
-	sum[0] = 0;
-	for (i = 0; i < n;) {
+struct rules_rx_frame {
+	uint64_t sum;	  /* the group's alternatives so far, unrolled */
+	bool alt_null;	  /* the current alternative can match empty so far */
+	bool any_null;	  /* an earlier alternative can */
+	bool has_pending; /* pending holds the last atom, not yet added */
+	struct rules_rx_atom pending;
+};
+
+static void
+rules_rx_commit(struct rules_rx_frame *f)
+{
+	if (!f->has_pending)
+		return;
+	f->sum += f->pending.cost;
+	f->alt_null = f->alt_null && f->pending.nullable;
+	f->has_pending = false;
+}
+
+static void
+rules_rx_atom(struct rules_rx_frame *f, uint64_t cost, bool nullable)
+{
+	rules_rx_commit(f);
+	f->pending.cost = cost;
+	f->pending.nullable = nullable;
+	f->pending.repeated = false;
+	f->has_pending = true;
+}
+
+/*
+ * glibc's regcomp takes exponential time, or memory, on some expressions
+ * a rules file could hold (it unrolls a{n} into n copies, x+ into xx*, and
+ * computes epsilon closures that explode on repeated pieces that can match
+ * the empty string, after an anchor most of all).  These are refused, with
+ * a reason, before regcomp sees them; *cost is the expression's size once
+ * unrolled, which the parser also adds up over the whole file.  None of
+ * them takes anything from what an expression can say: "(a*)*" is "a*".
+ */
+const char *
+rules_re_refuse(const char *src, uint64_t *cost)
+{
+	struct rules_rx_frame fr[RULES_REGEX_DEPTH_MAX + 1];
+	size_t n = strlen(src), i = 0, depth = 0;
+	uint64_t lo, hi, times;
+	bool bounded, many;
+
+	*cost = 0;
+	memset(&fr[0], 0, sizeof(fr[0]));
+	fr[0].alt_null = true;
+	while (i < n) {
+		struct rules_rx_frame *f = &fr[depth];
 		char c = src[i];
 
 		switch (c) {
 		case '\\':
 			if (i + 1 < n && src[i + 1] >= '1' && src[i + 1] <= '9')
 				return "back-references (\\1 ... \\9) are not supported";
-			last = 1;
-			sum[depth] += 1;
+			/* GNU's word boundaries and buffer anchors match empty */
+			rules_rx_atom(f, 1, i + 1 < n && strchr("bB<>`'", src[i + 1]) != NULL);
 			i += i + 1 < n ? 2 : 1;
 			break;
 		case '[':
+			rules_rx_atom(f, 1, false);
 			i = rules_skip_bracket(src, n, i + 1);
-			last = 1;
-			sum[depth] += 1;
+			break;
+		case '^':
+		case '$':
+			rules_rx_atom(f, 1, true);
+			i++;
 			break;
 		case '(':
-			if (depth == 64)
-				return "groups nested more than 64 deep";
-			sum[++depth] = 0;
-			last = 0;
+			if (depth == RULES_REGEX_DEPTH_MAX)
+				return "groups nested more than 32 deep";
+			rules_rx_commit(f);
+			f = &fr[++depth];
+			memset(f, 0, sizeof(*f));
+			f->alt_null = true;
 			i++;
 			break;
 		case ')':
-			if (depth > 0) {
-				g = sum[depth--] + 1;
-				sum[depth] += g;
-				last = g;
+			if (depth == 0) {
+				rules_rx_atom(f, 1, false);
 			} else {
-				last = 1;
-				sum[depth] += 1;
+				rules_rx_commit(f);
+				depth--;
+				rules_rx_atom(&fr[depth], f->sum + 1, f->alt_null || f->any_null);
 			}
 			i++;
 			break;
 		case '|':
-			last = 0;
+			rules_rx_commit(f);
+			f->any_null = f->any_null || f->alt_null;
+			f->alt_null = true;
 			i++;
 			break;
+		case '*':
 		case '+':
-			/* glibc unrolls x+ into xx* */
-			sum[depth] += last;
-			last *= 2;
-			i++;
-			break;
+		case '?':
 		case '{':
-			/* {m}, {m,}, {m,n}: unrolled to max(m, n) copies ({m,}
-			 * to m + 1); numbers saturate, regcomp refuses big ones */
-			lo = hi = 0;
-			for (i++; i < n && src[i] >= '0' && src[i] <= '9'; i++)
-				lo = lo >= 100000 ? lo : lo * 10 + (uint64_t)(src[i] - '0');
-			k = lo;
-			if (i < n && src[i] == ',') {
-				bool any = false;
-
-				for (i++; i < n && src[i] >= '0' && src[i] <= '9'; i++) {
-					hi = hi >= 100000 ? hi : hi * 10 + (uint64_t)(src[i] - '0');
-					any = true;
-				}
-				k = any ? (hi > lo ? hi : lo) : lo + 1;
-			}
-			while (i < n && src[i] != '}')
+			if (!f->has_pending) {
+				/* nothing before it: regcomp says what it thinks */
+				rules_rx_atom(f, 1, false);
 				i++;
-			i += i < n;
-			if (k > 1) {
-				sum[depth] += last * (k - 1);
-				last *= k;
+				break;
 			}
+			if (f->pending.repeated)
+				return "two repetition operators in a row (POSIX leaves \"a**\" or \"a+*\" undefined: keep one)";
+			lo = 0;
+			hi = 1;
+			bounded = true;
+			if (c == '*') {
+				bounded = false;
+			} else if (c == '+') {
+				lo = 1;
+				bounded = false;
+			} else if (c == '{') {
+				/* {m}, {m,}, {m,n}: numbers saturate, the bound says no */
+				for (lo = 0, i++; i < n && src[i] >= '0' && src[i] <= '9'; i++)
+					lo = lo > 100000 ? lo : lo * 10 + (uint64_t)(src[i] - '0');
+				hi = lo;
+				if (i < n && src[i] == ',') {
+					bool any = false;
+
+					for (hi = 0, i++; i < n && src[i] >= '0' && src[i] <= '9'; i++) {
+						hi = hi > 100000 ? hi : hi * 10 + (uint64_t)(src[i] - '0');
+						any = true;
+					}
+					bounded = any;
+				}
+				while (i < n && src[i] != '}')
+					i++;
+				if (lo > RULES_REGEX_DUP_MAX || (bounded && hi > RULES_REGEX_DUP_MAX))
+					return "a repetition count above 255 (the most POSIX promises)";
+			}
+			i++;
+			/* may it repeat the piece more than once? */
+			many = !bounded || hi > 1;
+			if (many && f->pending.nullable)
+				return "it repeats something that can match nothing (such as \"(a*)*\": write \"a*\")";
+			/* glibc unrolls: x+ into xx*, x{m} into m copies, x{m,n}
+			 * into n, x{m,} into m + 1 */
+			times = c == '*' || c == '?' ? 1 : c == '+' ? 2 : !bounded ? lo + 1 : hi > lo ? hi : lo;
+			f->pending.cost *= times > 0 ? times : 1;
+			f->pending.nullable = f->pending.nullable || lo == 0;
+			f->pending.repeated = true;
 			break;
 		default:
-			last = 1;
-			sum[depth] += 1;
+			rules_rx_atom(f, 1, false);
 			i++;
 			break;
 		}
-		if (sum[depth] > RULES_REGEX_COST_MAX || last > RULES_REGEX_COST_MAX)
-			return "too large once its repetitions are unrolled (at most " "20000" " positions)";
+		if (f->sum + (f->has_pending ? f->pending.cost : 0) > RULES_REGEX_COST_MAX)
+			return "too large once its repetitions are unrolled (at most 2000 positions)";
 	}
+	/* unclosed groups: regcomp reports them; count what was seen */
+	while (depth > 0) {
+		rules_rx_commit(&fr[depth]);
+		fr[depth - 1].sum += fr[depth].sum + 1;
+		depth--;
+	}
+	rules_rx_commit(&fr[0]);
+	if (fr[0].sum > RULES_REGEX_COST_MAX)
+		return "too large once its repetitions are unrolled (at most 2000 positions)";
+	*cost = fr[0].sum;
 	return NULL;
 }
