@@ -529,6 +529,10 @@ rules_match_re_pos(const struct rules_re *re, const char *s, size_t len)
 			       rules_bytes_equal(s + len - re->litlen, re->lit, re->litlen, re->icase);
 		return rules_contains(s, len, re->lit, re->litlen, re->anchor, re->icase);
 	}
+	if (len < re->minlen)
+		return false;
+	if (re->has_first && (len == 0 || !(re->first[(uint8_t)s[0] >> 3] & (1u << ((uint8_t)s[0] & 7)))))
+		return false;
 	if (re->lit != NULL && !rules_contains(s, len, re->lit, re->litlen, re->anchor, re->icase))
 		return false;
 	if (!re->compiled)

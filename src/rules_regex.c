@@ -13,6 +13,8 @@
 #include "smtptap/rules_int.h"
 
 static bool rules_re_meta(char c);
+static bool rules_re_first(struct rules_re *re);
+static size_t rules_re_minlen(const char *s);
 static size_t rules_skip_bracket(const char *s, size_t n, size_t i);
 static void rules_run_end(size_t start, size_t end, size_t *best_start, size_t *best_len);
 
@@ -59,6 +61,242 @@ rules_run_end(size_t start, size_t end, size_t *best_start, size_t *best_len)
 	}
 }
 
+static void
+rules_set_add(uint8_t *set, unsigned c, bool icase)
+{
+	set[c >> 3] |= (uint8_t)(1u << (c & 7));
+	if (icase && c >= 'a' && c <= 'z')
+		set[(c - 32) >> 3] |= (uint8_t)(1u << ((c - 32) & 7));
+	if (icase && c >= 'A' && c <= 'Z')
+		set[(c + 32) >> 3] |= (uint8_t)(1u << ((c + 32) & 7));
+}
+
+/* [:name:] in the C locale (smtptap never calls setlocale) into set;
+ * false for a name it does not know. */
+static bool
+rules_set_class(uint8_t *set, const char *name, size_t len, bool icase)
+{
+	static const struct {
+		const char *name;
+		const char *ranges; /* pairs of first, last */
+	} classes[] = {
+		{ "alpha", "AZaz" },	     { "digit", "09" },		 { "alnum", "09AZaz" },
+		{ "upper", "AZ" },	     { "lower", "az" },		 { "xdigit", "09AFaf" },
+		{ "space", "\t\r  " },     { "blank", "\t\t  " },	 { "punct", "!/:@[`{~" },
+		{ "print", " ~" },	     { "graph", "!~" },		 { "cntrl", "\x01\x1f\x7f\x7f" },
+	};
+	size_t k, j;
+	unsigned c;
+
+	for (k = 0; k < sizeof(classes) / sizeof(classes[0]); k++) {
+		if (strlen(classes[k].name) != len || memcmp(classes[k].name, name, len) != 0)
+			continue;
+		for (j = 0; classes[k].ranges[j] != '\0'; j += 2)
+			for (c = (unsigned char)classes[k].ranges[j]; c <= (unsigned char)classes[k].ranges[j + 1]; c++)
+				rules_set_add(set, c, icase);
+		if (strcmp(classes[k].name, "cntrl") == 0)
+			rules_set_add(set, 0, icase);
+		return true;
+	}
+	return false;
+}
+
+/*
+ * "^X...": the bytes a match must start with, when X is one literal byte
+ * or a bracket expression (plain bytes, ASCII ranges, [:classes:]) that
+ * nothing makes optional, and no '|' outside a group could put another
+ * start beside it.  Anything less plain and there is no such set (false).
+ */
+static bool
+rules_re_first(struct rules_re *re)
+{
+	const char *s = re->src;
+	size_t n = strlen(s), i = 1, end, depth = 0, k;
+	uint8_t set[32];
+	bool neg = false;
+	unsigned c, lo;
+
+	if (n < 2 || s[0] != '^')
+		return false;
+	/* an alternative outside any group: "^a|b" */
+	for (k = 0; k < n; k++) {
+		if (s[k] == '\\' && k + 1 < n)
+			k++;
+		else if (s[k] == '[')
+			k = rules_skip_bracket(s, n, k + 1) - 1;
+		else if (s[k] == '(')
+			depth++;
+		else if (s[k] == ')' && depth > 0)
+			depth--;
+		else if (s[k] == '|' && depth == 0)
+			return false;
+	}
+	memset(set, 0, sizeof(set));
+	if (s[i] == '\\' && i + 1 < n && rules_re_meta(s[i + 1])) {
+		rules_set_add(set, (unsigned char)s[i + 1], re->icase);
+		end = i + 2;
+	} else if (s[i] == '[') {
+		end = rules_skip_bracket(s, n, i + 1);
+		if (end > n || s[end - 1] != ']')
+			return false;
+		i++;
+		if (i < end - 1 && s[i] == '^') {
+			neg = true;
+			i++;
+		}
+		for (k = i; k < end - 1; k++) {
+			c = (unsigned char)s[k];
+			if (c == '[') {
+				const char *close;
+
+				if (k + 1 >= end - 1 || s[k + 1] != ':')
+					return false; /* [= =] and [. .]: not worth it */
+				close = strstr(s + k + 2, ":]");
+				if (close == NULL || close >= s + end - 1 ||
+				    !rules_set_class(set, s + k + 2, (size_t)(close - (s + k + 2)), re->icase))
+					return false;
+				k = (size_t)(close - s) + 1;
+				continue;
+			}
+			if (c >= 0x80)
+				return false;
+			/* a range: x-y, '-' not first or last */
+			if (k + 2 < end - 1 && s[k + 1] == '-' && s[k + 2] != ']') {
+				if ((unsigned char)s[k + 2] >= 0x80 || s[k + 2] == '[' || (unsigned char)s[k + 2] < c)
+					return false;
+				for (lo = c; lo <= (unsigned char)s[k + 2]; lo++)
+					rules_set_add(set, lo, re->icase);
+				k += 2;
+				continue;
+			}
+			rules_set_add(set, c, re->icase);
+		}
+		if (neg) {
+			for (k = 0; k < 32; k++)
+				set[k] = (uint8_t)~set[k];
+			/* a negated set under ~* is whatever no case of a
+			 * letter in it is: both cases were added, so both go */
+		}
+	} else if (!rules_re_meta(s[i]) && s[i] != '\\' && !(re->icase && (unsigned char)s[i] >= 0x80)) {
+		rules_set_add(set, (unsigned char)s[i], re->icase);
+		end = i + 1;
+	} else {
+		return false;
+	}
+	/* made optional by what follows it: *, ?, {0...} ({m} with m > 0,
+	 * and +, keep it required) */
+	if (end < n && (s[end] == '*' || s[end] == '?'))
+		return false;
+	if (end < n && s[end] == '{') {
+		for (k = end + 1; k < n && s[k] == '0'; k++)
+			;
+		if (k >= n || s[k] < '1' || s[k] > '9')
+			return false;
+	}
+	memcpy(re->first, set, sizeof(set));
+	return true;
+}
+
+/*
+ * The fewest bytes any match of s spans: a byte or bracket 1, an anchor 0,
+ * a group its shortest alternative, x* and x? 0, x{m,...} m times x.
+ * Conservative: when unsure (too deep, unbalanced), 0.
+ */
+static size_t
+rules_re_minlen(const char *s)
+{
+	struct {
+		size_t cur, best, last;
+		bool any_alt, has_last;
+	} fr[RULES_REGEX_DEPTH_MAX + 1];
+	size_t n = strlen(s), i = 0, depth = 0, lo, g;
+
+	memset(&fr[0], 0, sizeof(fr[0]));
+#define RULES_MIN_COMMIT(f)                                            \
+	do {                                                           \
+		if ((f).has_last)                                      \
+			(f).cur = (f).cur + (f).last > 65536 ? 65536 : (f).cur + (f).last; \
+		(f).has_last = false;                                  \
+	} while (0)
+#define RULES_MIN_ATOM(f, v)               \
+	do {                               \
+		RULES_MIN_COMMIT(f);       \
+		(f).last = (v);            \
+		(f).has_last = true;       \
+	} while (0)
+	while (i < n) {
+		char c = s[i];
+
+		switch (c) {
+		case '\\':
+			RULES_MIN_ATOM(fr[depth], i + 1 < n && strchr("bB<>`'", s[i + 1]) != NULL ? 0 : 1);
+			i += i + 1 < n ? 2 : 1;
+			break;
+		case '[':
+			RULES_MIN_ATOM(fr[depth], 1);
+			i = rules_skip_bracket(s, n, i + 1);
+			break;
+		case '^':
+		case '$':
+			RULES_MIN_ATOM(fr[depth], 0);
+			i++;
+			break;
+		case '(':
+			if (depth == RULES_REGEX_DEPTH_MAX)
+				return 0;
+			RULES_MIN_COMMIT(fr[depth]);
+			depth++;
+			memset(&fr[depth], 0, sizeof(fr[depth]));
+			i++;
+			break;
+		case ')':
+			if (depth == 0)
+				return 0;
+			RULES_MIN_COMMIT(fr[depth]);
+			g = fr[depth].any_alt && fr[depth].best < fr[depth].cur ? fr[depth].best : fr[depth].cur;
+			depth--;
+			RULES_MIN_ATOM(fr[depth], g);
+			i++;
+			break;
+		case '|':
+			RULES_MIN_COMMIT(fr[depth]);
+			if (!fr[depth].any_alt || fr[depth].cur < fr[depth].best)
+				fr[depth].best = fr[depth].cur;
+			fr[depth].any_alt = true;
+			fr[depth].cur = 0;
+			i++;
+			break;
+		case '*':
+		case '?':
+			fr[depth].last = 0;
+			i++;
+			break;
+		case '+':
+			i++;
+			break;
+		case '{':
+			for (lo = 0, i++; i < n && s[i] >= '0' && s[i] <= '9'; i++)
+				lo = lo > 65536 ? lo : lo * 10 + (size_t)(s[i] - '0');
+			while (i < n && s[i] != '}')
+				i++;
+			i += i < n;
+			fr[depth].last = fr[depth].last * lo > 65536 ? 65536 : fr[depth].last * lo;
+			break;
+		default:
+			RULES_MIN_ATOM(fr[depth], 1);
+			i++;
+			break;
+		}
+	}
+#undef RULES_MIN_ATOM
+#undef RULES_MIN_COMMIT
+	if (depth != 0)
+		return 0;
+	if (fr[0].has_last)
+		fr[0].cur += fr[0].last;
+	return fr[0].any_alt && fr[0].best < fr[0].cur ? fr[0].best : fr[0].cur;
+}
+
 int
 rules_re_analyse(struct rules_re *re)
 {
@@ -71,6 +309,8 @@ rules_re_analyse(struct rules_re *re)
 	re->lit = NULL;
 	re->litlen = 0;
 	re->nbigrams = 0;
+	re->has_first = rules_re_first(re);
+	re->minlen = rules_re_minlen(re->src);
 	if ((buf = malloc(n + 1)) == NULL)
 		return -1;
 

@@ -83,6 +83,14 @@ struct rules_re {
 	 * missing one of them cannot hold lit. */
 	uint16_t bigrams[4];
 	unsigned nbigrams;
+	/* An expression that starts "^X" where X is one byte, or a bracket
+	 * expression, that every match must begin with: the bytes it may be
+	 * (case-folded for ~*); a value whose first byte is not among them
+	 * cannot match. */
+	bool has_first;
+	uint8_t first[32];
+	/* The fewest bytes a match spans: a shorter value cannot match. */
+	size_t minlen;
 	bool pure;     /* the expression is exactly lit (anchored by bol/eol) */
 	bool bol, eol; /* pure only: ^ and $ */
 };

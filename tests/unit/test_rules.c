@@ -1590,11 +1590,17 @@ test_prefilter_agrees(void **state)
 		"(ab)+c", "[abc]def", "x[]]y", "x[^]a]y", "[[:alpha:]]+@x", "a|b", "^(a|b)c$", "\\.\\*\\[", "\\w+@",
 		"ab\\", "a\\$", "^a\\^b", "caf\xc3\xa9", "(", "x{1,}y", "no+pe", "NOPE", "x*", "^a*$", "[",
 		"\\(a\\)", "a{0}b", "(a)(b)(c)d", "^(a|b)c", "(x|(y|z))+ab", "a(b|c)d|e", "([|]a)b", "\\|b",
+		"^[0-9]{2}x", "^[^a-c]b", "^[[:upper:]]+", "^[]a]", "^[a-]x", "^\\.x", "^[[:digit:][:space:]]",
+		"^[[:punct:]]", "^a+b", "^a|b", "^(a)b", "^[^[:alpha:]]", "^[A-Z]", "^[a-z]*x", "^[xyz]?a", "^[[:cntrl:]]",
+		"^[[:xdigit:]]{2}", "^[^]a]", "^[[:alnum:]_-]+@", "^\\[", "^[\\]x", "[0-9]{3}[A-Z]", "(ab|c){2}d?",
+		"x{0}", "(a|bc)(d|ef)",
 	};
 	static const char *const subjects[] = {
 		"", "bad@x", "BAD@x", "x@example.com", "x@EXAMPLE.COM", "x@exampleXcom", "exact", "EXACT", "exactly",
 		"abc", "ABC", "aXc", "ac", "abbbc", "aabc", "ababc", "adef", "x]y", "xby", "user@x", "a", "bc", ".*[",
 		"a$", "a^b", "caf\xc3\xa9", "CAF\xc3\xa9", "xy", "xxy", "nope", "nooope", "aaaa", "b", "(a)", "abcd",
+		"0x", "12x", "Ab", "db", "]x", "-x", ".x", " x", "!x", "Z", "z", "\x01x", "\xc3\xa9", "Fe", "_a@", "[", "\\x",
+		"\tx", "xa",
 	};
 	struct rules_re re;
 	size_t i, j, k;
@@ -1654,6 +1660,43 @@ test_prefilter_agrees(void **state)
 	assert_int_equal(rules_re_analyse(&re), 0);
 	assert_null(re.lit);
 	free(re.src);
+	/* "^X": the bytes a match starts with */
+	re.src = strdup("^[0-9]{2}x");
+	assert_int_equal(rules_re_analyse(&re), 0);
+	assert_true(re.has_first);
+	assert_true(re.first['0' >> 3] & (1u << ('0' & 7)));
+	assert_false(re.first['a' >> 3] & (1u << ('a' & 7)));
+	free(re.src);
+	free(re.lit);
+	re.lit = NULL;
+	re.src = strdup("^a*x");
+	assert_int_equal(rules_re_analyse(&re), 0);
+	assert_false(re.has_first);
+	free(re.src);
+	free(re.lit);
+	re.lit = NULL;
+	/* the fewest bytes a match spans */
+	{
+		static const struct {
+			const char *re;
+			size_t min;
+		} mins[] = {
+			{ "abc", 3 }, { "^a*b?c+$", 1 }, { "[0-9]{3}-x", 5 }, { "(ab|c)d", 2 }, { "(ab|cde)", 2 },
+			{ "a|bcd", 1 }, { "((a{2}){3})b", 7 }, { "\\bx\\>", 1 }, { "a{0,5}", 0 }, { "(a(b|cd)e)+", 3 },
+			{ "", 0 }, { "^$", 0 }, { "x(y", 0 }, { "[]a]{2}", 2 }, { ".{4,}", 4 },
+		};
+		size_t q;
+
+		for (q = 0; q < sizeof(mins) / sizeof(mins[0]); q++) {
+			re.src = strdup(mins[q].re);
+			assert_int_equal(rules_re_analyse(&re), 0);
+			if (re.minlen != mins[q].min)
+				fail_msg("minlen of /%s/ is %zu, want %zu", mins[q].re, re.minlen, mins[q].min);
+			free(re.src);
+			free(re.lit);
+			re.lit = NULL;
+		}
+	}
 	/* alternatives inside a group leave what follows it required */
 	re.src = strdup("^(a|b)nobody42$");
 	assert_int_equal(rules_re_analyse(&re), 0);
