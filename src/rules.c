@@ -513,6 +513,10 @@ rules_regexec(const regex_t *re, const char *s, size_t len)
 RULES_HOT bool
 rules_match_re_pos(const struct rules_re *re, const char *s, size_t len)
 {
+	/* the same cut as rules_regexec's, so a literal never sees more
+	 * than the expression would */
+	if (len > SMTP_LINE_MAX)
+		len = SMTP_LINE_MAX;
 	if (s == NULL)
 		s = "";
 	if (re->pure) {
@@ -525,6 +529,10 @@ rules_match_re_pos(const struct rules_re *re, const char *s, size_t len)
 			       rules_bytes_equal(s + len - re->litlen, re->lit, re->litlen, re->icase);
 		return rules_contains(s, len, re->lit, re->litlen, re->anchor, re->icase);
 	}
+	if (len < re->minlen)
+		return false;
+	if (re->has_first && (len == 0 || !(re->first[(uint8_t)s[0] >> 3] & (1u << ((uint8_t)s[0] & 7)))))
+		return false;
 	if (re->lit != NULL && !rules_contains(s, len, re->lit, re->litlen, re->anchor, re->icase))
 		return false;
 	if (!re->compiled)

@@ -57,6 +57,8 @@ struct rules_parser {
 	unsigned reply_word;	 /* RULES_A_REPLY or _REWRITE: how the first one was written */
 	const struct rules_tok *seed_tok;
 	bool full; /* RULES_MAX rules read: the rest of the file is not */
+	uint64_t regex_cost; /* the file's regular expressions, unrolled */
+	bool regex_total_said;
 };
 
 /* The keywords that may follow the trigger, conditions then actions. */
@@ -793,6 +795,7 @@ rules_parse_regex(struct rules_parser *ps, const struct rules_tok *kwt, size_t i
 	const struct rules_tok *op = i < ps->ntok ? &ps->toks[i] : NULL, *s;
 	char show[64], why[256];
 	const char *refuse;
+	uint64_t cost;
 	int rc;
 
 	if (op == NULL || op->type != TOK_OP ||
@@ -814,8 +817,18 @@ rules_parse_regex(struct rules_parser *ps, const struct rules_tok *kwt, size_t i
 		rules_err_at(ps, s, "regular expression longer than %d bytes", RULES_REGEX_MAX);
 		return i + 2;
 	}
-	if ((refuse = rules_re_refuse(s->p)) != NULL) {
+	if ((refuse = rules_re_refuse(s->p, &cost)) != NULL) {
 		rules_err_at(ps, s, "regular expression refused: %s", refuse);
+		return i + 2;
+	}
+	/* the whole file's too: a reload must not take long */
+	if ((ps->regex_cost += cost) > RULES_REGEX_TOTAL_MAX) {
+		if (!ps->regex_total_said)
+			rules_err_at(ps, s, "the file's regular expressions add up to more than %d positions once "
+					    "unrolled: make them smaller or fewer",
+				     RULES_REGEX_TOTAL_MAX);
+		ps->regex_total_said = true;
+		ps->bad = true;
 		return i + 2;
 	}
 	if ((re->src = strdup(s->p)) == NULL) {

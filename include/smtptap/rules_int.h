@@ -20,10 +20,14 @@
 /* A regular expression longer than this is refused (a rules file is
  * written by hand; this bounds what regcomp is given). */
 #define RULES_REGEX_MAX 1024
-/* Positions a regex may expand to once its bounded repetitions are
- * unrolled (glibc's regcomp copies a{n} n times, so (a{999}){999} would
- * take gigabytes). */
-#define RULES_REGEX_COST_MAX 20000
+/* What rules_re_refuse allows (see there): positions a regex may expand
+ * to once its repetitions are unrolled, in one expression and in a whole
+ * file; repetition counts; group nesting.  glibc's regcomp time grows with
+ * the first, often faster than linearly. */
+#define RULES_REGEX_COST_MAX 2000
+#define RULES_REGEX_TOTAL_MAX 50000
+#define RULES_REGEX_DUP_MAX 255
+#define RULES_REGEX_DEPTH_MAX 32
 /* Header conditions per rule. */
 #define RULES_HEADERS_MAX 16
 /* A header value is unfolded into a stack buffer of this size; a longer
@@ -79,6 +83,14 @@ struct rules_re {
 	 * missing one of them cannot hold lit. */
 	uint16_t bigrams[4];
 	unsigned nbigrams;
+	/* An expression that starts "^X" where X is one byte, or a bracket
+	 * expression, that every match must begin with: the bytes it may be
+	 * (case-folded for ~*); a value whose first byte is not among them
+	 * cannot match. */
+	bool has_first;
+	uint8_t first[32];
+	/* The fewest bytes a match spans: a shorter value cannot match. */
+	size_t minlen;
 	bool pure;     /* the expression is exactly lit (anchored by bol/eol) */
 	bool bol, eol; /* pure only: ^ and $ */
 };
@@ -209,11 +221,13 @@ void rules_rule_free(struct rule *ru);
 /*
  * rules_regex.c: analyse src for the prefilter (fills lit/litlen/pure/bol/eol;
  * -1 on allocation failure), and check that regcomp may safely be given it:
- * returns NULL, or a reason it is refused (back-references, unrolling to
- * more than RULES_REGEX_COST_MAX positions).
+ * returns NULL and its unrolled size in *cost, or a reason it is refused
+ * (back-references, two repetition operators in a row, a repetition of
+ * something that can match the empty string, a count above
+ * RULES_REGEX_DUP_MAX, more than RULES_REGEX_COST_MAX positions unrolled).
  */
 int rules_re_analyse(struct rules_re *re);
-const char *rules_re_refuse(const char *src);
+const char *rules_re_refuse(const char *src, uint64_t *cost);
 /* rules.c: does s[0..len) match (negation applied)?  s may hold NUL bytes. */
 bool rules_re_match(const struct rules_re *re, const char *s, size_t len);
 /* The same, always through regexec (no prefilter): for tests and the

@@ -596,6 +596,9 @@ test_errors(void **state)
 		{ "on rcpt to ~ \"a{2,1}\" reply 550", 1, 14, "bad regular expression" },
 		{ "on rcpt to ~ \"(a)\\1\" reply 550", 1, 14, "back-references" },
 		{ "on rcpt to ~ \"((a{100}){100}){100}\" reply 550", 1, 14, "too large once its repetitions are unrolled" },
+		{ "on rcpt to ~ \"^(a*)*x\" reply 550", 1, 14, "it repeats something that can match nothing (such as" },
+		{ "on rcpt to ~ \"a**\" reply 550", 1, 14, "two repetition operators in a row" },
+		{ "on rcpt to ~ \"a{300}\" reply 550", 1, 14, "a repetition count above 255" },
 		{ "on rcpt to ~ \"a\" to ~ \"b\" reply 550", 1, 18, "'to' given twice in one rule" },
 		/* conditions that cannot apply */
 		{ "on connect size > 1M reply 554", 1, 12, "size applies to data-end only, not to connect" },
@@ -845,6 +848,22 @@ test_bounds(void **state)
 	sprintf(text + n, "on noop delay 1\n");
 	assert_error(text, RULES_MAX + 1, 1, "more than 10000 rules in one file");
 
+	/* the whole file's regular expressions: at most 50000 positions
+	 * unrolled, said once, at the one that crosses it */
+	n = 0;
+	for (k = 0; k < 30; k++)
+		n += (size_t)sprintf(text + n, "on rcpt to ~ \"(x{97}){20}\" reply 550\n");
+	{
+		struct errs e;
+
+		memset(&e, 0, sizeof(e));
+		assert_null(rules_parse_cb(text, n, 0, errs_add, &e));
+		assert_int_equal(e.n, 1);
+		assert_int_equal(e.line[0], 26);
+		assert_int_equal(e.col[0], 14);
+		assert_non_null(strstr(e.msg[0], "the file's regular expressions add up to more than 50000 positions"));
+	}
+
 	/* header conditions per rule */
 	n = (size_t)sprintf(text, "on data-end");
 	for (k = 0; k <= RULES_HEADERS_MAX; k++)
@@ -1069,6 +1088,27 @@ test_decide_fields(void **state)
 	assert_int_equal(fire1("on noop arg !~ \"x\" reply 250", &u, &f), 0);
 	u.arg = "";
 	assert_int_equal(fire1("on noop arg ~ \"^$\" reply 250", &u, &f), 1);
+
+	/* a value longer than SMTP_LINE_MAX is matched on its first
+	 * SMTP_LINE_MAX bytes, by regexec and literal search alike */
+	{
+		char *big = malloc(SMTP_LINE_MAX + 100);
+
+		assert_non_null(big);
+		memset(big, 'a', SMTP_LINE_MAX + 99);
+		big[SMTP_LINE_MAX + 99] = '\0';
+		big[SMTP_LINE_MAX + 50] = 'z';
+		u = unit_cmd(SMTP_VERB_AUTH, "AUTH", big);
+		assert_int_equal(fire1("on auth arg ~ \"^a+$\" reply 535", &u, &f), 1);
+		assert_int_equal(fire1("on auth arg ~ \"a(b|z)\" reply 535", &u, &f), 0);
+		assert_int_equal(fire1("on auth arg ~ \"az\" reply 535", &u, &f), 0);
+		assert_int_equal(fire1("on auth arg ~ \"a$\" reply 535", &u, &f), 1);
+		big[SMTP_LINE_MAX - 1] = 'y';
+		assert_int_equal(fire1("on auth arg ~ \"ay\" reply 535", &u, &f), 1);
+		assert_int_equal(fire1("on auth arg ~ \"y$\" reply 535", &u, &f), 1);
+		assert_int_equal(fire1("on auth arg ~ \"y(a|b)\" reply 535", &u, &f), 0);
+		free(big);
+	}
 
 	/* from: the null sender is known and empty */
 	u = unit_cmd(SMTP_VERB_MAIL, "MAIL", "FROM:<>");
@@ -1551,11 +1591,17 @@ test_prefilter_agrees(void **state)
 		"(ab)+c", "[abc]def", "x[]]y", "x[^]a]y", "[[:alpha:]]+@x", "a|b", "^(a|b)c$", "\\.\\*\\[", "\\w+@",
 		"ab\\", "a\\$", "^a\\^b", "caf\xc3\xa9", "(", "x{1,}y", "no+pe", "NOPE", "x*", "^a*$", "[",
 		"\\(a\\)", "a{0}b", "(a)(b)(c)d", "^(a|b)c", "(x|(y|z))+ab", "a(b|c)d|e", "([|]a)b", "\\|b",
+		"^[0-9]{2}x", "^[^a-c]b", "^[[:upper:]]+", "^[]a]", "^[a-]x", "^\\.x", "^[[:digit:][:space:]]",
+		"^[[:punct:]]", "^a+b", "^a|b", "^(a)b", "^[^[:alpha:]]", "^[A-Z]", "^[a-z]*x", "^[xyz]?a", "^[[:cntrl:]]",
+		"^[[:xdigit:]]{2}", "^[^]a]", "^[[:alnum:]_-]+@", "^\\[", "^[\\]x", "[0-9]{3}[A-Z]", "(ab|c){2}d?",
+		"x{0}", "(a|bc)(d|ef)",
 	};
 	static const char *const subjects[] = {
 		"", "bad@x", "BAD@x", "x@example.com", "x@EXAMPLE.COM", "x@exampleXcom", "exact", "EXACT", "exactly",
 		"abc", "ABC", "aXc", "ac", "abbbc", "aabc", "ababc", "adef", "x]y", "xby", "user@x", "a", "bc", ".*[",
 		"a$", "a^b", "caf\xc3\xa9", "CAF\xc3\xa9", "xy", "xxy", "nope", "nooope", "aaaa", "b", "(a)", "abcd",
+		"0x", "12x", "Ab", "db", "]x", "-x", ".x", " x", "!x", "Z", "z", "\x01x", "\xc3\xa9", "Fe", "_a@", "[", "\\x",
+		"\tx", "xa",
 	};
 	struct rules_re re;
 	size_t i, j, k;
@@ -1571,7 +1617,7 @@ test_prefilter_agrees(void **state)
 			re.neg = neg;
 			re.src = strdup(res[i]);
 			assert_non_null(re.src);
-			if (rules_re_refuse(res[i]) != NULL ||
+			if (rules_re_refuse(res[i], &(uint64_t){ 0 }) != NULL ||
 			    regcomp(&re.re, res[i], REG_EXTENDED | REG_NOSUB | (icase ? REG_ICASE : 0)) != 0) {
 				rules_re_free(&re);
 				continue;
@@ -1615,6 +1661,43 @@ test_prefilter_agrees(void **state)
 	assert_int_equal(rules_re_analyse(&re), 0);
 	assert_null(re.lit);
 	free(re.src);
+	/* "^X": the bytes a match starts with */
+	re.src = strdup("^[0-9]{2}x");
+	assert_int_equal(rules_re_analyse(&re), 0);
+	assert_true(re.has_first);
+	assert_true(re.first['0' >> 3] & (1u << ('0' & 7)));
+	assert_false(re.first['a' >> 3] & (1u << ('a' & 7)));
+	free(re.src);
+	free(re.lit);
+	re.lit = NULL;
+	re.src = strdup("^a*x");
+	assert_int_equal(rules_re_analyse(&re), 0);
+	assert_false(re.has_first);
+	free(re.src);
+	free(re.lit);
+	re.lit = NULL;
+	/* the fewest bytes a match spans */
+	{
+		static const struct {
+			const char *re;
+			size_t min;
+		} mins[] = {
+			{ "abc", 3 }, { "^a*b?c+$", 1 }, { "[0-9]{3}-x", 5 }, { "(ab|c)d", 2 }, { "(ab|cde)", 2 },
+			{ "a|bcd", 1 }, { "((a{2}){3})b", 7 }, { "\\bx\\>", 1 }, { "a{0,5}", 0 }, { "(a(b|cd)e)+", 3 },
+			{ "", 0 }, { "^$", 0 }, { "x(y", 0 }, { "[]a]{2}", 2 }, { ".{4,}", 4 },
+		};
+		size_t q;
+
+		for (q = 0; q < sizeof(mins) / sizeof(mins[0]); q++) {
+			re.src = strdup(mins[q].re);
+			assert_int_equal(rules_re_analyse(&re), 0);
+			if (re.minlen != mins[q].min)
+				fail_msg("minlen of /%s/ is %zu, want %zu", mins[q].re, re.minlen, mins[q].min);
+			free(re.src);
+			free(re.lit);
+			re.lit = NULL;
+		}
+	}
 	/* alternatives inside a group leave what follows it required */
 	re.src = strdup("^(a|b)nobody42$");
 	assert_int_equal(rules_re_analyse(&re), 0);
@@ -1623,15 +1706,33 @@ test_prefilter_agrees(void **state)
 	free(re.src);
 	free(re.lit);
 
-	/* the refusals */
-	assert_null(rules_re_refuse("^[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,3}$"));
-	assert_null(rules_re_refuse("(a{100}){100}"));
-	assert_non_null(rules_re_refuse("(a{100}){201}"));
-	assert_non_null(rules_re_refuse("a{20001}"));
-	assert_non_null(rules_re_refuse("a{1,20001}"));
-	assert_non_null(rules_re_refuse("(a{5000,}){5}"));
-	assert_non_null(rules_re_refuse("\\1"));
-	assert_null(rules_re_refuse("[\\1]"));
+	/* what is refused, and what is not */
+	{
+		static const char *const ok[] = {
+			"^[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,3}$", "([0-9]{1,3}\\.){3}[0-9]{1,3}",
+			"^([a-z0-9-]+\\.)+[a-z]{2,}$", "(a{10}){10}", "a{255}", "x{0,255}", "(a*)?", "(ab*)*", "(a|b*c)+",
+			"[\\1]", "(a*b)*", "a*b*c*", "^(a|b)+$", "a?", "(a?)", "a{0,2}", "((a+)+)+", "()",
+			"(|a)", "(a|)", "a{2,}",
+		};
+		static const char *const no[] = {
+			"\\1", "(a)\\2", "a**", "a*+", "a+*", "a??", "a{2}*", "a*{2}", "m***++++++",
+			"(a*)*", "(a*)+", "(a?)*", "(a|)+", "(|a)*", "(a*b*)+", "(a|b*){1,9}", "(a*){2,}", "()*",
+			"(^)*", "(\\b)+", "(a*){1,3}", "(a{0,1}){2}", "a{256}", "a{1,256}", "(a{100}){100}", "a{2001}",
+			"((a|b){0,45}){0,45}", "(((a|b){0,12}){0,12}){0,12}",
+			"((((((((((((((((((((((((((((((((((a))))))))))))))))))))))))))))))))))",
+		};
+		uint64_t cost;
+		size_t q;
+
+		for (q = 0; q < sizeof(ok) / sizeof(ok[0]); q++)
+			if (rules_re_refuse(ok[q], &cost) != NULL)
+				fail_msg("refused /%s/: %s", ok[q], rules_re_refuse(ok[q], &cost));
+		for (q = 0; q < sizeof(no) / sizeof(no[0]); q++)
+			if (rules_re_refuse(no[q], &cost) == NULL)
+				fail_msg("accepted /%s/ (cost %llu)", no[q], (unsigned long long)cost);
+		assert_null(rules_re_refuse("(a{10}){10}", &cost));
+		assert_true(cost >= 100 && cost < 200);
+	}
 }
 
 /* The fast path (per-call caches, prefilter, bigram filter, header index)

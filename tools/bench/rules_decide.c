@@ -57,7 +57,7 @@ run(const char *name, const char *fmt, size_t nrules)
 	if (only >= 0 && ncase++ != only)
 		return 0;
 	for (k = 0; k < nrules; k++)
-		n += (size_t)snprintf(text + n, sizeof(text) - n, fmt, (int)k, (int)k);
+		n += (size_t)snprintf(text + n, sizeof(text) - n, fmt, (int)k + 1, (int)k);
 	r = rules_parse(name, text, n, 1, err, sizeof(err));
 	if (r == NULL) {
 		fprintf(stderr, "%s\n", err);
@@ -145,6 +145,12 @@ main(int argc, char **argv)
 	    "on command session 1000000%d- reply 451 # %d\n", 100);
 	run("100 x probability 0.000001 (a draw each)", "on command probability 0.000001 seed %d reply 451 # %d\n", 100);
 	run("100 x on ehlo / on tls / on greeting (never these units)", "on ehlo strip STARTTLS # %d %d\n", 100);
-	run("WORST: 100 x on rcpt to ~ \"^(a|b)N\" (regexec each)", "on rcpt to ~ \"^(a|b)%d\" reply 550 # %d\n", 100);
+	run("100 x on rcpt to ~ \"^(a|b)N\" (literal after a group)", "on rcpt to ~ \"^(a|b)%d\" reply 550 # %d\n", 100);
+	run("100 x on rcpt to ~ \"^[0-9]{N}[a-z]\" (anchored, no literal)",
+	    "on rcpt to ~ \"^[0-9]{%d}[a-z]\" reply 550 # %d\n", 100);
+	run("100 x on rcpt to ~ \"[0-9]{N}[A-Z]\" (no literal, N+1 bytes at least)",
+	    "on rcpt to ~ \"[0-9]{%d}[A-Z]\" reply 550 # %d\n", 100);
+	run("WORST: 100 x on rcpt to ~ \"[0-9]{1,N}[A-Z]\" (regexec each)",
+	    "on rcpt to ~ \"[0-9]{1,%d}[A-Z]\" reply 550 # %d\n", 100);
 	return 0;
 }
