@@ -43,6 +43,7 @@ static struct rules_decision *session_rules_dup(const struct rules_decision *d);
 static void session_rules_local(struct session *s, const struct rules_decision *d, enum rule_after after);
 static void session_rules_abort_upstream(struct session *s, const struct rules_decision *d, const char *why);
 static void session_rules_facts(struct session *s, struct rules_facts *f);
+static void session_rules_close_upstream(struct session *s, bool reset);
 static void session_rules_unit_tx(struct session *s, struct rules_unit *u, const char **rcpts, size_t max);
 
 /* Recipients looked at by one decision (the rest of a huge envelope is
@@ -383,8 +384,24 @@ session_rules_after_of(const struct rules_decision *d)
 	return RULE_AFTER_NONE;
 }
 
+/*
+ * A rule ends the upstream connection: what was forwarded to it (and
+ * recorded so) goes out first, then FIN, or RST with `reset`.  A leg still
+ * in its TLS handshake has nothing of the client's yet: it closes at once.
+ */
+static void
+session_rules_close_upstream(struct session *s, bool reset)
+{
+	if (s->upstream.handshaking)
+		leg_close(&s->upstream, reset ? LEG_CLOSE_RESET : LEG_CLOSE_NOW);
+	else if (reset)
+		leg_reset_after_flush(&s->upstream);
+	else
+		leg_close_after_flush(&s->upstream);
+}
+
 /* Close (FIN once the output is out) or reset the client; the upstream
- * closes at once. */
+ * closes once what it was sent is out. */
 void
 session_rules_after(struct session *s, enum rule_after after, const char *why)
 {
@@ -394,8 +411,7 @@ session_rules_after(struct session *s, enum rule_after after, const char *why)
 	session_note(s, STORE_KIND_CLOSE, "%s", why);
 	session_enter_state(s, ST_CLOSING);
 	session_msg_abandon(s);
-	/* What was forwarded (and recorded so) goes out first. */
-	leg_close_after_flush(&s->upstream);
+	session_rules_close_upstream(s, false);
 	session_client_leftover(s, false);
 	if (after == RULE_AFTER_RESET)
 		leg_reset_after_flush(&s->client);
@@ -428,9 +444,7 @@ session_rules_abort_upstream(struct session *s, const struct rules_decision *d, 
 	if (s->sink_mode || !session_upstream_usable(s))
 		return;
 	session_note_cause(s, s->rule_seq, STORE_KIND_ACTION, "rule %u: upstream connection reset %s", d->line, why);
-	/* What was forwarded before (the message but its end) goes out
-	 * first: it is recorded as sent. */
-	leg_reset_after_flush(&s->upstream);
+	session_rules_close_upstream(s, true); /* the message but its end goes out first */
 	s->detached = DETACHED_ABORTED;
 	/* Commands still waiting for the upstream's reply will never get
 	 * one: smtptap answers them in order (only its own entries stay). */
@@ -1068,7 +1082,7 @@ session_rules_tls(struct session *s, enum rules_leg leg)
 		session_set_outcome(s, "rule-tls-fail", "%s", why);
 		session_enter_state(s, ST_CLOSING);
 		session_msg_abandon(s);
-		leg_close_after_flush(&s->upstream);
+		session_rules_close_upstream(s, false);
 		/* An implicit-TLS greeting queued for after the handshake
 		 * never goes out in plaintext. */
 		leg_drop_output(&s->client);
