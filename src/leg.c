@@ -37,7 +37,8 @@ static void leg_set_error(struct leg *leg, short what);
 static void leg_apply_reading(struct leg *leg);
 static struct evbuffer *leg_queue(struct leg *leg);
 static void leg_flush_tls(struct leg *leg);
-static void leg_input_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg);
+static size_t leg_feed(struct leg *leg, bool all);
+static void leg_rate_arm(struct leg *leg);
 static void leg_rate_cb(evutil_socket_t fd, short what, void *arg);
 static size_t leg_read_max(const struct leg *leg);
 
@@ -158,8 +159,6 @@ leg_start_tls(struct leg *leg, SSL *ssl, bool accept)
 	bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
 	leg_setup_bev(leg);
 	leg_set_timeouts(leg, leg->read_timeout, leg->write_timeout);
-	if (leg->rate_rd > 0)
-		evbuffer_add_cb(bufferevent_get_input(bev), leg_input_cb, leg);
 	/* Output queued before the upgrade goes out encrypted.  The plain
 	 * bufferevent keeps its output's start frozen; thaw it to move it. */
 	out = bufferevent_get_output(plain);
@@ -180,7 +179,42 @@ leg_ssl(struct leg *leg)
 struct evbuffer *
 leg_input(struct leg *leg)
 {
-	return bufferevent_get_input(leg->bev);
+	return leg->inq != NULL ? leg->inq : bufferevent_get_input(leg->bev);
+}
+
+void
+leg_input_all(struct leg *leg)
+{
+	leg_feed(leg, true);
+}
+
+/* A throttled leg: hand what the read tokens allow of the bytes read to
+ * the session's input; stop reading while bytes wait or tokens are out.
+ * Returns how many bytes were handed on. */
+static size_t
+leg_feed(struct leg *leg, bool all)
+{
+	struct evbuffer *in;
+	size_t n, moved = 0;
+
+	if (leg->inq == NULL || !leg->open)
+		return 0;
+	in = bufferevent_get_input(leg->bev);
+	n = evbuffer_get_length(in);
+	if (!all && (int64_t)n > leg->tok_rd)
+		n = leg->tok_rd > 0 ? (size_t)leg->tok_rd : 0;
+	if (n > 0) {
+		evbuffer_remove_buffer(in, leg->inq, n);
+		leg->tok_rd -= (int64_t)n;
+		moved = n;
+	}
+	if (!all && (evbuffer_get_length(in) > 0 || leg->tok_rd <= 0)) {
+		if (!leg->rd_blocked && !leg->handshaking)
+			bufferevent_disable(leg->bev, EV_READ);
+		leg->rd_blocked = true;
+		leg_rate_arm(leg);
+	}
+	return moved;
 }
 
 size_t
@@ -241,23 +275,6 @@ leg_rate_arm(struct leg *leg)
 		evtimer_add(leg->rate_timer, &tv);
 }
 
-/* Bytes read take read tokens; out of them, reading waits for a refill. */
-static void
-leg_input_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
-{
-	struct leg *leg = arg;
-
-	(void)buf;
-	if (leg->rate_rd == 0 || info->n_added == 0)
-		return;
-	leg->tok_rd -= (int64_t)info->n_added;
-	if (leg->tok_rd <= 0 && !leg->rd_blocked) {
-		leg->rd_blocked = true;
-		if (leg->open && !leg->handshaking)
-			bufferevent_disable(leg->bev, EV_READ);
-		leg_rate_arm(leg);
-	}
-}
 
 /* A tick: refill both buckets (a tick's worth at most: no bursts), let
  * reading and paced writing go on. */
@@ -273,11 +290,16 @@ leg_rate_cb(evutil_socket_t fd, short what, void *arg)
 	(void)what;
 	if (!leg->open)
 		return;
+	size_t fed = 0;
+
 	leg->tok_rd = leg->tok_rd + trd > trd ? trd : leg->tok_rd + trd;
 	leg->tok_wr = twr;
-	if (leg->rd_blocked && leg->tok_rd > 0) {
-		leg->rd_blocked = false;
-		leg_apply_reading(leg);
+	if (leg->inq != NULL) {
+		fed = leg_feed(leg, false);
+		if (leg->rd_blocked && leg->tok_rd > 0 && evbuffer_get_length(bufferevent_get_input(leg->bev)) == 0) {
+			leg->rd_blocked = false;
+			leg_apply_reading(leg);
+		}
 	}
 	waiting = leg->paced != NULL && evbuffer_get_length(leg->paced) > 0;
 	leg_flush(leg); /* paces, writes, may close */
@@ -285,8 +307,11 @@ leg_rate_cb(evutil_socket_t fd, short what, void *arg)
 		return;
 	if (leg->rd_blocked || (leg->paced != NULL && evbuffer_get_length(leg->paced) > 0))
 		leg_rate_arm(leg);
-	/* The session may be waiting for room, as after a write. */
-	if (waiting && leg_output_len(leg) <= LEG_OUTPUT_LOW)
+	/* One event (the leg is not touched after it): new input first, else
+	 * room, as after a write, for a session waiting for it. */
+	if (fed > 0)
+		leg->cb(leg, LEG_EV_READ, leg->arg);
+	else if (waiting && leg_output_len(leg) <= LEG_OUTPUT_LOW)
 		leg->cb(leg, LEG_EV_DRAINED, leg->arg);
 }
 
@@ -421,8 +446,19 @@ leg_set_rate(struct leg *leg, uint64_t read_bps, uint64_t write_bps)
 		evbuffer_free(leg->paced);
 		leg->paced = NULL;
 	}
-	if (read_bps > 0 && leg->rate_rd == 0)
-		evbuffer_add_cb(bufferevent_get_input(leg->bev), leg_input_cb, leg);
+	if (read_bps > 0 && leg->inq == NULL) {
+		if ((leg->inq = evbuffer_new()) == NULL)
+			return -1;
+		/* What was read already stays where the caller may be reading
+		 * it now; the timer hands on what it leaves, at the rate. */
+		if (evbuffer_get_length(bufferevent_get_input(leg->bev)) > 0)
+			leg_rate_arm(leg);
+	}
+	if (read_bps == 0 && leg->inq != NULL) {
+		evbuffer_prepend_buffer(bufferevent_get_input(leg->bev), leg->inq);
+		evbuffer_free(leg->inq);
+		leg->inq = NULL;
+	}
 	if (read_bps == 0 && leg->rd_blocked) {
 		leg->rd_blocked = false;
 		leg_apply_reading(leg);
@@ -464,6 +500,9 @@ leg_close(struct leg *leg, enum leg_close_how how)
 	leg->stage = NULL;
 	if (leg->paced != NULL)
 		evbuffer_free(leg->paced);
+	if (leg->inq != NULL)
+		evbuffer_free(leg->inq);
+	leg->inq = NULL;
 	if (leg->rate_timer != NULL)
 		event_free(leg->rate_timer);
 	leg->paced = NULL;
@@ -530,6 +569,8 @@ leg_readcb(struct bufferevent *bev, void *arg)
 	struct leg *leg = arg;
 
 	(void)bev;
+	if (leg->inq != NULL && leg_feed(leg, false) == 0)
+		return; /* throttled: the rate timer hands the bytes on */
 	leg->cb(leg, LEG_EV_READ, leg->arg);
 }
 
@@ -588,6 +629,8 @@ leg_eventcb(struct bufferevent *bev, short what, void *arg)
 		leg->cb(leg, reading ? LEG_EV_TIMEOUT_READ : LEG_EV_TIMEOUT_WRITE, leg->arg);
 		return;
 	}
+	if ((what & (BEV_EVENT_ERROR | BEV_EVENT_EOF)) && leg->inq != NULL)
+		leg_feed(leg, true); /* the end: nothing read stays behind */
 	if (what & BEV_EVENT_ERROR) {
 		leg_set_error(leg, what);
 		leg->cb(leg, LEG_EV_ERROR, leg->arg);

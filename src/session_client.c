@@ -575,6 +575,7 @@ session_client_leftover(struct session *s, bool forward)
 
 	if (!s->client.open)
 		return;
+	leg_input_all(&s->client);
 	in = leg_input(&s->client);
 	left = evbuffer_get_length(in);
 	forward = forward && session_upstream_usable(s) && !s->sink_mode && s->upstream_ready;
@@ -616,6 +617,7 @@ session_client_discard(struct session *s, const char *why)
 
 	if (!s->client.open)
 		return;
+	leg_input_all(&s->client);
 	in = leg_input(&s->client);
 	left = evbuffer_get_length(in);
 	held = session_rules_held_input(s, &dropped);

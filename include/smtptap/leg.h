@@ -75,13 +75,16 @@ struct leg {
 	/* leg_set_rate(): the leg's own token buckets, refilled each tenth
 	 * of a second by rate_timer, the same for a plain and a TLS leg
 	 * (libevent's rate limits misbehave on its OpenSSL bufferevents).
-	 * Reads: bytes added to the input take tokens; out of tokens, reading
-	 * stops until the refill.  Writes: output waits in `paced` and goes
-	 * on a tick's worth at a time. */
+	 * Reads: what the socket gives waits in the bufferevent's input and
+	 * reaches `inq` (what leg_input() returns) a tick's worth at a time,
+	 * so even a TLS record decrypted whole is handed on at the rate.
+	 * Writes: output waits in `paced` and goes on a tick's worth at a
+	 * time. */
 	uint64_t rate_rd, rate_wr;	/* bytes per second, 0: unlimited */
 	int64_t tok_rd, tok_wr;
 	bool rd_blocked;
 	struct evbuffer *paced;
+	struct evbuffer *inq;
 	struct event *rate_timer;
 	leg_cb cb;
 	void *arg;
@@ -122,6 +125,9 @@ int leg_start_tls(struct leg *leg, SSL *ssl, bool accept);
 SSL *leg_ssl(struct leg *leg); /* NULL unless TLS */
 
 struct evbuffer *leg_input(struct leg *leg);
+/* A throttled leg: hand everything already read to leg_input() now (the
+ * session ends, and reads what is left to record it). */
+void leg_input_all(struct leg *leg);
 size_t leg_output_len(struct leg *leg);
 /* Queue bytes for the peer (nothing happens on a closed leg). */
 void leg_write(struct leg *leg, const void *data, size_t len);

@@ -170,19 +170,8 @@ def test_close_and_reset_on_rcpt(mode, tls, rules_env):
         assert not env.up.envelopes
 
 
-# Reading from a TLS client is throttled only roughly: libevent's OpenSSL
-# bufferevent decrypts a whole record (up to 16 KiB) past the leg's read
-# budget, so a message smaller than a record arrives at once.  In relay
-# mode the upstream leg's paced writes still hold it to the rate; in sink
-# mode nothing else does.  Strict, so a fix shows.
-TLS_READ_THROTTLE_ROUGH = pytest.mark.xfail(
-    strict=True, reason="sink mode, TLS client: a record under 16 KiB is read past the throttle")
-
-
-def throttle_combos(f, rough=()):
-    return pytest.mark.parametrize("mode,tls", [
-        pytest.param(m, t, id="%s-%s" % (m, t), marks=[TLS_READ_THROTTLE_ROUGH] if (m, t) in rough else [])
-        for m, t in COMBOS])(f)
+def throttle_combos(f):
+    return pytest.mark.parametrize("mode,tls", [pytest.param(m, t, id="%s-%s" % (m, t)) for m, t in COMBOS])(f)
 
 
 @throttle_combos
@@ -206,7 +195,7 @@ def test_throttle_to_client(mode, tls, rules_env):
     check_fired(env.doc(), r, 3, "mail", "command")
 
 
-@lambda f: throttle_combos(f, rough={("sink", "starttls")})
+@throttle_combos
 def test_throttle_to_upstream(mode, tls, rules_env):
     """`throttle R to-upstream`: from the rule on, bytes towards the
     upstream (in sink mode: the client's bytes read) at R bytes/s; the

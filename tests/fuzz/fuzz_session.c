@@ -170,7 +170,7 @@ static const char fuzz_rules_text[] =
 	"on data probability 0.2 rewrite 451 4.3.0 \"No DATA now\"\n"
 	"on data probability 0.1 reply 554 5.5.1 \"No valid recipients\"\n"
 	"on data probability 0.1 delay 10ms\n"
-	"on data probability 0.05 rewrite 354 \"Go ahead (rewritten)\"\n"
+	"on data probability 0.05 rewrite 250 2.0.0 \"Nothing to send (rewritten)\"\n"
 	"on bdat probability 0.2 reply 552 5.3.4 \"Chunk too big\"\n"
 	"on bdat probability 0.2 rewrite 451 4.3.0 \"BDAT failed\"\n"
 	"on bdat probability 0.1 delay 5ms\n"
