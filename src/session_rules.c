@@ -25,11 +25,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
 #include <event2/buffer.h>
 #include <event2/event.h>
-#include <openssl/evp.h>
 
 #include "smtptap/log.h"
 
@@ -122,47 +120,6 @@ session_rules_unit_tx(struct session *s, struct rules_unit *u, const char **rcpt
 	u->rcpts = rcpts;
 	u->nrcpts = n;
 	u->helo = s->helo[0] ? s->helo : NULL;
-}
-
-/*
- * The user name of an AUTH command, when its initial response carries one
- * (RFC 4616 PLAIN: authzid NUL authcid NUL passwd; LOGIN: the user name).
- * A name sent later, on its own line, is not known when the command is
- * decided.  Returns false when there is none to be had.
- */
-static bool
-session_rules_auth_user(const struct smtp_cmd *cmd, char *out, size_t outsz)
-{
-	unsigned char dec[768];
-	const struct smtp_str *ir = &cmd->auth_initial;
-	const unsigned char *user, *end;
-	bool plain = cmd->auth_mech.len == 5 && strncasecmp(cmd->auth_mech.p, "PLAIN", 5) == 0;
-	bool login = cmd->auth_mech.len == 5 && strncasecmp(cmd->auth_mech.p, "LOGIN", 5) == 0;
-	int n;
-
-	if ((!plain && !login) || ir->len == 0 || ir->len % 4 != 0 || ir->len / 4 * 3 > sizeof(dec))
-		return false;
-	if ((n = EVP_DecodeBlock(dec, (const unsigned char *)ir->p, (int)ir->len)) < 0)
-		return false;
-	n -= (ir->p[ir->len - 1] == '=') + (ir->p[ir->len - 2] == '='); /* EVP_DecodeBlock counts the padding */
-	if (n <= 0)
-		return false;
-	user = dec;
-	end = dec + n;
-	if (plain) {
-		const unsigned char *nul = memchr(dec, '\0', (size_t)n);
-
-		if (nul == NULL)
-			return false;
-		user = nul + 1;
-		if ((end = memchr(user, '\0', (size_t)(dec + n - user))) == NULL)
-			return false;
-	}
-	if (memchr(user, '\0', (size_t)(end - user)) != NULL || (size_t)(end - user) >= outsz)
-		return false;
-	memcpy(out, user, (size_t)(end - user));
-	out[end - user] = '\0';
-	return true;
 }
 
 static const struct rules_decision *
@@ -574,7 +531,9 @@ session_rules_command(struct session *s, struct evbuffer *in, const struct smtp_
 		if (cmd->verb == SMTP_VERB_AUTH) {
 			snprintf(mech, sizeof(mech), "%.*s", (int)cmd->auth_mech.len, cmd->auth_mech.p);
 			u.auth_mech = mech;
-			if (session_rules_auth_user(cmd, user, sizeof(user)))
+			/* the user in the initial response (PLAIN, LOGIN, ...);
+			 * one sent later is not known when the command is decided */
+			if (smtp_auth_user(cmd->auth_mech, cmd->auth_initial.p, cmd->auth_initial.len, user, sizeof(user)) > 0)
 				u.auth_user = user;
 		}
 		d = session_rules_decide(s, &u);
