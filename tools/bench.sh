@@ -250,6 +250,10 @@ DOC_PARTS=""
 if [[ $BENCH_QUICK != 1 ]]; then
 	contains_all "$BENCH_RELAYS" "$PLAIN_RELAYS" && contains_all "$BENCH_WORKLOADS" "A B C D" && DOC_PARTS+="plain,"
 	contains_all "$BENCH_RELAYS" "$TLS_RELAYS" && contains_all "$BENCH_WORKLOADS" "T-B T-D" && DOC_PARTS+="tls,"
+	# smtptap with and without rules on a plaintext workload: the rules part.
+	if contains_all "$BENCH_RELAYS" "smtptap smtptap-rules" && [[ " $BENCH_WORKLOADS " =~ \ [ABCD]\  ]]; then
+		DOC_PARTS+="rules,"
+	fi
 fi
 DOC_PARTS=${DOC_PARTS%,}
 if [[ -z ${BENCH_DOC+set} ]]; then
