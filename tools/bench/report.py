@@ -22,7 +22,7 @@ TARGETS = {"B": {"haproxy": 0.6, "aiosmtpd": 4.0}, "D": {"haproxy": 0.6, "aiosmt
 FIELDS = ["workload", "relay", "rep", "status", "msgs", "wall", "cpu_ticks", "clk_tck",
           "rss_kb", "flush_s", "db_rows", "db_bytes", "sink_msgs", "note", "cpu_ticks_all", "other_cpus",
           "src_ticks", "sink_ticks", "stunnel_client_ticks", "stunnel_server_ticks", "warmup_msgs",
-          "tls_sessions", "forge"]
+          "tls_sessions", "forge", "writer_ticks"]
 PARTS = ["plain", "tls"]
 PROBE_SESSIONS_MAX = 10  # bench.sh: the forging-counter run opens at most 10 reused connections
 
@@ -83,6 +83,8 @@ def summarise(rows, workloads):
                 s["cpu_us"] = statistics.median(cpus) if cpus else None
                 cpus = [per_msg(x, "cpu_ticks") for x in ok if fnum(x["cpu_ticks"]) is not None]
                 s["cpu_run_us"] = statistics.median(cpus) if cpus else None
+                cpus = [per_msg(x, "writer_ticks") for x in ok if fnum(x["writer_ticks"]) is not None]
+                s["writer_us"] = statistics.median(cpus) if cpus else None
                 rss = [float(x["rss_kb"]) / 1024 for x in ok if fnum(x["rss_kb"])]
                 s["rss_mb"] = statistics.median(rss) if rss else None
                 fl = [float(x["flush_s"]) for x in ok if fnum(x["flush_s"]) is not None]
@@ -206,6 +208,8 @@ def common_notes(relay, s):
             notes.append("flush on SIGTERM %.2f s" % s["stop_s"])
         if s.get("cpu_us") and s.get("cpu_run_us") is not None:
             notes.append("CPU until smtp-source ended %.0f us/msg" % s["cpu_run_us"])
+        if s.get("writer_us") is not None:
+            notes.append("of which the store writer thread %.0f us/msg" % s["writer_us"])
         if s.get("db_rows") is not None:
             if s.get("warm"):
                 notes.append("DB %d/%d msgs (1 warm-up)" % (s["db_rows"], s["msgs"] + s["warm"])
