@@ -24,6 +24,7 @@
 
 #include <sqlite3.h>
 
+#include "smtptap/content.h"
 #include "smtptap/log.h"
 #include "smtptap/store.h"
 
@@ -127,7 +128,8 @@ enum store_stmt {
 };
 
 /*
- * Thread ownership: the sqlite3 handle and its statements belong to the
+ * Thread ownership: the sqlite3 handle, its statements and the content
+ * writer belong to the
  * writer thread from pthread_create() until pthread_join(); the id counters
  * belong to the event loop; the queue, the backlog and the failure count
  * are shared under st->lock.
@@ -137,6 +139,7 @@ struct store {
 	int lockfd; /* the file, flock()ed while open */
 	sqlite3 *db;
 	sqlite3_stmt *stmt[STMT_COUNT];
+	struct content_writer *content; /* message data segments (content.h) */
 
 	/* event loop thread only */
 	int64_t next_session_id, next_message_id;
