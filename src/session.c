@@ -28,12 +28,16 @@
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/event.h>
 
 #include "smtptap/log.h"
 #include "smtptap/proxy.h"
 #include "smtptap/util.h"
 
 static void session_backlog_cb(evutil_socket_t fd, short what, void *arg);
+static bool session_data_pend(struct session *s, enum store_side side, unsigned flags, int64_t msg_id,
+			      const void *raw, size_t len);
+static void session_data_timer_cb(evutil_socket_t fd, short what, void *arg);
 static void session_client_legcb(struct leg *leg, enum leg_event ev, void *arg);
 static void session_upstream_legcb(struct leg *leg, enum leg_event ev, void *arg);
 static const char *session_strstate(enum session_state st);
@@ -276,6 +280,7 @@ session_free(struct session *s)
 
 	/* Messages still waiting for a final reply never got one. */
 	session_msg_abandon(s);
+	session_data_flush(s);
 	while (session_pend_pop(s, &p) == 0) {
 		if (p.msg != NULL)
 			session_msg_close(s, p.msg, 0, NULL);
@@ -289,6 +294,7 @@ session_free(struct session *s)
 
 	if (s->paused_backlog)
 		ctx->npaused_backlog--;
+	session_data_release(s);
 	session_env_reset(s);
 	free(s->env.rcpts);
 	session_tls_free(s);
@@ -335,7 +341,6 @@ session_record(struct session *s, enum store_side side, enum store_kind kind, un
 {
 	struct store_event ev = {
 		.session_id = s->id,
-		.seq = ++s->seq,
 		.t_us = util_now_us(),
 		.side = side,
 		.kind = kind,
@@ -346,7 +351,13 @@ session_record(struct session *s, enum store_side side, enum store_kind kind, un
 		.raw_len = len,
 	};
 
+	if (kind == STORE_KIND_DATA && session_data_pend(s, side, flags, msg_id, raw, len))
+		goto recorded;
+	/* Whatever happens next happened after the data gathered so far. */
+	session_data_flush(s);
+	ev.seq = ++s->seq;
 	store_event_add(s->ctx->store, &ev);
+recorded:
 	if (s->ctx->cfg->verbosity > 0 && kind != STORE_KIND_DATA)
 		session_trace(s, side, flags, text, raw, len);
 	/* Only the client can be paused, and whatever is recorded comes, in
@@ -361,6 +372,109 @@ session_record(struct session *s, enum store_side side, enum store_kind kind, un
 			event_add(s->ctx->backlog_timer, &tv);
 		}
 	}
+}
+
+/*
+ * Gather message data into s->dpend (see session_int.h), straight into the
+ * record the store will queue.  Returns false when it cannot (no memory):
+ * the caller records it as an event of its own.
+ */
+static bool
+session_data_pend(struct session *s, enum store_side side, unsigned flags, int64_t msg_id, const void *raw,
+		  size_t len)
+{
+	struct data_pend *d = &s->dpend;
+
+	if (raw == NULL || len == 0 || msg_id == 0)
+		return false;
+	if (d->msg_id != 0 && (d->msg_id != msg_id || d->side != side || d->flags != flags ||
+			       d->len + len > SESSION_DATA_EVENT_MAX)) {
+		bool full = d->msg_id == msg_id && d->len + len > SESSION_DATA_EVENT_MAX;
+
+		session_data_flush(s);
+		d->next_cap = full ? SESSION_DATA_EVENT_MAX : 0;
+	}
+	if (len > SESSION_DATA_EVENT_MAX)
+		return false;
+	if (d->timer == NULL && (d->timer = evtimer_new(s->ctx->base, session_data_timer_cb, s)) == NULL)
+		return false;
+	/* A record starts small (most messages are) and doubles; after a
+	 * full one, the message is big and the next starts full size. */
+	if (d->rec == NULL) {
+		d->cap = d->next_cap ? d->next_cap : SESSION_DATA_EVENT_MIN;
+		if ((d->rec = store_data_new(s->ctx->store, s->id, d->cap)) == NULL)
+			return false;
+	}
+	if (d->len + len > d->cap) {
+		struct store_data *bigger;
+		size_t cap = d->cap;
+
+		while (cap < d->len + len)
+			cap *= 2;
+		if (cap > SESSION_DATA_EVENT_MAX)
+			cap = SESSION_DATA_EVENT_MAX;
+		if ((bigger = store_data_grow(s->ctx->store, d->rec, cap)) == NULL)
+			return false;
+		d->rec = bigger;
+		d->cap = cap;
+	}
+	if (d->msg_id == 0) {
+		struct timeval tv = { 0, SESSION_DATA_WAIT_MS * 1000 };
+
+		d->msg_id = msg_id;
+		d->side = side;
+		d->flags = flags;
+		d->t_us = util_now_us();
+		evtimer_add(d->timer, &tv);
+	}
+	memcpy((char *)store_data_buf(d->rec) + d->len, raw, len);
+	d->len += len;
+	return true;
+}
+
+/* Record the data gathered so far as one event. */
+void
+session_data_flush(struct session *s)
+{
+	struct data_pend *d = &s->dpend;
+
+	if (d->msg_id == 0)
+		return;
+	d->next_cap = 0;
+	store_data_add(s->ctx->store, d->rec, &(struct store_event){
+		.session_id = s->id,
+		.seq = ++s->seq,
+		.t_us = d->t_us,
+		.side = d->side,
+		.kind = STORE_KIND_DATA,
+		.flags = d->flags,
+		.message_id = d->msg_id,
+		.raw_len = d->len,
+	});
+	d->rec = NULL;
+	d->msg_id = 0;
+	d->len = 0;
+	evtimer_del(d->timer);
+}
+
+/* The session ends: nothing more to gather. */
+void
+session_data_release(struct session *s)
+{
+	session_data_flush(s);
+	store_data_free(s->dpend.rec);
+	s->dpend.rec = NULL;
+	if (s->dpend.timer != NULL)
+		event_free(s->dpend.timer);
+	s->dpend.timer = NULL;
+}
+
+static void
+session_data_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	session_data_flush(arg);
 }
 
 void

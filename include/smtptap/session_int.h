@@ -112,6 +112,31 @@ enum client_tls_step {
 	CTLS_ON,	    /* established */
 };
 
+/*
+ * Message data waiting to become one event (session_record): a client's
+ * DATA stream or BDAT chunk arrives a read at a time, often 4 KiB, and a
+ * row per read made a 1 MiB message cost ~260 rows.  Consecutive data of
+ * one message is gathered up to SESSION_DATA_EVENT_MAX bytes and recorded
+ * as one event, with the time its first byte arrived.  It is recorded
+ * before any other event of the session, before the message's end, when
+ * full, and at the latest SESSION_DATA_WAIT_MS after its first byte (a
+ * stalled client), so it costs a kill -9 no more than the store's own
+ * batching does.
+ */
+#define SESSION_DATA_EVENT_MAX (256u * 1024)
+#define SESSION_DATA_EVENT_MIN (16u * 1024) /* a record's first size */
+#define SESSION_DATA_WAIT_MS 100
+struct data_pend {
+	int64_t msg_id; /* 0: nothing pending */
+	int64_t t_us;
+	enum store_side side;
+	unsigned flags;
+	struct store_data *rec; /* queued as is once full or flushed */
+	size_t len, cap;
+	size_t next_cap; /* room the next record starts with */
+	struct event *timer; /* SESSION_DATA_WAIT_MS after the first byte */
+};
+
 struct session {
 	TAILQ_ENTRY(session) entry;
 	struct session_ctx *ctx;
@@ -132,6 +157,7 @@ struct session {
 
 	struct envelope env;
 	int nmsgs;
+	struct data_pend dpend; /* message data not yet recorded */
 	struct msg *cur_msg; /* receiving content now */
 	uint64_t bdat_left;  /* bytes left in the current BDAT chunk */
 	bool bdat_cur_last;
@@ -169,6 +195,8 @@ void session_record(struct session *s, enum store_side side, enum store_kind kin
 		    int64_t msg_id, const void *raw, size_t len, const char *text);
 void session_note(struct session *s, enum store_kind kind, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
+void session_data_flush(struct session *s);
+void session_data_release(struct session *s);
 void session_update_reading(struct session *s);
 void session_update_timeouts(struct session *s);
 void session_fail_client(struct session *s, const char *reply, const char *outcome, const char *detail);

@@ -122,6 +122,25 @@ struct store_event {
 };
 void store_event_add(struct store *st, const struct store_event *ev);
 
+/*
+ * Message data gathered by the caller straight into a queued record, so
+ * that a big event is copied once (from the socket buffer into it), not
+ * twice: store_data_new() gives room for `cap` bytes (of session
+ * `session_id`, for error messages) at store_data_buf();
+ * store_data_add() queues the first ev->raw_len of them as the raw bytes
+ * of event `ev` (ev->raw and ev->text are ignored) and takes the buffer
+ * over; store_data_free() drops one that is not added.  NULL when memory
+ * is short (counted as a lost record).
+ */
+struct store_data;
+struct store_data *store_data_new(struct store *st, int64_t session_id, size_t cap);
+void *store_data_buf(struct store_data *d);
+/* Room for `cap` bytes, the bytes so far kept; NULL when memory is short
+ * (d is then still valid, and still the caller's). */
+struct store_data *store_data_grow(struct store *st, struct store_data *d, size_t cap);
+void store_data_add(struct store *st, struct store_data *d, const struct store_event *ev);
+void store_data_free(struct store_data *d);
+
 struct store_rcpt {
 	const char *address;  /* path without <> */
 	const char *params;   /* ESMTP parameters as written, or NULL */
