@@ -98,7 +98,8 @@ store_run_writer(void *arg)
 static bool
 store_content_external(const struct store_rec *rec)
 {
-	return rec->u.event.kind == STORE_KIND_DATA && rec->u.event.raw != NULL && rec->u.event.raw_len > 0;
+	return rec->u.event.kind == STORE_KIND_DATA && rec->u.event.raw != NULL &&
+	       rec->u.event.raw_len >= STORE_CONTENT_MIN && rec->u.event.raw_len > 0;
 }
 
 /* With st->lock held: let a small batch grow for up to STORE_BATCH_WAIT_MS,
