@@ -2,6 +2,7 @@
 
 import base64
 import glob
+import os
 import smtplib
 import subprocess
 
@@ -14,9 +15,15 @@ PASSWORD = "s3cret-Pa55"
 
 
 def db_bytes(db):
-    """Every byte of the database (main file, WAL, shm)."""
+    """Every byte of the database (main file, WAL, shm, and the content
+    segments under PATH-content/)."""
     out = b""
     for path in sorted(glob.glob(db + "*")):
+        if os.path.isdir(path):
+            for seg in sorted(glob.glob(os.path.join(path, "*"))):
+                with open(seg, "rb") as f:
+                    out += f.read()
+            continue
         with open(path, "rb") as f:
             out += f.read()
     return out
