@@ -78,6 +78,11 @@ struct msg_list {
 	size_t n;
 };
 
+/* A running checksum of bytes read back (too many to keep). */
+struct byte_sum {
+	uint32_t sum, n;
+};
+
 struct buf {
 	unsigned char *p;
 	size_t len, cap;
@@ -106,6 +111,7 @@ static int msg_collect_cb(const struct store_message_row *, void *);
 static void msg_list_free(struct msg_list *);
 static int buf_append_cb(const void *, size_t, void *);
 static int buf_events_cb(const struct store_event_row *, void *);
+static int sum_chunk_cb(const void *, size_t, void *);
 static void fill_random(unsigned char *, size_t, uint32_t *);
 static double now_s(void);
 static double cpu_s(void);
@@ -1338,6 +1344,73 @@ test_content_upgrade_from_v1(void **state)
 	free(out.p);
 }
 
+/*
+ * Past CONTENT_SEGMENT_MAX the writer starts the next segment: no event is
+ * split across two, the first stays within the limit, and a message whose
+ * events lie in both reads back whole and in order.
+ */
+static void
+test_content_segment_roll(void **state)
+{
+	struct fixture *fx = *state;
+	const size_t ev_len = 256 * 1024, nev = CONTENT_SEGMENT_MAX / (256 * 1024) + 3;
+	struct byte_sum want = { 0, 0 }, got = { 0, 0 };
+	struct store_reader *rd;
+	struct store *st;
+	unsigned char *chunk;
+	char dir[256], seg[300];
+	struct stat sb;
+	uint32_t seed = 77;
+	size_t i, k;
+
+	chunk = malloc(ev_len);
+	assert_non_null(chunk);
+	st = open_ok(fx->db);
+	add_session(st, 1, NULL);
+	for (i = 0; i < nev; i++) {
+		fill_random(chunk, ev_len, &seed);
+		for (k = 0; k < ev_len; k++)
+			want.sum = want.sum * 31 + chunk[k];
+		want.n += (uint32_t)ev_len;
+		add_event(st, 1, (int64_t)i + 1, STORE_SIDE_CLIENT, STORE_KIND_DATA, 0, 1, NULL, chunk, ev_len);
+		if (store_backlog_bytes(st) > STORE_BACKLOG_HIGH)
+			wait_drained(st);
+	}
+	assert_int_equal(store_close(st), 0);
+
+	assert_int_equal(db_int(fx->db, "SELECT count(DISTINCT content_segment) FROM events"), 2);
+	assert_int_equal(db_int(fx->db, "SELECT max(content_offset + content_length) FROM events WHERE content_segment = 1") <=
+			     (int64_t)CONTENT_SEGMENT_MAX,
+			 1);
+	assert_int_equal(db_int(fx->db, "SELECT min(content_offset) FROM events WHERE content_segment = 2"), 0);
+	assert_int_equal(content_dir_path(fx->db, dir, sizeof(dir)), 0);
+	snprintf(seg, sizeof(seg), "%s/0000000001.seg", dir);
+	assert_int_equal(stat(seg, &sb), 0);
+	assert_true((uint64_t)sb.st_size <= CONTENT_SEGMENT_MAX);
+
+	/* Streamed back in order, a piece at a time. */
+	rd = reader_ok(fx->db);
+	assert_int_equal(store_reader_message_data(rd, 1, sum_chunk_cb, &got, NULL, 0), 0);
+	store_reader_close(rd);
+	assert_int_equal(got.n, want.n);
+	assert_int_equal(got.sum, want.sum);
+	free(chunk);
+}
+
+static int
+sum_chunk_cb(const void *data, size_t len, void *arg)
+{
+	struct byte_sum *s = arg;
+	const unsigned char *p = data;
+	size_t k;
+
+	assert_true(len <= CONTENT_READ_CHUNK);
+	for (k = 0; k < len; k++)
+		s->sum = s->sum * 31 + p[k];
+	s->n += (uint32_t)len;
+	return 0;
+}
+
 static void
 test_backlog_returns_to_zero(void **state)
 {
@@ -1661,6 +1734,7 @@ main(void)
 		cmocka_unit_test_setup_teardown(test_content_missing_reported, setup_dir, teardown_dir),
 		cmocka_unit_test_setup_teardown(test_content_sweep, setup_dir, teardown_dir),
 		cmocka_unit_test_setup_teardown(test_content_upgrade_from_v1, setup_dir, teardown_dir),
+		cmocka_unit_test_setup_teardown(test_content_segment_roll, setup_dir, teardown_dir),
 		cmocka_unit_test_setup_teardown(test_backlog_returns_to_zero, setup_dir, teardown_dir),
 		cmocka_unit_test_setup_teardown(test_100k_events, setup_dir, teardown_dir),
 		cmocka_unit_test_setup_teardown(test_sessions_limit, setup_dir, teardown_dir),
