@@ -13,14 +13,25 @@
  * libevent finishes it and the write timeout catches a peer that stopped
  * reading.  TLS legs always write through their bufferevent: a plaintext
  * byte must never reach a TLS socket.
+ *
+ * Plain legs read directly too (leg_sock_readcb, on an event of their
+ * own): libevent 2.1's bufferevent reads at most 4 KiB per callback
+ * (EVBUFFER_MAX_READ, whatever bufferevent_set_max_single_read says) and
+ * asks FIONREAD before each read.  A 1 MiB message was 256 callbacks, 256
+ * ioctl + read + write; one readv(2) of up to LEG_READ_MAX per readiness,
+ * into the bufferevent's own input buffer, makes it a few dozen.  The
+ * bufferevent still writes, connects and reports write errors; its
+ * EV_READ stays off.  TLS legs read through OpenSSL's bufferevent.
  */
 #include "smtptap/leg.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <event2/buffer.h>
@@ -41,6 +52,10 @@ static size_t leg_feed(struct leg *leg, bool all);
 static void leg_rate_arm(struct leg *leg);
 static void leg_rate_cb(evutil_socket_t fd, short what, void *arg);
 static size_t leg_read_max(const struct leg *leg);
+static void leg_own_read(struct leg *leg);
+static void leg_read_switch(struct leg *leg, bool on);
+static void leg_sock_readcb(evutil_socket_t fd, short what, void *arg);
+static void leg_input_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg);
 
 /* Throttling works in tenths of a second, so a slow rate trickles instead
  * of arriving in one burst each second. */
@@ -53,6 +68,57 @@ leg_setup_bev(struct leg *leg)
 	bufferevent_setwatermark(leg->bev, EV_READ, 0, LEG_INPUT_HIGH);
 	bufferevent_setwatermark(leg->bev, EV_WRITE, LEG_OUTPUT_LOW, 0);
 	bufferevent_set_max_single_read(leg->bev, leg_read_max(leg));
+}
+
+/*
+ * A plain leg whose socket is known reads it itself from now on.  Without
+ * memory for that, the bufferevent goes on reading (4 KiB at a time): the
+ * leg works either way.
+ */
+static void
+leg_own_read(struct leg *leg)
+{
+	struct evbuffer *in = bufferevent_get_input(leg->bev);
+
+	if (leg->tls || leg->fd < 0 || leg->rd_ev != NULL)
+		return;
+	leg->rd_ev = event_new(leg->base, leg->fd, EV_READ | EV_PERSIST, leg_sock_readcb, leg);
+	if (leg->rd_ev == NULL)
+		return;
+	if ((leg->in_cb = evbuffer_add_cb(in, leg_input_cb, leg)) == NULL) {
+		event_free(leg->rd_ev);
+		leg->rd_ev = NULL;
+		return;
+	}
+	/* Called only while reading waits for the input to drain. */
+	evbuffer_cb_clear_flags(in, leg->in_cb, EVBUFFER_CB_ENABLED);
+	leg->rd_want = LEG_READ_MIN;
+	leg->rd_on = leg->rd_full = leg->rd_done = false;
+	bufferevent_disable(leg->bev, EV_READ);
+	bufferevent_setwatermark(leg->bev, EV_READ, 0, 0); /* ours: rd_full */
+}
+
+/* Reading on or off, whoever reads. */
+static void
+leg_read_switch(struct leg *leg, bool on)
+{
+	if (leg->rd_ev == NULL) {
+		if (on)
+			bufferevent_enable(leg->bev, EV_READ);
+		else
+			bufferevent_disable(leg->bev, EV_READ);
+		return;
+	}
+	if (on == leg->rd_on)
+		return;
+	leg->rd_on = on;
+	if (on) {
+		struct timeval tv = { leg->read_timeout, 0 };
+
+		event_add(leg->rd_ev, leg->read_timeout > 0 ? &tv : NULL);
+	} else {
+		event_del(leg->rd_ev);
+	}
 }
 
 /* A throttled leg reads at most a tick's worth at once, so the bytes a
@@ -88,6 +154,7 @@ leg_accept(struct leg *leg, struct event_base *base, evutil_socket_t fd, const s
 	leg->open = true;
 	leg_setup_bev(leg);
 	bufferevent_disable(leg->bev, EV_READ | EV_WRITE);
+	leg_own_read(leg);
 	return 0;
 }
 
@@ -111,10 +178,10 @@ leg_connect(struct leg *leg, struct event_base *base, struct evdns_base *dns, co
 	leg->open = true;
 	leg->reading = true;
 	leg_setup_bev(leg);
-	/* Until it connects, the write timeout is the connect timeout. */
+	/* Until it connects, the write timeout is the connect timeout.
+	 * Reading starts once connected (leg_own_read). */
 	bufferevent_set_timeouts(leg->bev, NULL, &ctv);
-	bufferevent_disable(leg->bev, EV_WRITE);
-	bufferevent_enable(leg->bev, EV_READ);
+	bufferevent_disable(leg->bev, EV_READ | EV_WRITE);
 	/* A host name goes through evdns: the loop never blocks on DNS.  A
 	 * failure may be reported through leg_eventcb before this returns. */
 	if (salen > 0)
@@ -142,6 +209,7 @@ leg_start_tls(struct leg *leg, SSL *ssl, bool accept)
 	}
 	/* The plain bufferevent must not read the peer's first TLS bytes. */
 	bufferevent_disable(plain, EV_READ | EV_WRITE);
+	leg_read_switch(leg, false);
 	bev = bufferevent_openssl_socket_new(leg->base, leg->fd, ssl,
 					     accept ? BUFFEREVENT_SSL_ACCEPTING : BUFFEREVENT_SSL_CONNECTING,
 					     BEV_OPT_CLOSE_ON_FREE);
@@ -150,6 +218,11 @@ leg_start_tls(struct leg *leg, SSL *ssl, bool accept)
 		leg_apply_reading(leg);
 		return -1;
 	}
+	if (leg->rd_ev != NULL)
+		event_free(leg->rd_ev); /* OpenSSL's bufferevent reads from now on */
+	leg->rd_ev = NULL;
+	leg->in_cb = NULL; /* on the plain input, freed with it */
+	leg->rd_on = leg->rd_full = false;
 	leg->bev = bev;
 	leg->tls = true;
 	leg->tls_accept = accept;
@@ -210,7 +283,7 @@ leg_feed(struct leg *leg, bool all)
 	}
 	if (!all && (evbuffer_get_length(in) > 0 || leg->tok_rd <= 0)) {
 		if (!leg->rd_blocked && !leg->handshaking)
-			bufferevent_disable(leg->bev, EV_READ);
+			leg_read_switch(leg, false);
 		leg->rd_blocked = true;
 		leg_rate_arm(leg);
 	}
@@ -413,10 +486,8 @@ leg_apply_reading(struct leg *leg)
 {
 	if (!leg->open || leg->handshaking)
 		return; /* a handshake reads regardless; applied when it is done */
-	if (leg->reading && !leg->close_after_flush && !leg->rd_blocked)
-		bufferevent_enable(leg->bev, EV_READ);
-	else
-		bufferevent_disable(leg->bev, EV_READ);
+	leg_read_switch(leg, leg->reading && !leg->close_after_flush && !leg->rd_blocked && !leg->rd_full &&
+				     !leg->rd_done);
 }
 
 void
@@ -424,10 +495,22 @@ leg_set_timeouts(struct leg *leg, int read_s, int write_s)
 {
 	struct timeval r = { read_s, 0 }, w = { write_s, 0 };
 
+	bool changed = read_s != leg->read_timeout;
+
 	leg->read_timeout = read_s;
 	leg->write_timeout = write_s;
-	if (leg->open)
-		bufferevent_set_timeouts(leg->bev, read_s > 0 ? &r : NULL, write_s > 0 ? &w : NULL);
+	if (!leg->open)
+		return;
+	bufferevent_set_timeouts(leg->bev, read_s > 0 && leg->rd_ev == NULL ? &r : NULL, write_s > 0 ? &w : NULL);
+	if (leg->rd_ev != NULL && changed) {
+		/* A persistent event keeps the timeout it was added with (even
+		 * through event_add(NULL)): assign it afresh. */
+		bool on = leg->rd_on;
+
+		leg_read_switch(leg, false);
+		event_assign(leg->rd_ev, leg->base, leg->fd, EV_READ | EV_PERSIST, leg_sock_readcb, leg);
+		leg_read_switch(leg, on);
+	}
 }
 
 int
@@ -492,6 +575,11 @@ leg_close(struct leg *leg, enum leg_close_how how)
 	}
 	if (!leg->tls && leg->fd < 0)
 		leg->fd = bufferevent_getfd(leg->bev); /* a connect made it */
+	if (leg->rd_ev != NULL)
+		event_free(leg->rd_ev); /* may be the event now running: libevent allows it */
+	leg->rd_ev = NULL;
+	leg->in_cb = NULL;
+	leg->rd_on = leg->rd_full = leg->rd_done = false;
 	bufferevent_free(leg->bev); /* TLS: closes the socket and frees the SSL */
 	if (!leg->tls && leg->fd >= 0)
 		evutil_closesocket(leg->fd);
@@ -530,7 +618,10 @@ leg_close_after_flush(struct leg *leg)
 		leg_flush_tls(leg);
 	leg->close_after_flush = true;
 	leg->hold_output = false;
-	bufferevent_disable(leg->bev, EV_READ);
+	if (leg->rd_ev != NULL)
+		leg_read_switch(leg, false);
+	else
+		bufferevent_disable(leg->bev, EV_READ);
 	bufferevent_setwatermark(leg->bev, EV_WRITE, 0, 0);
 	if (leg->tls)
 		bufferevent_enable(leg->bev, EV_WRITE);
@@ -574,6 +665,108 @@ leg_readcb(struct bufferevent *bev, void *arg)
 	leg->cb(leg, LEG_EV_READ, leg->arg);
 }
 
+/*
+ * A plain leg's socket is readable (or its read timeout passed): one
+ * readv(2) into the bufferevent's input, as large as the last reads
+ * suggest, within the leg's bounds.  EOF and errors go the way the
+ * bufferevent reports them (leg_eventcb); the leg may be closed and its
+ * session freed inside leg->cb, so nothing here touches it after.
+ */
+static void
+leg_sock_readcb(evutil_socket_t fd, short what, void *arg)
+{
+	struct leg *leg = arg;
+	struct evbuffer *in;
+	struct evbuffer_iovec v[2];
+	struct iovec iov[2];
+	size_t have, want, left;
+	ssize_t n;
+	int nv, i, err;
+
+	if (what & EV_TIMEOUT) {
+		/* A persistent event: it stays armed, with its timeout. */
+		leg->cb(leg, LEG_EV_TIMEOUT_READ, leg->arg);
+		return;
+	}
+	in = bufferevent_get_input(leg->bev);
+	have = evbuffer_get_length(in);
+	want = leg->rd_want < leg_read_max(leg) ? leg->rd_want : leg_read_max(leg);
+	if (have >= LEG_INPUT_HIGH)
+		want = 0;
+	else if (want > LEG_INPUT_HIGH - have)
+		want = LEG_INPUT_HIGH - have;
+	if (want == 0) {
+		/* (reading is switched off before the input gets here) */
+		leg->rd_full = true;
+		evbuffer_cb_set_flags(in, leg->in_cb, EVBUFFER_CB_ENABLED);
+		leg_apply_reading(leg);
+		return;
+	}
+	/* The bufferevent keeps its input's end frozen so that only it adds
+	 * to it; its own read thaws it around the read in just this way. */
+	evbuffer_unfreeze(in, 0);
+	nv = evbuffer_reserve_space(in, (ev_ssize_t)want, v, 2);
+	for (i = 0, left = want; i < nv; i++) {
+		iov[i].iov_base = v[i].iov_base;
+		iov[i].iov_len = v[i].iov_len < left ? v[i].iov_len : left;
+		left -= iov[i].iov_len;
+	}
+	n = nv > 0 ? readv(fd, iov, nv) : -1;
+	err = errno;
+	if (n > 0) {
+		for (i = 0, left = (size_t)n; i < nv; i++) {
+			v[i].iov_len = iov[i].iov_len < left ? iov[i].iov_len : left;
+			left -= v[i].iov_len;
+		}
+		evbuffer_commit_space(in, v, nv);
+	}
+	evbuffer_freeze(in, 0);
+	if (nv <= 0) {
+		/* no memory for the bytes: the connection cannot go on */
+		leg->rd_done = true;
+		leg_apply_reading(leg);
+		snprintf(leg->err, sizeof(leg->err), "out of memory reading from %s", leg->addr);
+		leg->cb(leg, LEG_EV_ERROR, leg->arg);
+		return;
+	}
+	if (n < 0 && (err == EAGAIN || err == EWOULDBLOCK || err == EINTR))
+		return;
+	if (n <= 0) {
+		leg->rd_done = true;
+		leg_apply_reading(leg);
+		errno = err;
+		leg_eventcb(leg->bev, BEV_EVENT_READING | (n == 0 ? BEV_EVENT_EOF : BEV_EVENT_ERROR), leg);
+		return;
+	}
+	/* A read that filled what it asked for: the peer is streaming, ask
+	 * for more next time; a small one: back towards LEG_READ_MIN (the
+	 * buffer a read reserves stays allocated while bytes wait in it). */
+	if ((size_t)n == want && leg->rd_want < LEG_READ_MAX)
+		leg->rd_want *= 2;
+	else if ((size_t)n <= leg->rd_want / 4 && leg->rd_want > LEG_READ_MIN)
+		leg->rd_want /= 2;
+	if (evbuffer_get_length(in) >= LEG_INPUT_HIGH) {
+		leg->rd_full = true;
+		evbuffer_cb_set_flags(in, leg->in_cb, EVBUFFER_CB_ENABLED);
+		leg_apply_reading(leg);
+	}
+	leg_readcb(leg->bev, leg);
+}
+
+/* The input of a plain leg that stopped reading at LEG_INPUT_HIGH
+ * shrank: read on below it (what the bufferevent's watermark did). */
+static void
+leg_input_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
+{
+	struct leg *leg = arg;
+
+	if (!leg->rd_full || info->n_deleted == 0 || evbuffer_get_length(buf) >= LEG_INPUT_HIGH)
+		return;
+	leg->rd_full = false;
+	evbuffer_cb_clear_flags(buf, leg->in_cb, EVBUFFER_CB_ENABLED);
+	leg_apply_reading(leg);
+}
+
 static void
 leg_writecb(struct bufferevent *bev, void *arg)
 {
@@ -615,6 +808,8 @@ leg_eventcb(struct bufferevent *bev, short what, void *arg)
 		if (getpeername(leg->fd, (struct sockaddr *)&ss, &sl) == 0)
 			util_format_addr((struct sockaddr *)&ss, leg->addr, sizeof(leg->addr));
 		setsockopt(leg->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+		leg_own_read(leg);
+		leg_apply_reading(leg);
 		leg->cb(leg, LEG_EV_CONNECTED, leg->arg);
 		return;
 	}

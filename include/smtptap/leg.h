@@ -30,6 +30,7 @@
 #include "smtptap/util.h"
 
 struct evbuffer;
+struct evbuffer_cb_entry;
 struct evdns_base;
 struct bufferevent;
 struct leg;
@@ -86,6 +87,17 @@ struct leg {
 	struct evbuffer *paced;
 	struct evbuffer *inq;
 	struct event *rate_timer;
+	/* A plain leg reads its socket itself (rd_ev, from accept or connect
+	 * until leg_start_tls()): libevent 2.1's bufferevent reads at most
+	 * 4 KiB at a time, each after a FIONREAD ioctl, so a 1 MiB message
+	 * cost 256 callbacks, reads and writes.  rd_want adapts what one read
+	 * asks for (LEG_READ_MIN to the leg's maximum); rd_full: reading
+	 * stopped at LEG_INPUT_HIGH buffered bytes (in_cb resumes it);
+	 * rd_done: EOF or an error was read, reading is over. */
+	struct event *rd_ev;
+	struct evbuffer_cb_entry *in_cb;
+	size_t rd_want;
+	bool rd_on, rd_full, rd_done;
 	leg_cb cb;
 	void *arg;
 };
@@ -96,7 +108,8 @@ struct leg {
 #define LEG_INPUT_HIGH (256 * 1024)
 #define LEG_OUTPUT_HIGH (1024 * 1024)
 #define LEG_OUTPUT_LOW (256 * 1024)
-#define LEG_READ_MAX (64 * 1024)
+#define LEG_READ_MAX (64 * 1024)	 /* one read(2) of a plain leg asks for at most this */
+#define LEG_READ_MIN (4 * 1024)	 /* ... and at least this (a command, a reply) */
 #define LEG_TLS_RECORD (16 * 1024) /* staged output up to this is one record */
 
 /* Take over an accepted socket (plain; leg_start_tls() for implicit TLS).

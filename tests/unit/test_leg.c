@@ -83,6 +83,7 @@ static int tcp_listener(struct sockaddr_in *sin, bool listening);
 static void tcp_pair(int *leg_fd, int *peer_fd);
 static void take(struct fx *f, struct probe *pr, int fd);
 static void small_sndbuf(int fd);
+static void send_pattern(int fd, const unsigned char *pat, size_t want, size_t *sent);
 static void peer_send(int fd, const char *s);
 static void recv_now(int fd, const char *want);
 static void assert_buf(struct evbuffer *b, const char *want);
@@ -482,6 +483,91 @@ test_read_timeout_rearms(void **state)
 	assert_buf(f->a.got, "z");
 }
 
+/* Send what the socket takes of pattern bytes [*sent, want), without
+ * blocking. */
+static void
+send_pattern(int fd, const unsigned char *pat, size_t want, size_t *sent)
+{
+	while (*sent < want) {
+		ssize_t n = send(fd, pat + *sent, want - *sent, MSG_DONTWAIT | MSG_NOSIGNAL);
+
+		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+			return;
+		assert_true(n > 0);
+		*sent += (size_t)n;
+	}
+}
+
+/* A plain leg reads its socket itself, in reads that grow while they come
+ * back full: bytes already waiting arrive in a few large reads, not 4 KiB
+ * at a time (libevent 2.1's bufferevent limit). */
+static void
+test_read_grows(void **state)
+{
+	struct fx *f = *state;
+	size_t want = 192 * 1024, sent = 0;
+	unsigned char *pat = malloc(want);
+	int fd;
+
+	assert_non_null(pat);
+	fill_pattern(pat, want);
+	tcp_pair(&fd, &f->p.fd);
+	take(f, &f->a, fd);
+	send_pattern(f->p.fd, pat, want, &sent);
+	free(pat);
+	assert_true(sent >= 64 * 1024);
+	leg_set_reading(&f->a.leg, true);
+	WAIT(f, evbuffer_get_length(f->a.got) >= sent);
+	assert_pattern(f->a.got, sent);
+	/* 4, 8, 16, 32, 64, 64 ... KiB: at most about one read per 32 KiB */
+	if ((size_t)f->a.n[LEG_EV_READ] * 16 * 1024 > sent)
+		fail_msg("%d reads for %zu bytes", f->a.n[LEG_EV_READ], sent);
+	assert_int_equal(f->a.n[LEG_EV_EOF] + f->a.n[LEG_EV_ERROR], 0);
+}
+
+/* Input nobody takes stops reading at LEG_INPUT_HIGH buffered bytes (the
+ * rest waits in the socket); taking some of it resumes reading, and every
+ * byte arrives once, in order. */
+static void
+test_read_stops_at_input_high(void **state)
+{
+	struct fx *f = *state;
+	size_t want = LEG_INPUT_HIGH + 256 * 1024, sent = 0;
+	unsigned char *pat = malloc(want);
+	struct evbuffer *in;
+	int fd, reads;
+
+	assert_non_null(pat);
+	fill_pattern(pat, want);
+	tcp_pair(&fd, &f->p.fd);
+	take(f, &f->a, fd);
+	in = leg_input(&f->a.leg);
+	f->a.keep_input = true;
+	leg_set_reading(&f->a.leg, true);
+	WAIT(f, (send_pattern(f->p.fd, pat, want, &sent), evbuffer_get_length(in) >= LEG_INPUT_HIGH));
+	assert_int_equal(evbuffer_get_length(in), LEG_INPUT_HIGH);
+	/* More is sent (or waits to be): none of it is read. */
+	for (int i = 0; i < 20; i++) {
+		send_pattern(f->p.fd, pat, want, &sent);
+		spin(f, 1);
+	}
+	assert_true(sent > LEG_INPUT_HIGH);
+	reads = f->a.n[LEG_EV_READ];
+	spin(f, 5);
+	assert_int_equal(f->a.n[LEG_EV_READ], reads);
+	assert_int_equal(evbuffer_get_length(in), LEG_INPUT_HIGH);
+
+	/* Taking a little resumes reading. */
+	assert_int_equal(evbuffer_remove_buffer(in, f->a.got, 1000), 1000);
+	WAIT(f, f->a.n[LEG_EV_READ] > reads);
+	f->a.keep_input = false;
+	assert_int_equal(evbuffer_add_buffer(f->a.got, in), 0);
+	WAIT(f, (send_pattern(f->p.fd, pat, want, &sent), evbuffer_get_length(f->a.got) >= want));
+	free(pat);
+	assert_pattern(f->a.got, want);
+	assert_int_equal(f->a.n[LEG_EV_EOF] + f->a.n[LEG_EV_ERROR], 0);
+}
+
 /* ------------------------------------------------------------------------
  * Writing.
  */
@@ -846,6 +932,8 @@ main(void)
 		cmocka_unit_test_setup_teardown(test_read_gated_by_reading, fx_setup, fx_teardown),
 		cmocka_unit_test_setup_teardown(test_eof_and_reset, fx_setup, fx_teardown),
 		cmocka_unit_test_setup_teardown(test_read_timeout_rearms, fx_setup, fx_teardown),
+		cmocka_unit_test_setup_teardown(test_read_grows, fx_setup, fx_teardown),
+		cmocka_unit_test_setup_teardown(test_read_stops_at_input_high, fx_setup, fx_teardown),
 		cmocka_unit_test_setup_teardown(test_flush_writes_directly, fx_setup, fx_teardown),
 		cmocka_unit_test_setup_teardown(test_backpressure_and_drained, fx_setup, fx_teardown),
 		cmocka_unit_test_setup_teardown(test_write_timeout, fx_setup, fx_teardown),
