@@ -11,6 +11,16 @@
 
 #include <string.h>
 
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
+/* AVX2 where the CPU has it (asked at run time), SSE2 (x86-64's baseline)
+ * otherwise; see smtp_data_skim(). */
+#if defined(__SSE2__) && defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define SMTP_DATA_AVX2 1
+#include <immintrin.h>
+#endif
+
 static size_t	 smtp_strip_eol(const char *, size_t);
 static bool	 smtp_is_space(char);
 static bool	 smtp_is_digit(char);
@@ -27,6 +37,13 @@ static void	 smtp_parse_auth(const char *, size_t, struct smtp_cmd *);
 static int	 smtp_parse_num(const char *, size_t, size_t *, int);
 static void	 smtp_parse_enhanced(struct smtp_reply_line *);
 static void	 smtp_data_mid(struct smtp_data *, const char *, size_t *, size_t, char *, size_t *);
+#ifdef __SSE2__
+static size_t	 smtp_data_skim(const struct smtp_data *, const char *, size_t, size_t, bool *);
+#endif
+#ifdef SMTP_DATA_AVX2
+static size_t	 smtp_data_skim32(const char *, size_t, size_t, bool, bool);
+static bool	 smtp_data_no_avx2; /* tests: the SSE2 path alone */
+#endif
 static int	 smtp_b64_value(unsigned char);
 static size_t	 smtp_b64_decode(const char *, size_t, unsigned char *);
 static size_t	 smtp_auth_name(const unsigned char *, size_t, char *, size_t);
@@ -671,9 +688,10 @@ smtp_ehlo_edit(const char *in, size_t len, const char *kw, bool want, char *out,
  * content: treating it as a line end would let smtptap see a different
  * message than a strict server does (the SMTP-smuggling shape), so they
  * are noted instead, like NUL bytes.  The state machine only visits line
- * starts byte by byte; inside a line smtp_data_mid() jumps from LF to LF
- * with memchr() and copies unchanged runs in bulk, since dots at a line
- * start are rare and messages may be gigabytes.
+ * starts byte by byte; inside a line smtp_data_mid() skims 16 bytes at a
+ * time (SSE2) over content in which nothing happens, looks at the lines
+ * where something does with memchr(), and copies unchanged runs in bulk,
+ * since dots at a line start are rare and messages may be gigabytes.
  */
 
 void
@@ -741,56 +759,150 @@ smtp_data_scan(struct smtp_data *d, const char *in, size_t len, char *out, size_
  * Inside a line: copy through to the next line that starts with '.' (left
  * for the state machine) or to the end of the input, noting bare LF, bare
  * CR and NUL on the way.  Leaves d->st at LINE_START, MID or MID_CR.
+ * Blocks of ordinary content are skimmed (smtp_data_skim); a line in which
+ * something may happen is looked at with memchr(), then skimming goes on.
  */
 static void
 smtp_data_mid(struct smtp_data *d, const char *in, size_t *ip, size_t len, char *out, size_t *op)
 {
-	size_t i = *ip, run = *ip, j, k;
+	size_t start = *ip, i = *ip, run, j, k;
 	const char *nl;
-	bool prev_cr = d->st == SMTP_DATA_MID_CR;
+	bool prev_cr = d->st == SMTP_DATA_MID_CR, crlf;
 
-	/* A CR that ended the previous chunk is bare unless an LF follows. */
-	if (prev_cr && in[i] != '\n')
-		d->bare_cr = true;
+	d->st = SMTP_DATA_MID;
 	for (;;) {
-		bool crlf;
-
+#ifdef __SSE2__
+		i = smtp_data_skim(d, in, i, len, &prev_cr);
+#endif
+		/* A CR that ended what came before is bare unless an LF
+		 * follows. */
+		run = i;
+		if (prev_cr && in[i] != '\n')
+			d->bare_cr = true;
 		nl = memchr(in + i, '\n', len - i);
 		if (nl == NULL) {
-			/* i < len here unless a bare LF ended the input. */
+			/* i < len here: skimming leaves a byte, and a line
+			 * start at the end of the input is not ours. */
 			d->st = in[len - 1] == '\r' ? SMTP_DATA_MID_CR : SMTP_DATA_MID;
 			i = len;
-			break;
+		} else {
+			j = (size_t)(nl - in);
+			/* The byte before this LF is in this run, or, for its
+			 * first byte, remembered in prev_cr. */
+			crlf = j > run ? in[j - 1] == '\r' : prev_cr;
+			i = j + 1;
+			if (!crlf)
+				d->bare_lf = true; /* line content, not a line end */
+			else if (i == len || in[i] == '.')
+				d->st = SMTP_DATA_LINE_START;
 		}
-		j = (size_t)(nl - in);
-		/* The byte before this LF is in this buffer, or, for the first
-		 * one, remembered in the state from the previous chunk. */
-		crlf = j > run ? in[j - 1] == '\r' : prev_cr;
-		i = j + 1;
-		if (!crlf) {
-			d->bare_lf = true; /* line content, not a line end */
-			continue;
-		}
-		if (i == len || in[i] == '.') {
-			d->st = SMTP_DATA_LINE_START;
-			break;
-		}
-	}
-	if (!d->nul && i > run && memchr(in + run, '\0', i - run) != NULL)
-		d->nul = true;
-	/* A CR is bare unless an LF follows; a CR ending the input is
-	 * decided by the next chunk (MID_CR). */
-	for (k = run; !d->bare_cr && k < i; k++) {
-		const char *cr = memchr(in + k, '\r', i - k);
+		if (!d->nul && memchr(in + run, '\0', i - run) != NULL)
+			d->nul = true;
+		/* A CR is bare unless an LF follows; a CR ending the input is
+		 * decided by the next chunk (MID_CR). */
+		for (k = run; !d->bare_cr && k < i; k++) {
+			const char *cr = memchr(in + k, '\r', i - k);
 
-		if (cr == NULL)
+			if (cr == NULL)
+				break;
+			k = (size_t)(cr - in);
+			if (k + 1 < len && in[k + 1] != '\n')
+				d->bare_cr = true;
+		}
+		if (i == len || d->st == SMTP_DATA_LINE_START)
 			break;
-		k = (size_t)(cr - in);
-		if (k + 1 < len && in[k + 1] != '\n')
-			d->bare_cr = true;
+		prev_cr = false; /* the byte before i is that LF */
 	}
 	if (out != NULL)
-		memcpy(out + *op, in + run, i - run);
-	*op += i - run;
+		memcpy(out + *op, in + start, i - start);
+	*op += i - start;
 	*ip = i;
+}
+
+#ifdef __SSE2__
+/*
+ * Skim blocks of line content from i in which nothing needs a closer look:
+ * no '.' right after an LF (a line start), and, unless the message already
+ * had one, no bare LF, no bare CR, no NUL.  Each block is compared with
+ * itself one byte on (a second load): lane k holds in[b + k] and
+ * in[b + k + 1], so "CR here" must equal "LF next", and "LF here, dot
+ * next" must not happen.  A block needs the byte after it, so at least one
+ * byte is always left for the byte-wise path.  *cr says whether the byte
+ * before i is a CR, and on return whether the byte before the returned
+ * position is.  32-byte blocks with AVX2, then 16-byte ones (SSE2) up to
+ * the first that is not clean; 16 bytes at a time scan a 1 MiB message in
+ * about a third less time than one memchr() per 80-byte line, 32 in a
+ * third of it.
+ */
+static inline __m128i
+smtp_data_block(const char *p, __m128i ends, __m128i nul)
+{
+	const __m128i vcr = _mm_set1_epi8('\r'), vlf = _mm_set1_epi8('\n');
+	const __m128i vdot = _mm_set1_epi8('.'), vnul = _mm_setzero_si128();
+	__m128i b0 = _mm_loadu_si128((const __m128i *)(const void *)p);
+	__m128i b1 = _mm_loadu_si128((const __m128i *)(const void *)(p + 1));
+	__m128i bad = _mm_and_si128(_mm_xor_si128(_mm_cmpeq_epi8(b0, vcr), _mm_cmpeq_epi8(b1, vlf)), ends);
+
+	bad = _mm_or_si128(bad, _mm_and_si128(_mm_cmpeq_epi8(b0, vlf), _mm_cmpeq_epi8(b1, vdot)));
+	return _mm_or_si128(bad, _mm_and_si128(_mm_cmpeq_epi8(b0, vnul), nul));
+}
+
+static size_t
+smtp_data_skim(const struct smtp_data *d, const char *in, size_t i, size_t len, bool *cr)
+{
+	bool ends_on = !(d->bare_lf && d->bare_cr), nul_on = !d->nul;
+	const __m128i ends = ends_on ? _mm_set1_epi8(-1) : _mm_setzero_si128();
+	const __m128i nul = nul_on ? _mm_set1_epi8(-1) : _mm_setzero_si128();
+	size_t start = i;
+
+	/* in[i] itself: an LF there is bare unless a CR came before */
+	if (len - i <= 16 || (in[i] == '\n') != *cr)
+		return i;
+#ifdef SMTP_DATA_AVX2
+	if (!smtp_data_no_avx2 && __builtin_cpu_supports("avx2"))
+		i = smtp_data_skim32(in, i, len, ends_on, nul_on);
+#endif
+	while (len - i > 16 && _mm_movemask_epi8(smtp_data_block(in + i, ends, nul)) == 0)
+		i += 16;
+	if (i > start)
+		*cr = in[i - 1] == '\r';
+	return i;
+}
+#endif
+
+#ifdef SMTP_DATA_AVX2
+/* smtp_data_skim()'s blocks, 32 bytes at a time. */
+__attribute__((target("avx2"))) static size_t
+smtp_data_skim32(const char *in, size_t i, size_t len, bool ends_on, bool nul_on)
+{
+	const __m256i vcr = _mm256_set1_epi8('\r'), vlf = _mm256_set1_epi8('\n');
+	const __m256i vdot = _mm256_set1_epi8('.'), vnul = _mm256_setzero_si256();
+	const __m256i ends = ends_on ? _mm256_set1_epi8(-1) : vnul, nul = nul_on ? _mm256_set1_epi8(-1) : vnul;
+
+	while (len - i > 32) {
+		__m256i b0 = _mm256_loadu_si256((const __m256i *)(const void *)(in + i));
+		__m256i b1 = _mm256_loadu_si256((const __m256i *)(const void *)(in + i + 1));
+		__m256i bad = _mm256_and_si256(_mm256_xor_si256(_mm256_cmpeq_epi8(b0, vcr), _mm256_cmpeq_epi8(b1, vlf)),
+					       ends);
+
+		bad = _mm256_or_si256(bad, _mm256_and_si256(_mm256_cmpeq_epi8(b0, vlf), _mm256_cmpeq_epi8(b1, vdot)));
+		bad = _mm256_or_si256(bad, _mm256_and_si256(_mm256_cmpeq_epi8(b0, vnul), nul));
+		if (_mm256_movemask_epi8(bad) != 0)
+			break;
+		i += 32;
+	}
+	return i;
+}
+#endif
+
+bool
+smtp_data_set_avx2(bool on)
+{
+#ifdef SMTP_DATA_AVX2
+	smtp_data_no_avx2 = !on;
+	return on && __builtin_cpu_supports("avx2");
+#else
+	(void)on;
+	return false;
+#endif
 }

@@ -201,6 +201,10 @@ void smtp_data_init(struct smtp_data *d);
  * can be released by a following byte) and *out_len is set to the count.
  */
 size_t smtp_data_scan(struct smtp_data *d, const char *in, size_t len, char *out, size_t *out_len);
+/* The scanner skims with AVX2 where the CPU has it, else with SSE2 on
+ * x86-64.  Tests turn AVX2 off to check the SSE2 path as well; returns
+ * whether AVX2 is used from now on.  Not thread-safe: for tests only. */
+bool smtp_data_set_avx2(bool on);
 /* export uses the same function over the stored wire chunks, in order. */
 
 #endif

@@ -1612,8 +1612,97 @@ test_data_exhaustive_small(void **state)
 	}
 }
 
+/*
+ * Content long enough to be skimmed 16 bytes at a time (smtp_data_skim),
+ * with one event at every offset: a line-start dot, a bare LF, a bare CR,
+ * a NUL, a terminator, a CRLF across a block boundary.  Against the
+ * reference, under every split.
+ */
 static void
-test_data_large_message(void **state)
+data_skim_offsets_once(void)
+{
+	static const struct {
+		const char *s;
+		size_t n;
+	} events[] = {
+		{ "\r\n.", 3 }, { "\r\n..x", 5 }, { "\n", 1 }, { "\r", 1 }, { "\0", 1 },
+		{ "\r\n.\r\n", 5 }, { "\n.", 2 }, { "\r\r\n", 3 }, { ".\r\n", 3 }, { "\r\n\r\n", 4 },
+	};
+	char base[96], buf[128];
+	size_t e, off, k, n;
+
+	/* Lines of 23 bytes: their CRLFs fall at every place in a block. */
+	for (k = 0; k < sizeof(base); k++)
+		base[k] = k % 23 == 21 ? '\r' : k % 23 == 22 ? '\n' : (char)('a' + k % 23);
+	for (e = 0; e < sizeof(events) / sizeof(events[0]); e++) {
+		for (off = 0; off <= sizeof(base); off++) {
+			memcpy(buf, base, off);
+			memcpy(buf + off, events[e].s, events[e].n);
+			memcpy(buf + off + events[e].n, base + off, sizeof(base) - off);
+			n = sizeof(base) + events[e].n;
+			check_splits(buf, n);
+		}
+	}
+}
+
+/* The same with the AVX2 skim (where the CPU has it), then SSE2 alone. */
+static void
+test_data_skim_offsets(void **state)
+{
+	(void)state;
+	smtp_data_set_avx2(true);
+	data_skim_offsets_once();
+	smtp_data_set_avx2(false);
+	data_skim_offsets_once();
+	smtp_data_set_avx2(true);
+}
+
+/*
+ * Random mixes: mostly letters and CRLF line ends, now and then a dot, a
+ * bare LF or CR, a NUL; lengths around a few blocks.
+ */
+static void
+data_skim_random_once(void)
+{
+	static const char rare[] = { '.', '\r', '\n', '\0', '.' };
+	char buf[400];
+	unsigned seed = 4242;
+	size_t r, k, n;
+
+	for (r = 0; r < 300; r++) {
+		seed = seed * 1103515245 + 12345;
+		n = 16 + (seed >> 16) % (sizeof(buf) - 16);
+		for (k = 0; k < n; k++) {
+			seed = seed * 1103515245 + 12345;
+			if ((seed >> 16) % 29 == 0 && k + 1 < n) {
+				buf[k++] = '\r';
+				buf[k] = '\n';
+			} else if ((seed >> 16) % (r % 3 == 0 ? 41 : 997) == 1) {
+				buf[k] = rare[(seed >> 8) % sizeof(rare)];
+			} else if ((seed >> 16) % 29 == 2 && k > 1 && buf[k - 1] == '\n') {
+				buf[k] = '.';
+			} else {
+				buf[k] = (char)('A' + (seed >> 20) % 26);
+			}
+		}
+		check_splits(buf, n);
+	}
+}
+
+/* The same with the AVX2 skim (where the CPU has it), then SSE2 alone. */
+static void
+test_data_skim_random(void **state)
+{
+	(void)state;
+	smtp_data_set_avx2(true);
+	data_skim_random_once();
+	smtp_data_set_avx2(false);
+	data_skim_random_once();
+	smtp_data_set_avx2(true);
+}
+
+static void
+data_large_message_once(void)
 {
 	struct smtp_data d;
 	struct ref_result ref;
@@ -1621,7 +1710,6 @@ test_data_large_message(void **state)
 	char *in = malloc(len + 8), *out = malloc(len + 10), *oref = malloc(len + 10);
 	unsigned seed = 12345;
 
-	(void)state;
 	assert_non_null(in);
 	assert_non_null(out);
 	assert_non_null(oref);
@@ -1674,6 +1762,18 @@ test_data_large_message(void **state)
 	free(in);
 	free(out);
 	free(oref);
+}
+
+/* The same with the AVX2 skim (where the CPU has it), then SSE2 alone. */
+static void
+test_data_large_message(void **state)
+{
+	(void)state;
+	smtp_data_set_avx2(true);
+	data_large_message_once();
+	smtp_data_set_avx2(false);
+	data_large_message_once();
+	smtp_data_set_avx2(true);
 }
 
 /* ------------------------------------------------------------------------
@@ -1860,6 +1960,8 @@ main(void)
 		cmocka_unit_test(test_data_null_out),
 		cmocka_unit_test(test_data_split_equivalence),
 		cmocka_unit_test(test_data_exhaustive_small),
+		cmocka_unit_test(test_data_skim_offsets),
+		cmocka_unit_test(test_data_skim_random),
 		cmocka_unit_test(test_data_large_message),
 		cmocka_unit_test_teardown(test_helo_name, teardown_bufs),
 		cmocka_unit_test_teardown(test_auth_user, teardown_bufs),
