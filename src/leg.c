@@ -56,6 +56,7 @@ static void leg_own_read(struct leg *leg);
 static void leg_read_switch(struct leg *leg, bool on);
 static void leg_sock_readcb(evutil_socket_t fd, short what, void *arg);
 static void leg_input_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg);
+static ssize_t leg_read_into(struct evbuffer *in, evutil_socket_t fd, size_t want, int *err);
 
 /* Throttling works in tenths of a second, so a slow rate trickles instead
  * of arriving in one burst each second. */
@@ -677,11 +678,9 @@ leg_sock_readcb(evutil_socket_t fd, short what, void *arg)
 {
 	struct leg *leg = arg;
 	struct evbuffer *in;
-	struct evbuffer_iovec v[2];
-	struct iovec iov[2];
-	size_t have, want, left;
+	size_t have, want;
 	ssize_t n;
-	int nv, i, err;
+	int err;
 
 	if (what & EV_TIMEOUT) {
 		/* A persistent event: it stays armed, with its timeout. */
@@ -702,26 +701,8 @@ leg_sock_readcb(evutil_socket_t fd, short what, void *arg)
 		leg_apply_reading(leg);
 		return;
 	}
-	/* The bufferevent keeps its input's end frozen so that only it adds
-	 * to it; its own read thaws it around the read in just this way. */
-	evbuffer_unfreeze(in, 0);
-	nv = evbuffer_reserve_space(in, (ev_ssize_t)want, v, 2);
-	for (i = 0, left = want; i < nv; i++) {
-		iov[i].iov_base = v[i].iov_base;
-		iov[i].iov_len = v[i].iov_len < left ? v[i].iov_len : left;
-		left -= iov[i].iov_len;
-	}
-	n = nv > 0 ? readv(fd, iov, nv) : -1;
-	err = errno;
-	if (n > 0) {
-		for (i = 0, left = (size_t)n; i < nv; i++) {
-			v[i].iov_len = iov[i].iov_len < left ? iov[i].iov_len : left;
-			left -= v[i].iov_len;
-		}
-		evbuffer_commit_space(in, v, nv);
-	}
-	evbuffer_freeze(in, 0);
-	if (nv <= 0) {
+	n = leg_read_into(in, fd, want, &err);
+	if (n == -2) {
 		/* no memory for the bytes: the connection cannot go on */
 		leg->rd_done = true;
 		leg_apply_reading(leg);
@@ -751,6 +732,55 @@ leg_sock_readcb(evutil_socket_t fd, short what, void *arg)
 		leg_apply_reading(leg);
 	}
 	leg_readcb(leg->bev, leg);
+}
+
+/*
+ * One read(2) of up to `want` bytes into the input: a small one through a
+ * buffer on the stack, added at its size (space reserved in the input for
+ * LEG_READ_MIN would hold an 8 KiB chain for a 40-byte command, where
+ * libevent's own read, sized by FIONREAD, took 1 KiB), a larger one
+ * straight into space reserved in the input, without a copy.  Returns what
+ * read(2) returned, its errno in *err; -2 when out of memory.
+ */
+static ssize_t
+leg_read_into(struct evbuffer *in, evutil_socket_t fd, size_t want, int *err)
+{
+	struct evbuffer_iovec v[2];
+	struct iovec iov[2];
+	size_t left;
+	ssize_t n;
+	int nv, i;
+
+	/* The bufferevent keeps its input's end frozen so that only it adds
+	 * to it; its own read thaws it around the read in just this way. */
+	evbuffer_unfreeze(in, 0);
+	if (want <= LEG_READ_MIN) {
+		char buf[LEG_READ_MIN];
+
+		n = read(fd, buf, want);
+		*err = errno;
+		if (n > 0 && evbuffer_add(in, buf, (size_t)n) < 0)
+			n = -2;
+	} else if ((nv = evbuffer_reserve_space(in, (ev_ssize_t)want, v, 2)) <= 0) {
+		n = -2;
+	} else {
+		for (i = 0, left = want; i < nv; i++) {
+			iov[i].iov_base = v[i].iov_base;
+			iov[i].iov_len = v[i].iov_len < left ? v[i].iov_len : left;
+			left -= iov[i].iov_len;
+		}
+		n = readv(fd, iov, nv);
+		*err = errno;
+		if (n > 0) {
+			for (i = 0, left = (size_t)n; i < nv; i++) {
+				v[i].iov_len = iov[i].iov_len < left ? iov[i].iov_len : left;
+				left -= v[i].iov_len;
+			}
+			evbuffer_commit_space(in, v, nv);
+		}
+	}
+	evbuffer_freeze(in, 0);
+	return n;
 }
 
 /* The input of a plain leg that stopped reading at LEG_INPUT_HIGH
