@@ -26,7 +26,6 @@
 #include "smtptap/leg.h"
 
 #include <errno.h>
-#include <limits.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
