@@ -1,14 +1,17 @@
 /*
  * json.c - streaming JSON writer and validator, see json.h.
  *
- * Output goes through stdio one piece at a time; runs of bytes that need no
- * escaping are written with a single fwrite() since strings may be long
- * (a multi-line EHLO reply, a redacted AUTH line, a JSON blob).
+ * Output goes through stdio (or into the memory buffer) one piece at a
+ * time; runs of bytes that need no escaping are written with a single
+ * fwrite() since strings may be long (a multi-line EHLO reply, a redacted
+ * AUTH line, a JSON blob).  json_put() is the one place that knows where
+ * the text goes.
  */
 #include "smtptap/json.h"
 
 #include <errno.h>
 #include <inttypes.h>
+#include <stdlib.h>
 #include <string.h>
 
 struct json_scan {
@@ -18,6 +21,7 @@ struct json_scan {
 
 static void json_fail(struct json *j, int err);
 static void json_put(struct json *j, const void *p, size_t len);
+static int json_mem_grow(struct json *j, size_t need);
 static void json_newline(struct json *j, int depth);
 static void json_separate(struct json *j);
 static bool json_value_begin(struct json *j);
@@ -41,6 +45,73 @@ json_init(struct json *j, FILE *f, int levels)
 	j->levels = levels;
 }
 
+void
+json_init_mem(struct json *j, size_t max, int levels)
+{
+	memset(j, 0, sizeof(*j));
+	j->max = max;
+	j->levels = levels;
+}
+
+const char *
+json_mem_data(const struct json *j, size_t *len)
+{
+	*len = j->len;
+	return j->buf;
+}
+
+char *
+json_mem_take(struct json *j, size_t *len)
+{
+	char *p;
+
+	/* Room for the NUL is made here, past the text (and past max:
+	 * the bound is on the text). */
+	if (j->buf == NULL || (j->len == j->cap && json_mem_grow(j, 1) < 0)) {
+		json_mem_free(j);
+		*len = 0;
+		return NULL;
+	}
+	p = j->buf;
+	p[j->len] = '\0';
+	*len = j->len;
+	j->buf = NULL;
+	j->len = j->cap = 0;
+	return p;
+}
+
+void
+json_mem_free(struct json *j)
+{
+	free(j->buf);
+	j->buf = NULL;
+	j->len = j->cap = 0;
+}
+
+/* Make room for need more bytes in the buffer (doubling, from 4 KiB).
+ * Returns 0, or -1 when memory is short. */
+static int
+json_mem_grow(struct json *j, size_t need)
+{
+	size_t cap = j->cap == 0 ? 4096 : j->cap;
+	char *p;
+
+	if (need > SIZE_MAX - j->len)
+		return -1;
+	while (cap - j->len < need) {
+		if (cap > SIZE_MAX / 2)
+			return -1;
+		cap *= 2;
+	}
+	if (cap == j->cap)
+		return 0;
+	if ((p = realloc(j->buf, cap)) == NULL)
+		return -1;
+	j->buf = p;
+	j->cap = cap;
+	return 0;
+}
+
 /* The first failure wins: later ones are usually its consequences. */
 static void
 json_fail(struct json *j, int err)
@@ -56,8 +127,21 @@ json_put(struct json *j, const void *p, size_t len)
 {
 	if (j->failed || len == 0)
 		return;
-	if (fwrite(p, 1, len, j->f) != len)
-		json_fail(j, errno != 0 ? errno : EIO);
+	if (j->f != NULL) {
+		if (fwrite(p, 1, len, j->f) != len)
+			json_fail(j, errno != 0 ? errno : EIO);
+		return;
+	}
+	if (j->max != 0 && (len > j->max || j->len > j->max - len)) {
+		json_fail(j, EMSGSIZE);
+		return;
+	}
+	if (j->cap - j->len < len && json_mem_grow(j, len) < 0) {
+		json_fail(j, ENOMEM);
+		return;
+	}
+	memcpy(j->buf + j->len, p, len);
+	j->len += len;
 }
 
 /* A line break, then the indentation of nesting level `depth`. */

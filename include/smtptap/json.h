@@ -1,8 +1,12 @@
 /*
- * json.h - a small streaming JSON writer (RFC 8259) to a FILE *.
+ * json.h - a small streaming JSON writer (RFC 8259) to a FILE * or to a
+ * growable memory buffer.
  *
- * Nothing is built in memory: each call writes its piece at once, so a
- * document can be as long as the session it describes.  Commas, colons and
+ * To a FILE nothing is built in memory: each call writes its piece at
+ * once, so a document can be as long as the session it describes.  To
+ * memory (json_init_mem: an HTTP response, a test) the text grows in one
+ * buffer up to a bound the caller sets, and is the same text byte for
+ * byte as the FILE would have received.  Commas, colons and
  * indentation are placed by the writer, which remembers, per open
  * container, whether something was written into it yet.
  *
@@ -34,7 +38,10 @@
 #define JSON_DEPTH_MAX 32
 
 struct json {
-	FILE *f;
+	FILE *f;	 /* the output, or NULL: the memory buffer below */
+	char *buf;	 /* json_init_mem: the text so far (not NUL-terminated) */
+	size_t len, cap;
+	size_t max;	 /* the buffer never grows past this; 0: no bound */
 	int levels;	 /* containers nested this deep get a line per member */
 	int depth;	 /* open containers */
 	bool failed;	 /* a write failed or the calls were out of order */
@@ -48,6 +55,21 @@ struct json {
 };
 
 void json_init(struct json *j, FILE *f, int levels);
+/*
+ * Write into a memory buffer owned by j instead, growing it as needed up
+ * to max bytes (0: no bound).  Going past max, or running out of memory,
+ * is a write error like a full disk: sticky, j->err EMSGSIZE or ENOMEM.
+ * Read the text with json_mem_data(); release it with json_mem_free().
+ */
+void json_init_mem(struct json *j, size_t max, int levels);
+/* The text written so far (*len bytes, not NUL-terminated; NULL when
+ * nothing was written). */
+const char *json_mem_data(const struct json *j, size_t *len);
+/* Hand the buffer to the caller (who free()s it) and forget it: j can be
+ * given json_init_mem() again.  NUL-terminated; NULL if nothing was
+ * written or memory ran short. */
+char *json_mem_take(struct json *j, size_t *len);
+void json_mem_free(struct json *j);
 
 void json_object_begin(struct json *j);
 void json_object_end(struct json *j);
