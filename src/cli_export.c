@@ -19,11 +19,12 @@
 #include "smtptap/cli_read.h"
 #include "smtptap/export.h"
 #include "smtptap/log.h"
+#include "smtptap/reader.h"
 #include "smtptap/store.h"
 #include "smtptap/util.h"
 
 static void cli_export_usage(FILE *f);
-static int cli_export_one(struct store_reader *rd, const char *db, const struct export_message *m, bool mbox,
+static int cli_export_one(struct reader *rd, const char *db, const struct export_message *m, bool mbox,
 			  struct cli_out *o);
 
 static void
@@ -50,7 +51,7 @@ cli_export_usage(FILE *f)
 /* Write one message to o (open).  Returns CLI_EXIT_OK (write errors are
  * left in o->werr) or CLI_EXIT_FAIL after reporting a database error. */
 static int
-cli_export_one(struct store_reader *rd, const char *db, const struct export_message *m, bool mbox,
+cli_export_one(struct reader *rd, const char *db, const struct export_message *m, bool mbox,
 	       struct cli_out *o)
 {
 	char err[512];
@@ -94,10 +95,10 @@ cli_export(int argc, char **argv)
 	};
 	static const char *fmt_flag[] = { "", "--eml", "--mbox", "--json" };
 	const char *db = CLI_DEFAULT_DB, *opath = NULL;
-	struct store_reader *rd = NULL;
+	struct reader *rd = NULL;
 	struct export_message *msgs = NULL;
 	size_t nmsgs = 0, i, first, last;
-	struct cli_session s;
+	struct reader_session s;
 	struct cli_out out;
 	struct stat st;
 	char err[512], name[64], path[PATH_MAX];
@@ -152,8 +153,15 @@ cli_export(int argc, char **argv)
 
 	if ((rd = cli_read_open(db)) == NULL)
 		return CLI_EXIT_FAIL;
+	/* One request: the session, its message list and their content are
+	 * one snapshot, even while a proxy records into the file. */
+	if (reader_begin(rd, err, sizeof(err)) < 0) {
+		log_warnx("reading %s: %s", db, err);
+		reader_close(rd);
+		return CLI_EXIT_FAIL;
+	}
 	if ((rc = cli_read_session_load(rd, db, id, &s)) != CLI_EXIT_OK) {
-		store_reader_close(rd);
+		reader_close(rd);
 		return rc;
 	}
 	memset(&out, 0, sizeof(out));
@@ -239,8 +247,8 @@ cli_export(int argc, char **argv)
 	}
 done:
 	export_message_list_free(msgs, nmsgs);
-	cli_read_session_free(&s);
-	store_reader_close(rd);
+	reader_session_free(&s);
+	reader_close(rd);
 	if (cli_out_close(&out) < 0 && rc == CLI_EXIT_OK)
 		rc = CLI_EXIT_FAIL;
 	return rc;

@@ -39,6 +39,7 @@
 
 struct store_reader {
 	sqlite3 *db;
+	sqlite3_stmt *bytes; /* store_reader_event_bytes's, prepared on first use */
 };
 
 /* A transaction's recipients, copied out of their statement so that they
@@ -110,6 +111,7 @@ store_reader_close(struct store_reader *rd)
 {
 	if (rd == NULL)
 		return;
+	sqlite3_finalize(rd->bytes);
 	/* Read-only statements are all finalized by now: close cannot be busy. */
 	sqlite3_close(rd->db);
 	free(rd);
@@ -343,6 +345,49 @@ store_reader_message_data(struct store_reader *rd, int64_t message_row, store_ch
 		return rd_db_error(rd, err, errsz);
 	}
 	sqlite3_finalize(stmt);
+	return ret;
+}
+
+sqlite3 *
+store_reader_db(struct store_reader *rd)
+{
+	return rd->db;
+}
+
+/*
+ * The one place that knows where an event's bytes are kept: today in the
+ * row itself (events.raw).  A row's blob is at most one read's worth of
+ * the wire (a data event holds one chunk of a message), and is handed on
+ * in pieces of at most STORE_READ_CHUNK all the same, so callers are
+ * written for pieces from the start.
+ */
+int
+store_reader_event_bytes(struct store_reader *rd, int64_t rowid, store_chunk_cb cb, void *arg, char *err,
+			 size_t errsz)
+{
+	const unsigned char *p;
+	size_t len, n;
+	int rc, ret = 0;
+
+	if (rd->bytes == NULL &&
+	    rd_prepare(rd, "SELECT raw FROM events WHERE rowid = ?1", &rd->bytes, err, errsz) < 0)
+		return -1;
+	if (sqlite3_bind_int64(rd->bytes, 1, rowid) != SQLITE_OK)
+		return rd_db_error(rd, err, errsz);
+	rc = sqlite3_step(rd->bytes);
+	if (rc == SQLITE_ROW) {
+		p = rd_blob(rd->bytes, 0, &len);
+		while (p != NULL && len > 0 && ret == 0) {
+			n = len < STORE_READ_CHUNK ? len : STORE_READ_CHUNK;
+			ret = cb(p, n, arg);
+			p += n;
+			len -= n;
+		}
+	} else if (rc != SQLITE_DONE) {
+		rd_db_error(rd, err, errsz);
+		ret = -1;
+	}
+	sqlite3_reset(rd->bytes);
 	return ret;
 }
 

@@ -340,4 +340,24 @@ int store_reader_transactions(struct store_reader *rd, int64_t session_id, store
 int store_reader_message_data(struct store_reader *rd, int64_t message_row, store_chunk_cb cb, void *arg,
 			      char *err, size_t errsz);
 
+/*
+ * For the reader (reader.c, which runs its own queries on this
+ * connection): the connection, and where an event's bytes are.
+ */
+struct sqlite3;
+struct sqlite3 *store_reader_db(struct store_reader *rd);
+/* SQL for the number of bytes an events row holds (NULL when none),
+ * computed without reading them. */
+#define STORE_READ_EVENT_LENGTH "length(raw)"
+/* The bytes of content are handed out in pieces of at most this. */
+#define STORE_READ_CHUNK (64u * 1024)
+/*
+ * The bytes of the events row `rowid`, in order, in pieces of at most
+ * STORE_READ_CHUNK: the one function that knows where they are stored.
+ * No call when the row has none or does not exist.  Returns 0, cb's
+ * non-zero value if it stopped, or -1 with err.
+ */
+int store_reader_event_bytes(struct store_reader *rd, int64_t rowid, store_chunk_cb cb, void *arg, char *err,
+			     size_t errsz);
+
 #endif
