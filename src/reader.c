@@ -92,6 +92,26 @@ struct reader_sql {
 	bool nomem;
 };
 
+/* How a listing runs (reader_listing_plan): which index drives it. */
+enum reader_drive {
+	READER_DRIVE_NONE,	/* the sessions table (rowid, or the filters' indexes) */
+	READER_DRIVE_RECIPIENT, /* recipients_address / recipients_domain */
+	READER_DRIVE_SENDER,	/* transactions_mail_from / transactions_domain */
+};
+
+struct reader_listing {
+	const struct reader_filter *f;
+	enum reader_drive drive;
+	bool client_mapped; /* the file has IPv4-mapped client addresses */
+};
+
+/* What sql_listing() writes. */
+enum reader_sql_kind {
+	RSQ_PAGE,  /* the page's rows */
+	RSQ_PROBE, /* one id past the page, if any */
+	RSQ_COUNT, /* how many match */
+};
+
 /* A transaction's recipients, copied out of their statement so that they
  * outlive its next step; strs[3 * i + k] owns rows[i]'s k-th string. */
 struct reader_rcpts {
@@ -117,10 +137,6 @@ static const char *const reader_session_cols[] = {
 	"proxy_bytes",
 };
 #define READER_NSESSION_COLS (sizeof(reader_session_cols) / sizeof(reader_session_cols[0]))
-
-/* The domain of an address as the indexes of sql/005_search.sql compute
- * it: what follows the first '@', in ASCII lower case. */
-#define READER_DOMAIN_OF(col) "lower(substr(" col ", instr(" col ", '@') + 1))"
 
 static const char *const reader_stmt_sql[RS_COUNT] = {
 	[RS_SESSION] = NULL, /* built from reader_session_cols */
@@ -165,11 +181,15 @@ static char *sql_own(struct reader_sql *q, size_t len);
 static void sql_free(struct reader_sql *q);
 static int sql_prepare(struct reader *rd, struct reader_sql *q, sqlite3_stmt **stmt, char *err, size_t errsz);
 static void sql_session_cols(struct reader_sql *q, const char *prefix);
-static void sql_filter(struct reader_sql *q, const struct reader_filter *f);
-static void sql_address(struct reader_sql *q, const char *value, bool sender);
-static void sql_cursor(struct reader_sql *q, const struct reader_page *pg);
-static void sql_listing(struct reader_sql *q, const struct reader_filter *f, const struct reader_page *pg,
-			bool probe);
+static void sql_address(struct reader_sql *q, const char *t, const char *value, bool sender);
+static void sql_from(struct reader_sql *q, const struct reader_listing *l);
+static const char *sql_key(const struct reader_listing *l);
+static void sql_cursor(struct reader_sql *q, const struct reader_listing *l, const struct reader_page *pg);
+static void sql_filter(struct reader_sql *q, const struct reader_listing *l);
+static void sql_listing(struct reader_sql *q, const struct reader_listing *l, const struct reader_page *pg,
+			enum reader_sql_kind kind);
+static int reader_listing_plan(struct reader *rd, const struct reader_filter *f, struct reader_listing *l,
+			       char *err, size_t errsz);
 static bool filter_address_ok(const char *a, bool sender);
 static void filter_strip_angles(const char **p, size_t *len);
 
@@ -621,54 +641,133 @@ sql_session_cols(struct reader_sql *q, const char *prefix)
 }
 
 /*
- * " AND s.id IN (SELECT session_id FROM <table> WHERE <address matches>)"
- * for a sender (transactions.mail_from) or recipient (recipients.address).
- * An address compares with COLLATE NOCASE, the collation of its index; a
+ * The condition an address filter puts on its table's column (alias t):
+ * an address compares with COLLATE NOCASE, the collation of its index; a
  * domain with the expression of its index (sql/005_search.sql), given in
  * lower case.
  */
 static void
-sql_address(struct reader_sql *q, const char *value, bool sender)
+sql_address(struct reader_sql *q, const char *t, const char *value, bool sender)
 {
-	const char *col = sender ? "mail_from" : "address";
 	const char *p = value;
 	size_t len = strlen(value), i;
 	char *v;
 
 	filter_strip_angles(&p, &len);
-	sql_add(q, sender ? " AND s.id IN (SELECT session_id FROM transactions WHERE "
-			  : " AND s.id IN (SELECT session_id FROM recipients WHERE ");
 	if (len > 0 && p[0] == '@') {
 		if ((v = sql_own(q, len - 1)) == NULL)
 			return;
 		for (i = 1; i < len; i++)
 			v[i - 1] = p[i] >= 'A' && p[i] <= 'Z' ? (char)(p[i] - 'A' + 'a') : p[i];
 		v[len - 1] = '\0';
-		sql_add(q, sender ? READER_DOMAIN_OF("mail_from") : READER_DOMAIN_OF("address"));
-		sql_add(q, " = ");
+		sql_add(q, "lower(substr(");
+		sql_add(q, t);
+		sql_add(q, sender ? ".mail_from, instr(" : ".address, instr(");
+		sql_add(q, t);
+		sql_add(q, sender ? ".mail_from, '@') + 1)) = " : ".address, '@') + 1)) = ");
 		sql_text(q, v);
 	} else {
 		if ((v = sql_own(q, len)) == NULL)
 			return;
 		memcpy(v, p, len);
 		v[len] = '\0';
-		sql_add(q, col);
-		sql_add(q, " = ");
+		sql_add(q, t);
+		sql_add(q, sender ? ".mail_from = " : ".address = ");
 		sql_text(q, v);
 		sql_add(q, " COLLATE NOCASE");
 	}
-	sql_add(q, ")");
 }
 
-/* The filter's conditions, each " AND ...", on sessions aliased s. */
+/*
+ * Where a listing starts: a recipient or a sender filter drives it from
+ * its own index (alias d), whose entries within one address (or domain)
+ * are in session order: walked backwards from the cursor, grouped by
+ * session, it stops at the page's end however common the address is.
+ * Without one, the sessions table itself (its rowid) drives.
+ */
 static void
-sql_filter(struct reader_sql *q, const struct reader_filter *f)
+sql_from(struct reader_sql *q, const struct reader_listing *l)
 {
+	if (l->drive == READER_DRIVE_RECIPIENT)
+		sql_add(q, " FROM recipients d CROSS JOIN sessions s ON s.id = d.session_id WHERE ");
+	else if (l->drive == READER_DRIVE_SENDER)
+		sql_add(q, " FROM transactions d CROSS JOIN sessions s ON s.id = d.session_id WHERE ");
+	else
+		sql_add(q, " FROM sessions s WHERE ");
+}
+
+/* The column the page is ordered and cut by. */
+static const char *
+sql_key(const struct reader_listing *l)
+{
+	return l->drive != READER_DRIVE_NONE ? "d.session_id" : "s.id";
+}
+
+/*
+ * The page's id range, always one: the newest N is then a SEARCH of the
+ * rowid (or of the driving index), not a scan that merely stops early.
+ * An id filter narrows the range to its own span.
+ */
+static void
+sql_cursor(struct reader_sql *q, const struct reader_listing *l, const struct reader_page *pg)
+{
+	const struct reader_filter *f = l->f;
+	int64_t hi = pg->before_id > 0 ? pg->before_id : INT64_MAX, lo = pg->after_id > 0 ? pg->after_id : 0;
+	int64_t maxlast = 0, minfirst = INT64_MAX;
+	size_t i;
+
+	for (i = 0; i < f->nids; i++) {
+		if (f->ids[i].last > maxlast)
+			maxlast = f->ids[i].last;
+		if (f->ids[i].first < minfirst)
+			minfirst = f->ids[i].first;
+	}
+	if (f->nids > 0) {
+		if (maxlast < INT64_MAX && maxlast + 1 < hi)
+			hi = maxlast + 1;
+		if (minfirst - 1 > lo)
+			lo = minfirst - 1;
+	}
+	sql_add(q, sql_key(l));
+	sql_add(q, " < ");
+	sql_int(q, hi);
+	if (lo > 0) {
+		sql_add(q, " AND ");
+		sql_add(q, sql_key(l));
+		sql_add(q, " > ");
+		sql_int(q, lo);
+	}
+}
+
+/* The filter's conditions, each " AND ...", on sessions aliased s (and
+ * the driving table d). */
+static void
+sql_filter(struct reader_sql *q, const struct reader_listing *l)
+{
+	const struct reader_filter *f = l->f;
 	struct util_cidr c;
 	const char *why, *p;
 	char *v, *w, ip[64];
 	size_t i, len;
 
+	if (l->drive == READER_DRIVE_RECIPIENT) {
+		sql_add(q, " AND ");
+		sql_address(q, "d", f->recipient, false);
+	} else if (f->recipient != NULL) {
+		sql_add(q, " AND EXISTS (SELECT 1 FROM recipients r WHERE r.session_id = s.id AND ");
+		sql_address(q, "r", f->recipient, false);
+		sql_add(q, ")");
+	}
+	if (l->drive == READER_DRIVE_SENDER) {
+		sql_add(q, " AND ");
+		sql_address(q, "d", f->sender, true);
+	} else if (f->sender != NULL) {
+		/* the driver (a recipient) has narrowed the sessions: test
+		 * each of those, never list every session of the sender */
+		sql_add(q, " AND EXISTS (SELECT 1 FROM transactions t WHERE t.session_id = s.id AND ");
+		sql_address(q, "t", f->sender, true);
+		sql_add(q, ")");
+	}
 	if (f->since_us != 0) {
 		sql_add(q, " AND s.started_us >= ");
 		sql_int(q, f->since_us);
@@ -687,10 +786,6 @@ sql_filter(struct reader_sql *q, const struct reader_filter *f)
 		}
 		sql_add(q, ")");
 	}
-	if (f->recipient != NULL)
-		sql_address(q, f->recipient, false);
-	if (f->sender != NULL)
-		sql_address(q, f->sender, true);
 	if (f->message_id != NULL) {
 		/* recorded as the header gives it, which is normally <...>:
 		 * either form finds it */
@@ -711,14 +806,21 @@ sql_filter(struct reader_sql *q, const struct reader_filter *f)
 	if (f->client != NULL && util_parse_cidr(f->client, &c, &why) == 0) {
 		if (c.prefix == (c.family == AF_INET ? 32u : 128u) &&
 		    inet_ntop(c.family, c.addr, ip, sizeof(ip)) != NULL && (v = sql_own(q, strlen(ip) + 7)) != NULL) {
-			/* one address: the index, in the form the writer keeps
-			 * (and a v4 client of a dual-stack listener) */
-			snprintf(v, strlen(ip) + 8, "%s%s", c.family == AF_INET ? "::ffff:" : "", ip);
-			sql_add(q, " AND s.client_ip IN (");
-			sql_text(q, c.family == AF_INET ? v + 7 : v);
-			sql_add(q, ", ");
-			sql_text(q, v);
-			sql_add(q, ")");
+			/* one address: its index, in the form the writer keeps
+			 * (inet_ntop's); a v4 client of a dual-stack listener
+			 * is kept as ::ffff:a.b.c.d, asked for only when the
+			 * file has such clients (two values cost a sort) */
+			snprintf(v, strlen(ip) + 8, "::ffff:%s", ip);
+			if (c.family == AF_INET && l->client_mapped) {
+				sql_add(q, " AND s.client_ip IN (");
+				sql_text(q, v + 7);
+				sql_add(q, ", ");
+				sql_text(q, v);
+				sql_add(q, ")");
+			} else {
+				sql_add(q, " AND s.client_ip = ");
+				sql_text(q, v + 7);
+			}
 		} else {
 			sql_add(q, " AND smtptap_in_cidr(s.client_ip, ");
 			sql_text(q, f->client);
@@ -763,57 +865,89 @@ sql_filter(struct reader_sql *q, const struct reader_filter *f)
 	}
 }
 
-/* The page's id range: always one, so the newest N is a rowid SEARCH. */
-static void
-sql_cursor(struct reader_sql *q, const struct reader_page *pg)
-{
-	sql_add(q, "s.id < ");
-	sql_int(q, pg->before_id > 0 ? pg->before_id : INT64_MAX);
-	if (pg->after_id > 0) {
-		sql_add(q, " AND s.id > ");
-		sql_int(q, pg->after_id);
-	}
-}
-
 /*
  * The listing of one page; or, with probe, whether one more session
- * matches past it (a page starting at the cursor given in pg).  The page
- * is taken ascending when only after_id is given (the oldest after it),
- * else descending; when the order asked for is the other one, an outer
- * query reverses the page (at most `limit` rows).
+ * matches past it (a page starting at the cursor given in pg); or, with
+ * count, how many match.  The page is taken ascending when only after_id
+ * is given (the oldest after it), else descending; when the order asked
+ * for is the other one, an outer query reverses the page (at most `limit`
+ * rows).
  */
 static void
-sql_listing(struct reader_sql *q, const struct reader_filter *f, const struct reader_page *pg, bool probe)
+sql_listing(struct reader_sql *q, const struct reader_listing *l, const struct reader_page *pg,
+	    enum reader_sql_kind kind)
 {
 	bool asc = pg->after_id > 0 && pg->before_id <= 0;
-	bool wrap = !probe && pg->limit > 0 && asc != pg->oldest_first;
+	bool wrap = kind == RSQ_PAGE && pg->limit > 0 && asc != pg->oldest_first;
+	const char *key = sql_key(l);
 
-	if (probe) {
-		sql_add(q, "SELECT s.id FROM sessions s WHERE ");
+	if (kind == RSQ_PROBE) {
+		sql_add(q, "SELECT s.id");
+	} else if (kind == RSQ_COUNT) {
+		sql_add(q, l->drive != READER_DRIVE_NONE ? "SELECT count(DISTINCT s.id)" : "SELECT count(*)");
 	} else if (wrap) {
 		sql_add(q, "SELECT ");
 		sql_session_cols(q, "page.");
-		sql_add(q, " FROM (SELECT s.* FROM sessions s WHERE ");
+		sql_add(q, " FROM (SELECT s.*");
 	} else {
 		sql_add(q, "SELECT ");
 		sql_session_cols(q, "s.");
-		sql_add(q, " FROM sessions s WHERE ");
 	}
-	sql_cursor(q, pg);
-	sql_filter(q, f);
-	if (probe) {
-		sql_add(q, asc ? " ORDER BY s.id LIMIT 1" : " ORDER BY s.id DESC LIMIT 1");
+	sql_from(q, l);
+	sql_cursor(q, l, pg);
+	sql_filter(q, l);
+	if (kind == RSQ_COUNT)
+		return;
+	/* a session once, however many of its recipients match */
+	if (l->drive != READER_DRIVE_NONE)
+		sql_add(q, " GROUP BY d.session_id");
+	sql_add(q, " ORDER BY ");
+	sql_add(q, key);
+	if (kind == RSQ_PROBE) {
+		sql_add(q, asc ? " LIMIT 1" : " DESC LIMIT 1");
 		return;
 	}
 	/* No limit: every match, in the order asked. */
 	if (pg->limit <= 0) {
-		sql_add(q, pg->oldest_first ? " ORDER BY s.id" : " ORDER BY s.id DESC");
+		sql_add(q, pg->oldest_first ? "" : " DESC");
 		return;
 	}
-	sql_add(q, asc ? " ORDER BY s.id LIMIT " : " ORDER BY s.id DESC LIMIT ");
+	sql_add(q, asc ? " LIMIT " : " DESC LIMIT ");
 	sql_int(q, pg->limit);
 	if (wrap)
 		sql_add(q, pg->oldest_first ? ") page ORDER BY page.id" : ") page ORDER BY page.id DESC");
+}
+
+/*
+ * Decide how a listing runs (reader_listing), before any SQL is written.
+ * Whether the file holds IPv4-mapped client addresses is asked of the
+ * database (an index lookup), within the caller's request.
+ */
+static int
+reader_listing_plan(struct reader *rd, const struct reader_filter *f, struct reader_listing *l, char *err,
+		    size_t errsz)
+{
+	struct util_cidr c;
+	sqlite3_stmt *stmt;
+	const char *why;
+	int rc;
+
+	memset(l, 0, sizeof(*l));
+	l->f = f;
+	l->drive = f->recipient != NULL ? READER_DRIVE_RECIPIENT
+		   : f->sender != NULL	 ? READER_DRIVE_SENDER
+					 : READER_DRIVE_NONE;
+	if (f->client == NULL || util_parse_cidr(f->client, &c, &why) < 0 || c.family != AF_INET || c.prefix != 32)
+		return READER_OK;
+	if (sqlite3_prepare_v2(rd->db, "SELECT 1 FROM sessions WHERE client_ip >= '::ffff:' AND client_ip < '::ffff;' LIMIT 1",
+			       -1, &stmt, NULL) != SQLITE_OK)
+		return reader_db_error(rd, err, errsz);
+	rc = sqlite3_step(stmt);
+	sqlite3_finalize(stmt);
+	if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+		return reader_db_error(rd, err, errsz);
+	l->client_mapped = rc == SQLITE_ROW;
+	return READER_OK;
 }
 
 int
@@ -822,6 +956,7 @@ reader_sessions(struct reader *rd, const struct reader_filter *f, const struct r
 {
 	static const struct reader_page all = { 0 };
 	struct reader_page_info local = { 0 }, *pi = info != NULL ? info : &local;
+	struct reader_listing l;
 	struct reader_page probe;
 	struct reader_sql *q;
 	sqlite3_stmt *stmt = NULL;
@@ -846,8 +981,11 @@ reader_sessions(struct reader *rd, const struct reader_filter *f, const struct r
 		}
 		own = true;
 	}
-	sql_listing(q, f, pg, false);
-	r = sql_prepare(rd, q, &stmt, err, errsz);
+	r = reader_listing_plan(rd, f, &l, err, errsz);
+	if (r == READER_OK) {
+		sql_listing(q, &l, pg, RSQ_PAGE);
+		r = sql_prepare(rd, q, &stmt, err, errsz);
+	}
 	if (r == READER_OK)
 		r = reader_walk_sessions(rd, stmt, cb, arg, pi, err, errsz);
 	sqlite3_finalize(stmt);
@@ -860,7 +998,7 @@ reader_sessions(struct reader *rd, const struct reader_filter *f, const struct r
 		else
 			probe.before_id = pi->min_id;
 		memset(q, 0, sizeof(*q));
-		sql_listing(q, f, &probe, true);
+		sql_listing(q, &l, &probe, RSQ_PROBE);
 		r = sql_prepare(rd, q, &stmt, err, errsz);
 		if (r == READER_OK) {
 			rc = sqlite3_step(stmt);
@@ -881,6 +1019,8 @@ reader_sessions(struct reader *rd, const struct reader_filter *f, const struct r
 int
 reader_sessions_count(struct reader *rd, const struct reader_filter *f, int64_t *n, char *err, size_t errsz)
 {
+	static const struct reader_page all = { 0 };
+	struct reader_listing l;
 	struct reader_sql *q;
 	sqlite3_stmt *stmt;
 	const char *field;
@@ -893,9 +1033,11 @@ reader_sessions_count(struct reader *rd, const struct reader_filter *f, int64_t 
 		util_errf(err, errsz, "out of memory");
 		return READER_ERROR;
 	}
-	sql_add(q, "SELECT count(*) FROM sessions s WHERE 1");
-	sql_filter(q, f);
-	r = sql_prepare(rd, q, &stmt, err, errsz);
+	r = reader_listing_plan(rd, f, &l, err, errsz);
+	if (r == READER_OK) {
+		sql_listing(q, &l, &all, RSQ_COUNT);
+		r = sql_prepare(rd, q, &stmt, err, errsz);
+	}
 	if (r == READER_OK) {
 		if (sqlite3_step(stmt) == SQLITE_ROW)
 			*n = sqlite3_column_int64(stmt, 0);
@@ -913,6 +1055,7 @@ reader_sessions_plan(struct reader *rd, const struct reader_filter *f, const str
 		     size_t outsz, char *err, size_t errsz)
 {
 	static const struct reader_page all = { 0 };
+	struct reader_listing l;
 	struct reader_sql *q;
 	sqlite3_stmt *stmt;
 	const char *field;
@@ -927,9 +1070,12 @@ reader_sessions_plan(struct reader *rd, const struct reader_filter *f, const str
 		util_errf(err, errsz, "out of memory");
 		return READER_ERROR;
 	}
-	sql_add(q, "EXPLAIN QUERY PLAN ");
-	sql_listing(q, f, pg != NULL ? pg : &all, false);
-	r = sql_prepare(rd, q, &stmt, err, errsz);
+	r = reader_listing_plan(rd, f, &l, err, errsz);
+	if (r == READER_OK) {
+		sql_add(q, "EXPLAIN QUERY PLAN ");
+		sql_listing(q, &l, pg != NULL ? pg : &all, RSQ_PAGE);
+		r = sql_prepare(rd, q, &stmt, err, errsz);
+	}
 	if (r == READER_OK) {
 		/* rows: id, parent, notused, detail */
 		while (sqlite3_step(stmt) == SQLITE_ROW) {
