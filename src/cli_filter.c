@@ -184,7 +184,7 @@ cli_filter_id(const char **p, int64_t *out)
 	if (**p < '0' || **p > '9')
 		return -1;
 	for (; **p >= '0' && **p <= '9'; (*p)++) {
-		if (v > (INT64_MAX - 9) / 10)
+		if (v > (INT64_MAX - (**p - '0')) / 10)
 			return -1;
 		v = v * 10 + (**p - '0');
 	}
