@@ -21,6 +21,7 @@
 
 #include <sqlite3.h>
 
+#include "smtptap/content.h"
 #include "smtptap/log.h"
 #include "smtptap/util.h"
 #include "smtptap/schema.h"
@@ -37,8 +38,16 @@
 	"s.auth_mech, s.auth_user, s.client_tls_version, s.upstream_tls_version, s.ntransactions, "        \
 	"s.client_bytes, s.upstream_bytes, s.proxy_bytes"
 
+/* An event's bytes are handed to callbacks whole; one held in a segment
+ * is read into memory first, so refuse absurd lengths (the recorder's
+ * data events are at most 256 KiB). */
+#define STORE_EVENT_RAW_MAX (64u * 1024 * 1024)
+
 struct store_reader {
 	sqlite3 *db;
+	struct content_reader *content;
+	unsigned char *evbuf; /* an external event's bytes (store_reader_events) */
+	size_t evlen, evcap;
 	sqlite3_stmt *bytes; /* store_reader_event_bytes's, prepared on first use */
 };
 
@@ -51,6 +60,9 @@ struct rcpt_list {
 };
 
 static int rd_check(struct store_reader *rd, char *err, size_t errsz);
+static int rd_content_loc(sqlite3_stmt *stmt, int col, struct content_loc *loc);
+static int rd_load_content(struct store_reader *rd, const struct content_loc *loc, char *err, size_t errsz);
+static int rd_evbuf_cb(const void *data, size_t len, void *arg);
 static int rd_prepare(struct store_reader *rd, const char *sql, sqlite3_stmt **stmt, char *err, size_t errsz);
 static int rd_prepare_key(struct store_reader *rd, const char *sql, int64_t key, sqlite3_stmt **stmt, char *err,
 			  size_t errsz);
@@ -92,6 +104,11 @@ store_reader_open(const char *path, char *err, size_t errsz)
 		util_errf(err, errsz, "out of memory");
 		return NULL;
 	}
+	if ((rd->content = content_reader_open(path)) == NULL) {
+		util_errf(err, errsz, "out of memory");
+		free(rd);
+		return NULL;
+	}
 	rc = sqlite3_open_v2(path, &rd->db, SQLITE_OPEN_READONLY, NULL);
 	if (rc != SQLITE_OK) {
 		util_errf(err, errsz, "cannot open it: %s", rd->db != NULL ? sqlite3_errmsg(rd->db) : sqlite3_errstr(rc));
@@ -114,6 +131,8 @@ store_reader_close(struct store_reader *rd)
 	sqlite3_finalize(rd->bytes);
 	/* Read-only statements are all finalized by now: close cannot be busy. */
 	sqlite3_close(rd->db);
+	content_reader_close(rd->content);
+	free(rd->evbuf);
 	free(rd);
 }
 
@@ -157,8 +176,11 @@ store_reader_events(struct store_reader *rd, int64_t session_id, store_event_cb 
 	sqlite3_stmt *stmt;
 	int rc, ret = 0;
 
+	struct content_loc loc;
+
 	if (rd_prepare_key(rd,
-			   "SELECT seq, t_us, side, kind, flags, message_row, text, raw, answers_seq, cause_seq FROM events "
+			   "SELECT seq, t_us, side, kind, flags, message_row, text, raw, answers_seq, cause_seq, "
+			   "content_segment, content_offset, content_length FROM events "
 			   "WHERE session_id = ?1 ORDER BY seq",
 			   session_id, &stmt, err, errsz) < 0)
 		return -1;
@@ -174,6 +196,14 @@ store_reader_events(struct store_reader *rd, int64_t session_id, store_event_cb 
 		row.raw = rd_blob(stmt, 7, &row.raw_len);
 		row.answers_seq = sqlite3_column_int64(stmt, 8);
 		row.cause_seq = sqlite3_column_int64(stmt, 9);
+		if (rd_content_loc(stmt, 10, &loc)) {
+			if (rd_load_content(rd, &loc, err, errsz) < 0) {
+				sqlite3_finalize(stmt);
+				return -1;
+			}
+			row.raw = rd->evbuf;
+			row.raw_len = rd->evlen;
+		}
 		if ((ret = cb(&row, arg)) != 0)
 			break;
 	}
@@ -321,19 +351,29 @@ int
 store_reader_message_data(struct store_reader *rd, int64_t message_row, store_chunk_cb cb, void *arg, char *err,
 			  size_t errsz)
 {
+	struct content_loc loc;
 	sqlite3_stmt *stmt;
 	const void *p;
 	size_t len;
 	int rc, ret = 0;
 
 	/* events_message (message_row, seq) delivers the rows in order: no
-	 * sort, so a message of any size streams one chunk at a time. */
+	 * sort, so a message of any size streams one chunk at a time, and a
+	 * chunk kept in a content segment is read in pieces of at most
+	 * CONTENT_READ_CHUNK. */
 	if (rd_prepare_key(rd,
-			   "SELECT raw FROM events WHERE message_row = ?1 AND kind = 'data' AND raw IS NOT NULL "
-			   "ORDER BY message_row, seq",
+			   "SELECT raw, content_segment, content_offset, content_length FROM events "
+			   "WHERE message_row = ?1 AND kind = 'data' AND "
+			   "(raw IS NOT NULL OR content_segment IS NOT NULL) ORDER BY message_row, seq",
 			   message_row, &stmt, err, errsz) < 0)
 		return -1;
 	while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+		if (rd_content_loc(stmt, 1, &loc)) {
+			ret = content_reader_read(rd->content, &loc, cb, arg, err, errsz);
+			if (ret != 0)
+				break;
+			continue;
+		}
 		p = rd_blob(stmt, 0, &len);
 		if (len == 0)
 			continue;
@@ -355,27 +395,34 @@ store_reader_db(struct store_reader *rd)
 }
 
 /*
- * The one place that knows where an event's bytes are kept: today in the
- * row itself (events.raw).  A row's blob is at most one read's worth of
- * the wire (a data event holds one chunk of a message), and is handed on
- * in pieces of at most STORE_READ_CHUNK all the same, so callers are
- * written for pieces from the start.
+ * The one place that knows where an event's bytes are kept: in the row
+ * itself (events.raw: commands, replies, and message data recorded
+ * before sql/003_content.sql), or in a content segment beside the
+ * database (content_segment, _offset, _length: message data).  Either way
+ * they are handed on in pieces of at most STORE_READ_CHUNK, so no caller
+ * ever holds more than one piece of a message.
  */
+_Static_assert(CONTENT_READ_CHUNK <= STORE_READ_CHUNK, "content pieces must fit the reader's promise");
+
 int
 store_reader_event_bytes(struct store_reader *rd, int64_t rowid, store_chunk_cb cb, void *arg, char *err,
 			 size_t errsz)
 {
+	struct content_loc loc;
 	const unsigned char *p;
 	size_t len, n;
 	int rc, ret = 0;
 
 	if (rd->bytes == NULL &&
-	    rd_prepare(rd, "SELECT raw FROM events WHERE rowid = ?1", &rd->bytes, err, errsz) < 0)
+	    rd_prepare(rd, "SELECT raw, content_segment, content_offset, content_length FROM events WHERE rowid = ?1",
+		       &rd->bytes, err, errsz) < 0)
 		return -1;
 	if (sqlite3_bind_int64(rd->bytes, 1, rowid) != SQLITE_OK)
 		return rd_db_error(rd, err, errsz);
 	rc = sqlite3_step(rd->bytes);
-	if (rc == SQLITE_ROW) {
+	if (rc == SQLITE_ROW && rd_content_loc(rd->bytes, 1, &loc)) {
+		ret = content_reader_read(rd->content, &loc, cb, arg, err, errsz);
+	} else if (rc == SQLITE_ROW) {
 		p = rd_blob(rd->bytes, 0, &len);
 		while (p != NULL && len > 0 && ret == 0) {
 			n = len < STORE_READ_CHUNK ? len : STORE_READ_CHUNK;
@@ -444,6 +491,58 @@ rd_check(struct store_reader *rd, char *err, size_t errsz)
 		util_errf(err, errsz, "not an smtptap database");
 		return -1;
 	}
+	return 0;
+}
+
+/* Columns col..col+2 (content_segment, _offset, _length) into loc;
+ * returns whether the row has its bytes in a content segment. */
+static int
+rd_content_loc(sqlite3_stmt *stmt, int col, struct content_loc *loc)
+{
+	if (sqlite3_column_type(stmt, col) == SQLITE_NULL)
+		return 0;
+	loc->segment = sqlite3_column_int64(stmt, col);
+	loc->offset = sqlite3_column_int64(stmt, col + 1);
+	loc->length = sqlite3_column_int64(stmt, col + 2);
+	return 1;
+}
+
+/* One external event's bytes into rd->evbuf (rd->evlen). */
+static int
+rd_load_content(struct store_reader *rd, const struct content_loc *loc, char *err, size_t errsz)
+{
+	if (loc->length < 0 || loc->length > (int64_t)STORE_EVENT_RAW_MAX) {
+		util_errf(err, errsz, "an event's content length (%" PRId64 " bytes) is out of range", loc->length);
+		return -1;
+	}
+	if ((size_t)loc->length > rd->evcap) {
+		unsigned char *p = realloc(rd->evbuf, (size_t)loc->length);
+
+		if (p == NULL) {
+			util_errf(err, errsz, "out of memory");
+			return -1;
+		}
+		rd->evbuf = p;
+		rd->evcap = (size_t)loc->length;
+	}
+	rd->evlen = 0;
+	if (content_reader_read(rd->content, loc, rd_evbuf_cb, rd, err, errsz) != 0)
+		return -1;
+	/* Like an empty blob: a non-NULL pointer with no bytes. */
+	if (rd->evbuf == NULL && (rd->evbuf = malloc(1)) == NULL) {
+		util_errf(err, errsz, "out of memory");
+		return -1;
+	}
+	return 0;
+}
+
+static int
+rd_evbuf_cb(const void *data, size_t len, void *arg)
+{
+	struct store_reader *rd = arg;
+
+	memcpy(rd->evbuf + rd->evlen, data, len);
+	rd->evlen += len;
 	return 0;
 }
 

@@ -8,6 +8,7 @@
 #include <inttypes.h>
 #include <netinet/in.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -222,22 +223,24 @@ util_parse_cidr(const char *s, struct util_cidr *out, const char **why)
 	const char *slash = strchr(s, '/');
 	size_t alen = slash != NULL ? (size_t)(slash - s) : strlen(s);
 	unsigned max;
+	bool mapped;
 	long pfx;
 
 	if (util_parse_ip(s, alen, &out->family, out->addr) < 0) {
 		*why = "expected an IP address or a block such as 192.0.2.1, 10.0.0.0/8, ::1 or 2001:db8::/32";
 		return -1;
 	}
-	max = out->family == AF_INET ? 32 : 128;
-	out->prefix = max;
+	/* "::ffff:10.0.0.0/104" is 10.0.0.0/8: a v6 prefix over the mapping */
+	mapped = out->family == AF_INET && memchr(s, ':', alen) != NULL;
+	max = out->family == AF_INET && !mapped ? 32 : 128;
+	out->prefix = out->family == AF_INET ? 32 : 128;
 	if (slash == NULL)
 		return 0;
-	if (util_parse_int(slash + 1, 0, max, &pfx) < 0) {
-		*why = out->family == AF_INET ? "an IPv4 prefix runs from 0 to 32" : "an IPv6 prefix runs from 0 to 128";
+	if (util_parse_int(slash + 1, 0, max, &pfx) < 0 || slash[1] < '0' || slash[1] > '9') {
+		*why = max == 32 ? "an IPv4 prefix runs from 0 to 32" : "an IPv6 prefix runs from 0 to 128";
 		return -1;
 	}
-	/* "::ffff:10.0.0.0/104" is 10.0.0.0/8 */
-	if (out->family == AF_INET && strchr(s, ':') != NULL && strchr(s, ':') < slash) {
+	if (mapped) {
 		if (pfx < 96) {
 			*why = "an IPv4-mapped block needs a prefix from 96 to 128";
 			return -1;
