@@ -1509,7 +1509,7 @@ reader_message_content(struct reader *rd, int64_t message_row, enum reader_conte
 	struct reader_unstuff u;
 	sqlite3_stmt *stmt;
 	const char *transport;
-	bool unstuff = false;
+	bool unstuff, found;
 	int rc, ret = READER_OK;
 
 	if (reader_stmt_get(rd, RS_MESSAGE_TRANSPORT, &stmt, err, errsz) < 0)
@@ -1519,14 +1519,16 @@ reader_message_content(struct reader *rd, int64_t message_row, enum reader_conte
 		return reader_db_error(rd, err, errsz);
 	}
 	rc = sqlite3_step(stmt);
-	if (rc == SQLITE_ROW) {
+	/* A data event whose message row is not there (a damaged or
+	 * hand-made file) is still streamed, as DATA content. */
+	found = rc == SQLITE_ROW;
+	if (found) {
 		transport = reader_text(stmt, 0);
 		unstuff = how == READER_CONTENT_MESSAGE && (transport == NULL || strcmp(transport, "bdat") != 0);
-	}
+	} else
+		unstuff = how == READER_CONTENT_MESSAGE;
 	reader_stmt_put(rd, RS_MESSAGE_TRANSPORT);
-	if (rc == SQLITE_DONE)
-		return READER_NOTFOUND;
-	if (rc != SQLITE_ROW)
+	if (rc != SQLITE_ROW && rc != SQLITE_DONE)
 		return reader_db_error(rd, err, errsz);
 
 	memset(&u, 0, sizeof(u));
@@ -1548,6 +1550,7 @@ reader_message_content(struct reader *rd, int64_t message_row, enum reader_conte
 	else
 		rc = SQLITE_ROW;
 	while (rc == SQLITE_ROW && (rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+		found = true;
 		ret = store_reader_event_bytes(rd->st, sqlite3_column_int64(stmt, 0), unstuff ? reader_unstuff_cb : cb,
 					       unstuff ? (void *)&u : arg, err, errsz);
 		if (ret != 0)
@@ -1557,6 +1560,8 @@ reader_message_content(struct reader *rd, int64_t message_row, enum reader_conte
 		ret = reader_db_error(rd, err, errsz);
 	reader_stmt_put(rd, RS_MESSAGE_DATA);
 	free(u.buf);
+	if (ret == READER_OK && !found)
+		return READER_NOTFOUND;
 	return ret;
 }
 

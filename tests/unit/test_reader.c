@@ -93,24 +93,37 @@ setup(void **state)
 	return 0;
 }
 
+/* Remove dir and what is in it, one level of subdirectories deep (the
+ * database's PATH-content/ segments). */
+static void
+rm_tree(const char *dir, int depth)
+{
+	struct dirent *de;
+	struct stat sb;
+	char path[512];
+	DIR *d;
+
+	if ((d = opendir(dir)) != NULL) {
+		while ((de = readdir(d)) != NULL) {
+			if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+				continue;
+			snprintf(path, sizeof(path), "%s/%s", dir, de->d_name);
+			if (depth > 0 && lstat(path, &sb) == 0 && S_ISDIR(sb.st_mode))
+				rm_tree(path, depth - 1);
+			else
+				unlink(path);
+		}
+		closedir(d);
+	}
+	rmdir(dir);
+}
+
 static int
 teardown(void **state)
 {
 	struct fixture *fx = *state;
-	struct dirent *de;
-	char path[512];
-	DIR *d;
 
-	if ((d = opendir(fx->dir)) != NULL) {
-		while ((de = readdir(d)) != NULL) {
-			if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
-				continue;
-			snprintf(path, sizeof(path), "%s/%s", fx->dir, de->d_name);
-			unlink(path);
-		}
-		closedir(d);
-	}
-	rmdir(fx->dir);
+	rm_tree(fx->dir, 1);
 	free(fx);
 	return 0;
 }
