@@ -128,8 +128,16 @@ json_put(struct json *j, const void *p, size_t len)
 	if (j->failed || len == 0)
 		return;
 	if (j->f != NULL) {
-		if (fwrite(p, 1, len, j->f) != len)
-			json_fail(j, errno != 0 ? errno : EIO);
+		if (len > sizeof(j->obuf) - j->olen && json_flush(j) < 0)
+			return;
+		if (len >= sizeof(j->obuf)) {
+			/* a long string: straight out */
+			if (fwrite(p, 1, len, j->f) != len)
+				json_fail(j, errno != 0 ? errno : EIO);
+			return;
+		}
+		memcpy(j->obuf + j->olen, p, len);
+		j->olen += len;
 		return;
 	}
 	if (j->max != 0 && (len > j->max || j->len > j->max - len)) {
@@ -413,12 +421,30 @@ json_kv_null(struct json *j, const char *key)
 }
 
 int
+json_flush(struct json *j)
+{
+	size_t n = j->olen;
+
+	/* What was written before a misuse still goes out (as it did
+	 * unbuffered); nothing more after a write error. */
+	j->olen = 0;
+	if (j->f != NULL && n > 0 && !(j->failed && j->err != 0) && fwrite(j->obuf, 1, n, j->f) != n) {
+		if (!j->failed) {
+			j->failed = true;
+			j->err = errno != 0 ? errno : EIO;
+		}
+	}
+	return j->failed ? -1 : 0;
+}
+
+int
 json_finish(struct json *j)
 {
 	/* A document that never got its value, or left something open. */
 	if (j->depth != 0 || j->after_key || !j->done)
 		json_fail(j, 0);
 	json_put(j, "\n", 1);
+	json_flush(j);
 	return j->failed ? -1 : 0;
 }
 

@@ -2,8 +2,11 @@
  * json.h - a small streaming JSON writer (RFC 8259) to a FILE * or to a
  * growable memory buffer.
  *
- * To a FILE nothing is built in memory: each call writes its piece at
- * once, so a document can be as long as the session it describes.  To
+ * To a FILE nothing is built in memory: the pieces go out through a
+ * small buffer of the writer's own (JSON_OBUF bytes, one fwrite() for
+ * many pieces instead of one each), so a document can be as long as the
+ * session it describes; json_finish() (or json_flush()) writes out the
+ * rest.  To
  * memory (json_init_mem: an HTTP response, a test) the text grows in one
  * buffer up to a bound the caller sets, and is the same text byte for
  * byte as the FILE would have received.  Commas, colons and
@@ -36,12 +39,15 @@
 #include <stdio.h>
 
 #define JSON_DEPTH_MAX 32
+#define JSON_OBUF 4096
 
 struct json {
 	FILE *f;	 /* the output, or NULL: the memory buffer below */
 	char *buf;	 /* json_init_mem: the text so far (not NUL-terminated) */
 	size_t len, cap;
 	size_t max;	 /* the buffer never grows past this; 0: no bound */
+	char obuf[JSON_OBUF]; /* a FILE target: text not yet handed to stdio */
+	size_t olen;
 	int levels;	 /* containers nested this deep get a line per member */
 	int depth;	 /* open containers */
 	bool failed;	 /* a write failed or the calls were out of order */
@@ -96,7 +102,11 @@ void json_kv_int(struct json *j, const char *key, int64_t v);
 void json_kv_bool(struct json *j, const char *key, bool v);
 void json_kv_null(struct json *j, const char *key);
 
-/* End the document with a newline.  Returns 0, or -1 when a write failed
+/* Hand what the FILE target holds to stdio (a caller writing to the same
+ * FILE between JSON calls needs this first).  Returns 0 or -1. */
+int json_flush(struct json *j);
+
+/* End the document with a newline (and flush a FILE target).  Returns 0, or -1 when a write failed
  * (j->err holds its errno) or the calls did not form one balanced value
  * (j->err is 0). */
 int json_finish(struct json *j);
