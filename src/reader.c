@@ -46,6 +46,11 @@
 #define READER_BINDS_MAX (32 + 2 * READER_ID_RANGES_MAX)
 #define READER_OWNED_MAX 8
 
+/* A time range holding fewer sessions than this drives a listing (see
+ * reader_listing_plan): sorting that many by id costs about a millisecond. */
+#define READER_TIME_FEW 4096
+#define READER_TIME_FEW_SQL "4096"
+
 /* The unstuffing buffer of READER_CONTENT_MESSAGE (smtp_data_scan wants
  * room for two held-back bytes more than its input). */
 #define READER_SLICE STORE_READ_CHUNK
@@ -95,6 +100,7 @@ struct reader_sql {
 /* How a listing runs (reader_listing_plan): which index drives it. */
 enum reader_drive {
 	READER_DRIVE_NONE,	/* the sessions table (rowid, or the filters' indexes) */
+	READER_DRIVE_TIME,	/* sessions_started: a time range holding few sessions */
 	READER_DRIVE_RECIPIENT, /* recipients_address / recipients_domain */
 	READER_DRIVE_SENDER,	/* transactions_mail_from / transactions_domain */
 };
@@ -190,6 +196,8 @@ static void sql_listing(struct reader_sql *q, const struct reader_listing *l, co
 			enum reader_sql_kind kind);
 static int reader_listing_plan(struct reader *rd, const struct reader_filter *f, struct reader_listing *l,
 			       char *err, size_t errsz);
+static int64_t reader_query_int(struct reader *rd, const char *sql, int64_t a, int64_t b, char *err,
+				size_t errsz);
 static bool filter_address_ok(const char *a, bool sender);
 static void filter_strip_angles(const char **p, size_t *len);
 
@@ -692,6 +700,8 @@ sql_from(struct reader_sql *q, const struct reader_listing *l)
 		sql_add(q, " FROM recipients d CROSS JOIN sessions s ON s.id = d.session_id WHERE ");
 	else if (l->drive == READER_DRIVE_SENDER)
 		sql_add(q, " FROM transactions d CROSS JOIN sessions s ON s.id = d.session_id WHERE ");
+	else if (l->drive == READER_DRIVE_TIME)
+		sql_add(q, " FROM sessions s INDEXED BY sessions_started WHERE ");
 	else
 		sql_add(q, " FROM sessions s WHERE ");
 }
@@ -700,7 +710,7 @@ sql_from(struct reader_sql *q, const struct reader_listing *l)
 static const char *
 sql_key(const struct reader_listing *l)
 {
-	return l->drive != READER_DRIVE_NONE ? "d.session_id" : "s.id";
+	return l->drive == READER_DRIVE_RECIPIENT || l->drive == READER_DRIVE_SENDER ? "d.session_id" : "s.id";
 }
 
 /*
@@ -884,7 +894,8 @@ sql_listing(struct reader_sql *q, const struct reader_listing *l, const struct r
 	if (kind == RSQ_PROBE) {
 		sql_add(q, "SELECT s.id");
 	} else if (kind == RSQ_COUNT) {
-		sql_add(q, l->drive != READER_DRIVE_NONE ? "SELECT count(DISTINCT s.id)" : "SELECT count(*)");
+		sql_add(q, l->drive == READER_DRIVE_RECIPIENT || l->drive == READER_DRIVE_SENDER ? "SELECT count(DISTINCT s.id)"
+															   : "SELECT count(*)");
 	} else if (wrap) {
 		sql_add(q, "SELECT ");
 		sql_session_cols(q, "page.");
@@ -899,7 +910,7 @@ sql_listing(struct reader_sql *q, const struct reader_listing *l, const struct r
 	if (kind == RSQ_COUNT)
 		return;
 	/* a session once, however many of its recipients match */
-	if (l->drive != READER_DRIVE_NONE)
+	if (l->drive == READER_DRIVE_RECIPIENT || l->drive == READER_DRIVE_SENDER)
 		sql_add(q, " GROUP BY d.session_id");
 	sql_add(q, " ORDER BY ");
 	sql_add(q, key);
@@ -918,35 +929,73 @@ sql_listing(struct reader_sql *q, const struct reader_listing *l, const struct r
 		sql_add(q, pg->oldest_first ? ") page ORDER BY page.id" : ") page ORDER BY page.id DESC");
 }
 
+/* One integer a query gives (its first column), or -1 with err. */
+static int64_t
+reader_query_int(struct reader *rd, const char *sql, int64_t a, int64_t b, char *err, size_t errsz)
+{
+	sqlite3_stmt *stmt;
+	int64_t v = 0;
+	int rc;
+
+	if (sqlite3_prepare_v2(rd->db, sql, -1, &stmt, NULL) != SQLITE_OK)
+		return reader_db_error(rd, err, errsz);
+	sqlite3_bind_int64(stmt, 1, a);
+	sqlite3_bind_int64(stmt, 2, b);
+	rc = sqlite3_step(stmt);
+	if (rc == SQLITE_ROW)
+		v = sqlite3_column_int64(stmt, 0);
+	sqlite3_finalize(stmt);
+	if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+		return reader_db_error(rd, err, errsz);
+	return v;
+}
+
 /*
- * Decide how a listing runs (reader_listing), before any SQL is written.
- * Whether the file holds IPv4-mapped client addresses is asked of the
- * database (an index lookup), within the caller's request.
+ * Decide how a listing runs (reader_listing), before any SQL is written,
+ * asking the database (index lookups, in the caller's request) what
+ * SQLite cannot know without statistics:
+ *   - a time range holding few sessions (READER_TIME_FEW, counted on
+ *     sessions_started up to that many) drives the listing itself: the
+ *     other filters are then tested on those few sessions.  Otherwise an
+ *     address's index walked from the newest would go through every
+ *     session of a common address to find the few of one hour, and a
+ *     rowid walk through every session newer than an --until;
+ *   - else a recipient or a sender drives it from its index (see
+ *     sql_from);
+ *   - whether the file holds IPv4-mapped client addresses at all.
  */
 static int
 reader_listing_plan(struct reader *rd, const struct reader_filter *f, struct reader_listing *l, char *err,
 		    size_t errsz)
 {
 	struct util_cidr c;
-	sqlite3_stmt *stmt;
 	const char *why;
-	int rc;
+	int64_t n;
 
 	memset(l, 0, sizeof(*l));
 	l->f = f;
 	l->drive = f->recipient != NULL ? READER_DRIVE_RECIPIENT
 		   : f->sender != NULL	 ? READER_DRIVE_SENDER
 					 : READER_DRIVE_NONE;
-	if (f->client == NULL || util_parse_cidr(f->client, &c, &why) < 0 || c.family != AF_INET || c.prefix != 32)
-		return READER_OK;
-	if (sqlite3_prepare_v2(rd->db, "SELECT 1 FROM sessions WHERE client_ip >= '::ffff:' AND client_ip < '::ffff;' LIMIT 1",
-			       -1, &stmt, NULL) != SQLITE_OK)
-		return reader_db_error(rd, err, errsz);
-	rc = sqlite3_step(stmt);
-	sqlite3_finalize(stmt);
-	if (rc != SQLITE_ROW && rc != SQLITE_DONE)
-		return reader_db_error(rd, err, errsz);
-	l->client_mapped = rc == SQLITE_ROW;
+	if (f->since_us != 0 || f->until_us != 0) {
+		n = reader_query_int(rd,
+				     "SELECT count(*) FROM (SELECT 1 FROM sessions INDEXED BY sessions_started "
+				     "WHERE started_us >= ?1 AND started_us < ?2 LIMIT " READER_TIME_FEW_SQL ")",
+				     f->since_us, f->until_us != 0 ? f->until_us : INT64_MAX, err, errsz);
+		if (n < 0)
+			return READER_ERROR;
+		if (n < READER_TIME_FEW)
+			l->drive = READER_DRIVE_TIME;
+	}
+	if (f->client != NULL && util_parse_cidr(f->client, &c, &why) == 0 && c.family == AF_INET && c.prefix == 32) {
+		n = reader_query_int(rd,
+				     "SELECT count(*) FROM (SELECT 1 FROM sessions WHERE client_ip >= '::ffff:' AND "
+				     "client_ip < '::ffff;' AND ?1 = ?2 LIMIT 1)",
+				     0, 0, err, errsz);
+		if (n < 0)
+			return READER_ERROR;
+		l->client_mapped = n > 0;
+	}
 	return READER_OK;
 }
 

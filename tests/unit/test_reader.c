@@ -23,6 +23,7 @@
 #include <dirent.h>
 #include <inttypes.h>
 #include <regex.h>
+#include <sqlite3.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -32,8 +33,8 @@
 #include "smtptap/reader_json.h"
 #include "smtptap/store.h"
 
-#define T0 1700000000000000LL /* 2023-11-14T22:13:20Z */
-#define SEC 1000000LL
+#define T0 INT64_C(1700000000000000) /* 2023-11-14T22:13:20Z */
+#define SEC INT64_C(1000000)
 
 struct fixture {
 	char dir[64];
@@ -846,6 +847,130 @@ test_plans(void **state)
 	reader_close(rd);
 }
 
+/*
+ * The two ways a time filter runs (reader_listing_plan): a range holding
+ * few sessions drives the listing from sessions_started; a wide one
+ * leaves it to the address's index (or the rowid).  Both must give the
+ * same sessions as a plain reading of the rows would.  6000 sessions,
+ * one a second, written straight in SQL: every 10th has the recipient
+ * x@a.org, every one a recipient at b.org.
+ */
+static void
+test_time_paths(void **state)
+{
+	struct fixture *fx = *state;
+	struct reader_filter f;
+	struct reader_page pg;
+	struct reader *rd;
+	struct store *st;
+	struct ids got;
+	int64_t want[256], i, n;
+	char plan[4096], err[256], *msg = NULL;
+	sqlite3 *db;
+	size_t nwant;
+
+	st = store_ok(fx->db);
+	assert_int_equal(store_close(st), 0);
+	assert_int_equal(sqlite3_open(fx->db, &db), SQLITE_OK);
+	assert_int_equal(sqlite3_exec(db, "BEGIN", NULL, NULL, NULL), SQLITE_OK);
+	for (i = 1; i <= 6000; i++) {
+		char sql[512];
+
+		snprintf(sql, sizeof(sql),
+			 "INSERT INTO sessions (id, started_us, ended_us, client, mode, outcome, client_ip) VALUES "
+			 "(%" PRId64 ", %" PRId64 ", %" PRId64 ", '10.0.0.1:1', 'sink', 'quit', '10.0.0.1');"
+			 "INSERT INTO transactions (session_id, idx, started_us, mail_from) VALUES (%" PRId64
+			 ", 1, 0, 's@c.org');"
+			 "INSERT INTO recipients (session_id, transaction_idx, idx, address) VALUES (%" PRId64
+			 ", 1, 1, '%s');",
+			 i, T0 + i * SEC, T0 + i * SEC + 1, i, i, i % 10 == 0 ? "x@a.org" : "y@b.org");
+		if (sqlite3_exec(db, sql, NULL, NULL, &msg) != SQLITE_OK)
+			fail_msg("insert: %s", msg);
+		if (i % 10 == 0) {
+			snprintf(sql, sizeof(sql),
+				 "INSERT INTO recipients (session_id, transaction_idx, idx, address) VALUES (%" PRId64
+				 ", 1, 2, 'z@b.org')",
+				 i);
+			assert_int_equal(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
+		}
+	}
+	assert_int_equal(sqlite3_exec(db, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+	sqlite3_close(db);
+
+	rd = reader_ok(fx->db);
+	memset(&pg, 0, sizeof(pg));
+	pg.limit = 50;
+
+	/* wide: since the 100th second, over 4096 sessions in range: the
+	 * recipient's index drives */
+	memset(&f, 0, sizeof(f));
+	f.recipient = "x@a.org";
+	f.since_us = T0 + 100 * SEC;
+	assert_int_equal(reader_sessions_plan(rd, &f, &pg, plan, sizeof(plan), err, sizeof(err)), READER_OK);
+	if (plan_scans_sessions(plan) || strstr(plan, "recipients_address") == NULL || strstr(plan, "sessions_started"))
+		fail_msg("a wide --since with --to does not walk the recipients' index:\n%s", plan);
+	list(rd, &f, &pg, &got, NULL);
+	for (nwant = 0, i = 6000; nwant < 50; i -= 10)
+		want[nwant++] = i;
+	expect_ids(&got, want, nwant, "wide since, recipient");
+	assert_int_equal(reader_sessions_count(rd, &f, &n, err, sizeof(err)), READER_OK);
+	assert_int_equal(n, 591); /* 100, 110, ..., 6000 */
+
+	/* narrow: a minute: the time index drives, the recipient is tested */
+	f.until_us = T0 + 160 * SEC;
+	assert_int_equal(reader_sessions_plan(rd, &f, &pg, plan, sizeof(plan), err, sizeof(err)), READER_OK);
+	if (plan_scans_sessions(plan) || strstr(plan, "sessions_started") == NULL)
+		fail_msg("a narrow time range does not drive from sessions_started:\n%s", plan);
+	list(rd, &f, &pg, &got, NULL);
+	{
+		static const int64_t w[] = { 150, 140, 130, 120, 110, 100 };
+		expect_ids(&got, w, 6, "narrow range, recipient");
+	}
+	/* a domain with two matching recipients in one session: listed once */
+	f.recipient = "@b.org";
+	f.since_us = T0 + 5991 * SEC;
+	f.until_us = 0;
+	list(rd, &f, &pg, &got, NULL);
+	{
+		static const int64_t w[] = { 6000, 5999, 5998, 5997, 5996, 5995, 5994, 5993, 5992, 5991 };
+		expect_ids(&got, w, 10, "narrow since, domain");
+	}
+	assert_int_equal(reader_sessions_count(rd, &f, &n, err, sizeof(err)), READER_OK);
+	assert_int_equal(n, 10);
+	/* wide, with the domain: its index, once per session */
+	f.since_us = T0 + 1000 * SEC;
+	pg.limit = 3;
+	list(rd, &f, &pg, &got, NULL);
+	{
+		static const int64_t w[] = { 6000, 5999, 5998 };
+		expect_ids(&got, w, 3, "wide since, domain");
+	}
+	/* an --until before everything: nothing, found at once */
+	memset(&f, 0, sizeof(f));
+	f.until_us = T0;
+	f.sender = "s@c.org";
+	list(rd, &f, &pg, &got, NULL);
+	assert_int_equal(got.n, 0);
+	assert_int_equal(reader_sessions_plan(rd, &f, &pg, plan, sizeof(plan), err, sizeof(err)), READER_OK);
+	if (strstr(plan, "sessions_started") == NULL)
+		fail_msg("an empty time range does not use sessions_started:\n%s", plan);
+	/* pages through a narrow range */
+	memset(&f, 0, sizeof(f));
+	f.since_us = T0 + 11 * SEC;
+	f.until_us = T0 + 21 * SEC;
+	pg.limit = 4;
+	pg.before_id = 15;
+	{
+		static const int64_t w[] = { 14, 13, 12, 11 };
+		struct reader_page_info info;
+
+		list(rd, &f, &pg, &got, &info);
+		expect_ids(&got, w, 4, "a page of a narrow range");
+		assert_false(info.more);
+	}
+	reader_close(rd);
+}
+
 /* ------------------------------------------------------------------------
  * One request, one snapshot
  */
@@ -1241,6 +1366,7 @@ main(void)
 		cmocka_unit_test_setup_teardown(test_filter_check, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_pages, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_plans, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_time_paths, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_snapshot, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_events, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_content, setup, teardown),
