@@ -8,21 +8,26 @@
  *
  * Listing sessions builds one statement from fixed fragments and
  * numbered parameters: a value a user typed is only ever bound, never
- * written into the SQL.  Its shape is chosen so that SQLite can answer
- * from an index whatever the filters:
- *   - the page cursor is always a rowid range (id < ?, the highest id
- *     when there is no cursor), so the newest N is a SEARCH of the rowid,
- *     not a scan that merely stops early;
- *   - a sender, recipient or Message-ID narrows the sessions through
- *     "s.id IN (SELECT session_id ...)" on its own index, which SQLite
- *     materialises once and walks in id order (no sort);
- *   - the client IP and the outcome have (column, id) indexes, walked
+ * written into the SQL.  Its shape is chosen (reader_listing_plan, then
+ * sql_listing) so that SQLite answers from an index whatever the filters,
+ * without statistics to guess from:
+ *   - the page cursor is always a range of the key (id < ?, the highest
+ *     id when there is no cursor), so the newest N is a SEARCH, not a scan
+ *     that merely stops early;
+ *   - a time range holding few sessions drives the listing from
+ *     sessions_started (counted first, up to READER_TIME_FEW);
+ *   - otherwise a recipient or a sender drives it from its own index,
+ *     whose entries for one address (or domain) are in session order:
+ *     walked backwards from the cursor, grouped by session, it stops at
+ *     the page's end however common the address;
+ *   - a Message-ID narrows through "s.id IN (SELECT ...)" on its index;
+ *     the client IP and the outcome have (column, id) indexes, walked
  *     backwards from the cursor;
- *   - what has no index (a subject substring, a CIDR block, has-TLS) is
- *     tested on the sessions the rest leaves, newest first, stopping at
- *     the page's end.
- * tests/unit/test_reader.c checks the plans of the default listing and of
- * --to with --since (no scan of the sessions table).
+ *   - what has no index (a Subject substring, a CIDR block, has-TLS, the
+ *     second address) is tested on the sessions the rest leaves, newest
+ *     first, stopping at the page's end.
+ * tests/unit/test_reader.c checks the plans (no scan of the sessions
+ * table for the default listing, --to with --since, and the rest).
  */
 #include "smtptap/reader.h"
 
@@ -102,7 +107,7 @@ enum reader_drive {
 	READER_DRIVE_NONE,	/* the sessions table (rowid, or the filters' indexes) */
 	READER_DRIVE_TIME,	/* sessions_started: a time range holding few sessions */
 	READER_DRIVE_RECIPIENT, /* recipients_address / recipients_domain */
-	READER_DRIVE_SENDER,	/* transactions_mail_from / transactions_domain */
+	READER_DRIVE_SENDER,	/* transactions_mail_from, or its primary key (a domain) */
 };
 
 struct reader_listing {
@@ -651,8 +656,10 @@ sql_session_cols(struct reader_sql *q, const char *prefix)
 /*
  * The condition an address filter puts on its table's column (alias t):
  * an address compares with COLLATE NOCASE, the collation of its index; a
- * domain with the expression of its index (sql/005_search.sql), given in
- * lower case.
+ * domain with the expression of recipients_domain (sql/005_search.sql),
+ * given in lower case.  A sender's domain has no index: the same
+ * expression is then tested on the transactions walked from the newest
+ * (their primary key is in session order too).
  */
 static void
 sql_address(struct reader_sql *q, const char *t, const char *value, bool sender)
