@@ -6,8 +6,8 @@
  * time is mostly starting the process).  A measurement, never a test.
  *
  *   reader_query DB RUNS [--to A] [--from A] [--since WHEN] [--until WHEN]
- *                [--search TEXT] [--outcome W] [--client A] [--before ID]
- *                [--after ID] [--limit N]
+ *                [--search TEXT] [--outcome W] [--client A] [--tls | --no-tls]
+ *                [--before ID] [--after ID] [--limit N]
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -67,10 +67,16 @@ main(int argc, char **argv)
 	memset(&pg, 0, sizeof(pg));
 	pg.limit = 50;
 	pg.oldest_first = true; /* as `smtptap sessions` lists */
-	for (i = 3; i + 1 < argc; i += 2) {
-		const char *k = argv[i], *a = argv[i + 1];
+	for (i = 3; i < argc; i += 2) {
+		const char *k = argv[i], *a = i + 1 < argc ? argv[i + 1] : "";
 
-		if (strcmp(k, "--to") == 0)
+		if (strcmp(k, "--tls") == 0 || strcmp(k, "--no-tls") == 0) {
+			f.tls = k[2] == 't' ? READER_TLS_YES : READER_TLS_NO;
+			i--; /* no value */
+		} else if (i + 1 >= argc) {
+			fprintf(stderr, "reader_query: %s needs a value\n", k);
+			return 2;
+		} else if (strcmp(k, "--to") == 0)
 			f.recipient = a;
 		else if (strcmp(k, "--from") == 0)
 			f.sender = a;
