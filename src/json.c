@@ -11,6 +11,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -40,7 +41,7 @@ static bool json_is_hex(unsigned char c);
 void
 json_init(struct json *j, FILE *f, int levels)
 {
-	memset(j, 0, sizeof(*j));
+	memset(j, 0, offsetof(struct json, obuf));
 	j->f = f;
 	j->levels = levels;
 }
@@ -48,7 +49,7 @@ json_init(struct json *j, FILE *f, int levels)
 void
 json_init_mem(struct json *j, size_t max, int levels)
 {
-	memset(j, 0, sizeof(*j));
+	memset(j, 0, offsetof(struct json, obuf));
 	j->max = max;
 	j->levels = levels;
 }

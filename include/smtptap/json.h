@@ -46,8 +46,7 @@ struct json {
 	char *buf;	 /* json_init_mem: the text so far (not NUL-terminated) */
 	size_t len, cap;
 	size_t max;	 /* the buffer never grows past this; 0: no bound */
-	char obuf[JSON_OBUF]; /* a FILE target: text not yet handed to stdio */
-	size_t olen;
+	size_t olen;	 /* bytes in obuf */
 	int levels;	 /* containers nested this deep get a line per member */
 	int depth;	 /* open containers */
 	bool failed;	 /* a write failed or the calls were out of order */
@@ -58,6 +57,9 @@ struct json {
 	 * still empty (no comma before the next member)? */
 	bool is_object[JSON_DEPTH_MAX + 1];
 	bool empty[JSON_DEPTH_MAX + 1];
+	/* Last, so that json_init() need not clear it: a FILE target's text
+	 * not yet handed to stdio. */
+	char obuf[JSON_OBUF];
 };
 
 void json_init(struct json *j, FILE *f, int levels);
