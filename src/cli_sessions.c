@@ -8,7 +8,6 @@
 #include <getopt.h>
 #include <inttypes.h>
 #include <limits.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -390,10 +389,6 @@ cli_sessions(int argc, char **argv)
 	}
 	pg.limit = limit;
 	pg.oldest_first = true;
-	/* A closed pipe (sessions --jsonl | head) is a write error, reported
-	 * once, not a death by SIGPIPE. */
-	signal(SIGPIPE, SIG_IGN);
-
 	if ((rd = cli_read_open(db)) == NULL)
 		return CLI_EXIT_FAIL;
 	cli_out_open(&out, NULL, NULL);

@@ -4,8 +4,9 @@
  * all read through.
  *
  * A reader is one read-only connection to a database (and the message
- * content kept beside it).  It is safe to use while a proxy records into
- * the same file: SQLite's WAL gives readers a snapshot.
+ * content kept beside it), for one thread at a time (open one per
+ * thread).  It is safe to use while a proxy records into the same file:
+ * SQLite's WAL gives readers a snapshot.
  *
  * Requests.  Everything read between reader_begin() and reader_end() is
  * one consistent snapshot: a listing and then the events of the sessions
@@ -158,7 +159,9 @@ enum reader_tls {
  * regard to ASCII case, with or without <>: "bob@example.org".  A value
  * starting with '@' is a domain: "@example.org" matches every address at
  * exactly that domain (not its subdomains).  "<>" (or "") as the sender
- * is the null sender of bounces.  Both forms use an index.
+ * is the null sender of bounces.  An address uses an index, and so does
+ * a recipient's domain; a sender's domain is tested on the newest
+ * transactions first (see sql/005_search.sql).
  */
 struct reader_filter {
 	int64_t since_us, until_us; /* started at or after since, before until; 0: open */
