@@ -185,7 +185,7 @@ static int reader_walk_sessions(struct reader *rd, sqlite3_stmt *stmt, reader_se
 				struct reader_page_info *info, char *err, size_t errsz);
 
 static void sql_add(struct reader_sql *q, const char *s);
-static void sql_addf_col(struct reader_sql *q, const char *prefix, const char *col);
+static void sql_add_col(struct reader_sql *q, const char *prefix, const char *col);
 static void sql_int(struct reader_sql *q, int64_t v);
 static void sql_text(struct reader_sql *q, const char *s);
 static char *sql_own(struct reader_sql *q, size_t len);
@@ -547,7 +547,7 @@ sql_add(struct reader_sql *q, const char *s)
 }
 
 static void
-sql_addf_col(struct reader_sql *q, const char *prefix, const char *col)
+sql_add_col(struct reader_sql *q, const char *prefix, const char *col)
 {
 	sql_add(q, prefix);
 	sql_add(q, col);
@@ -649,7 +649,7 @@ sql_session_cols(struct reader_sql *q, const char *prefix)
 	for (i = 0; i < READER_NSESSION_COLS; i++) {
 		if (i > 0)
 			sql_add(q, ", ");
-		sql_addf_col(q, prefix, reader_session_cols[i]);
+		sql_add_col(q, prefix, reader_session_cols[i]);
 	}
 }
 
