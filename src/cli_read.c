@@ -26,6 +26,7 @@ const struct cli_read_flag cli_read_flags[] = {
 	{ STORE_F_DROPPED, "dropped" },	      { STORE_F_REDACTED, "redacted" },
 	{ STORE_F_TO_CLIENT, "to-client" },   { STORE_F_TO_UPSTREAM, "to-upstream" },
 	{ STORE_F_INCOMPLETE, "incomplete" }, { STORE_F_RULE, "rule" },
+	{ STORE_F_PIPELINED, "pipelined" },
 };
 
 const size_t cli_read_nflags = sizeof(cli_read_flags) / sizeof(cli_read_flags[0]);

@@ -89,8 +89,9 @@ session_tls_needs_prelude(struct session *s)
 {
 	if (s->sink_mode || s->upstream_tls_on || s->upstream.tls)
 		return false;
+	/* A replayed client's own STARTTLS upgrades the upstream. */
 	if (s->upstream_tls == PROXY_TLS_STARTTLS)
-		return true;
+		return !s->replay_client_starttls;
 	return s->upstream_tls == PROXY_TLS_AUTO &&
 	       (s->client_tls == PROXY_TLS_OFF || s->client_tls == PROXY_TLS_IMPLICIT);
 }
@@ -306,6 +307,18 @@ session_tls_start_client(struct session *s)
 
 	if (!s->client.open || s->ctls == CTLS_HANDSHAKE || s->ctls == CTLS_ON)
 		return;
+	if (s->inproc) {
+		/* The client is in this process (replay): only the upstream
+		 * leg speaks TLS.  The client side goes on as after a
+		 * handshake: what it said before is forgotten. */
+		session_note(s, STORE_KIND_TLS, "client leg in-process: no TLS on it, the conversation goes on in plaintext");
+		s->ctls = CTLS_ON;
+		session_env_reset(s);
+		if (s->state == ST_TLS)
+			session_enter_state(s, ST_CMD);
+		session_client_process(s);
+		return;
+	}
 	if (session_rules_tls(s, RULES_LEG_CLIENT))
 		return; /* delayed, stalled or failed by a rule */
 	if (s->ctx->tls == NULL) {
@@ -507,6 +520,11 @@ session_tls_ehlo_rewrite(struct session *s, struct evbuffer *reply, struct evbuf
 	}
 	if (!s->sink_mode && !s->upstream.tls)
 		s->upstream_offers_starttls = had;
+	if (s->inproc) {
+		/* replay compares the server's own reply: passed on as is */
+		free(buf);
+		return false;
+	}
 	if (s->ctls != CTLS_NONE || s->ctx->tls == NULL)
 		want = false;
 	else if (s->client_tls == PROXY_TLS_STARTTLS)

@@ -35,7 +35,7 @@
 	"s.id, s.started_us, s.ended_us, s.listener, s.client, s.upstream, s.upstream_addr, s.mode, "     \
 	"s.client_tls, s.upstream_tls, s.outcome, s.detail, s.nmessages, s.nevents, s.client_ip, s.helo, " \
 	"s.auth_mech, s.auth_user, s.client_tls_version, s.upstream_tls_version, s.ntransactions, "        \
-	"s.client_bytes, s.upstream_bytes, s.proxy_bytes"
+	"s.client_bytes, s.upstream_bytes, s.proxy_bytes, s.replay_of"
 
 struct store_reader {
 	sqlite3 *db;
@@ -145,6 +145,19 @@ store_reader_session(struct store_reader *rd, int64_t id, store_session_cb cb, v
 	if (rc == 0 && !found)
 		return 1;
 	return rc;
+}
+
+int
+store_reader_replays(struct store_reader *rd, int64_t id, store_session_cb cb, void *arg, char *err, size_t errsz)
+{
+	sqlite3_stmt *stmt;
+	bool found;
+
+	/* sessions_replay_of: the replays alone, oldest first */
+	if (rd_prepare_key(rd, "SELECT " SESSION_COLUMNS " FROM sessions s WHERE s.replay_of = ?1 ORDER BY s.id", id,
+			   &stmt, err, errsz) < 0)
+		return -1;
+	return rd_walk_sessions(rd, stmt, cb, arg, &found, err, errsz);
 }
 
 int
@@ -467,6 +480,7 @@ rd_walk_sessions(struct store_reader *rd, sqlite3_stmt *stmt, store_session_cb c
 		row.client_bytes = sqlite3_column_int64(stmt, 21);
 		row.upstream_bytes = sqlite3_column_int64(stmt, 22);
 		row.proxy_bytes = sqlite3_column_int64(stmt, 23);
+		row.replay_of = sqlite3_column_int64(stmt, 24);
 		if ((ret = cb(&row, arg)) != 0)
 			break;
 	}

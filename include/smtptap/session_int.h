@@ -238,6 +238,21 @@ struct session {
 	 * rdec or rheld). */
 	const struct rules_decision *rfire_starttls;
 
+	/* replay and mock (struct session_origin) */
+	const char *mode;	     /* sessions.mode (static) */
+	int64_t replay_of;
+	bool inproc;		     /* the client leg is in this process: never TLS */
+	bool replay_client_starttls; /* see session_origin.client_starttls */
+	void (*on_end)(void *arg, int64_t id, const char *outcome, const char *detail);
+	void *end_arg;
+
+	/* STORE_F_PIPELINED: the callback (cb_gen counts the outermost
+	 * ones) and the bytes queued to the client at the client's latest
+	 * event; a command in the same callback, or with nothing queued to
+	 * the client since, was sent without waiting for a reply. */
+	uint64_t cb_gen, client_gen, client_queued;
+	bool client_said;
+
 	bool freeing;
 	/* AUTH: the mechanism whose next response line names the user (LOGIN
 	 * or PLAIN without an initial response, CRAM-MD5, XOAUTH2), "" if none */

@@ -58,6 +58,10 @@ enum store_kind {
 #define STORE_F_TO_UPSTREAM 0x20 /* proxy bytes went to the upstream leg */
 #define STORE_F_INCOMPLETE 0x40	 /* a line cut short by a close or a bound */
 #define STORE_F_RULE 0x80	 /* a fault rule made, changed or dropped it */
+/* A client command or AUTH line read before smtptap had passed the client
+ * any reply since its previous one: the client sent it without waiting
+ * (PIPELINING).  Replay sends such commands in the same batch. */
+#define STORE_F_PIPELINED 0x100
 
 const char *store_side_name(enum store_side side); /* "client", ... */
 const char *store_kind_name(enum store_kind kind); /* "command", ... */
@@ -104,7 +108,8 @@ struct store_session {
 	const char *listener;	   /* "127.0.0.1:2525" */
 	const char *client;	   /* "127.0.0.1:53422" */
 	const char *upstream;	   /* as configured, NULL in sink mode */
-	const char *mode;	   /* "relay" or "sink" */
+	const char *mode;	   /* "relay", "sink", "replay" or "mock" */
+	int64_t replay_of;	   /* replay, mock: the session it replays, 0 none */
 };
 void store_session_open(struct store *st, const struct store_session *s);
 
@@ -266,6 +271,7 @@ struct store_session_row {
 	const char *client_tls_version, *upstream_tls_version;
 	int64_t nmessages, nevents, ntransactions;
 	int64_t client_bytes, upstream_bytes, proxy_bytes;
+	int64_t replay_of; /* a replay or mock: the session it replays, 0 none */
 };
 
 struct store_event_row {
@@ -328,6 +334,9 @@ int store_reader_sessions(struct store_reader *rd, int limit, store_session_cb c
 /* One session: returns 0 found, 1 not found, -1 error.  Its callback
  * should return 0 (a stop value of 1 would read as "not found"). */
 int store_reader_session(struct store_reader *rd, int64_t id, store_session_cb cb, void *arg, char *err,
+			 size_t errsz);
+/* The sessions that replay or mock session `id` (replay_of), oldest first. */
+int store_reader_replays(struct store_reader *rd, int64_t id, store_session_cb cb, void *arg, char *err,
 			 size_t errsz);
 int store_reader_events(struct store_reader *rd, int64_t session_id, store_event_cb cb, void *arg, char *err,
 			size_t errsz);
