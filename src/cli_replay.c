@@ -354,12 +354,15 @@ cli_replay_code(const char *raw, size_t len, char *buf, size_t bufsz)
 
 /* One line of the table: the label (escaped, padded), both codes. */
 static void
-cli_replay_row(struct cli_replay *cr, bool differs, const char *label, const char *want, size_t wlen,
+cli_replay_row(struct cli_replay *cr, bool differs, unsigned diff, const char *label, const char *want, size_t wlen,
 	       const char *got, size_t glen, const char *note)
 {
 	char a[32], b[32];
 	size_t n = strlen(label);
 	int pad;
+
+	if (note == NULL && differs && diff == REC_DIFF_TEXT)
+		note = "text differs";
 
 	cli_replay_code(want, wlen, a, sizeof(a));
 	cli_replay_code(got, glen, b, sizeof(b));
@@ -369,9 +372,9 @@ cli_replay_row(struct cli_replay *cr, bool differs, const char *label, const cha
 		n = CLI_REPLAY_LABEL;
 	cli_read_put_escaped(cr->f, label, n);
 	pad = CLI_REPLAY_LABEL - (int)n;
-	fprintf(cr->f, "%*s  %-12s %-12s", pad > 0 ? pad : 0, "", a, b);
+	fprintf(cr->f, "%*s  %-12s %s", pad > 0 ? pad : 0, "", a, b);
 	if (note != NULL)
-		fprintf(cr->f, " (%s)", note);
+		fprintf(cr->f, "%*s (%s)", 12 - (int)strlen(b) > 0 ? 12 - (int)strlen(b) : 0, "", note);
 	fputc('\n', cr->f);
 	if (differs && want != NULL && got != NULL) {
 		char line[512];
@@ -405,8 +408,8 @@ cli_replay_text(struct cli_replay *cr, const struct replay_result *r)
 	fputc('\n', cr->f);
 	if (!cr->diff)
 		return;
-	fprintf(cr->f, "  %-*s  %-12s %-12s\n", CLI_REPLAY_LABEL, "COMMAND", "RECORDED", "REPLAY");
-	cli_replay_row(cr, r->greeting_differs, "(greeting)",
+	fprintf(cr->f, "  %-*s  %-12s %s\n", CLI_REPLAY_LABEL, "COMMAND", "RECORDED", "REPLAY");
+	cli_replay_row(cr, r->greeting_differs, r->greeting_diff, "(greeting)",
 		       rec->greeting >= 0 ? rec->replies[rec->greeting].raw : NULL,
 		       rec->greeting >= 0 ? rec->replies[rec->greeting].len : 0, r->greeting, r->greeting_len, NULL);
 	for (i = 0; i < rec->nunits; i++) {
@@ -418,11 +421,9 @@ cli_replay_text(struct cli_replay *cr, const struct replay_result *r)
 		note[0] = '\0';
 		if (ru->skipped != NULL)
 			snprintf(note, sizeof(note), "not sent: %s", ru->skipped);
-		else if (ru->differs && (ru->diff & REC_DIFF_TEXT) && !(ru->diff & (REC_DIFF_CODE | REC_DIFF_ENH)))
-			snprintf(note, sizeof(note), "text differs");
 		if (!ru->compared && ru->skipped == NULL)
 			continue; /* nothing to compare: bytes that get no reply */
-		cli_replay_row(cr, ru->differs, recording_unit_label(u, label, sizeof(label)), want ? want->raw : NULL,
+		cli_replay_row(cr, ru->differs, ru->diff, recording_unit_label(u, label, sizeof(label)), want ? want->raw : NULL,
 			       want ? want->len : 0, ru->reply, ru->reply_len, note[0] ? note : NULL);
 	}
 	if (r->unsolicited > 0)

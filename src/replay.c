@@ -388,7 +388,7 @@ rp_start(struct replay *rp, int64_t id)
 	origin.client_starttls = rec->client_starttls && mode == REPLAY_TLS_STARTTLS;
 	origin.on_end = rc_session_end;
 	origin.arg = c;
-	snprintf(name, sizeof(name), "replay of session %" PRId64, id);
+	snprintf(name, sizeof(name), "(replay)");
 	rp->running++;
 	c->starting = true;
 	/* The session may end before this returns (an upstream refused at
