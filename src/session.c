@@ -31,6 +31,7 @@
 
 #include "smtptap/log.h"
 #include "smtptap/proxy.h"
+#include "smtptap/recording.h"
 #include "smtptap/util.h"
 
 static void session_backlog_cb(evutil_socket_t fd, short what, void *arg);
@@ -197,6 +198,18 @@ session_start(struct session_ctx *ctx, evutil_socket_t fd, const struct sockaddr
 	}
 	if (peerlen > 0 && (size_t)peerlen <= sizeof(s->client_sa))
 		memcpy(&s->client_sa, peer, (size_t)peerlen);
+	if (route->mock != NULL) {
+		/* Each client gets the recording from its start. */
+		if ((s->mock = mock_new(route->mock)) == NULL) {
+			log_warnx("session: cannot set up a mock: out of memory");
+			evbuffer_free(s->reply_buf);
+			leg_close(&s->client, LEG_CLOSE_NOW);
+			free(s);
+			return -1;
+		}
+		s->mode = "mock";
+		s->replay_of = route->mock->session_id;
+	}
 	session_open(s);
 	return 0;
 }
@@ -240,14 +253,13 @@ session_begin(struct session *s)
 	const struct proxy_route *route = s->route;
 
 	if (s->sink_mode) {
-		char reply[SINK_REPLY_MAX];
-		size_t n;
+		struct mock_reply r;
 
 		sink_init(&s->sink, s->id);
 		s->upstream_ready = true;
 		session_enter_state(s, ST_CMD);
-		n = sink_reply_greeting(&s->sink, reply);
-		session_sink_answer(s, reply, n);
+		session_respond_greeting(s, &r);
+		session_respond_send(s, &r, 0);
 	} else if (leg_connect(&s->upstream, ctx->base, ctx->dns, (const struct sockaddr *)&route->upstream_sa,
 			       route->upstream_salen, route->upstream_host,
 			       (int)strtol(route->upstream_port, NULL, 10), ctx->cfg->connect_timeout,
@@ -372,6 +384,7 @@ session_free(struct session *s)
 	free(s->env.rcpts);
 	session_tls_free(s);
 	session_rules_free(s);
+	mock_free(s->mock);
 	evbuffer_free(s->reply_buf);
 	TAILQ_REMOVE(&ctx->sessions, s, entry);
 	ctx->nsessions--;

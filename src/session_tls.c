@@ -240,11 +240,25 @@ session_tls_client_starttls(struct session *s, struct evbuffer *in, const char *
 	bool upstream_first = offer && s->ctls == CTLS_NONE && !s->sink_mode && session_upstream_usable(s) &&
 			      !s->upstream.tls && s->upstream_offers_starttls &&
 			      (s->upstream_tls == PROXY_TLS_AUTO || s->upstream_tls == PROXY_TLS_STARTTLS);
+	struct mock_reply mr;
 	int64_t cmd;
 
 	cmd = session_record(s, STORE_SIDE_CLIENT, STORE_KIND_COMMAND, upstream_first ? 0 : STORE_F_DROPPED, 0, line,
 			     len, NULL);
 	session_rules_starttls_recorded(s);
+	if (s->mock != NULL && !mock_starttls(s->mock, &mr)) {
+		/* A mock answers what the recording does not expect itself. */
+		struct pending *p;
+
+		evbuffer_drain(in, len);
+		session_note_cause(s, cmd, STORE_KIND_ACTION, "%s", mr.note);
+		p = session_pend_push(s, PEND_LOCAL, SMTP_VERB_UNKNOWN);
+		p->owned_text = strndup(mr.p, mr.len);
+		p->text = p->owned_text != NULL ? p->owned_text : "503 5.5.1 smtptap mock: STARTTLS was not expected\r\n";
+		p->cmd_seq = cmd;
+		session_pend_flush_local(s);
+		return;
+	}
 	if (!offer || s->ctls != CTLS_NONE) {
 		evbuffer_drain(in, len);
 		session_local_push_answer(s, s->ctls != CTLS_NONE ? local_starttls_again : local_starttls_off, false, cmd);

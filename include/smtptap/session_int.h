@@ -23,6 +23,7 @@
 #include <openssl/x509.h>
 
 #include "smtptap/leg.h"
+#include "smtptap/mock.h"
 #include "smtptap/rules.h"
 #include "smtptap/mime.h"
 #include "smtptap/session.h"
@@ -177,6 +178,7 @@ struct session {
 	struct leg client, upstream;
 	bool sink_mode;
 	struct sink sink;
+	struct mock *mock; /* sink mode playing a recording (mock.c): owned */
 	enum session_state state;
 
 	struct pending pend[PEND_MAX];
@@ -309,6 +311,17 @@ int session_pend_pop(struct session *s, struct pending *out);
 void session_upstream_lines(struct session *s);
 void session_upstream_tail(struct session *s);
 void session_sink_answer(struct session *s, const char *text, size_t len);
+/* smtptap's own replies in sink mode: the sink's, or the recording's
+ * (mock).  Each fills r (made before the client's bytes move on, as they
+ * may point into them); session_respond_send then records the mock's
+ * note on a mismatch (caused by cause_seq) and answers. */
+void session_respond_greeting(struct session *s, struct mock_reply *r);
+void session_respond_command(struct session *s, const struct smtp_cmd *cmd, const char *line, size_t len,
+			     struct mock_reply *r);
+void session_respond_auth_line(struct session *s, const char *line, size_t len, struct mock_reply *r);
+void session_respond_data_end(struct session *s, uint64_t size, struct mock_reply *r);
+void session_respond_bdat_chunk(struct session *s, const struct smtp_cmd *cmd, struct mock_reply *r);
+void session_respond_send(struct session *s, struct mock_reply *r, int64_t cause_seq);
 void session_pend_flush_local(struct session *s);
 void session_local_push(struct session *s, const char *text, bool starttls);
 void session_local_push_answer(struct session *s, const char *text, bool starttls, int64_t answers_seq);
