@@ -28,6 +28,7 @@
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/event.h>
 
 #include "smtptap/log.h"
 #include "smtptap/proxy.h"
@@ -35,6 +36,9 @@
 #include "smtptap/util.h"
 
 static void session_backlog_cb(evutil_socket_t fd, short what, void *arg);
+static bool session_data_pend(struct session *s, enum store_side side, unsigned flags, int64_t msg_id,
+			      const void *raw, size_t len);
+static void session_data_timer_cb(evutil_socket_t fd, short what, void *arg);
 static void session_client_legcb(struct leg *leg, enum leg_event ev, void *arg);
 static void session_upstream_legcb(struct leg *leg, enum leg_event ev, void *arg);
 static const char *session_strstate(enum session_state st);
@@ -365,6 +369,7 @@ session_free(struct session *s)
 
 	/* Messages still waiting for a final reply never got one. */
 	session_msg_abandon(s);
+	session_data_flush(s);
 	if (s->rhold_msg != NULL)
 		session_msg_close(s, s->rhold_msg, 0, NULL); /* its end was held by a rule */
 	s->rhold_msg = NULL;
@@ -380,6 +385,7 @@ session_free(struct session *s)
 
 	if (s->paused_backlog)
 		ctx->npaused_backlog--;
+	session_data_release(s);
 	session_env_reset(s);
 	free(s->env.rcpts);
 	session_tls_free(s);
@@ -451,7 +457,6 @@ session_record_link(struct session *s, int64_t answers_seq, int64_t cause_seq, e
 	}
 	ev = (struct store_event){
 		.session_id = s->id,
-		.seq = ++s->seq,
 		.t_us = util_now_us(),
 		.side = side,
 		.kind = kind,
@@ -464,7 +469,13 @@ session_record_link(struct session *s, int64_t answers_seq, int64_t cause_seq, e
 		.raw_len = len,
 	};
 
+	if (kind == STORE_KIND_DATA && session_data_pend(s, side, flags, msg_id, raw, len))
+		goto recorded;
+	/* Whatever happens next happened after the data gathered so far. */
+	session_data_flush(s);
+	ev.seq = ++s->seq;
 	store_event_add(s->ctx->store, &ev);
+recorded:
 	if (s->ctx->cfg->verbosity > 0 && kind != STORE_KIND_DATA)
 		session_trace(s, side, flags, text, raw, len);
 	/* Only the client can be paused, and whatever is recorded comes, in
@@ -480,6 +491,113 @@ session_record_link(struct session *s, int64_t answers_seq, int64_t cause_seq, e
 		}
 	}
 	return ev.seq;
+}
+
+/*
+ * Gather message data into s->dpend (see session_int.h), straight into the
+ * record the store will queue.  Returns false when it cannot (no memory):
+ * the caller records it as an event of its own.
+ */
+static bool
+session_data_pend(struct session *s, enum store_side side, unsigned flags, int64_t msg_id, const void *raw,
+		  size_t len)
+{
+	struct data_pend *d = &s->dpend;
+
+	if (raw == NULL || len == 0 || msg_id == 0)
+		return false;
+	if (d->msg_id != 0 && (d->msg_id != msg_id || d->side != side || d->flags != flags ||
+			       d->len + len > SESSION_DATA_EVENT_MAX)) {
+		bool full = d->msg_id == msg_id && d->len + len > SESSION_DATA_EVENT_MAX;
+
+		session_data_flush(s);
+		d->next_cap = full ? SESSION_DATA_EVENT_MAX : 0;
+	}
+	if (len > SESSION_DATA_EVENT_MAX)
+		return false;
+	if (d->timer == NULL && (d->timer = evtimer_new(s->ctx->base, session_data_timer_cb, s)) == NULL)
+		return false;
+	/* A record starts small (most messages are) and doubles; after a
+	 * full one, the message is big and the next starts full size. */
+	if (d->rec == NULL) {
+		d->cap = d->next_cap ? d->next_cap : SESSION_DATA_EVENT_MIN;
+		if ((d->rec = store_data_new(s->ctx->store, s->id, d->cap)) == NULL)
+			return false;
+	}
+	if (d->len + len > d->cap) {
+		struct store_data *bigger;
+		size_t cap = d->cap;
+
+		while (cap < d->len + len)
+			cap *= 2;
+		if (cap > SESSION_DATA_EVENT_MAX)
+			cap = SESSION_DATA_EVENT_MAX;
+		if ((bigger = store_data_grow(s->ctx->store, d->rec, cap)) == NULL)
+			return false;
+		d->rec = bigger;
+		d->cap = cap;
+	}
+	if (d->msg_id == 0) {
+		struct timeval tv = { 0, SESSION_DATA_WAIT_MS * 1000 };
+
+		d->msg_id = msg_id;
+		d->side = side;
+		d->flags = flags;
+		d->t_us = util_now_us();
+		evtimer_add(d->timer, &tv);
+	}
+	memcpy((char *)store_data_buf(d->rec) + d->len, raw, len);
+	d->len += len;
+	return true;
+}
+
+/* Record the data gathered so far as one event; returns its seq, or 0 when
+ * nothing was gathered. */
+int64_t
+session_data_flush(struct session *s)
+{
+	struct data_pend *d = &s->dpend;
+	int64_t seq;
+
+	if (d->msg_id == 0)
+		return 0;
+	d->next_cap = 0;
+	seq = ++s->seq;
+	store_data_add(s->ctx->store, d->rec, &(struct store_event){
+		.session_id = s->id,
+		.seq = seq,
+		.t_us = d->t_us,
+		.side = d->side,
+		.kind = STORE_KIND_DATA,
+		.flags = d->flags,
+		.message_row = d->msg_id,
+		.raw_len = d->len,
+	});
+	d->rec = NULL;
+	d->msg_id = 0;
+	d->len = 0;
+	evtimer_del(d->timer);
+	return seq;
+}
+
+/* The session ends: nothing more to gather. */
+void
+session_data_release(struct session *s)
+{
+	session_data_flush(s);
+	store_data_free(s->dpend.rec);
+	s->dpend.rec = NULL;
+	if (s->dpend.timer != NULL)
+		event_free(s->dpend.timer);
+	s->dpend.timer = NULL;
+}
+
+static void
+session_data_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	session_data_flush(arg);
 }
 
 int64_t

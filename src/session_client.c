@@ -324,7 +324,11 @@ session_client_data(struct session *s, struct evbuffer *in)
 	}
 	last = session_client_data_record(s, m, v, vused, nv, hold, session_rules_consumes(d));
 	if (done) {
-		m->end_seq = last;
+		/* The final reply answers the message's last data event: record
+		 * what was gathered now, so that it has a seq. */
+		int64_t flushed = session_data_flush(s);
+
+		m->end_seq = flushed != 0 ? flushed : last;
 		if (d != NULL)
 			session_rules_data_end_fired(s, d);
 	}
@@ -512,6 +516,10 @@ session_client_bdat(struct session *s, struct evbuffer *in)
 	}
 	if (m != NULL)
 		session_client_data_record(s, m, v, vused, nv, hold, session_rules_consumes(d));
+	/* The chunk is through: its data gets its seq now, before a rule's
+	 * action on it and before its reply. */
+	if (s->bdat_left == 0)
+		session_data_flush(s);
 	if (d != NULL)
 		session_rules_data_end_fired(s, d);
 	session_client_forward(s, in, total - hold);

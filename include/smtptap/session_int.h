@@ -165,6 +165,34 @@ enum client_tls_step {
 	CTLS_ON,	    /* established */
 };
 
+/*
+ * Message data waiting to become one event (session_record): a client's
+ * DATA stream or BDAT chunk arrives a read at a time, often 4 KiB, and a
+ * row per read made a 1 MiB message cost ~260 rows.  Consecutive data of
+ * one message is gathered up to SESSION_DATA_EVENT_MAX bytes and recorded
+ * as one event, with the time its first byte arrived.  It is recorded
+ * before any other event of the session, before the message's end, when
+ * full, and at the latest SESSION_DATA_WAIT_MS after its first byte (a
+ * stalled client), so it costs a kill -9 no more than the store's own
+ * batching does.
+ */
+#define SESSION_DATA_EVENT_MAX (256u * 1024)
+/* A record's first size.  Most messages are small: starting at 16 KiB,
+ * shrunk once filled, fragmented the heap (peak RSS on make bench's B
+ * 39-40 MB, against 25-27 MB at 4 KiB, same CPU). */
+#define SESSION_DATA_EVENT_MIN (4u * 1024)
+#define SESSION_DATA_WAIT_MS 100
+struct data_pend {
+	int64_t msg_id; /* 0: nothing pending */
+	int64_t t_us;
+	enum store_side side;
+	unsigned flags;
+	struct store_data *rec; /* queued as is once full or flushed */
+	size_t len, cap;
+	size_t next_cap; /* room the next record starts with */
+	struct event *timer; /* SESSION_DATA_WAIT_MS after the first byte */
+};
+
 struct session {
 	TAILQ_ENTRY(session) entry;
 	struct session_ctx *ctx;
@@ -191,6 +219,7 @@ struct session {
 	int ntx;	     /* transactions so far */
 	uint32_t tx_nrcpts;  /* RCPT commands in the current transaction */
 	int nmsgs;
+	struct data_pend dpend; /* message data not yet recorded */
 	struct msg *cur_msg; /* receiving content now */
 	uint64_t bdat_left;  /* bytes left in the current BDAT chunk */
 	bool bdat_cur_last;
@@ -286,6 +315,10 @@ int64_t session_note_cause(struct session *s, int64_t cause_seq, enum store_kind
  * (never the password) in the session's summary. */
 void session_auth_command(struct session *s, const struct smtp_cmd *cmd);
 void session_auth_line(struct session *s, const char *line, size_t len);
+/* Message data is gathered into events of up to SESSION_DATA_EVENT_MAX
+ * bytes; flush records what was gathered (returns its seq, 0 if none). */
+int64_t session_data_flush(struct session *s);
+void session_data_release(struct session *s);
 void session_update_reading(struct session *s);
 void session_update_timeouts(struct session *s);
 void session_fail_client(struct session *s, const char *reply, const char *outcome, const char *detail);

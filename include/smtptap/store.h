@@ -148,6 +148,25 @@ struct store_event {
 };
 void store_event_add(struct store *st, const struct store_event *ev);
 
+/*
+ * Message data gathered by the caller straight into a queued record, so
+ * that a big event is copied once (from the socket buffer into it), not
+ * twice: store_data_new() gives room for `cap` bytes (of session
+ * `session_id`, for error messages) at store_data_buf();
+ * store_data_add() queues the first ev->raw_len of them as the raw bytes
+ * of event `ev` (ev->raw and ev->text are ignored) and takes the buffer
+ * over; store_data_free() drops one that is not added.  NULL when memory
+ * is short (counted as a lost record).
+ */
+struct store_data;
+struct store_data *store_data_new(struct store *st, int64_t session_id, size_t cap);
+void *store_data_buf(struct store_data *d);
+/* Room for `cap` bytes, the bytes so far kept; NULL when memory is short
+ * (d is then still valid, and still the caller's). */
+struct store_data *store_data_grow(struct store *st, struct store_data *d, size_t cap);
+void store_data_add(struct store *st, struct store_data *d, const struct store_event *ev);
+void store_data_free(struct store_data *d);
+
 /* A transaction starts with each MAIL FROM command; (session_id, idx)
  * names it.  The session writes it once, usually with its MAIL reply. */
 struct store_transaction {
@@ -234,7 +253,8 @@ struct store_prune_result {
 	int64_t bytes;		   /* recorded bytes of the deleted sessions (sessions.*_bytes) */
 	int64_t first_id, last_id; /* the range of session ids deleted (0 when none) */
 	int64_t file_before, file_after; /* the file's size */
-	int64_t data_before, data_after; /* bytes of pages in use */
+	int64_t data_before, data_after; /* bytes of pages in use, and of message content referred to */
+	int64_t segments, segment_bytes;  /* content segment files deleted, and their size */
 	bool incremental;	   /* auto_vacuum=INCREMENTAL: freed pages go back to the file system */
 };
 
