@@ -439,6 +439,9 @@ rc_watchdog_arm(struct replay_conn *c)
 	const struct replay_opts *o = c->rp->o;
 	struct timeval tv = { o->reply_timeout + o->connect_timeout + WATCHDOG_SLACK_S, 0 };
 
+	/* A recorded pause (--timing original) is no lack of progress. */
+	if (evtimer_pending(c->timer, NULL) && c->group < c->rec->ngroups)
+		tv.tv_sec += (time_t)(c->rec->groups[c->group].think_us / 1000000) + 1;
 	if (!c->ended)
 		evtimer_add(c->watchdog, &tv);
 }
@@ -617,6 +620,7 @@ rc_advance(struct replay_conn *c)
 		struct timeval tv = { (time_t)(us / 1000000), (suseconds_t)(us % 1000000) };
 
 		evtimer_add(c->timer, &tv);
+		rc_watchdog_arm(c);
 		return;
 	}
 	rc_send_group(c);
