@@ -2,10 +2,9 @@
  * recording.c - see recording.h: a recorded session cut into the client's
  * units, their pipelining groups and the replies that answered them.
  *
- * recording_load is the only function here that reads the store (the
- * reader's walkers, until the reader API offers more); the builder it
- * feeds is pure but for the spool, an unlinked temporary file that keeps
- * message bytes out of memory.
+ * The builder is pure but for the spool, an unlinked temporary file that
+ * keeps message bytes out of memory; recording_load.c feeds it from the
+ * store.
  */
 #include "smtptap/recording.h"
 
@@ -17,7 +16,6 @@
 #include <unistd.h>
 
 #include "smtptap/jsonread.h"
-#include "smtptap/util.h"
 
 static void rec_fail(struct recording *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static struct rec_unit *rec_unit_new(struct recording *r, const struct store_event_row *ev,
@@ -44,62 +42,6 @@ rec_fail(struct recording *r, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(r->err, sizeof(r->err), fmt, ap);
 	va_end(ap);
-}
-
-/* ------------------------------------------------------------------------
- * loading
- */
-
-struct rec_load {
-	struct recording *r;
-	bool found;
-};
-
-static int
-rec_load_session_cb(const struct store_session_row *row, void *arg)
-{
-	struct rec_load *l = arg;
-
-	l->found = true;
-	return recording_session(l->r, row) < 0 ? 2 : 0;
-}
-
-static int
-rec_load_event_cb(const struct store_event_row *ev, void *arg)
-{
-	struct recording *r = arg;
-
-	return recording_add(r, ev) < 0 ? 2 : 0;
-}
-
-int
-recording_load(struct store_reader *rd, int64_t id, unsigned flags, struct recording **out, char *err,
-	       size_t errsz)
-{
-	struct rec_load l = { .r = recording_new(id, flags) };
-	int rc;
-
-	*out = NULL;
-	if (l.r == NULL) {
-		util_errf(err, errsz, "out of memory");
-		return -1;
-	}
-	rc = store_reader_session(rd, id, rec_load_session_cb, &l, err, errsz);
-	if (rc == 0 && l.found)
-		rc = store_reader_events(rd, id, rec_load_event_cb, l.r, err, errsz);
-	if (rc == 0 && !l.found)
-		rc = 1;
-	if (rc == 2 || (rc == 0 && l.r->failed)) {
-		util_errf(err, errsz, "session %lld: %s", (long long)id, l.r->err);
-		rc = -1;
-	}
-	if (rc != 0) {
-		recording_free(l.r);
-		return rc < 0 ? -1 : 1;
-	}
-	recording_finish(l.r);
-	*out = l.r;
-	return 0;
 }
 
 /* ------------------------------------------------------------------------
