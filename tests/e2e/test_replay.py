@@ -364,3 +364,41 @@ def test_replay_usage_errors(smtptap, mini_factory):
     # a server that is not there: an error, not a difference
     r = run_cli("replay", sess["id"], "--db", db, "--to", "127.0.0.1:1", "--diff", expect=2)
     assert "upstream-unreachable" in r.err, r.err
+
+
+# --------------------------------------------------------------------------
+# the upstream leg's TLS: as recorded, or chosen
+
+
+@pytest.mark.parametrize("recorded,chosen", [("implicit", None), ("off", "starttls"), ("starttls", "none")])
+def test_replay_upstream_tls_modes(recorded, chosen, smtptap, tls_upstream, pki):  # noqa: F811
+    """implicit as recorded; a plaintext recording replayed over STARTTLS
+    (smtptap's own EHLO and STARTTLS first, as the proxy's upstream leg
+    does); a STARTTLS recording replayed in plaintext."""
+    from tlspeers import smtplib_send
+    up = tls_upstream(recorded if recorded != "off" else "plain")
+    args = ["--upstream-ca", pki.ca, "--upstream-tls", recorded]
+    if recorded == "starttls":
+        args += ["--client-tls", "off"]  # smtptap's own STARTTLS upstream: the client's leg is plain
+    p = smtptap(upstream=up.addr, args=args)
+    msg = sample_message("tls-" + recorded)
+    smtplib_send(p.host, p.port, "off", msg)
+    up.wait_envelopes(1)
+    sess = only_session(p.db)
+    p.stop()
+
+    want = chosen or recorded
+    fresh = tls_upstream(want if want in ("starttls", "implicit") else "starttls")
+    extra = ["--upstream-tls", chosen] if chosen else []
+    r = replay(p.db, sess["id"], fresh.addr, "--diff", "--upstream-ca", pki.ca, "--upstream-sni", "localhost", *extra,
+               expect=None)
+    assert r.rc == 0, r
+    assert fresh.wait_envelopes(1)[0]["content"] == msg
+    rs = replay_session(p.db, sess["id"])
+    leg = show_json(p.db, rs["id"])["session"]["upstream_tls"]
+    if want == "none":
+        assert leg is None
+        assert fresh.connections()[-1]["tls"] is None, fresh.connections()[-1]
+    else:
+        assert leg["mode"] == want and leg["verified"] is True, leg
+        assert fresh.connections()[-1]["mode"] == want
