@@ -220,3 +220,40 @@ def test_mock_usage_errors(smtptap, aio, tmp_path):
     assert "session ID" in run_cli("mock", "--db", db, expect=2).err
     assert "no session" in run_cli("mock", sess["id"] + 50, "--db", db, "--listen", "127.0.0.1:0", expect=3).err
     assert "--client-tls" in run_cli("mock", sess["id"], "--db", db, "--client-tls", "auto", expect=2).err
+
+
+def test_mock_implicit_tls(smtptap, aio, mock, tmp_path):
+    """A session whose client spoke TLS from the first byte: so does the mock."""
+    ca_dir = str(tmp_path / "ca")
+    run_cli("ca", "init", "--ca-dir", ca_dir)
+    cafile, _ = smtptap_ca(ca_dir)
+    p = smtptap(upstream=aio.addr, args=["--ca-dir", ca_dir, "--client-tls", "implicit"])
+    msg = sample_message("mock-implicit")
+
+    def send_implicit(port, hostname):
+        s = smtplib.SMTP_SSL(timeout=30, context=client_context(cafile))
+        s._host = hostname  # the name the handshake checks
+        seen = [s.connect("127.0.0.1", port)]
+        try:
+            seen.append(s.ehlo("implicit.example"))
+            seen.append(s.mail(FROM))
+            seen.append(s.rcpt(TO))
+            s.putcmd("data")
+            seen.append(s.getreply())
+            s.send(stuff_data(msg))
+            seen.append(s.getreply())
+            seen.append(s.quit())
+        finally:
+            s.close()
+        return [c for c, _ in seen]
+
+    recorded = send_implicit(p.port, "localhost")
+    aio.wait_envelopes(1)
+    sess = only_session(p.db)
+    p.stop()
+    assert show_json(p.db, sess["id"])["session"]["client_tls"]["mode"] == "implicit"
+    m = mock(sess["id"], p.db, args=["--ca-dir", ca_dir])
+    assert send_implicit(m.port, "127.0.0.1") == recorded
+    m.stop()
+    (mk,) = [x for x in sessions_list(p.db) if x.get("replay_of") == sess["id"]]
+    assert show_json(p.db, mk["id"])["session"]["client_tls"]["mode"] == "implicit"
