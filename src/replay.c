@@ -764,7 +764,7 @@ rc_session_end(void *arg, int64_t id, const char *outcome, const char *detail)
 {
 	struct replay_conn *c = arg;
 
-	(void)id;
+	c->res.replay_id = id;
 	c->ended = true;
 	c->res.outcome = outcome;
 	snprintf(c->detail, sizeof(c->detail), "%s", detail != NULL ? detail : "");

@@ -149,14 +149,17 @@ session_new(struct session_ctx *ctx, const struct proxy_route *route, const char
 	return s;
 }
 
-/* The client leg is up: the record opens, and the conversation starts. */
-static void
+/* The client leg is up: the record opens, and the conversation starts.
+ * Returns the session's id: the session may be gone when this returns (an
+ * upstream refused at once). */
+static int64_t
 session_open(struct session *s)
 {
 	struct session_ctx *ctx = s->ctx;
 	const struct proxy_route *route = s->route;
+	int64_t id;
 
-	s->id = store_session_new_id(ctx->store);
+	id = s->id = store_session_new_id(ctx->store);
 	if (s->mode == NULL)
 		s->mode = s->sink_mode ? "sink" : "relay";
 	TAILQ_INSERT_TAIL(&ctx->sessions, s, entry);
@@ -181,6 +184,7 @@ session_open(struct session *s)
 	if (session_rules_connect(s))
 		session_begin(s);
 	session_leave(s);
+	return id;
 }
 
 int
@@ -243,8 +247,7 @@ session_start_inproc(struct session_ctx *ctx, struct bufferevent *bev, const cha
 		s->on_end = origin->on_end;
 		s->end_arg = origin->arg;
 	}
-	session_open(s);
-	*id = s->id;
+	*id = session_open(s);
 	return 0;
 }
 
