@@ -402,3 +402,58 @@ def test_replay_upstream_tls_modes(recorded, chosen, smtptap, tls_upstream, pki)
     else:
         assert leg["mode"] == want and leg["verified"] is True, leg
         assert fresh.connections()[-1]["mode"] == want
+
+
+# --------------------------------------------------------------------------
+# a big message: streamed from the recording, never held whole
+
+
+def test_replay_big_message_streams(smtptap):
+    import hashlib
+    import subprocess
+    from conftest import BIN, SANITIZER, sanitizer_findings
+    from test_big import HEADER, MIB, ORIG_BLOCK, WIRE_BLOCK
+    blocks = 16 if SANITIZER else 128
+    src = smtptap(sink=True)
+    c = RawClient("127.0.0.1", src.port, timeout=300)
+    assert c.reply()[0] == 220
+    assert c.cmd("EHLO big.example")[0] == 250
+    assert c.cmd("MAIL FROM:<big@example.com>")[0] == 250
+    assert c.cmd("RCPT TO:<sink@example.org>")[0] == 250
+    assert c.cmd("DATA")[0] == 354
+    h = hashlib.sha256(HEADER)
+    c.send(HEADER)
+    for _ in range(blocks):
+        c.send(WIRE_BLOCK)
+        h.update(ORIG_BLOCK)
+    c.send(b".\r\n")
+    assert c.reply()[0] == 250
+    assert c.cmd("QUIT")[0] == 221
+    c.close()
+    sess = only_session(src.db)
+    src.stop()
+
+    dst = smtptap(sink=True)
+    # /usr/bin/time -f %M: the replay's peak RSS in KiB, on the last line
+    p = subprocess.run(["/usr/bin/time", "-f", "%M", BIN, "replay", str(sess["id"]), "--db", src.db, "--to",
+                        "127.0.0.1:%d" % dst.port, "--diff"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, timeout=600)
+    err = p.stderr.decode("utf-8", "replace")
+    assert not sanitizer_findings(err), err[-4000:]
+    assert p.returncode == 0, (p.returncode, p.stdout, err[-2000:])
+    peak_kb = int(err.strip().splitlines()[-1])
+    got = only_session(dst.db)
+    dst.stop()
+    out = hashlib.sha256()
+    proc = subprocess.Popen([BIN, "export", str(got["id"]), "--eml", "--db", dst.db], stdout=subprocess.PIPE)
+    n = 0
+    while True:
+        chunk = proc.stdout.read(MIB)
+        if not chunk:
+            break
+        n += len(chunk)
+        out.update(chunk)
+    assert proc.wait(120) == 0
+    assert n == len(HEADER) + blocks * MIB and out.hexdigest() == h.hexdigest()
+    if not SANITIZER:
+        assert peak_kb < 64 * 1000, "replay of a %d MiB message peaked at %d KiB" % (blocks, peak_kb)
