@@ -40,6 +40,8 @@ struct cli_show {
 	unsigned pend_flags;
 	enum store_side pend_side;
 	int tagw; /* width of the current event's tags, to align its lines */
+	const struct reader_replay *replays; /* the sessions replaying this one */
+	size_t nreplays;
 	/* --raw */
 	int side; /* -1: every side */
 	size_t nredacted;
@@ -48,6 +50,7 @@ struct cli_show {
 static void cli_show_usage(FILE *f);
 static void cli_show_summary_line(FILE *f, const char *label, const char *value);
 static void cli_show_put_indented(FILE *f, const char *s, const char *indent);
+static void cli_show_replays(FILE *f, const struct reader_replay *v, size_t n, const char *mode, const char *label);
 static void cli_show_header(struct cli_show *sh, const struct reader_session *s);
 static const char *cli_show_side_color(enum store_side side);
 static const char *cli_show_side_marker(enum store_side side, unsigned flags);
@@ -107,6 +110,24 @@ cli_show_put_indented(FILE *f, const char *s, const char *indent)
 	cli_read_put_escaped_str(f, s);
 }
 
+/* "replayed as  sessions 12, 15": the sessions of that mode replaying
+ * this one. */
+static void
+cli_show_replays(FILE *f, const struct reader_replay *v, size_t nv, const char *mode, const char *label)
+{
+	size_t i, n = 0;
+
+	for (i = 0; i < nv; i++)
+		n += strcmp(v[i].mode, mode) == 0;
+	if (n == 0)
+		return;
+	fprintf(f, "\n%-12s session%s ", label, n > 1 ? "s" : "");
+	for (i = 0; i < nv; i++) {
+		if (strcmp(v[i].mode, mode) == 0)
+			fprintf(f, "%" PRId64 "%s", v[i].id, --n > 0 ? ", " : "");
+	}
+}
+
 /* The session's header, one "label value" line each, every recorded text
  * escaped.  A TLS leg's record is stored as JSON for --json; here it is a
  * sentence (cli_tls.c), absent for a plaintext leg. */
@@ -135,6 +156,11 @@ cli_show_header(struct cli_show *sh, const struct reader_session *s)
 	cli_read_put_escaped_str(f, s->listener != NULL ? s->listener : "-");
 	fputs("\nmode         ", f);
 	cli_read_put_escaped_str(f, s->mode != NULL ? s->mode : "-");
+	if (s->replay_of > 0)
+		fprintf(f, "\n%-12s session %" PRId64, s->mode != NULL && strcmp(s->mode, "mock") == 0 ? "mock of" : "replay of",
+			s->replay_of);
+	cli_show_replays(f, sh->replays, sh->nreplays, "replay", "replayed as");
+	cli_show_replays(f, sh->replays, sh->nreplays, "mock", "mocked as");
 	cli_read_fmt_local(buf, sizeof(buf), s->started_us, true);
 	fprintf(f, "\nstarted      %s\n", buf);
 	if (s->ended_us != 0) {
@@ -473,7 +499,8 @@ cli_show(int argc, char **argv)
 	const char *db = CLI_DEFAULT_DB, *side_arg = NULL;
 	struct reader *rd = NULL;
 	struct export_message *msgs = NULL;
-	size_t nmsgs = 0;
+	struct reader_replay *replays = NULL;
+	size_t nmsgs = 0, nreplays = 0;
 	struct reader_session s;
 	struct cli_show sh;
 	struct cli_out out;
@@ -567,6 +594,13 @@ cli_show(int argc, char **argv)
 		}
 		sh.msgs = msgs;
 		sh.nmsgs = nmsgs;
+		if (reader_replays(rd, id, &replays, &nreplays, err, sizeof(err)) < 0) {
+			log_warnx("reading the replays of session %" PRId64 " from %s: %s", id, db, err);
+			rc = CLI_EXIT_FAIL;
+			goto done;
+		}
+		sh.replays = replays;
+		sh.nreplays = nreplays;
 		sh.color = log_color_enabled(STDOUT_FILENO);
 		cli_show_header(&sh, &s);
 		r = reader_events(rd, id, READER_BYTES_LINES, cli_show_event_cb, &sh, err, sizeof(err));
@@ -582,6 +616,7 @@ cli_show(int argc, char **argv)
 		}
 	}
 done:
+	free(replays);
 	export_message_list_free(msgs, nmsgs);
 	reader_session_free(&s);
 	reader_close(rd);

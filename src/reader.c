@@ -70,6 +70,7 @@ enum reader_stmt {
 	RS_RCPTS,
 	RS_MESSAGE_TRANSPORT,
 	RS_MESSAGE_DATA,
+	RS_REPLAYS,
 	RS_COUNT
 };
 
@@ -145,7 +146,7 @@ static const char *const reader_session_cols[] = {
 	"upstream_addr", "mode",	     "client_tls",	     "upstream_tls",  "outcome",      "detail",
 	"nmessages",   "nevents",	     "client_ip",	     "helo",	      "auth_mech",    "auth_user",
 	"client_tls_version", "upstream_tls_version", "ntransactions", "client_bytes", "upstream_bytes",
-	"proxy_bytes",
+	"proxy_bytes", "replay_of",
 };
 #define READER_NSESSION_COLS (sizeof(reader_session_cols) / sizeof(reader_session_cols[0]))
 
@@ -168,6 +169,8 @@ static const char *const reader_stmt_sql[RS_COUNT] = {
 	/* events_message (message_row, seq) gives them in order: no sort */
 	[RS_MESSAGE_DATA] = "SELECT rowid FROM events WHERE message_row = ?1 AND kind = 'data' "
 			    "ORDER BY message_row, seq",
+	/* sessions_replay_of (sql/004_replay.sql): the replays alone */
+	[RS_REPLAYS] = "SELECT id, mode FROM sessions WHERE replay_of = ?1 ORDER BY id",
 };
 
 static int reader_db_error(struct reader *rd, char *err, size_t errsz);
@@ -373,6 +376,7 @@ reader_session_row(sqlite3_stmt *stmt, struct reader_session *s)
 	s->client_bytes = sqlite3_column_int64(stmt, 21);
 	s->upstream_bytes = sqlite3_column_int64(stmt, 22);
 	s->proxy_bytes = sqlite3_column_int64(stmt, 23);
+	s->replay_of = sqlite3_column_int64(stmt, 24);
 }
 
 /* Step a sessions statement to its end (or cb's stop), counting into
@@ -419,6 +423,48 @@ reader_session(struct reader *rd, int64_t id, reader_session_cb cb, void *arg, c
 	if (r == READER_OK && info.n == 0)
 		return READER_NOTFOUND;
 	return r;
+}
+
+int
+reader_replays(struct reader *rd, int64_t id, struct reader_replay **out, size_t *n, char *err, size_t errsz)
+{
+	struct reader_replay *v = NULL, *nv;
+	sqlite3_stmt *stmt;
+	const char *mode;
+	size_t cap = 0;
+	int rc;
+
+	*out = NULL;
+	*n = 0;
+	if (reader_stmt_get(rd, RS_REPLAYS, &stmt, err, errsz) < 0)
+		return READER_ERROR;
+	rc = sqlite3_bind_int64(stmt, 1, id) == SQLITE_OK ? SQLITE_ROW : SQLITE_ERROR;
+	while (rc == SQLITE_ROW && (rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+		if (*n == cap) {
+			cap = cap == 0 ? 4 : cap * 2;
+			if (cap > SIZE_MAX / sizeof(*v) || (nv = realloc(v, cap * sizeof(*v))) == NULL) {
+				rc = SQLITE_NOMEM;
+				break;
+			}
+			v = nv;
+		}
+		mode = reader_text(stmt, 1);
+		v[*n].id = sqlite3_column_int64(stmt, 0);
+		snprintf(v[*n].mode, sizeof(v[*n].mode), "%s", mode != NULL ? mode : "");
+		(*n)++;
+	}
+	reader_stmt_put(rd, RS_REPLAYS);
+	if (rc != SQLITE_DONE) {
+		if (rc == SQLITE_NOMEM)
+			util_errf(err, errsz, "out of memory");
+		else
+			reader_db_error(rd, err, errsz);
+		free(v);
+		*n = 0;
+		return READER_ERROR;
+	}
+	*out = v;
+	return READER_OK;
 }
 
 /* ------------------------------------------------------------------------
@@ -508,9 +554,10 @@ reader_filter_check(const struct reader_filter *f, const char **field, char *err
 			return -1;
 		}
 	}
-	if (f->mode != NULL && strcmp(f->mode, "relay") != 0 && strcmp(f->mode, "sink") != 0) {
+	if (f->mode != NULL && strcmp(f->mode, "relay") != 0 && strcmp(f->mode, "sink") != 0 &&
+	    strcmp(f->mode, "replay") != 0 && strcmp(f->mode, "mock") != 0) {
 		*field = "mode";
-		util_errf(err, errsz, "expected relay or sink");
+		util_errf(err, errsz, "expected relay, sink, replay or mock");
 		return -1;
 	}
 	if (f->tls != READER_TLS_ANY && f->tls != READER_TLS_YES && f->tls != READER_TLS_NO) {

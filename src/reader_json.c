@@ -7,6 +7,7 @@
  */
 #include "smtptap/reader_json.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 #include "smtptap/util.h"
@@ -16,6 +17,7 @@ const struct reader_json_flag reader_json_flags[] = {
 	{ STORE_F_DROPPED, "dropped" },	      { STORE_F_REDACTED, "redacted" },
 	{ STORE_F_TO_CLIENT, "to-client" },   { STORE_F_TO_UPSTREAM, "to-upstream" },
 	{ STORE_F_INCOMPLETE, "incomplete" }, { STORE_F_RULE, "rule" },
+	{ STORE_F_PIPELINED, "pipelined" },
 };
 const size_t reader_json_nflags = sizeof(reader_json_flags) / sizeof(reader_json_flags[0]);
 
@@ -77,7 +79,15 @@ reader_json_opt_int(struct json *j, const char *key, int64_t v)
 void
 reader_json_session(struct json *j, const struct reader_session *s)
 {
+	reader_json_session_replays(j, s, NULL, 0, false);
+}
+
+void
+reader_json_session_replays(struct json *j, const struct reader_session *s, const struct reader_replay *v, size_t n,
+			    bool with_replays)
+{
 	char ts[64];
+	size_t i;
 
 	json_object_begin(j);
 	json_kv_int(j, "id", s->id);
@@ -110,6 +120,19 @@ reader_json_session(struct json *j, const struct reader_session *s)
 	json_kv_int(j, "client_bytes", s->client_bytes);
 	json_kv_int(j, "upstream_bytes", s->upstream_bytes);
 	json_kv_int(j, "proxy_bytes", s->proxy_bytes);
+	/* replay and mock: what it replays; the original: what replays it */
+	reader_json_opt_int(j, "replay_of", s->replay_of);
+	if (with_replays) {
+		json_key(j, "replays");
+		json_array_begin(j);
+		for (i = 0; i < n; i++) {
+			json_object_begin(j);
+			json_kv_int(j, "id", v[i].id);
+			json_kv_string(j, "mode", v[i].mode);
+			json_object_end(j);
+		}
+		json_array_end(j);
+	}
 	json_object_end(j);
 }
 
@@ -248,11 +271,16 @@ int
 reader_json_document(struct reader *rd, const struct reader_session *s, struct json *j, char *err, size_t errsz)
 {
 	struct reader_json_walk w = { j, s->started_us };
+	struct reader_replay *rv;
+	size_t nr;
 	int r;
 
+	if (reader_replays(rd, s->id, &rv, &nr, err, errsz) != READER_OK)
+		return READER_ERROR;
 	json_object_begin(j);
 	json_key(j, "session");
-	reader_json_session(j, s);
+	reader_json_session_replays(j, s, rv, nr, true);
+	free(rv);
 	json_key(j, "events");
 	json_array_begin(j);
 	if ((r = reader_events(rd, s->id, READER_BYTES_LINES, reader_json_event_cb, &w, err, errsz)) != READER_OK)

@@ -60,6 +60,7 @@ store_session_open(struct store *st, const struct store_session *s)
 	cur = rec->data;
 	rec->u.session.id = s->id;
 	rec->u.session.started_us = s->started_us;
+	rec->u.session.replay_of = s->replay_of;
 	rec->u.session.listener = rec_strcpy(&cur, s->listener);
 	rec->u.session.client = rec_strcpy(&cur, s->client);
 	rec->u.session.upstream = rec_strcpy(&cur, s->upstream);

@@ -70,6 +70,13 @@ struct reader_session {
 	const char *client_tls_version, *upstream_tls_version;
 	int64_t nmessages, nevents, ntransactions;
 	int64_t client_bytes, upstream_bytes, proxy_bytes;
+	int64_t replay_of; /* mode replay or mock: the session it replays, 0 none */
+};
+
+/* A session that replays or mocks another (reader_replays). */
+struct reader_replay {
+	int64_t id;
+	char mode[16]; /* "replay" or "mock" */
 };
 
 struct reader_event {
@@ -171,7 +178,7 @@ struct reader_filter {
 	const char *message_id;	    /* a message's Message-ID header, with or without <> */
 	const char *client;	    /* the client's IP ("10.1.2.3", "::1") or a CIDR block */
 	const char *outcome;	    /* an outcome word ("quit", "interrupted", ...) or "live" */
-	const char *mode;	    /* "relay" or "sink" */
+	const char *mode;	    /* "relay", "sink", "replay" or "mock" */
 	enum reader_tls tls;
 	const struct reader_id_range *ids; /* any of these ranges; nids 0: any id */
 	size_t nids;
@@ -223,6 +230,10 @@ int reader_sessions_plan(struct reader *rd, const struct reader_filter *f, const
 
 /* One session: READER_OK, READER_NOTFOUND, READER_ERROR or cb's value. */
 int reader_session(struct reader *rd, int64_t id, reader_session_cb cb, void *arg, char *err, size_t errsz);
+/* The sessions that replay or mock session `id` (replay_of), oldest
+ * first, into a new array the caller free()s (NULL and 0 when none).
+ * Returns READER_OK or READER_ERROR. */
+int reader_replays(struct reader *rd, int64_t id, struct reader_replay **out, size_t *n, char *err, size_t errsz);
 
 /* ------------------------------------------------------------------------
  * One session's contents

@@ -10,6 +10,7 @@
 #ifndef SMTPTAP_READER_JSON_H
 #define SMTPTAP_READER_JSON_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -26,6 +27,11 @@ extern const size_t reader_json_nflags;
 
 /* The session object, with the summary the writer keeps. */
 void reader_json_session(struct json *j, const struct reader_session *s);
+/* The same with "replays": [{id, mode}, ...] (the sessions replaying or
+ * mocking it, reader_replays) when with_replays: show --json has it, a
+ * listing does not. */
+void reader_json_session_replays(struct json *j, const struct reader_session *s, const struct reader_replay *v,
+				 size_t n, bool with_replays);
 /* One event; t_us is given relative to the session's start.  Needs the
  * event's bytes for commands, replies and AUTH lines (READER_BYTES_LINES):
  * their text is the line(s) as sent. */

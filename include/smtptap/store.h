@@ -59,6 +59,10 @@ enum store_kind {
 #define STORE_F_TO_UPSTREAM 0x20 /* proxy bytes went to the upstream leg */
 #define STORE_F_INCOMPLETE 0x40	 /* a line cut short by a close or a bound */
 #define STORE_F_RULE 0x80	 /* a fault rule made, changed or dropped it */
+/* A client command or AUTH line read before smtptap had passed the client
+ * any reply since its previous one: the client sent it without waiting
+ * (PIPELINING).  Replay sends such commands in the same batch. */
+#define STORE_F_PIPELINED 0x100
 
 const char *store_side_name(enum store_side side); /* "client", ... */
 const char *store_kind_name(enum store_kind kind); /* "command", ... */
@@ -105,7 +109,8 @@ struct store_session {
 	const char *listener;	   /* "127.0.0.1:2525" */
 	const char *client;	   /* "127.0.0.1:53422" */
 	const char *upstream;	   /* as configured, NULL in sink mode */
-	const char *mode;	   /* "relay" or "sink" */
+	const char *mode;	   /* "relay", "sink", "replay" or "mock" */
+	int64_t replay_of;	   /* replay, mock: the session it replays, 0 none */
 };
 void store_session_open(struct store *st, const struct store_session *s);
 
