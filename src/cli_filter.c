@@ -230,3 +230,151 @@ cli_filter_ids(const char *s, struct reader_id_range *out, size_t max, size_t *n
 			return -1;
 	}
 }
+
+/* ------------------------------------------------------------------------
+ * the flags
+ */
+
+_Static_assert(CLI_FILTER_OPT_LAST_ <= CLI_FILTER_OPT_OWN, "the filter options overlap the commands' own");
+
+/* reader_filter fields and the flags they come from, for errors. */
+static const struct {
+	const char *field, *flag;
+} cli_filter_flag_of[] = {
+	{ "since", "--since" },	     { "until", "--until" },	 { "sender", "--from" },
+	{ "recipient", NULL },	     { "subject", "--search" }, { "message_id", "--message-id" },
+	{ "client", "--client" },    { "outcome", "--outcome" }, { "mode", "--mode" },
+	{ "tls", "--tls" },	     { "ids", "--id" },
+};
+
+void
+cli_filter_init(struct cli_filter *cf, int64_t now_us)
+{
+	memset(cf, 0, sizeof(*cf));
+	cf->now_us = now_us;
+	cf->to_flag = "--to";
+}
+
+int
+cli_filter_option(struct cli_filter *cf, int c, const char *arg, char *err, size_t errsz)
+{
+	struct reader_filter *f = &cf->f;
+	const char *why;
+	size_t n;
+
+	switch (c) {
+	case CLI_FILTER_OPT_ALL:
+		cf->all = true;
+		return 1;
+	case CLI_FILTER_OPT_FROM:
+		f->sender = arg;
+		break;
+	case CLI_FILTER_OPT_RCPT:
+		f->recipient = arg;
+		break;
+	case CLI_FILTER_OPT_SINCE:
+	case CLI_FILTER_OPT_UNTIL:
+		if (cli_filter_when(arg, cf->now_us, c == CLI_FILTER_OPT_SINCE ? &f->since_us : &f->until_us, &why) < 0) {
+			util_errf(err, errsz, "%s '%s': %s", c == CLI_FILTER_OPT_SINCE ? "--since" : "--until", arg, why);
+			return -1;
+		}
+		break;
+	case CLI_FILTER_OPT_SEARCH:
+		f->subject = arg;
+		break;
+	case CLI_FILTER_OPT_MSGID:
+		f->message_id = arg;
+		break;
+	case CLI_FILTER_OPT_OUTCOME:
+		f->outcome = arg;
+		break;
+	case CLI_FILTER_OPT_CLIENT:
+		f->client = arg;
+		break;
+	case CLI_FILTER_OPT_TLS:
+	case CLI_FILTER_OPT_NO_TLS:
+		if (f->tls != READER_TLS_ANY && f->tls != (c == CLI_FILTER_OPT_TLS ? READER_TLS_YES : READER_TLS_NO)) {
+			util_errf(err, errsz, "--tls and --no-tls exclude each other: choose one");
+			return -1;
+		}
+		f->tls = c == CLI_FILTER_OPT_TLS ? READER_TLS_YES : READER_TLS_NO;
+		break;
+	case CLI_FILTER_OPT_MODE:
+		f->mode = arg;
+		break;
+	case CLI_FILTER_OPT_ID:
+		if (f->nids > 0) {
+			util_errf(err, errsz, "--id: give every id and range in one --id (3,7-9,12)");
+			return -1;
+		}
+		if (cli_filter_ids(arg, cf->ids, READER_ID_RANGES_MAX, &n, &why) < 0) {
+			util_errf(err, errsz, "--id '%s': %s", arg, why);
+			return -1;
+		}
+		f->ids = cf->ids;
+		f->nids = n;
+		break;
+	default:
+		return 0;
+	}
+	cf->nflags++;
+	return 1;
+}
+
+int
+cli_filter_finish(struct cli_filter *cf, char *err, size_t errsz)
+{
+	const char *field, *flag;
+	char why[384];
+	size_t i;
+
+	if (reader_filter_check(&cf->f, &field, why, sizeof(why)) == 0)
+		return 0;
+	flag = field;
+	for (i = 0; i < sizeof(cli_filter_flag_of) / sizeof(cli_filter_flag_of[0]); i++)
+		if (strcmp(cli_filter_flag_of[i].field, field) == 0)
+			flag = cli_filter_flag_of[i].flag != NULL ? cli_filter_flag_of[i].flag : cf->to_flag;
+	util_errf(err, errsz, "%s: %s", flag, why);
+	return -1;
+}
+
+void
+cli_filter_usage(FILE *f, bool with_to, bool with_all)
+{
+	fputs("      --from ADDR       a MAIL FROM of the session (envelope sender, case\n"
+	      "                        ignored); @example.com for a whole domain, <> for\n"
+	      "                        the null sender\n",
+	      f);
+	fputs(with_to ? "      --to ADDR         a RCPT TO of the session (envelope recipient, accepted\n"
+			"                        or not); @example.com for a whole domain (also --rcpt)\n"
+		      : "      --rcpt ADDR       a RCPT TO of the session (envelope recipient, accepted\n"
+			"                        or not); @example.com for a whole domain\n",
+	      f);
+	fputs("      --since WHEN      started at or after WHEN\n"
+	      "      --until WHEN      started before WHEN\n"
+	      "      --search TEXT     TEXT in the Subject header of one of its messages\n"
+	      "                        (decoded; ASCII case ignored; only the Subject)\n"
+	      "      --message-id ID   a message with this Message-ID header (<> optional)\n"
+	      "      --outcome WORD    how it ended: quit, client-closed, upstream-closed,\n"
+	      "                        client-timeout, shutdown, interrupted, ...; live for\n"
+	      "                        sessions still open\n"
+	      "      --client ADDR     the client's IP address, or a block such as\n"
+	      "                        10.0.0.0/8 or 2001:db8::/32\n"
+	      "      --tls, --no-tls   with TLS on either leg / plaintext on both\n"
+	      "      --mode MODE       relay, sink, replay or mock\n"
+	      "      --id N[-M],...    these session ids and ranges\n",
+	      f);
+	if (with_all)
+		fputs("      --all             every session (without a filter, one of --all or an\n"
+		      "                        ID is required)\n",
+		      f);
+}
+
+void
+cli_filter_usage_when(FILE *f)
+{
+	fputs("WHEN is a date and time in local time (2024-05-01, \"2024-05-01 14:02\",\n"
+	      "\"2024-05-01 14:02:03\"), RFC 3339 (2024-05-01T12:02:03Z, ...+02:00), an age\n"
+	      "before now (30m, 2h, 7d, 1d12h), now, today or yesterday.\n",
+	      f);
+}

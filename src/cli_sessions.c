@@ -38,16 +38,6 @@ struct cli_sessions_json {
 	bool lines;	  /* --jsonl */
 };
 
-/* The flags a reader_filter field comes from, for error messages. */
-static const struct {
-	const char *field, *flag;
-} cli_sessions_flag_of[] = {
-	{ "since", "--since" },	      { "until", "--until" },	  { "sender", "--from" },
-	{ "recipient", "--to" },      { "subject", "--search" }, { "message_id", "--message-id" },
-	{ "client", "--client" },     { "outcome", "--outcome" }, { "mode", "--mode" },
-	{ "tls", "--tls" },	      { "ids", "--id" },
-};
-
 static void cli_sessions_usage(FILE *f);
 static int cli_sessions_list_cb(const struct reader_session *row, void *arg);
 static int cli_sessions_json_cb(const struct reader_session *row, void *arg);
@@ -64,26 +54,10 @@ cli_sessions_usage(FILE *f)
 	      "List recorded sessions: the most recent ones that match every filter given,\n"
 	      "oldest first.\n"
 	      "\n"
-	      "Filters:\n"
-	      "      --from ADDR       a MAIL FROM of the session (envelope sender, case\n"
-	      "                        ignored); @example.com for a whole domain, <> for\n"
-	      "                        the null sender\n"
-	      "      --to ADDR         a RCPT TO of the session (envelope recipient, accepted\n"
-	      "                        or not); @example.com for a whole domain\n"
-	      "      --since WHEN      started at or after WHEN\n"
-	      "      --until WHEN      started before WHEN\n"
-	      "      --search TEXT     TEXT in the Subject header of one of its messages\n"
-	      "                        (decoded; ASCII case ignored; only the Subject)\n"
-	      "      --message-id ID   a message with this Message-ID header (<> optional)\n"
-	      "      --outcome WORD    how it ended: quit, client-closed, upstream-closed,\n"
-	      "                        client-timeout, shutdown, interrupted, ...; live for\n"
-	      "                        sessions still open\n"
-	      "      --client ADDR     the client's IP address, or a block such as\n"
-	      "                        10.0.0.0/8 or 2001:db8::/32\n"
-	      "      --tls, --no-tls   with TLS on either leg / plaintext on both\n"
-	      "      --mode MODE       relay, sink, replay or mock\n"
-	      "      --id N[-M],...    these session ids and ranges\n"
-	      "\n"
+	      "Filters:\n",
+	      f);
+	cli_filter_usage(f, true, false);
+	fputs("\n"
 	      "Pages (by session id, stable while a proxy records):\n"
 	      "  -n, --limit N         at most N sessions (default 50, 0 for all)\n"
 	      "      --before ID       the page of older sessions, below ID\n"
@@ -96,11 +70,9 @@ cli_sessions_usage(FILE *f)
 	      "                        why one is slow)\n"
 	      "  -d, --db PATH         database file (default ./smtptap.db)\n"
 	      "  -h, --help            this help\n"
-	      "\n"
-	      "WHEN is a date and time in local time (2024-05-01, \"2024-05-01 14:02\",\n"
-	      "\"2024-05-01 14:02:03\"), RFC 3339 (2024-05-01T12:02:03Z, ...+02:00), an age\n"
-	      "before now (30m, 2h, 7d, 1d12h), now, today or yesterday.\n",
+	      "\n",
 	      f);
+	cli_filter_usage_when(f);
 }
 
 static int
@@ -228,19 +200,7 @@ int
 cli_sessions(int argc, char **argv)
 {
 	enum {
-		OPT_FROM = 256,
-		OPT_TO,
-		OPT_SINCE,
-		OPT_UNTIL,
-		OPT_SEARCH,
-		OPT_MSGID,
-		OPT_OUTCOME,
-		OPT_CLIENT,
-		OPT_TLS,
-		OPT_NO_TLS,
-		OPT_MODE,
-		OPT_ID,
-		OPT_BEFORE,
+		OPT_BEFORE = CLI_FILTER_OPT_OWN,
 		OPT_AFTER,
 		OPT_JSONL,
 		OPT_EXPLAIN,
@@ -251,26 +211,16 @@ cli_sessions(int argc, char **argv)
 		{ "json", no_argument, NULL, 'j' },
 		{ "jsonl", no_argument, NULL, OPT_JSONL },
 		{ "explain", no_argument, NULL, OPT_EXPLAIN },
-		{ "from", required_argument, NULL, OPT_FROM },
-		{ "to", required_argument, NULL, OPT_TO },
-		{ "since", required_argument, NULL, OPT_SINCE },
-		{ "until", required_argument, NULL, OPT_UNTIL },
-		{ "search", required_argument, NULL, OPT_SEARCH },
-		{ "message-id", required_argument, NULL, OPT_MSGID },
-		{ "outcome", required_argument, NULL, OPT_OUTCOME },
-		{ "client", required_argument, NULL, OPT_CLIENT },
-		{ "tls", no_argument, NULL, OPT_TLS },
-		{ "no-tls", no_argument, NULL, OPT_NO_TLS },
-		{ "mode", required_argument, NULL, OPT_MODE },
-		{ "id", required_argument, NULL, OPT_ID },
+		CLI_FILTER_OPTIONS,
+		CLI_FILTER_OPTION_TO,
 		{ "before", required_argument, NULL, OPT_BEFORE },
 		{ "after", required_argument, NULL, OPT_AFTER },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
-	const char *db = CLI_DEFAULT_DB, *field, *why, *flag;
-	struct reader_id_range ids[READER_ID_RANGES_MAX];
-	struct reader_filter f;
+	const char *db = CLI_DEFAULT_DB;
+	struct cli_filter cf;
+	struct reader_filter *fp = &cf.f;
 	struct reader_page pg;
 	struct reader_page_info info;
 	struct reader *rd;
@@ -280,12 +230,11 @@ cli_sessions(int argc, char **argv)
 	struct json j;
 	bool as_json = false, jsonl = false, explain = false;
 	char err[512], *plan = NULL;
-	int64_t now = util_now_us();
 	long limit = 50;
 	int c, r, rc = CLI_EXIT_OK;
-	size_t i, nids = 0;
+	size_t i;
 
-	memset(&f, 0, sizeof(f));
+	cli_filter_init(&cf, util_now_us());
 	memset(&pg, 0, sizeof(pg));
 	optind = 1;
 	while ((c = getopt_long(argc, argv, "d:n:jh", opts, NULL)) != -1) {
@@ -308,54 +257,6 @@ cli_sessions(int argc, char **argv)
 		case OPT_EXPLAIN:
 			explain = true;
 			break;
-		case OPT_FROM:
-			f.sender = optarg;
-			break;
-		case OPT_TO:
-			f.recipient = optarg;
-			break;
-		case OPT_SINCE:
-		case OPT_UNTIL:
-			if (cli_filter_when(optarg, now, c == OPT_SINCE ? &f.since_us : &f.until_us, &why) < 0) {
-				log_warnx("%s '%s': %s", c == OPT_SINCE ? "--since" : "--until", optarg, why);
-				return CLI_EXIT_USAGE;
-			}
-			break;
-		case OPT_SEARCH:
-			f.subject = optarg;
-			break;
-		case OPT_MSGID:
-			f.message_id = optarg;
-			break;
-		case OPT_OUTCOME:
-			f.outcome = optarg;
-			break;
-		case OPT_CLIENT:
-			f.client = optarg;
-			break;
-		case OPT_TLS:
-		case OPT_NO_TLS:
-			if (f.tls != READER_TLS_ANY && f.tls != (c == OPT_TLS ? READER_TLS_YES : READER_TLS_NO)) {
-				log_warnx("--tls and --no-tls exclude each other: choose one");
-				return CLI_EXIT_USAGE;
-			}
-			f.tls = c == OPT_TLS ? READER_TLS_YES : READER_TLS_NO;
-			break;
-		case OPT_MODE:
-			f.mode = optarg;
-			break;
-		case OPT_ID:
-			if (nids > 0) {
-				log_warnx("--id: give every id and range in one --id (3,7-9,12)");
-				return CLI_EXIT_USAGE;
-			}
-			if (cli_filter_ids(optarg, ids, READER_ID_RANGES_MAX, &nids, &why) < 0) {
-				log_warnx("--id '%s': %s", optarg, why);
-				return CLI_EXIT_USAGE;
-			}
-			f.ids = ids;
-			f.nids = nids;
-			break;
 		case OPT_BEFORE:
 		case OPT_AFTER:
 			if (cli_sessions_id_arg(c == OPT_BEFORE ? "--before" : "--after", optarg,
@@ -366,6 +267,12 @@ cli_sessions(int argc, char **argv)
 			cli_sessions_usage(stdout);
 			return CLI_EXIT_OK;
 		default:
+			if ((r = cli_filter_option(&cf, c, optarg, err, sizeof(err))) < 0) {
+				log_warnx("%s", err);
+				return CLI_EXIT_USAGE;
+			}
+			if (r > 0)
+				break;
 			fputs("Try 'smtptap sessions --help'.\n", stderr);
 			return CLI_EXIT_USAGE;
 		}
@@ -378,12 +285,8 @@ cli_sessions(int argc, char **argv)
 		log_warnx("sessions: --json, --jsonl and --explain exclude each other: choose one");
 		return CLI_EXIT_USAGE;
 	}
-	if (reader_filter_check(&f, &field, err, sizeof(err)) < 0) {
-		flag = field;
-		for (i = 0; i < sizeof(cli_sessions_flag_of) / sizeof(cli_sessions_flag_of[0]); i++)
-			if (strcmp(cli_sessions_flag_of[i].field, field) == 0)
-				flag = cli_sessions_flag_of[i].flag;
-		log_warnx("%s: %s", flag, err);
+	if (cli_filter_finish(&cf, err, sizeof(err)) < 0) {
+		log_warnx("%s", err);
 		return CLI_EXIT_USAGE;
 	}
 	if (pg.before_id > 0 && pg.after_id > 0 && pg.before_id <= pg.after_id + 1) {
@@ -401,7 +304,7 @@ cli_sessions(int argc, char **argv)
 		if ((plan = malloc(16384)) == NULL) {
 			log_warnx("sessions: out of memory");
 			rc = CLI_EXIT_FAIL;
-		} else if (reader_sessions_plan(rd, &f, &pg, plan, 16384, err, sizeof(err)) < 0) {
+		} else if (reader_sessions_plan(rd, fp, &pg, plan, 16384, err, sizeof(err)) < 0) {
 			log_warnx("explaining the search in %s: %s", db, err);
 			rc = CLI_EXIT_FAIL;
 		} else {
@@ -417,7 +320,7 @@ cli_sessions(int argc, char **argv)
 			json_init(&j, out.f, 2);
 			json_array_begin(&j);
 		}
-		r = reader_sessions(rd, &f, &pg, cli_sessions_json_cb, &cj, &info, err, sizeof(err));
+		r = reader_sessions(rd, fp, &pg, cli_sessions_json_cb, &cj, &info, err, sizeof(err));
 		if (as_json) {
 			json_array_end(&j);
 			if (json_finish(&j) < 0 && j.err != 0 && out.werr == 0)
@@ -430,7 +333,7 @@ cli_sessions(int argc, char **argv)
 	} else {
 		memset(&l, 0, sizeof(l));
 		/* Collected first: the column widths depend on every row. */
-		r = reader_sessions(rd, &f, &pg, cli_sessions_list_cb, &l, &info, err, sizeof(err));
+		r = reader_sessions(rd, fp, &pg, cli_sessions_list_cb, &l, &info, err, sizeof(err));
 		if (r < 0) {
 			log_warnx("listing sessions in %s: %s", db, err);
 			rc = CLI_EXIT_FAIL;

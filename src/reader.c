@@ -903,6 +903,8 @@ sql_filter(struct reader_sql *q, const struct reader_listing *l)
 		sql_add(q, " AND s.mode = ");
 		sql_text(q, f->mode);
 	}
+	if (f->originals)
+		sql_add(q, " AND s.replay_of IS NULL");
 	if (f->tls == READER_TLS_YES)
 		sql_add(q, " AND (s.client_tls IS NOT NULL OR s.upstream_tls IS NOT NULL)");
 	else if (f->tls == READER_TLS_NO)

@@ -179,6 +179,8 @@ struct reader_filter {
 	const char *client;	    /* the client's IP ("10.1.2.3", "::1") or a CIDR block */
 	const char *outcome;	    /* an outcome word ("quit", "interrupted", ...) or "live" */
 	const char *mode;	    /* "relay", "sink", "replay" or "mock" */
+	bool originals;		    /* only sessions that replay or mock none (replay_of unset):
+				       what batch replay and export take by default */
 	enum reader_tls tls;
 	const struct reader_id_range *ids; /* any of these ranges; nids 0: any id */
 	size_t nids;
