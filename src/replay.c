@@ -336,6 +336,18 @@ rp_start(struct replay *rp, int64_t id)
 		rp_result_error(rp, id, NULL, false, "%s", err);
 		return;
 	}
+	if (o->skip_redacted && rec->redacted && o->auth_user == NULL) {
+		struct replay_result res;
+
+		memset(&res, 0, sizeof(res));
+		res.id = id;
+		res.rec = rec;
+		res.skipped = true;
+		snprintf(res.errmsg, sizeof(res.errmsg), "recorded with its AUTH credentials redacted (give --auth USER:PASS)");
+		rp->cb(&res, rp->arg);
+		recording_free(rec);
+		return;
+	}
 	if (replay_check(rec, o, rp->diff, err, sizeof(err)) < 0) {
 		rp_result_error(rp, id, rec, false, "%s", err);
 		recording_free(rec);
