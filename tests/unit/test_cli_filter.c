@@ -160,13 +160,60 @@ test_ids(void **state)
 	assert_int_equal(cli_filter_ids(many, r, 64, &n, &why), -1);
 }
 
+/* The flags themselves: taken, not ours, or a usage error naming the flag. */
+static void
+test_option(void **state)
+{
+	struct cli_filter cf;
+	char err[256];
+
+	(void)state;
+	cli_filter_init(&cf, NOW);
+	assert_int_equal(cli_filter_option(&cf, 'x', NULL, err, sizeof(err)), 0);
+	assert_int_equal(cli_filter_option(&cf, CLI_FILTER_OPT_FROM, "a@b.example", err, sizeof(err)), 1);
+	assert_int_equal(cli_filter_option(&cf, CLI_FILTER_OPT_RCPT, "@c.example", err, sizeof(err)), 1);
+	assert_int_equal(cli_filter_option(&cf, CLI_FILTER_OPT_SINCE, "2h", err, sizeof(err)), 1);
+	assert_true(cf.f.since_us == NOW - 7200LL * 1000000);
+	assert_int_equal(cli_filter_option(&cf, CLI_FILTER_OPT_ID, "3,7-9", err, sizeof(err)), 1);
+	assert_int_equal(cf.f.nids, 2);
+	assert_ptr_equal(cf.f.ids, cf.ids);
+	assert_int_equal(cf.nflags, 4);
+	assert_false(cf.all);
+	assert_int_equal(cli_filter_option(&cf, CLI_FILTER_OPT_ALL, NULL, err, sizeof(err)), 1);
+	assert_true(cf.all);
+	assert_int_equal(cf.nflags, 4);
+	assert_int_equal(cli_filter_finish(&cf, err, sizeof(err)), 0);
+	assert_string_equal(cf.f.sender, "a@b.example");
+	assert_string_equal(cf.f.recipient, "@c.example");
+
+	/* errors name the flag */
+	assert_int_equal(cli_filter_option(&cf, CLI_FILTER_OPT_ID, "4", err, sizeof(err)), -1);
+	assert_non_null(strstr(err, "--id"));
+	assert_int_equal(cli_filter_option(&cf, CLI_FILTER_OPT_UNTIL, "soon", err, sizeof(err)), -1);
+	assert_non_null(strstr(err, "--until"));
+	assert_int_equal(cli_filter_option(&cf, CLI_FILTER_OPT_TLS, NULL, err, sizeof(err)), 1);
+	assert_int_equal(cli_filter_option(&cf, CLI_FILTER_OPT_NO_TLS, NULL, err, sizeof(err)), -1);
+	assert_non_null(strstr(err, "--no-tls"));
+
+	cli_filter_init(&cf, NOW);
+	cf.to_flag = "--rcpt";
+	assert_int_equal(cli_filter_option(&cf, CLI_FILTER_OPT_CLIENT, "10.0.0.0/99", err, sizeof(err)), 1);
+	assert_int_equal(cli_filter_finish(&cf, err, sizeof(err)), -1);
+	assert_non_null(strstr(err, "--client"));
+	cli_filter_init(&cf, NOW);
+	cf.to_flag = "--rcpt";
+	assert_int_equal(cli_filter_option(&cf, CLI_FILTER_OPT_RCPT, "", err, sizeof(err)), 1);
+	assert_int_equal(cli_filter_finish(&cf, err, sizeof(err)), -1);
+	assert_true(strncmp(err, "--rcpt:", 7) == 0);
+}
+
 int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_when_rfc3339), cmocka_unit_test(test_when_local),
 		cmocka_unit_test(test_when_relative), cmocka_unit_test(test_when_bad),
-		cmocka_unit_test(test_ids),
+		cmocka_unit_test(test_ids), cmocka_unit_test(test_option),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
