@@ -641,7 +641,7 @@ static void
 cli_replay_summary_json(struct cli_replay *cr)
 {
 	struct json *j = &cr->j;
-	char key[8];
+	char key[16];
 	int code;
 
 	json_key(j, "summary");
