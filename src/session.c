@@ -32,6 +32,7 @@
 
 #include "smtptap/log.h"
 #include "smtptap/proxy.h"
+#include "smtptap/recording.h"
 #include "smtptap/util.h"
 
 static void session_backlog_cb(evutil_socket_t fd, short what, void *arg);
@@ -125,41 +126,42 @@ session_backlog_cb(evutil_socket_t fd, short what, void *arg)
  * lifetime
  */
 
-int
-session_start(struct session_ctx *ctx, evutil_socket_t fd, const struct sockaddr *peer, int peerlen,
-	      const struct proxy_route *route, const char *listener)
+/* A session's common start; NULL when out of memory. */
+static struct session *
+session_new(struct session_ctx *ctx, const struct proxy_route *route, const char *listener)
 {
-	struct session *s;
+	struct session *s = calloc(1, sizeof(*s));
 
-	s = calloc(1, sizeof(*s));
-	if (s == NULL) {
-		log_warn("session: out of memory");
-		evutil_closesocket(fd);
-		return -1;
-	}
+	if (s == NULL)
+		return NULL;
 	s->ctx = ctx;
 	s->route = route;
-	s->id = store_session_new_id(ctx->store);
 	s->started_us = util_now_us();
 	s->sink_mode = route->upstream == NULL;
 	s->client_tls = route->client_tls;
 	s->upstream_tls = s->sink_mode ? PROXY_TLS_OFF : route->upstream_tls;
 	s->upstream.fd = -1;
 	snprintf(s->listener, sizeof(s->listener), "%s", listener);
-	if (peerlen > 0 && (size_t)peerlen <= sizeof(s->client_sa))
-		memcpy(&s->client_sa, peer, (size_t)peerlen);
-
-	s->reply_buf = evbuffer_new();
-	if (s->reply_buf == NULL || leg_accept(&s->client, ctx->base, fd, peer, session_client_legcb, s) < 0) {
-		log_warnx("session: cannot set up the client connection: out of memory");
-		if (s->reply_buf == NULL)
-			evutil_closesocket(fd);
-		else
-			evbuffer_free(s->reply_buf);
-		leg_close(&s->client, LEG_CLOSE_NOW);
+	if ((s->reply_buf = evbuffer_new()) == NULL) {
 		free(s);
-		return -1;
+		return NULL;
 	}
+	return s;
+}
+
+/* The client leg is up: the record opens, and the conversation starts.
+ * Returns the session's id: the session may be gone when this returns (an
+ * upstream refused at once). */
+static int64_t
+session_open(struct session *s)
+{
+	struct session_ctx *ctx = s->ctx;
+	const struct proxy_route *route = s->route;
+	int64_t id;
+
+	id = s->id = store_session_new_id(ctx->store);
+	if (s->mode == NULL)
+		s->mode = s->sink_mode ? "sink" : "relay";
 	TAILQ_INSERT_TAIL(&ctx->sessions, s, entry);
 	ctx->nsessions++;
 
@@ -169,7 +171,8 @@ session_start(struct session_ctx *ctx, evutil_socket_t fd, const struct sockaddr
 		.listener = s->listener,
 		.client = s->client.addr,
 		.upstream = route->upstream,
-		.mode = s->sink_mode ? "sink" : "relay",
+		.mode = s->mode,
+		.replay_of = s->replay_of,
 	});
 	session_note(s, STORE_KIND_CONNECT, "client %s connected to %s", s->client.addr, s->listener);
 	session_rules_init(s);
@@ -181,6 +184,70 @@ session_start(struct session_ctx *ctx, evutil_socket_t fd, const struct sockaddr
 	if (session_rules_connect(s))
 		session_begin(s);
 	session_leave(s);
+	return id;
+}
+
+int
+session_start(struct session_ctx *ctx, evutil_socket_t fd, const struct sockaddr *peer, int peerlen,
+	      const struct proxy_route *route, const char *listener)
+{
+	struct session *s = session_new(ctx, route, listener);
+
+	if (s == NULL || leg_accept(&s->client, ctx->base, fd, peer, session_client_legcb, s) < 0) {
+		log_warnx("session: cannot set up the client connection: out of memory");
+		if (s == NULL) {
+			evutil_closesocket(fd);
+		} else {
+			evbuffer_free(s->reply_buf);
+			leg_close(&s->client, LEG_CLOSE_NOW);
+			free(s);
+		}
+		return -1;
+	}
+	if (peerlen > 0 && (size_t)peerlen <= sizeof(s->client_sa))
+		memcpy(&s->client_sa, peer, (size_t)peerlen);
+	if (route->mock != NULL) {
+		/* Each client gets the recording from its start. */
+		if ((s->mock = mock_new(route->mock)) == NULL) {
+			log_warnx("session: cannot set up a mock: out of memory");
+			evbuffer_free(s->reply_buf);
+			leg_close(&s->client, LEG_CLOSE_NOW);
+			free(s);
+			return -1;
+		}
+		s->mode = "mock";
+		s->replay_of = route->mock->session_id;
+	}
+	session_open(s);
+	return 0;
+}
+
+int
+session_start_inproc(struct session_ctx *ctx, struct bufferevent *bev, const char *name,
+		     const struct proxy_route *route, const struct session_origin *origin, int64_t *id)
+{
+	struct session *s = session_new(ctx, route, route->listen != NULL ? route->listen : "(in-process)");
+
+	if (s == NULL || leg_pair(&s->client, ctx->base, bev, name, session_client_legcb, s) < 0) {
+		log_warnx("session: cannot set up an in-process client: out of memory");
+		if (s == NULL) {
+			bufferevent_free(bev);
+		} else {
+			evbuffer_free(s->reply_buf);
+			leg_close(&s->client, LEG_CLOSE_NOW);
+			free(s);
+		}
+		return -1;
+	}
+	s->inproc = true;
+	if (origin != NULL) {
+		s->mode = origin->mode;
+		s->replay_of = origin->replay_of;
+		s->replay_client_starttls = origin->client_starttls;
+		s->on_end = origin->on_end;
+		s->end_arg = origin->arg;
+	}
+	*id = session_open(s);
 	return 0;
 }
 
@@ -193,14 +260,13 @@ session_begin(struct session *s)
 	const struct proxy_route *route = s->route;
 
 	if (s->sink_mode) {
-		char reply[SINK_REPLY_MAX];
-		size_t n;
+		struct mock_reply r;
 
 		sink_init(&s->sink, s->id);
 		s->upstream_ready = true;
 		session_enter_state(s, ST_CMD);
-		n = sink_reply_greeting(&s->sink, reply);
-		session_sink_answer(s, reply, n);
+		session_respond_greeting(s, &r);
+		session_respond_send(s, &r, 0);
 	} else if (leg_connect(&s->upstream, ctx->base, ctx->dns, (const struct sockaddr *)&route->upstream_sa,
 			       route->upstream_salen, route->upstream_host,
 			       (int)strtol(route->upstream_port, NULL, 10), ctx->cfg->connect_timeout,
@@ -257,7 +323,8 @@ session_strstate(enum session_state st)
 void
 session_enter(struct session *s)
 {
-	s->in_callback++;
+	if (s->in_callback++ == 0)
+		s->cb_gen++;
 }
 
 void
@@ -297,7 +364,11 @@ session_free(struct session *s)
 {
 	struct session_ctx *ctx = s->ctx;
 	struct pending p;
-	int64_t now = util_now_us();
+	int64_t now = util_now_us(), id = s->id;
+	void (*on_end)(void *, int64_t, const char *, const char *) = s->on_end;
+	void *end_arg = s->end_arg;
+	const char *outcome;
+	char detail[sizeof(s->detail)];
 
 	/* Messages still waiting for a final reply never got one. */
 	session_msg_abandon(s);
@@ -322,10 +393,15 @@ session_free(struct session *s)
 	free(s->env.rcpts);
 	session_tls_free(s);
 	session_rules_free(s);
+	mock_free(s->mock);
 	evbuffer_free(s->reply_buf);
 	TAILQ_REMOVE(&ctx->sessions, s, entry);
 	ctx->nsessions--;
+	outcome = s->outcome;
+	memcpy(detail, s->detail, sizeof(detail));
 	free(s);
+	if (on_end != NULL)
+		on_end(end_arg, id, outcome, detail);
 	if (ctx->on_session_end != NULL)
 		ctx->on_session_end(ctx->arg);
 }
@@ -370,7 +446,19 @@ int64_t
 session_record_link(struct session *s, int64_t answers_seq, int64_t cause_seq, enum store_side side,
 		    enum store_kind kind, unsigned flags, int64_t msg_id, const void *raw, size_t len, const char *text)
 {
-	struct store_event ev = {
+	struct store_event ev;
+
+	if (side == STORE_SIDE_CLIENT) {
+		/* Sent without waiting: in the same callback as the client's
+		 * previous bytes, or with nothing passed to it since. */
+		if ((kind == STORE_KIND_COMMAND || kind == STORE_KIND_AUTH) && s->client_said &&
+		    (s->cb_gen == s->client_gen || s->client.nqueued == s->client_queued))
+			flags |= STORE_F_PIPELINED;
+		s->client_said = true;
+		s->client_gen = s->cb_gen;
+		s->client_queued = s->client.nqueued;
+	}
+	ev = (struct store_event){
 		.session_id = s->id,
 		.t_us = util_now_us(),
 		.side = side,

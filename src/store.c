@@ -63,8 +63,8 @@ static const char *const store_stmt_sql[STMT_COUNT] = {
 	[STMT_BEGIN] = "BEGIN IMMEDIATE",
 	[STMT_COMMIT] = "COMMIT",
 	[STMT_ROLLBACK] = "ROLLBACK",
-	[STMT_SESSION_OPEN] = "INSERT INTO sessions (id, started_us, listener, client, upstream, mode, client_ip) "
-			      "VALUES (?, ?, ?, ?, ?, ?, ?)",
+	[STMT_SESSION_OPEN] = "INSERT INTO sessions (id, started_us, listener, client, upstream, mode, client_ip, "
+			      "replay_of) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
 	[STMT_SESSION_ADDR] = "UPDATE sessions SET upstream_addr = ? WHERE id = ?",
 	[STMT_SESSION_CLIENT_TLS] = "UPDATE sessions SET client_tls = ?1, client_tls_version = "
 				    "CASE WHEN json_valid(?1) THEN json_extract(?1, '$.version') END WHERE id = ?2",

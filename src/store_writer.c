@@ -291,6 +291,7 @@ store_write_rec(struct store *st, const struct store_rec *rec)
 			char ip[UTIL_ADDR_MAX];
 
 			bind_text(&b, store_client_ip(rec->u.session.client, ip, sizeof(ip)) == 0 ? ip : NULL);
+			bind_i64_or_null(&b, rec->u.session.replay_of);
 			return store_step(st, &b, rec);
 		}
 	case STORE_OP_SESSION_AUTH:

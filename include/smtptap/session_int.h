@@ -23,6 +23,7 @@
 #include <openssl/x509.h>
 
 #include "smtptap/leg.h"
+#include "smtptap/mock.h"
 #include "smtptap/rules.h"
 #include "smtptap/mime.h"
 #include "smtptap/session.h"
@@ -205,6 +206,7 @@ struct session {
 	struct leg client, upstream;
 	bool sink_mode;
 	struct sink sink;
+	struct mock *mock; /* sink mode playing a recording (mock.c): owned */
 	enum session_state state;
 
 	struct pending pend[PEND_MAX];
@@ -267,6 +269,21 @@ struct session {
 	 * rdec or rheld). */
 	const struct rules_decision *rfire_starttls;
 
+	/* replay and mock (struct session_origin) */
+	const char *mode;	     /* sessions.mode (static) */
+	int64_t replay_of;
+	bool inproc;		     /* the client leg is in this process: never TLS */
+	bool replay_client_starttls; /* see session_origin.client_starttls */
+	void (*on_end)(void *arg, int64_t id, const char *outcome, const char *detail);
+	void *end_arg;
+
+	/* STORE_F_PIPELINED: the callback (cb_gen counts the outermost
+	 * ones) and the bytes queued to the client at the client's latest
+	 * event; a command in the same callback, or with nothing queued to
+	 * the client since, was sent without waiting for a reply. */
+	uint64_t cb_gen, client_gen, client_queued;
+	bool client_said;
+
 	bool freeing;
 	/* AUTH: the mechanism whose next response line names the user (LOGIN
 	 * or PLAIN without an initial response, CRAM-MD5, XOAUTH2), "" if none */
@@ -327,6 +344,17 @@ int session_pend_pop(struct session *s, struct pending *out);
 void session_upstream_lines(struct session *s);
 void session_upstream_tail(struct session *s);
 void session_sink_answer(struct session *s, const char *text, size_t len);
+/* smtptap's own replies in sink mode: the sink's, or the recording's
+ * (mock).  Each fills r (made before the client's bytes move on, as they
+ * may point into them); session_respond_send then records the mock's
+ * note on a mismatch (caused by cause_seq) and answers. */
+void session_respond_greeting(struct session *s, struct mock_reply *r);
+void session_respond_command(struct session *s, const struct smtp_cmd *cmd, const char *line, size_t len,
+			     struct mock_reply *r);
+void session_respond_auth_line(struct session *s, const char *line, size_t len, struct mock_reply *r);
+void session_respond_data_end(struct session *s, uint64_t size, struct mock_reply *r);
+void session_respond_bdat_chunk(struct session *s, const struct smtp_cmd *cmd, struct mock_reply *r);
+void session_respond_send(struct session *s, struct mock_reply *r, int64_t cause_seq);
 void session_pend_flush_local(struct session *s);
 void session_local_push(struct session *s, const char *text, bool starttls);
 void session_local_push_answer(struct session *s, const char *text, bool starttls, int64_t answers_seq);

@@ -91,7 +91,7 @@ struct store_rec {
 	enum store_op op;
 	union {
 		struct {
-			int64_t id, started_us;
+			int64_t id, started_us, replay_of;
 			const char *listener, *client, *upstream, *mode;
 		} session;
 		struct {
