@@ -69,6 +69,9 @@ START=$(date +%s)
 TOTAL_P=0 TOTAL_F=0 TOTAL_S=0
 SUMMARY=""
 FAILED_ITEMS=""
+# Wall-clock seconds per phase (a phase runs from one banner to the next),
+# printed in the summary so a slow run shows where its time went.
+TIMES="" PHASE="" PHASE_T0=$START
 
 # record SECTION PASSED FAILED SKIPPED
 record() {
@@ -85,7 +88,18 @@ fail_item() {
 "
 }
 
+# phase_end: close the running phase's timer (banner and the summary call it)
+phase_end() {
+	local now
+	now=$(date +%s)
+	[ -n "$PHASE" ] && TIMES="${TIMES}$(printf '  %-40s %5d s' "$PHASE" $((now - PHASE_T0)))
+"
+	PHASE="" PHASE_T0=$now
+}
+
 banner() {
+	phase_end
+	PHASE="$*"
 	echo
 	echo "==================== $* ($(($(date +%s) - START)) s) ===================="
 }
@@ -390,8 +404,10 @@ if want fuzz; then
 	fi
 fi
 
+phase_end
 echo
-echo "==================== summary ($(($(date +%s) - START)) s) ===================="
+echo "==================== summary ($(($(date +%s) - START)) s, load $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null)) ===================="
+printf '%s' "$TIMES"
 printf '%s' "$SUMMARY"
 if [ -n "$FAILED_ITEMS" ]; then
 	echo "failed:"
