@@ -40,7 +40,8 @@ UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(O)/tests/%)
 FUZZ_SRCS := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BINS := $(FUZZ_SRCS:tests/fuzz/%.c=build/fuzz/%)
 # The pure modules the fuzzers link (all but fuzz_session).
-FUZZ_LIB_SRCS := src/smtp.c src/mime.c src/json.c src/jsonread.c src/rules.c src/rules_parse.c src/rules_regex.c
+FUZZ_LIB_SRCS := src/smtp.c src/mime.c src/json.c src/jsonread.c src/rules.c src/rules_parse.c src/rules_regex.c \
+	src/recording.c src/mock.c
 
 .PHONY: all deps run check unit e2e fuzz fuzz-bins fuzz-minimise coverage cov-fuzz-bins bench bench-rules install uninstall clean asan
 

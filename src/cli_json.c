@@ -96,6 +96,24 @@ cli_json_session(struct json *j, const struct cli_session *s)
 	json_kv_int(j, "client_bytes", s->client_bytes);
 	json_kv_int(j, "upstream_bytes", s->upstream_bytes);
 	json_kv_int(j, "proxy_bytes", s->proxy_bytes);
+	/* replay and mock: what it replays; the original: what replays it */
+	if (s->replay_of > 0)
+		json_kv_int(j, "replay_of", s->replay_of);
+	else
+		json_kv_null(j, "replay_of");
+	if (s->replays_loaded) {
+		size_t i;
+
+		json_key(j, "replays");
+		json_array_begin(j);
+		for (i = 0; i < s->nreplays; i++) {
+			json_object_begin(j);
+			json_kv_int(j, "id", s->replays[i].id);
+			json_kv_string(j, "mode", s->replays[i].mode);
+			json_object_end(j);
+		}
+		json_array_end(j);
+	}
 	json_object_end(j);
 }
 

@@ -73,6 +73,11 @@ cli_prune_text(FILE *f, const char *age, const char *before, bool dry, const str
 	util_fmt_bytes(a, sizeof(a), r->data_before);
 	util_fmt_bytes(b, sizeof(b), r->data_after);
 	fprintf(f, " (data %s -> %s)\n", a, b);
+	if (r->segments > 0) {
+		util_fmt_bytes(a, sizeof(a), r->segment_bytes);
+		fprintf(f, "message content: %" PRId64 " segment file%s deleted (%s)\n", r->segments,
+			r->segments == 1 ? "" : "s", a);
+	}
 	if (!r->incremental && r->sessions > 0)
 		fputs("note: this database predates auto_vacuum: the freed space is reused for new recordings,\n"
 		      "but the file does not shrink; run once with --vacuum (no proxy recording into it)\n"
@@ -106,6 +111,8 @@ cli_prune_json(struct json *j, const char *db, const char *age, const char *befo
 	json_kv_int(j, "file_bytes_after", r->file_after);
 	json_kv_int(j, "data_bytes_before", r->data_before);
 	json_kv_int(j, "data_bytes_after", r->data_after);
+	json_kv_int(j, "content_segments_deleted", r->segments);
+	json_kv_int(j, "content_segment_bytes_deleted", r->segment_bytes);
 	json_kv_string(j, "auto_vacuum", r->incremental ? "incremental" : "none");
 	json_object_end(j);
 }

@@ -26,6 +26,7 @@ const struct cli_read_flag cli_read_flags[] = {
 	{ STORE_F_DROPPED, "dropped" },	      { STORE_F_REDACTED, "redacted" },
 	{ STORE_F_TO_CLIENT, "to-client" },   { STORE_F_TO_UPSTREAM, "to-upstream" },
 	{ STORE_F_INCOMPLETE, "incomplete" }, { STORE_F_RULE, "rule" },
+	{ STORE_F_PIPELINED, "pipelined" },
 };
 
 const size_t cli_read_nflags = sizeof(cli_read_flags) / sizeof(cli_read_flags[0]);
@@ -116,6 +117,7 @@ cli_read_session_copy(struct cli_session *dst, const struct store_session_row *r
 	dst->client_bytes = row->client_bytes;
 	dst->upstream_bytes = row->upstream_bytes;
 	dst->proxy_bytes = row->proxy_bytes;
+	dst->replay_of = row->replay_of;
 	if (nomem) {
 		cli_read_session_free(dst);
 		return -1;
@@ -141,7 +143,24 @@ cli_read_session_free(struct cli_session *s)
 	free(s->auth_user);
 	free(s->client_tls_version);
 	free(s->upstream_tls_version);
+	free(s->replays);
 	memset(s, 0, sizeof(*s));
+}
+
+/* Stops with 2 when out of memory. */
+static int
+cli_read_replay_cb(const struct store_session_row *row, void *arg)
+{
+	struct cli_session *s = arg;
+	struct cli_replay_ref *n;
+
+	if ((n = realloc(s->replays, (s->nreplays + 1) * sizeof(*n))) == NULL)
+		return 2;
+	s->replays = n;
+	n[s->nreplays].id = row->id;
+	snprintf(n[s->nreplays].mode, sizeof(n[s->nreplays].mode), "%s", row->mode != NULL ? row->mode : "");
+	s->nreplays++;
+	return 0;
 }
 
 /* Stops with 2 when out of memory (1 would read as "not found"). */
@@ -172,10 +191,19 @@ cli_read_session_load(struct store_reader *rd, const char *db, int64_t id, struc
 		log_warnx("no session %" PRId64 " in %s", id, db);
 		return CLI_EXIT_NOTFOUND;
 	}
-	if (r != 0) {
-		log_warnx("reading session %" PRId64 ": out of memory", id);
+	if (r == 0)
+		r = store_reader_replays(rd, id, cli_read_replay_cb, s, err, sizeof(err));
+	if (r < 0) {
+		log_warnx("reading the replays of session %" PRId64 " from %s: %s", id, db, err);
+		cli_read_session_free(s);
 		return CLI_EXIT_FAIL;
 	}
+	if (r != 0) {
+		log_warnx("reading session %" PRId64 ": out of memory", id);
+		cli_read_session_free(s);
+		return CLI_EXIT_FAIL;
+	}
+	s->replays_loaded = true;
 	return CLI_EXIT_OK;
 }
 

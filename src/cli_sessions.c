@@ -135,10 +135,14 @@ cli_sessions_table(FILE *f, const struct cli_session *v, size_t n, bool color)
 		else
 			snprintf(dur, sizeof(dur), "-");
 		cli_sessions_tls(&v[i], tls, sizeof(tls));
-		fprintf(f, "%*" PRId64 "  %-19s  %*s  %-*s  %-*s  %-*s  %*" PRId64 "  %s\n", wid, v[i].id, start, wdur,
+		fprintf(f, "%*" PRId64 "  %-19s  %*s  %-*s  %-*s  %-*s  %*" PRId64 "  %s", wid, v[i].id, start, wdur,
 			dur, wcli, v[i].client != NULL ? v[i].client : "-", wup,
 			v[i].upstream != NULL ? v[i].upstream : "(sink)", wtls, tls, wmsg, v[i].nmessages,
 			v[i].ended_us == 0 ? "live" : v[i].outcome != NULL ? v[i].outcome : "-");
+		if (v[i].replay_of > 0)
+			fprintf(f, " (%s of %" PRId64 ")",
+				v[i].mode != NULL && strcmp(v[i].mode, "mock") == 0 ? "mock" : "replay", v[i].replay_of);
+		fputc('\n', f);
 	}
 }
 

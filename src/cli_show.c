@@ -46,6 +46,7 @@ struct cli_show {
 static void cli_show_usage(FILE *f);
 static void cli_show_summary_line(FILE *f, const char *label, const char *value);
 static void cli_show_put_indented(FILE *f, const char *s, const char *indent);
+static void cli_show_replays(FILE *f, const struct cli_session *s, const char *mode, const char *label);
 static void cli_show_header(struct cli_show *sh, const struct cli_session *s);
 static const char *cli_show_side_color(enum store_side side);
 static const char *cli_show_side_marker(enum store_side side, unsigned flags);
@@ -105,6 +106,23 @@ cli_show_put_indented(FILE *f, const char *s, const char *indent)
 	cli_read_put_escaped_str(f, s);
 }
 
+/* "replayed as  sessions 12, 15": the sessions of that mode replaying s. */
+static void
+cli_show_replays(FILE *f, const struct cli_session *s, const char *mode, const char *label)
+{
+	size_t i, n = 0;
+
+	for (i = 0; i < s->nreplays; i++)
+		n += strcmp(s->replays[i].mode, mode) == 0;
+	if (n == 0)
+		return;
+	fprintf(f, "\n%-12s session%s ", label, n > 1 ? "s" : "");
+	for (i = 0; i < s->nreplays; i++) {
+		if (strcmp(s->replays[i].mode, mode) == 0)
+			fprintf(f, "%" PRId64 "%s", s->replays[i].id, --n > 0 ? ", " : "");
+	}
+}
+
 /* The session's header, one "label value" line each, every recorded text
  * escaped.  A TLS leg's record is stored as JSON for --json; here it is a
  * sentence (cli_tls.c), absent for a plaintext leg. */
@@ -133,6 +151,11 @@ cli_show_header(struct cli_show *sh, const struct cli_session *s)
 	cli_read_put_escaped_str(f, s->listener != NULL ? s->listener : "-");
 	fputs("\nmode         ", f);
 	cli_read_put_escaped_str(f, s->mode != NULL ? s->mode : "-");
+	if (s->replay_of > 0)
+		fprintf(f, "\n%-12s session %" PRId64, s->mode != NULL && strcmp(s->mode, "mock") == 0 ? "mock of" : "replay of",
+			s->replay_of);
+	cli_show_replays(f, s, "replay", "replayed as");
+	cli_show_replays(f, s, "mock", "mocked as");
 	cli_read_fmt_local(buf, sizeof(buf), s->started_us, true);
 	fprintf(f, "\nstarted      %s\n", buf);
 	if (s->ended_us != 0) {

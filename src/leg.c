@@ -92,6 +92,30 @@ leg_accept(struct leg *leg, struct event_base *base, evutil_socket_t fd, const s
 }
 
 int
+leg_pair(struct leg *leg, struct event_base *base, struct bufferevent *bev, const char *name, leg_cb cb, void *arg)
+{
+	memset(leg, 0, sizeof(*leg));
+	leg->base = base;
+	leg->fd = -1;
+	leg->cb = cb;
+	leg->arg = arg;
+	leg->inproc = true;
+	snprintf(leg->addr, sizeof(leg->addr), "%s", name);
+	if (bev == NULL) {
+		snprintf(leg->err, sizeof(leg->err), "out of memory");
+		return -1;
+	}
+	leg->bev = bev;
+	leg->open = true;
+	leg_setup_bev(leg);
+	/* A pair hands queued bytes over while its write side is enabled:
+	 * there is no socket write to save here. */
+	bufferevent_disable(leg->bev, EV_READ);
+	bufferevent_enable(leg->bev, EV_WRITE);
+	return 0;
+}
+
+int
 leg_connect(struct leg *leg, struct event_base *base, struct evdns_base *dns, const struct sockaddr *sa, int salen,
 	    const char *host, int port, int timeout_s, leg_cb cb, void *arg)
 {
@@ -318,8 +342,8 @@ leg_rate_cb(evutil_socket_t fd, short what, void *arg)
 void
 leg_write(struct leg *leg, const void *data, size_t len)
 {
-	if (leg->open && len > 0)
-		evbuffer_add(leg_queue(leg), data, len);
+	if (leg->open && len > 0 && evbuffer_add(leg_queue(leg), data, len) == 0)
+		leg->nqueued += len;
 }
 
 void
@@ -329,10 +353,13 @@ leg_write_from(struct leg *leg, struct evbuffer *src, size_t len)
 		evbuffer_drain(src, len);
 		return;
 	}
-	if (len == (size_t)-1)
+	if (len == (size_t)-1) {
+		leg->nqueued += evbuffer_get_length(src);
 		evbuffer_add_buffer(leg_queue(leg), src);
-	else
+	} else {
+		leg->nqueued += len;
 		evbuffer_remove_buffer(src, leg_queue(leg), len);
+	}
 }
 
 void
@@ -377,6 +404,13 @@ leg_flush(struct leg *leg)
 	}
 	if (leg->open && leg->tls) {
 		leg_flush_tls(leg);
+		return;
+	}
+	if (leg->open && leg->inproc) {
+		/* The pair took what it could as it was queued. */
+		if (leg->close_after_flush && evbuffer_get_length(bufferevent_get_output(leg->bev)) == 0 &&
+		    (leg->paced == NULL || evbuffer_get_length(leg->paced) == 0))
+			leg_close(leg, LEG_CLOSE_NOW);
 		return;
 	}
 	if (!leg->open || leg->hold_output || leg->fd < 0)
@@ -490,7 +524,9 @@ leg_close(struct leg *leg, enum leg_close_how how)
 			SSL_shutdown(ssl);
 		ERR_clear_error();
 	}
-	if (!leg->tls && leg->fd < 0)
+	if (leg->inproc)
+		bufferevent_flush(leg->bev, EV_WRITE, BEV_FINISHED); /* what is left, then EOF */
+	else if (!leg->tls && leg->fd < 0)
 		leg->fd = bufferevent_getfd(leg->bev); /* a connect made it */
 	bufferevent_free(leg->bev); /* TLS: closes the socket and frees the SSL */
 	if (!leg->tls && leg->fd >= 0)
@@ -579,7 +615,7 @@ leg_writecb(struct bufferevent *bev, void *arg)
 {
 	struct leg *leg = arg;
 
-	if (leg->fd < 0 && !leg->tls) {
+	if (leg->fd < 0 && !leg->tls && !leg->inproc) {
 		/* A connect that succeeded at once (AF_UNIX, some BSDs'
 		 * loopback): libevent reports it through the write event,
 		 * which the fast path keeps off; turn it on to hear it. */
@@ -589,7 +625,7 @@ leg_writecb(struct bufferevent *bev, void *arg)
 	if (evbuffer_get_length(bufferevent_get_output(bev)) == 0) {
 		if (leg->close_after_flush && (leg->paced == NULL || evbuffer_get_length(leg->paced) == 0))
 			leg_close(leg, LEG_CLOSE_NOW);
-		else if (!leg->tls)
+		else if (!leg->tls && !leg->inproc)
 			bufferevent_disable(bev, EV_WRITE); /* see leg_flush() */
 	}
 	leg->cb(leg, LEG_EV_DRAINED, leg->arg);

@@ -23,6 +23,8 @@ static const struct {
 	{ "sessions", cli_sessions, "list recorded sessions" },
 	{ "show", cli_show, "print one session's transcript (--json, --raw)" },
 	{ "export", cli_export, "write a session's messages as .eml, mbox or JSON" },
+	{ "replay", cli_replay, "send a recorded session's client side to a server again (--diff)" },
+	{ "mock", cli_mock, "play a recorded session's server side to clients" },
 	{ "prune", cli_prune, "delete sessions older than an age, whole" },
 	{ "ca", cli_ca, "create or show the local CA that signs intercepted TLS" },
 	{ "rules", cli_rules, "check a fault rules file (rules check FILE)" },

@@ -25,6 +25,7 @@
 #include <event2/thread.h>
 
 #include "smtptap/log.h"
+#include "smtptap/recording.h"
 #include "smtptap/session.h"
 #include "smtptap/store.h"
 #include "smtptap/util.h"
@@ -127,7 +128,11 @@ proxy_run(const struct proxy_config *cfg)
 	for (i = 0; i < px.nlisteners; i++) {
 		const struct proxy_route *r = px.listeners[i].route;
 
-		if (r->upstream != NULL)
+		if (r->mock != NULL)
+			log_info("listening on %s (mock of session %" PRId64 ", client TLS %s, recording to %s)",
+				 px.listeners[i].name, r->mock->session_id, proxy_tls_mode_name(r->client_tls),
+				 cfg->db_path);
+		else if (r->upstream != NULL)
 			log_info("listening on %s (relay to %s, client TLS %s, upstream TLS %s, recording to %s)",
 				 px.listeners[i].name, r->upstream, proxy_tls_mode_name(r->client_tls),
 				 proxy_tls_mode_name(r->upstream_tls), cfg->db_path);

@@ -28,12 +28,17 @@
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/event.h>
 
 #include "smtptap/log.h"
 #include "smtptap/proxy.h"
+#include "smtptap/recording.h"
 #include "smtptap/util.h"
 
 static void session_backlog_cb(evutil_socket_t fd, short what, void *arg);
+static bool session_data_pend(struct session *s, enum store_side side, unsigned flags, int64_t msg_id,
+			      const void *raw, size_t len);
+static void session_data_timer_cb(evutil_socket_t fd, short what, void *arg);
 static void session_client_legcb(struct leg *leg, enum leg_event ev, void *arg);
 static void session_upstream_legcb(struct leg *leg, enum leg_event ev, void *arg);
 static const char *session_strstate(enum session_state st);
@@ -121,41 +126,42 @@ session_backlog_cb(evutil_socket_t fd, short what, void *arg)
  * lifetime
  */
 
-int
-session_start(struct session_ctx *ctx, evutil_socket_t fd, const struct sockaddr *peer, int peerlen,
-	      const struct proxy_route *route, const char *listener)
+/* A session's common start; NULL when out of memory. */
+static struct session *
+session_new(struct session_ctx *ctx, const struct proxy_route *route, const char *listener)
 {
-	struct session *s;
+	struct session *s = calloc(1, sizeof(*s));
 
-	s = calloc(1, sizeof(*s));
-	if (s == NULL) {
-		log_warn("session: out of memory");
-		evutil_closesocket(fd);
-		return -1;
-	}
+	if (s == NULL)
+		return NULL;
 	s->ctx = ctx;
 	s->route = route;
-	s->id = store_session_new_id(ctx->store);
 	s->started_us = util_now_us();
 	s->sink_mode = route->upstream == NULL;
 	s->client_tls = route->client_tls;
 	s->upstream_tls = s->sink_mode ? PROXY_TLS_OFF : route->upstream_tls;
 	s->upstream.fd = -1;
 	snprintf(s->listener, sizeof(s->listener), "%s", listener);
-	if (peerlen > 0 && (size_t)peerlen <= sizeof(s->client_sa))
-		memcpy(&s->client_sa, peer, (size_t)peerlen);
-
-	s->reply_buf = evbuffer_new();
-	if (s->reply_buf == NULL || leg_accept(&s->client, ctx->base, fd, peer, session_client_legcb, s) < 0) {
-		log_warnx("session: cannot set up the client connection: out of memory");
-		if (s->reply_buf == NULL)
-			evutil_closesocket(fd);
-		else
-			evbuffer_free(s->reply_buf);
-		leg_close(&s->client, LEG_CLOSE_NOW);
+	if ((s->reply_buf = evbuffer_new()) == NULL) {
 		free(s);
-		return -1;
+		return NULL;
 	}
+	return s;
+}
+
+/* The client leg is up: the record opens, and the conversation starts.
+ * Returns the session's id: the session may be gone when this returns (an
+ * upstream refused at once). */
+static int64_t
+session_open(struct session *s)
+{
+	struct session_ctx *ctx = s->ctx;
+	const struct proxy_route *route = s->route;
+	int64_t id;
+
+	id = s->id = store_session_new_id(ctx->store);
+	if (s->mode == NULL)
+		s->mode = s->sink_mode ? "sink" : "relay";
 	TAILQ_INSERT_TAIL(&ctx->sessions, s, entry);
 	ctx->nsessions++;
 
@@ -165,7 +171,8 @@ session_start(struct session_ctx *ctx, evutil_socket_t fd, const struct sockaddr
 		.listener = s->listener,
 		.client = s->client.addr,
 		.upstream = route->upstream,
-		.mode = s->sink_mode ? "sink" : "relay",
+		.mode = s->mode,
+		.replay_of = s->replay_of,
 	});
 	session_note(s, STORE_KIND_CONNECT, "client %s connected to %s", s->client.addr, s->listener);
 	session_rules_init(s);
@@ -177,6 +184,70 @@ session_start(struct session_ctx *ctx, evutil_socket_t fd, const struct sockaddr
 	if (session_rules_connect(s))
 		session_begin(s);
 	session_leave(s);
+	return id;
+}
+
+int
+session_start(struct session_ctx *ctx, evutil_socket_t fd, const struct sockaddr *peer, int peerlen,
+	      const struct proxy_route *route, const char *listener)
+{
+	struct session *s = session_new(ctx, route, listener);
+
+	if (s == NULL || leg_accept(&s->client, ctx->base, fd, peer, session_client_legcb, s) < 0) {
+		log_warnx("session: cannot set up the client connection: out of memory");
+		if (s == NULL) {
+			evutil_closesocket(fd);
+		} else {
+			evbuffer_free(s->reply_buf);
+			leg_close(&s->client, LEG_CLOSE_NOW);
+			free(s);
+		}
+		return -1;
+	}
+	if (peerlen > 0 && (size_t)peerlen <= sizeof(s->client_sa))
+		memcpy(&s->client_sa, peer, (size_t)peerlen);
+	if (route->mock != NULL) {
+		/* Each client gets the recording from its start. */
+		if ((s->mock = mock_new(route->mock)) == NULL) {
+			log_warnx("session: cannot set up a mock: out of memory");
+			evbuffer_free(s->reply_buf);
+			leg_close(&s->client, LEG_CLOSE_NOW);
+			free(s);
+			return -1;
+		}
+		s->mode = "mock";
+		s->replay_of = route->mock->session_id;
+	}
+	session_open(s);
+	return 0;
+}
+
+int
+session_start_inproc(struct session_ctx *ctx, struct bufferevent *bev, const char *name,
+		     const struct proxy_route *route, const struct session_origin *origin, int64_t *id)
+{
+	struct session *s = session_new(ctx, route, route->listen != NULL ? route->listen : "(in-process)");
+
+	if (s == NULL || leg_pair(&s->client, ctx->base, bev, name, session_client_legcb, s) < 0) {
+		log_warnx("session: cannot set up an in-process client: out of memory");
+		if (s == NULL) {
+			bufferevent_free(bev);
+		} else {
+			evbuffer_free(s->reply_buf);
+			leg_close(&s->client, LEG_CLOSE_NOW);
+			free(s);
+		}
+		return -1;
+	}
+	s->inproc = true;
+	if (origin != NULL) {
+		s->mode = origin->mode;
+		s->replay_of = origin->replay_of;
+		s->replay_client_starttls = origin->client_starttls;
+		s->on_end = origin->on_end;
+		s->end_arg = origin->arg;
+	}
+	*id = session_open(s);
 	return 0;
 }
 
@@ -189,14 +260,13 @@ session_begin(struct session *s)
 	const struct proxy_route *route = s->route;
 
 	if (s->sink_mode) {
-		char reply[SINK_REPLY_MAX];
-		size_t n;
+		struct mock_reply r;
 
 		sink_init(&s->sink, s->id);
 		s->upstream_ready = true;
 		session_enter_state(s, ST_CMD);
-		n = sink_reply_greeting(&s->sink, reply);
-		session_sink_answer(s, reply, n);
+		session_respond_greeting(s, &r);
+		session_respond_send(s, &r, 0);
 	} else if (leg_connect(&s->upstream, ctx->base, ctx->dns, (const struct sockaddr *)&route->upstream_sa,
 			       route->upstream_salen, route->upstream_host,
 			       (int)strtol(route->upstream_port, NULL, 10), ctx->cfg->connect_timeout,
@@ -253,7 +323,8 @@ session_strstate(enum session_state st)
 void
 session_enter(struct session *s)
 {
-	s->in_callback++;
+	if (s->in_callback++ == 0)
+		s->cb_gen++;
 }
 
 void
@@ -293,10 +364,15 @@ session_free(struct session *s)
 {
 	struct session_ctx *ctx = s->ctx;
 	struct pending p;
-	int64_t now = util_now_us();
+	int64_t now = util_now_us(), id = s->id;
+	void (*on_end)(void *, int64_t, const char *, const char *) = s->on_end;
+	void *end_arg = s->end_arg;
+	const char *outcome;
+	char detail[sizeof(s->detail)];
 
 	/* Messages still waiting for a final reply never got one. */
 	session_msg_abandon(s);
+	session_data_flush(s);
 	if (s->rhold_msg != NULL)
 		session_msg_close(s, s->rhold_msg, 0, NULL); /* its end was held by a rule */
 	s->rhold_msg = NULL;
@@ -312,14 +388,20 @@ session_free(struct session *s)
 
 	if (s->paused_backlog)
 		ctx->npaused_backlog--;
+	session_data_release(s);
 	session_env_reset(s);
 	free(s->env.rcpts);
 	session_tls_free(s);
 	session_rules_free(s);
+	mock_free(s->mock);
 	evbuffer_free(s->reply_buf);
 	TAILQ_REMOVE(&ctx->sessions, s, entry);
 	ctx->nsessions--;
+	outcome = s->outcome;
+	memcpy(detail, s->detail, sizeof(detail));
 	free(s);
+	if (on_end != NULL)
+		on_end(end_arg, id, outcome, detail);
 	if (ctx->on_session_end != NULL)
 		ctx->on_session_end(ctx->arg);
 }
@@ -364,9 +446,20 @@ int64_t
 session_record_link(struct session *s, int64_t answers_seq, int64_t cause_seq, enum store_side side,
 		    enum store_kind kind, unsigned flags, int64_t msg_id, const void *raw, size_t len, const char *text)
 {
-	struct store_event ev = {
+	struct store_event ev;
+
+	if (side == STORE_SIDE_CLIENT) {
+		/* Sent without waiting: in the same callback as the client's
+		 * previous bytes, or with nothing passed to it since. */
+		if ((kind == STORE_KIND_COMMAND || kind == STORE_KIND_AUTH) && s->client_said &&
+		    (s->cb_gen == s->client_gen || s->client.nqueued == s->client_queued))
+			flags |= STORE_F_PIPELINED;
+		s->client_said = true;
+		s->client_gen = s->cb_gen;
+		s->client_queued = s->client.nqueued;
+	}
+	ev = (struct store_event){
 		.session_id = s->id,
-		.seq = ++s->seq,
 		.t_us = util_now_us(),
 		.side = side,
 		.kind = kind,
@@ -379,7 +472,13 @@ session_record_link(struct session *s, int64_t answers_seq, int64_t cause_seq, e
 		.raw_len = len,
 	};
 
+	if (kind == STORE_KIND_DATA && session_data_pend(s, side, flags, msg_id, raw, len))
+		goto recorded;
+	/* Whatever happens next happened after the data gathered so far. */
+	session_data_flush(s);
+	ev.seq = ++s->seq;
 	store_event_add(s->ctx->store, &ev);
+recorded:
 	if (s->ctx->cfg->verbosity > 0 && kind != STORE_KIND_DATA)
 		session_trace(s, side, flags, text, raw, len);
 	/* Only the client can be paused, and whatever is recorded comes, in
@@ -395,6 +494,113 @@ session_record_link(struct session *s, int64_t answers_seq, int64_t cause_seq, e
 		}
 	}
 	return ev.seq;
+}
+
+/*
+ * Gather message data into s->dpend (see session_int.h), straight into the
+ * record the store will queue.  Returns false when it cannot (no memory):
+ * the caller records it as an event of its own.
+ */
+static bool
+session_data_pend(struct session *s, enum store_side side, unsigned flags, int64_t msg_id, const void *raw,
+		  size_t len)
+{
+	struct data_pend *d = &s->dpend;
+
+	if (raw == NULL || len == 0 || msg_id == 0)
+		return false;
+	if (d->msg_id != 0 && (d->msg_id != msg_id || d->side != side || d->flags != flags ||
+			       d->len + len > SESSION_DATA_EVENT_MAX)) {
+		bool full = d->msg_id == msg_id && d->len + len > SESSION_DATA_EVENT_MAX;
+
+		session_data_flush(s);
+		d->next_cap = full ? SESSION_DATA_EVENT_MAX : 0;
+	}
+	if (len > SESSION_DATA_EVENT_MAX)
+		return false;
+	if (d->timer == NULL && (d->timer = evtimer_new(s->ctx->base, session_data_timer_cb, s)) == NULL)
+		return false;
+	/* A record starts small (most messages are) and doubles; after a
+	 * full one, the message is big and the next starts full size. */
+	if (d->rec == NULL) {
+		d->cap = d->next_cap ? d->next_cap : SESSION_DATA_EVENT_MIN;
+		if ((d->rec = store_data_new(s->ctx->store, s->id, d->cap)) == NULL)
+			return false;
+	}
+	if (d->len + len > d->cap) {
+		struct store_data *bigger;
+		size_t cap = d->cap;
+
+		while (cap < d->len + len)
+			cap *= 2;
+		if (cap > SESSION_DATA_EVENT_MAX)
+			cap = SESSION_DATA_EVENT_MAX;
+		if ((bigger = store_data_grow(s->ctx->store, d->rec, cap)) == NULL)
+			return false;
+		d->rec = bigger;
+		d->cap = cap;
+	}
+	if (d->msg_id == 0) {
+		struct timeval tv = { 0, SESSION_DATA_WAIT_MS * 1000 };
+
+		d->msg_id = msg_id;
+		d->side = side;
+		d->flags = flags;
+		d->t_us = util_now_us();
+		evtimer_add(d->timer, &tv);
+	}
+	memcpy((char *)store_data_buf(d->rec) + d->len, raw, len);
+	d->len += len;
+	return true;
+}
+
+/* Record the data gathered so far as one event; returns its seq, or 0 when
+ * nothing was gathered. */
+int64_t
+session_data_flush(struct session *s)
+{
+	struct data_pend *d = &s->dpend;
+	int64_t seq;
+
+	if (d->msg_id == 0)
+		return 0;
+	d->next_cap = 0;
+	seq = ++s->seq;
+	store_data_add(s->ctx->store, d->rec, &(struct store_event){
+		.session_id = s->id,
+		.seq = seq,
+		.t_us = d->t_us,
+		.side = d->side,
+		.kind = STORE_KIND_DATA,
+		.flags = d->flags,
+		.message_row = d->msg_id,
+		.raw_len = d->len,
+	});
+	d->rec = NULL;
+	d->msg_id = 0;
+	d->len = 0;
+	evtimer_del(d->timer);
+	return seq;
+}
+
+/* The session ends: nothing more to gather. */
+void
+session_data_release(struct session *s)
+{
+	session_data_flush(s);
+	store_data_free(s->dpend.rec);
+	s->dpend.rec = NULL;
+	if (s->dpend.timer != NULL)
+		event_free(s->dpend.timer);
+	s->dpend.timer = NULL;
+}
+
+static void
+session_data_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	session_data_flush(arg);
 }
 
 int64_t

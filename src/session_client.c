@@ -143,9 +143,11 @@ session_client_command(struct session *s, struct evbuffer *in, const char *line,
 	const struct proxy_config *cfg = s->ctx->cfg;
 	struct smtp_cmd cmd;
 	struct pending *p;
-	char redacted[256], reply[SINK_REPLY_MAX];
+	char redacted[256];
+	struct mock_reply resp;
 	const char *raw = line;
-	size_t rawlen = len, replylen = 0, hold = 0;
+	size_t rawlen = len, hold = 0;
+	int64_t cause;
 	unsigned flags = 0;
 	bool answer, bdat_empty = false, recorded = false;
 	const struct rules_decision *end = NULL;
@@ -177,6 +179,7 @@ session_client_command(struct session *s, struct evbuffer *in, const char *line,
 		session_record(s, STORE_SIDE_CLIENT, STORE_KIND_COMMAND, flags, 0, raw, rawlen, NULL);
 
 	p = session_pend_push(s, PEND_COMMAND, cmd.verb);
+	cause = p->cmd_seq;
 	session_rules_attach(s, p);
 	switch (cmd.verb) {
 	case SMTP_VERB_HELO:
@@ -234,10 +237,10 @@ session_client_command(struct session *s, struct evbuffer *in, const char *line,
 	 * points into the input buffer, so the reply is made before it goes. */
 	answer = s->sink_mode && !(cmd.verb == SMTP_VERB_BDAT && cmd.bdat_ok);
 	if (answer)
-		replylen = sink_reply_command(&s->sink, &cmd, reply);
+		session_respond_command(s, &cmd, line, len, &resp);
 	session_client_forward(s, in, len - hold);
 	if (answer)
-		session_sink_answer(s, reply, replylen);
+		session_respond_send(s, &resp, cause);
 	if (bdat_empty)
 		session_client_bdat_end(s, end, hold);
 }
@@ -245,8 +248,8 @@ session_client_command(struct session *s, struct evbuffer *in, const char *line,
 static void
 session_client_auth_line(struct session *s, struct evbuffer *in, const char *line, size_t len)
 {
-	char reply[SINK_REPLY_MAX];
-	size_t n = 0;
+	struct mock_reply resp;
+	int64_t seq;
 	bool crlf = len >= 2 && line[len - 2] == '\r';
 	bool cancel = (len == 2 && line[0] == '*') || (len == 3 && line[0] == '*' && crlf);
 
@@ -255,17 +258,17 @@ session_client_auth_line(struct session *s, struct evbuffer *in, const char *lin
 	if (s->ctx->cfg->redact_auth && !cancel) {
 		const char *red = crlf ? "[redacted]\r\n" : "[redacted]\n";
 
-		session_record(s, STORE_SIDE_CLIENT, STORE_KIND_AUTH, STORE_F_REDACTED, 0, red, strlen(red), NULL);
+		seq = session_record(s, STORE_SIDE_CLIENT, STORE_KIND_AUTH, STORE_F_REDACTED, 0, red, strlen(red), NULL);
 	} else {
-		session_record(s, STORE_SIDE_CLIENT, STORE_KIND_AUTH, 0, 0, line, len, NULL);
+		seq = session_record(s, STORE_SIDE_CLIENT, STORE_KIND_AUTH, 0, 0, line, len, NULL);
 	}
 	session_pend_push(s, PEND_AUTH_LINE, SMTP_VERB_AUTH);
 	session_enter_state(s, ST_HOLD);
 	if (s->sink_mode)
-		n = sink_reply_auth_line(&s->sink, line, len - (crlf ? 2 : 1), reply);
+		session_respond_auth_line(s, line, len - (crlf ? 2 : 1), &resp);
 	session_client_forward(s, in, len);
 	if (s->sink_mode)
-		session_sink_answer(s, reply, n);
+		session_respond_send(s, &resp, seq);
 }
 
 /* Stream DATA content: record and forward up to the terminator. */
@@ -321,7 +324,11 @@ session_client_data(struct session *s, struct evbuffer *in)
 	}
 	last = session_client_data_record(s, m, v, vused, nv, hold, session_rules_consumes(d));
 	if (done) {
-		m->end_seq = last;
+		/* The final reply answers the message's last data event: record
+		 * what was gathered now, so that it has a seq. */
+		int64_t flushed = session_data_flush(s);
+
+		m->end_seq = flushed != 0 ? flushed : last;
 		if (d != NULL)
 			session_rules_data_end_fired(s, d);
 	}
@@ -395,8 +402,8 @@ session_client_data_end_tail(struct session *s, struct msg *m, const struct rule
 {
 	struct evbuffer *in = leg_input(&s->client);
 	struct pending *q = NULL;
-	char reply[SINK_REPLY_MAX];
-	size_t rn, k;
+	struct mock_reply resp;
+	size_t k;
 
 	if (bdat) {
 		/* The BDAT LAST entry awaiting this message's reply, unless
@@ -423,8 +430,8 @@ session_client_data_end_tail(struct session *s, struct msg *m, const struct rule
 		p->msg = m;
 		session_rules_attach(s, p);
 		if (s->sink_mode) {
-			rn = sink_reply_data_end(&s->sink, m->size, reply);
-			session_sink_answer(s, reply, rn);
+			session_respond_data_end(s, m->size, &resp);
+			session_respond_send(s, &resp, m->end_seq);
 		}
 		return;
 	}
@@ -509,6 +516,10 @@ session_client_bdat(struct session *s, struct evbuffer *in)
 	}
 	if (m != NULL)
 		session_client_data_record(s, m, v, vused, nv, hold, session_rules_consumes(d));
+	/* The chunk is through: its data gets its seq now, before a rule's
+	 * action on it and before its reply. */
+	if (s->bdat_left == 0)
+		session_data_flush(s);
 	if (d != NULL)
 		session_rules_data_end_fired(s, d);
 	session_client_forward(s, in, total - hold);
@@ -536,16 +547,15 @@ session_client_bdat_end(struct session *s, const struct rules_decision *d, size_
 static void
 session_client_bdat_sink(struct session *s)
 {
-	char reply[SINK_REPLY_MAX];
+	struct mock_reply resp;
 	struct smtp_cmd cmd = { .verb = SMTP_VERB_BDAT, .bdat_ok = true };
-	size_t rn;
 
 	if (!s->sink_mode)
 		return;
 	cmd.bdat_size = s->bdat_cur_size;
 	cmd.bdat_last = s->bdat_cur_last;
-	rn = sink_reply_bdat_chunk(&s->sink, &cmd, reply);
-	session_sink_answer(s, reply, rn);
+	session_respond_bdat_chunk(s, &cmd, &resp);
+	session_respond_send(s, &resp, s->seq);
 }
 
 /* Pass len bytes of client input on to the upstream (consumed, in sink

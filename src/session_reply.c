@@ -184,6 +184,74 @@ session_sink_answer(struct session *s, const char *text, size_t len)
 	session_reply_handle(s, s->reply_buf, STORE_SIDE_PROXY, rl.code);
 }
 
+/* ------------------------------------------------------------------------
+ * smtptap's own replies: the sink's, or a recording's (mock)
+ */
+
+/* The sink writes into r->buf (SINK_REPLY_MAX fits in it). */
+static void
+session_respond_sink(struct mock_reply *r, size_t n)
+{
+	r->p = r->buf;
+	r->len = n;
+	r->note[0] = '\0';
+}
+
+void
+session_respond_greeting(struct session *s, struct mock_reply *r)
+{
+	if (s->mock != NULL)
+		mock_greeting(s->mock, r);
+	else
+		session_respond_sink(r, sink_reply_greeting(&s->sink, r->buf));
+}
+
+void
+session_respond_command(struct session *s, const struct smtp_cmd *cmd, const char *line, size_t len,
+			struct mock_reply *r)
+{
+	if (s->mock != NULL)
+		mock_command(s->mock, cmd, line, len, r);
+	else
+		session_respond_sink(r, sink_reply_command(&s->sink, cmd, r->buf));
+}
+
+void
+session_respond_auth_line(struct session *s, const char *line, size_t len, struct mock_reply *r)
+{
+	if (s->mock != NULL)
+		mock_auth_line(s->mock, r);
+	else
+		session_respond_sink(r, sink_reply_auth_line(&s->sink, line, len, r->buf));
+}
+
+void
+session_respond_data_end(struct session *s, uint64_t size, struct mock_reply *r)
+{
+	if (s->mock != NULL)
+		mock_data_end(s->mock, r);
+	else
+		session_respond_sink(r, sink_reply_data_end(&s->sink, size, r->buf));
+}
+
+void
+session_respond_bdat_chunk(struct session *s, const struct smtp_cmd *cmd, struct mock_reply *r)
+{
+	if (s->mock != NULL)
+		mock_bdat_chunk(s->mock, cmd, r);
+	else
+		session_respond_sink(r, sink_reply_bdat_chunk(&s->sink, cmd, r->buf));
+}
+
+void
+session_respond_send(struct session *s, struct mock_reply *r, int64_t cause_seq)
+{
+	/* A client that left the recorded conversation: a proxy action. */
+	if (r->note[0] != '\0')
+		session_note_cause(s, cause_seq, STORE_KIND_ACTION, "%s", r->note);
+	session_sink_answer(s, r->p, r->len);
+}
+
 /* The upstream's greeting reaches the client (held during the prelude). */
 void
 session_greeting_release(struct session *s)

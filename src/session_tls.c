@@ -89,8 +89,9 @@ session_tls_needs_prelude(struct session *s)
 {
 	if (s->sink_mode || s->upstream_tls_on || s->upstream.tls)
 		return false;
+	/* A replayed client's own STARTTLS upgrades the upstream. */
 	if (s->upstream_tls == PROXY_TLS_STARTTLS)
-		return true;
+		return !s->replay_client_starttls;
 	return s->upstream_tls == PROXY_TLS_AUTO &&
 	       (s->client_tls == PROXY_TLS_OFF || s->client_tls == PROXY_TLS_IMPLICIT);
 }
@@ -239,11 +240,25 @@ session_tls_client_starttls(struct session *s, struct evbuffer *in, const char *
 	bool upstream_first = offer && s->ctls == CTLS_NONE && !s->sink_mode && session_upstream_usable(s) &&
 			      !s->upstream.tls && s->upstream_offers_starttls &&
 			      (s->upstream_tls == PROXY_TLS_AUTO || s->upstream_tls == PROXY_TLS_STARTTLS);
+	struct mock_reply mr;
 	int64_t cmd;
 
 	cmd = session_record(s, STORE_SIDE_CLIENT, STORE_KIND_COMMAND, upstream_first ? 0 : STORE_F_DROPPED, 0, line,
 			     len, NULL);
 	session_rules_starttls_recorded(s);
+	if (s->mock != NULL && !mock_starttls(s->mock, &mr)) {
+		/* A mock answers what the recording does not expect itself. */
+		struct pending *p;
+
+		evbuffer_drain(in, len);
+		session_note_cause(s, cmd, STORE_KIND_ACTION, "%s", mr.note);
+		p = session_pend_push(s, PEND_LOCAL, SMTP_VERB_UNKNOWN);
+		p->owned_text = strndup(mr.p, mr.len);
+		p->text = p->owned_text != NULL ? p->owned_text : "503 5.5.1 smtptap mock: STARTTLS was not expected\r\n";
+		p->cmd_seq = cmd;
+		session_pend_flush_local(s);
+		return;
+	}
 	if (!offer || s->ctls != CTLS_NONE) {
 		evbuffer_drain(in, len);
 		session_local_push_answer(s, s->ctls != CTLS_NONE ? local_starttls_again : local_starttls_off, false, cmd);
@@ -306,6 +321,18 @@ session_tls_start_client(struct session *s)
 
 	if (!s->client.open || s->ctls == CTLS_HANDSHAKE || s->ctls == CTLS_ON)
 		return;
+	if (s->inproc) {
+		/* The client is in this process (replay): only the upstream
+		 * leg speaks TLS.  The client side goes on as after a
+		 * handshake: what it said before is forgotten. */
+		session_note(s, STORE_KIND_TLS, "client leg in-process: no TLS on it, the conversation goes on in plaintext");
+		s->ctls = CTLS_ON;
+		session_env_reset(s);
+		if (s->state == ST_TLS)
+			session_enter_state(s, ST_CMD);
+		session_client_process(s);
+		return;
+	}
 	if (session_rules_tls(s, RULES_LEG_CLIENT))
 		return; /* delayed, stalled or failed by a rule */
 	if (s->ctx->tls == NULL) {
@@ -507,6 +534,11 @@ session_tls_ehlo_rewrite(struct session *s, struct evbuffer *reply, struct evbuf
 	}
 	if (!s->sink_mode && !s->upstream.tls)
 		s->upstream_offers_starttls = had;
+	if (s->inproc) {
+		/* replay compares the server's own reply: passed on as is */
+		free(buf);
+		return false;
+	}
 	if (s->ctls != CTLS_NONE || s->ctx->tls == NULL)
 		want = false;
 	else if (s->client_tls == PROXY_TLS_STARTTLS)

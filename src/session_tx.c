@@ -270,6 +270,9 @@ session_msg_close(struct session *s, struct msg *m, int code, const char *reply)
 {
 	struct mime_summary *sum = malloc(sizeof(*sum));
 
+	/* Its content is queued before its end, so a committed end implies
+	 * committed content. */
+	session_data_flush(s);
 	if (sum != NULL)
 		mime_hdr_summarise(&m->mime, sum);
 	if (!m->complete)

@@ -4,8 +4,9 @@
  * retention (store_prune_db from the writer thread, between batches).
  *
  * A session is deleted with everything that belongs to it (events,
- * transactions, recipients, messages)
- * in one transaction, so a reader sees it whole or not at all, and a live
+ * transactions, recipients, messages; its message content goes with the
+ * segment files once nothing refers to them, content_sweep) in one
+ * transaction, so a reader sees it whole or not at all, and a live
  * session (no outcome yet) is never a candidate.  Transactions are short
  * (STORE_PRUNE_CHUNK sessions or STORE_PRUNE_TX_MS, whichever comes first)
  * because a proxy recording into the same file waits for them.
@@ -34,6 +35,7 @@
 
 enum prune_stmt {
 	PS_SESSION,	 /* the candidate's bytes */
+	PS_CONTENT,	 /* the candidate's bytes in content segments */
 	PS_EVENTS,
 	PS_RECIPIENTS,
 	PS_MESSAGES,
@@ -50,6 +52,7 @@ static const char prune_by_age_sql[] = "SELECT id FROM sessions WHERE started_us
 
 static const char *const prune_sql[PS_COUNT] = {
 	[PS_SESSION] = "SELECT client_bytes + upstream_bytes + proxy_bytes FROM sessions WHERE id = ?1",
+	[PS_CONTENT] = "SELECT content_bytes FROM sessions WHERE id = ?1",
 	[PS_EVENTS] = "DELETE FROM events WHERE session_id = ?1",
 	[PS_RECIPIENTS] = "DELETE FROM recipients WHERE session_id = ?1",
 	[PS_MESSAGES] = "DELETE FROM messages WHERE session_id = ?1",
@@ -65,6 +68,8 @@ struct pruner {
 	struct store_prune_result *res;
 	char *err;
 	size_t errsz;
+	int64_t content_live; /* bytes of message content still referred to */
+	bool swept;	      /* content_sweep() since the last deletion */
 };
 
 static int64_t prune_now_ms(void);
@@ -76,6 +81,8 @@ static int prune_session(struct pruner *p, int64_t id);
 static int prune_step_i64(sqlite3_stmt *stmt, int64_t id, int64_t *out, int64_t *changes);
 static int prune_floors(sqlite3 *db);
 static int prune_data_bytes(sqlite3 *db, int64_t *out);
+static int prune_content_live(sqlite3 *db, int64_t *out);
+static int prune_sweep(struct pruner *p);
 static int prune_count(sqlite3 *db, const struct store_prune_opts *o, struct store_prune_result *res);
 static int prune_query_i64(sqlite3 *db, const char *sql, int64_t bind, int64_t *out);
 
@@ -167,9 +174,10 @@ static int
 prune_session(struct pruner *p, int64_t id)
 {
 	struct store_prune_result *r = p->res;
-	int64_t bytes = 0, nev = 0, nrc = 0, nmsg = 0, ntx = 0, nsess = 0;
+	int64_t bytes = 0, content = 0, nev = 0, nrc = 0, nmsg = 0, ntx = 0, nsess = 0;
 
 	if (prune_step_i64(p->stmt[PS_SESSION], id, &bytes, NULL) != SQLITE_OK ||
+	    prune_step_i64(p->stmt[PS_CONTENT], id, &content, NULL) != SQLITE_OK ||
 	    prune_step_i64(p->stmt[PS_DELETE_SESSION], id, NULL, &nsess) != SQLITE_OK)
 		return prune_dberr(p, "cannot delete a session");
 	if (nsess == 0)
@@ -187,6 +195,8 @@ prune_session(struct pruner *p, int64_t id)
 	r->messages += nmsg;
 	r->transactions += ntx;
 	r->bytes += bytes;
+	p->content_live -= content;
+	p->swept = false;
 	if (r->first_id == 0 || id < r->first_id)
 		r->first_id = id;
 	if (id > r->last_id)
@@ -228,6 +238,40 @@ prune_query_i64(sqlite3 *db, const char *sql, int64_t bind, int64_t *out)
 	return rc == SQLITE_DONE ? SQLITE_ERROR : rc;
 }
 
+/* Bytes of message content the sessions still refer to (kept in segments,
+ * sql/003_content.sql). */
+static int
+prune_content_live(sqlite3 *db, int64_t *out)
+{
+	return prune_query_i64(db, "SELECT CAST(total(content_bytes) AS INTEGER) FROM sessions", 0, out) == SQLITE_OK
+		   ? 0
+		   : -1;
+}
+
+/*
+ * Inside the deleting transaction: delete the content segments nothing
+ * refers to any more.  The write lock keeps a proxy from being between
+ * appending bytes and committing the rows that refer to them.  The bytes
+ * of a deleted session that share a segment with a kept one stay on disk
+ * until that one goes too.
+ */
+static int
+prune_sweep(struct pruner *p)
+{
+	const char *path = sqlite3_db_filename(p->db, "main");
+	uint64_t freed = 0;
+	int n;
+
+	if (p->swept || path == NULL || *path == '\0')
+		return 0;
+	if ((n = content_sweep(p->db, path, &freed, p->err, p->errsz)) < 0)
+		return -1;
+	p->res->segments += n;
+	p->res->segment_bytes += (int64_t)freed;
+	p->swept = true;
+	return 0;
+}
+
 /* Bytes of the pages holding data (the file's pages but the free ones). */
 static int
 prune_data_bytes(sqlite3 *db, int64_t *out)
@@ -246,10 +290,10 @@ int
 store_prune_db(sqlite3 *db, const struct store_prune_opts *o, struct store_prune_result *res, char *err,
 	       size_t errsz)
 {
-	struct pruner p = { .db = db, .res = res, .err = err, .errsz = errsz };
+	struct pruner p = { .db = db, .res = res, .err = err, .errsz = errsz, .swept = true };
 	int64_t ids[STORE_PRUNE_CHUNK], data, started, left = o->max_sessions > 0 ? o->max_sessions : INT64_MAX;
 	int n, i, r, rc = -1, phase;
-	bool intx = false, more, floored;
+	bool intx = false, more, floored, counted;
 
 	if (prune_prepare(&p) < 0)
 		goto out;
@@ -265,16 +309,21 @@ store_prune_db(sqlite3 *db, const struct store_prune_opts *o, struct store_prune
 			}
 			intx = true;
 			floored = false;
+			counted = false;
 			started = prune_now_ms();
 			for (;;) {
 				int want = left < STORE_PRUNE_CHUNK ? (int)left : STORE_PRUNE_CHUNK;
 
 				if (phase == 1) {
-					if (prune_data_bytes(db, &data) < 0) {
+					/* The pages in use, and the message content
+					 * in segments (what is left of it). */
+					if (prune_data_bytes(db, &data) < 0 ||
+					    (!counted && prune_content_live(db, &p.content_live) < 0)) {
 						prune_dberr(&p, "cannot read the database's size");
 						goto out;
 					}
-					if ((uint64_t)data <= o->max_bytes)
+					counted = true;
+					if ((uint64_t)(data + p.content_live) <= o->max_bytes)
 						break;
 					want = 1; /* one at a time: stop as soon as it fits */
 				}
@@ -300,6 +349,8 @@ store_prune_db(sqlite3 *db, const struct store_prune_opts *o, struct store_prune
 					break;
 				}
 			}
+			if (floored && prune_sweep(&p) < 0)
+				goto out;
 			if (sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
 				prune_dberr(&p, "cannot commit the deletions");
 				goto out;
@@ -372,7 +423,7 @@ store_prune(const char *path, const struct store_prune_opts *o, struct store_pru
 {
 	sqlite3 *db = NULL;
 	struct stat sb;
-	int64_t mode = 0;
+	int64_t mode = 0, content = 0;
 	int fd = -1, rc = -1;
 
 	memset(res, 0, sizeof(*res));
@@ -398,11 +449,12 @@ store_prune(const char *path, const struct store_prune_opts *o, struct store_pru
 		goto out;
 	}
 	res->file_before = (int64_t)sb.st_size;
-	if (prune_data_bytes(db, &res->data_before) < 0 ||
+	if (prune_data_bytes(db, &res->data_before) < 0 || prune_content_live(db, &content) < 0 ||
 	    prune_query_i64(db, "PRAGMA auto_vacuum", 0, &mode) != SQLITE_OK) {
 		util_errf(err, errsz, "cannot read it: %s", sqlite3_errmsg(db));
 		goto out;
 	}
+	res->data_before += content;
 	res->incremental = mode == 2;
 	if (o->dry_run) {
 		if (prune_count(db, o, res) < 0) {
@@ -440,10 +492,11 @@ store_prune(const char *path, const struct store_prune_opts *o, struct store_pru
 	 * then the file's.  A reader or a proxy may keep it from finishing,
 	 * which loses nothing. */
 	sqlite3_exec(db, "PRAGMA wal_checkpoint(TRUNCATE)", NULL, NULL, NULL);
-	if (prune_data_bytes(db, &res->data_after) < 0) {
+	if (prune_data_bytes(db, &res->data_after) < 0 || prune_content_live(db, &content) < 0) {
 		util_errf(err, errsz, "cannot read it: %s", sqlite3_errmsg(db));
 		goto out;
 	}
+	res->data_after += content;
 	res->file_after = stat(path, &sb) == 0 ? (int64_t)sb.st_size : res->file_before;
 	rc = 0;
 out:

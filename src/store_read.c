@@ -21,6 +21,7 @@
 
 #include <sqlite3.h>
 
+#include "smtptap/content.h"
 #include "smtptap/log.h"
 #include "smtptap/util.h"
 #include "smtptap/schema.h"
@@ -35,10 +36,18 @@
 	"s.id, s.started_us, s.ended_us, s.listener, s.client, s.upstream, s.upstream_addr, s.mode, "     \
 	"s.client_tls, s.upstream_tls, s.outcome, s.detail, s.nmessages, s.nevents, s.client_ip, s.helo, " \
 	"s.auth_mech, s.auth_user, s.client_tls_version, s.upstream_tls_version, s.ntransactions, "        \
-	"s.client_bytes, s.upstream_bytes, s.proxy_bytes"
+	"s.client_bytes, s.upstream_bytes, s.proxy_bytes, s.replay_of"
+
+/* An event's bytes are handed to callbacks whole; one held in a segment
+ * is read into memory first, so refuse absurd lengths (the recorder's
+ * data events are at most 256 KiB). */
+#define STORE_EVENT_RAW_MAX (64u * 1024 * 1024)
 
 struct store_reader {
 	sqlite3 *db;
+	struct content_reader *content;
+	unsigned char *evbuf; /* an external event's bytes (store_reader_events) */
+	size_t evlen, evcap;
 };
 
 /* A transaction's recipients, copied out of their statement so that they
@@ -50,6 +59,9 @@ struct rcpt_list {
 };
 
 static int rd_check(struct store_reader *rd, char *err, size_t errsz);
+static int rd_content_loc(sqlite3_stmt *stmt, int col, struct content_loc *loc);
+static int rd_load_content(struct store_reader *rd, const struct content_loc *loc, char *err, size_t errsz);
+static int rd_evbuf_cb(const void *data, size_t len, void *arg);
 static int rd_prepare(struct store_reader *rd, const char *sql, sqlite3_stmt **stmt, char *err, size_t errsz);
 static int rd_prepare_key(struct store_reader *rd, const char *sql, int64_t key, sqlite3_stmt **stmt, char *err,
 			  size_t errsz);
@@ -91,6 +103,11 @@ store_reader_open(const char *path, char *err, size_t errsz)
 		util_errf(err, errsz, "out of memory");
 		return NULL;
 	}
+	if ((rd->content = content_reader_open(path)) == NULL) {
+		util_errf(err, errsz, "out of memory");
+		free(rd);
+		return NULL;
+	}
 	rc = sqlite3_open_v2(path, &rd->db, SQLITE_OPEN_READONLY, NULL);
 	if (rc != SQLITE_OK) {
 		util_errf(err, errsz, "cannot open it: %s", rd->db != NULL ? sqlite3_errmsg(rd->db) : sqlite3_errstr(rc));
@@ -112,6 +129,8 @@ store_reader_close(struct store_reader *rd)
 		return;
 	/* Read-only statements are all finalized by now: close cannot be busy. */
 	sqlite3_close(rd->db);
+	content_reader_close(rd->content);
+	free(rd->evbuf);
 	free(rd);
 }
 
@@ -148,6 +167,19 @@ store_reader_session(struct store_reader *rd, int64_t id, store_session_cb cb, v
 }
 
 int
+store_reader_replays(struct store_reader *rd, int64_t id, store_session_cb cb, void *arg, char *err, size_t errsz)
+{
+	sqlite3_stmt *stmt;
+	bool found;
+
+	/* sessions_replay_of: the replays alone, oldest first */
+	if (rd_prepare_key(rd, "SELECT " SESSION_COLUMNS " FROM sessions s WHERE s.replay_of = ?1 ORDER BY s.id", id,
+			   &stmt, err, errsz) < 0)
+		return -1;
+	return rd_walk_sessions(rd, stmt, cb, arg, &found, err, errsz);
+}
+
+int
 store_reader_events(struct store_reader *rd, int64_t session_id, store_event_cb cb, void *arg, char *err,
 		    size_t errsz)
 {
@@ -155,8 +187,11 @@ store_reader_events(struct store_reader *rd, int64_t session_id, store_event_cb 
 	sqlite3_stmt *stmt;
 	int rc, ret = 0;
 
+	struct content_loc loc;
+
 	if (rd_prepare_key(rd,
-			   "SELECT seq, t_us, side, kind, flags, message_row, text, raw, answers_seq, cause_seq FROM events "
+			   "SELECT seq, t_us, side, kind, flags, message_row, text, raw, answers_seq, cause_seq, "
+			   "content_segment, content_offset, content_length FROM events "
 			   "WHERE session_id = ?1 ORDER BY seq",
 			   session_id, &stmt, err, errsz) < 0)
 		return -1;
@@ -172,6 +207,14 @@ store_reader_events(struct store_reader *rd, int64_t session_id, store_event_cb 
 		row.raw = rd_blob(stmt, 7, &row.raw_len);
 		row.answers_seq = sqlite3_column_int64(stmt, 8);
 		row.cause_seq = sqlite3_column_int64(stmt, 9);
+		if (rd_content_loc(stmt, 10, &loc)) {
+			if (rd_load_content(rd, &loc, err, errsz) < 0) {
+				sqlite3_finalize(stmt);
+				return -1;
+			}
+			row.raw = rd->evbuf;
+			row.raw_len = rd->evlen;
+		}
 		if ((ret = cb(&row, arg)) != 0)
 			break;
 	}
@@ -319,19 +362,29 @@ int
 store_reader_message_data(struct store_reader *rd, int64_t message_row, store_chunk_cb cb, void *arg, char *err,
 			  size_t errsz)
 {
+	struct content_loc loc;
 	sqlite3_stmt *stmt;
 	const void *p;
 	size_t len;
 	int rc, ret = 0;
 
 	/* events_message (message_row, seq) delivers the rows in order: no
-	 * sort, so a message of any size streams one chunk at a time. */
+	 * sort, so a message of any size streams one chunk at a time, and a
+	 * chunk kept in a content segment is read in pieces of at most
+	 * CONTENT_READ_CHUNK. */
 	if (rd_prepare_key(rd,
-			   "SELECT raw FROM events WHERE message_row = ?1 AND kind = 'data' AND raw IS NOT NULL "
-			   "ORDER BY message_row, seq",
+			   "SELECT raw, content_segment, content_offset, content_length FROM events "
+			   "WHERE message_row = ?1 AND kind = 'data' AND "
+			   "(raw IS NOT NULL OR content_segment IS NOT NULL) ORDER BY message_row, seq",
 			   message_row, &stmt, err, errsz) < 0)
 		return -1;
 	while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+		if (rd_content_loc(stmt, 1, &loc)) {
+			ret = content_reader_read(rd->content, &loc, cb, arg, err, errsz);
+			if (ret != 0)
+				break;
+			continue;
+		}
 		p = rd_blob(stmt, 0, &len);
 		if (len == 0)
 			continue;
@@ -402,6 +455,58 @@ rd_check(struct store_reader *rd, char *err, size_t errsz)
 	return 0;
 }
 
+/* Columns col..col+2 (content_segment, _offset, _length) into loc;
+ * returns whether the row has its bytes in a content segment. */
+static int
+rd_content_loc(sqlite3_stmt *stmt, int col, struct content_loc *loc)
+{
+	if (sqlite3_column_type(stmt, col) == SQLITE_NULL)
+		return 0;
+	loc->segment = sqlite3_column_int64(stmt, col);
+	loc->offset = sqlite3_column_int64(stmt, col + 1);
+	loc->length = sqlite3_column_int64(stmt, col + 2);
+	return 1;
+}
+
+/* One external event's bytes into rd->evbuf (rd->evlen). */
+static int
+rd_load_content(struct store_reader *rd, const struct content_loc *loc, char *err, size_t errsz)
+{
+	if (loc->length < 0 || loc->length > (int64_t)STORE_EVENT_RAW_MAX) {
+		util_errf(err, errsz, "an event's content length (%" PRId64 " bytes) is out of range", loc->length);
+		return -1;
+	}
+	if ((size_t)loc->length > rd->evcap) {
+		unsigned char *p = realloc(rd->evbuf, (size_t)loc->length);
+
+		if (p == NULL) {
+			util_errf(err, errsz, "out of memory");
+			return -1;
+		}
+		rd->evbuf = p;
+		rd->evcap = (size_t)loc->length;
+	}
+	rd->evlen = 0;
+	if (content_reader_read(rd->content, loc, rd_evbuf_cb, rd, err, errsz) != 0)
+		return -1;
+	/* Like an empty blob: a non-NULL pointer with no bytes. */
+	if (rd->evbuf == NULL && (rd->evbuf = malloc(1)) == NULL) {
+		util_errf(err, errsz, "out of memory");
+		return -1;
+	}
+	return 0;
+}
+
+static int
+rd_evbuf_cb(const void *data, size_t len, void *arg)
+{
+	struct store_reader *rd = arg;
+
+	memcpy(rd->evbuf + rd->evlen, data, len);
+	rd->evlen += len;
+	return 0;
+}
+
 static int
 rd_prepare(struct store_reader *rd, const char *sql, sqlite3_stmt **stmt, char *err, size_t errsz)
 {
@@ -467,6 +572,7 @@ rd_walk_sessions(struct store_reader *rd, sqlite3_stmt *stmt, store_session_cb c
 		row.client_bytes = sqlite3_column_int64(stmt, 21);
 		row.upstream_bytes = sqlite3_column_int64(stmt, 22);
 		row.proxy_bytes = sqlite3_column_int64(stmt, 23);
+		row.replay_of = sqlite3_column_int64(stmt, 24);
 		if ((ret = cb(&row, arg)) != 0)
 			break;
 	}

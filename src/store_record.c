@@ -60,6 +60,7 @@ store_session_open(struct store *st, const struct store_session *s)
 	cur = rec->data;
 	rec->u.session.id = s->id;
 	rec->u.session.started_us = s->started_us;
+	rec->u.session.replay_of = s->replay_of;
 	rec->u.session.listener = rec_strcpy(&cur, s->listener);
 	rec->u.session.client = rec_strcpy(&cur, s->client);
 	rec->u.session.upstream = rec_strcpy(&cur, s->upstream);
@@ -131,6 +132,21 @@ store_session_close(struct store *st, int64_t session_id, int64_t ended_us, cons
 	store_enqueue(st, rec);
 }
 
+/* What an event record says about itself (all but its bytes and text). */
+static void
+rec_event_head(struct store_rec *rec, const struct store_event *ev)
+{
+	rec->u.event.session_id = ev->session_id;
+	rec->u.event.seq = ev->seq;
+	rec->u.event.t_us = ev->t_us;
+	rec->u.event.message_row = ev->message_row;
+	rec->u.event.answers_seq = ev->answers_seq;
+	rec->u.event.cause_seq = ev->cause_seq;
+	rec->u.event.side = ev->side;
+	rec->u.event.kind = ev->kind;
+	rec->u.event.flags = ev->flags;
+}
+
 void
 store_event_add(struct store *st, const struct store_event *ev)
 {
@@ -147,15 +163,7 @@ store_event_add(struct store *st, const struct store_event *ev)
 	if (rec == NULL)
 		return;
 	cur = rec->data;
-	rec->u.event.session_id = ev->session_id;
-	rec->u.event.seq = ev->seq;
-	rec->u.event.t_us = ev->t_us;
-	rec->u.event.message_row = ev->message_row;
-	rec->u.event.answers_seq = ev->answers_seq;
-	rec->u.event.cause_seq = ev->cause_seq;
-	rec->u.event.side = ev->side;
-	rec->u.event.kind = ev->kind;
-	rec->u.event.flags = ev->flags;
+	rec_event_head(rec, ev);
 	rec->u.event.raw = NULL;
 	rec->u.event.raw_len = raw_len;
 	if (ev->raw != NULL) {
@@ -167,6 +175,67 @@ store_event_add(struct store *st, const struct store_event *ev)
 	}
 	rec->u.event.text = rec_strcpy(&cur, ev->text);
 	store_enqueue(st, rec);
+}
+
+/* A struct store_data is a struct store_rec whose event raw is data[]. */
+struct store_data *
+store_data_new(struct store *st, int64_t session_id, size_t cap)
+{
+	struct store_rec *rec;
+
+	if (cap > SIZE_MAX / 2) {
+		store_count_lost(st, 1, "s=%" PRId64 " store: cannot queue %zu bytes of message data", session_id, cap);
+		return NULL;
+	}
+	rec = store_rec_alloc(st, STORE_OP_EVENT, cap, "session", session_id);
+	return (struct store_data *)rec;
+}
+
+void *
+store_data_buf(struct store_data *d)
+{
+	return ((struct store_rec *)d)->data;
+}
+
+struct store_data *
+store_data_grow(struct store *st, struct store_data *d, size_t cap)
+{
+	struct store_rec *rec = (struct store_rec *)d, *bigger;
+
+	if (cap > SIZE_MAX / 2 || (bigger = realloc(rec, offsetof(struct store_rec, data) + cap)) == NULL) {
+		store_count_lost(st, 1, "store: cannot grow a message data record to %zu bytes: out of memory", cap);
+		return NULL;
+	}
+	bigger->size = offsetof(struct store_rec, data) + cap;
+	return (struct store_data *)bigger;
+}
+
+void
+store_data_add(struct store *st, struct store_data *d, const struct store_event *ev)
+{
+	struct store_rec *rec = (struct store_rec *)d, *small;
+	size_t cap = rec->size - offsetof(struct store_rec, data), len = ev->raw_len;
+
+	if (len > cap)
+		len = cap;
+	/* The backlog counts allocations: give back what was not filled.
+	 * Shrinking in place is cheap and never fails in practice; if it
+	 * does, the record just stays bigger. */
+	if (len < cap / 2 && (small = realloc(rec, offsetof(struct store_rec, data) + len + 1)) != NULL) {
+		rec = small;
+		rec->size = offsetof(struct store_rec, data) + len + 1;
+	}
+	rec_event_head(rec, ev);
+	rec->u.event.raw = rec->data;
+	rec->u.event.raw_len = len;
+	rec->u.event.text = NULL;
+	store_enqueue(st, rec);
+}
+
+void
+store_data_free(struct store_data *d)
+{
+	free(d);
 }
 
 void

@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,6 +32,11 @@ struct binder {
 	int rc;
 };
 
+/* store_write_rec(): the content writer failed, so the transaction's
+ * earlier references may point at bytes that were cut off. */
+#define STORE_CONTENT_FAILED (-2)
+
+static bool store_content_external(const struct store_rec *rec);
 static void store_writer_linger(struct store *st);
 static void store_writer_idle(struct store *st);
 static int64_t store_mono_ms(void);
@@ -51,6 +57,7 @@ static void bind_i64_or_null(struct binder *b, int64_t v);
 static void bind_text(struct binder *b, const char *s);
 static void bind_text_len(struct binder *b, const char *s, size_t len);
 static void bind_blob(struct binder *b, const void *p, size_t len);
+static void bind_null(struct binder *b);
 
 /* ------------------------------------------------------------------------
  * writer thread
@@ -161,6 +168,19 @@ store_retain(struct store *st)
 	st->retain_bytes = 0;
 }
 
+/*
+ * Whether an event's bytes go to a content segment rather than into its
+ * row: message data, whatever its size.  Measured with STORE_BENCH=1
+ * test_store (docs/performance.md), a segment costs less CPU per MiB than
+ * a blob even for 1 KiB events; an empty one stays an empty blob.
+ */
+static bool
+store_content_external(const struct store_rec *rec)
+{
+	return rec->u.event.kind == STORE_KIND_DATA && rec->u.event.raw != NULL &&
+	       rec->u.event.raw_len >= STORE_CONTENT_MIN && rec->u.event.raw_len > 0;
+}
+
 /* With st->lock held: let a small batch grow for up to STORE_BATCH_WAIT_MS,
  * unless the store is closing. */
 static void
@@ -193,6 +213,8 @@ store_write_batch(struct store *st, struct store_rec *batch, size_t n)
 	struct store_rec *rec, *next;
 	uint64_t nlost = 0, intx = 0;
 	size_t left = n;
+	char err[256];
+	int rc;
 
 	if (store_exec_stmt(st, STMT_BEGIN) != SQLITE_OK) {
 		store_count_lost(st, 0, "store: cannot start a transaction for %zu records: %s", n, sqlite3_errmsg(st->db));
@@ -200,16 +222,22 @@ store_write_batch(struct store *st, struct store_rec *batch, size_t n)
 		goto out;
 	}
 	for (rec = batch; rec != NULL; rec = rec->next, left--) {
-		if (store_write_rec(st, rec) == 0) {
+		if ((rc = store_write_rec(st, rec)) == 0) {
 			store_sum_rec(st, rec);
 			intx++;
 			continue;
 		}
 		nlost++;
+		/* A content failure cut off bytes that rows of this
+		 * transaction may refer to: none of them may commit. */
+		if (rc == STORE_CONTENT_FAILED && !sqlite3_get_autocommit(st->db))
+			store_exec_stmt(st, STMT_ROLLBACK);
 		if (!sqlite3_get_autocommit(st->db))
 			continue;
-		/* Rolled back: so are the rows the summaries counted. */
+		/* Rolled back: so are the rows the summaries counted, and
+		 * the content references die with them. */
 		store_sums_reset(st);
+		content_writer_discard(st->content);
 		nlost += intx;
 		intx = 0;
 		if (store_exec_stmt(st, STMT_BEGIN) != SQLITE_OK) {
@@ -220,9 +248,15 @@ store_write_batch(struct store *st, struct store_rec *batch, size_t n)
 	if (store_sums_apply(st) < 0 && sqlite3_get_autocommit(st->db)) {
 		nlost += intx; /* the summary's failure rolled the rows back */
 		intx = 0;
+		content_writer_discard(st->content);
 	}
 	if (sqlite3_get_autocommit(st->db)) {
 		/* nothing left to commit */
+	} else if (content_writer_sync(st->content, err, sizeof(err)) < 0) {
+		/* The bytes the rows refer to must be on disk before the rows are. */
+		store_count_lost(st, 0, "store: cannot record message content, %" PRIu64 " records lost: %s", intx, err);
+		nlost += intx;
+		store_exec_stmt(st, STMT_ROLLBACK);
 	} else if (store_exec_stmt(st, STMT_COMMIT) != SQLITE_OK) {
 		store_count_lost(st, 0, "store: cannot commit %" PRIu64 " records: %s", intx, sqlite3_errmsg(st->db));
 		nlost += intx;
@@ -257,6 +291,7 @@ store_write_rec(struct store *st, const struct store_rec *rec)
 			char ip[UTIL_ADDR_MAX];
 
 			bind_text(&b, store_client_ip(rec->u.session.client, ip, sizeof(ip)) == 0 ? ip : NULL);
+			bind_i64_or_null(&b, rec->u.session.replay_of);
 			return store_step(st, &b, rec);
 		}
 	case STORE_OP_SESSION_AUTH:
@@ -295,7 +330,28 @@ store_write_rec(struct store *st, const struct store_rec *rec)
 		bind_i64_or_null(&b, rec->u.event.answers_seq);
 		bind_i64_or_null(&b, rec->u.event.cause_seq);
 		bind_text(&b, rec->u.event.text);
-		bind_blob(&b, rec->u.event.raw, rec->u.event.raw_len);
+		if (store_content_external(rec)) {
+			struct content_loc loc;
+			char err[256];
+
+			/* The bytes go to a segment; the row says where. */
+			if (content_writer_append(st->content, rec->u.event.raw, rec->u.event.raw_len, &loc, err,
+						  sizeof(err)) < 0) {
+				sqlite3_reset(b.stmt);
+				sqlite3_clear_bindings(b.stmt);
+				store_count_lost(st, 0, "store: cannot record message content: %s", err);
+				return STORE_CONTENT_FAILED;
+			}
+			bind_null(&b);
+			bind_i64(&b, loc.segment);
+			bind_i64(&b, loc.offset);
+			bind_i64(&b, loc.length);
+		} else {
+			bind_blob(&b, rec->u.event.raw, rec->u.event.raw_len);
+			bind_null(&b);
+			bind_null(&b);
+			bind_null(&b);
+		}
 		return store_step(st, &b, rec);
 	case STORE_OP_TX_OPEN:
 		bind_start(&b, st->stmt[STMT_TX_OPEN]);
@@ -500,6 +556,8 @@ store_sum_rec(struct store *st, const struct store_rec *rec)
 		e->nevents++;
 		if ((unsigned)rec->u.event.side < 3)
 			e->bytes[rec->u.event.side] += (int64_t)rec->u.event.raw_len;
+		if (store_content_external(rec))
+			e->content_bytes += (int64_t)rec->u.event.raw_len;
 		/* What the client said it is (not a line smtptap dropped). */
 		if (rec->u.event.side == STORE_SIDE_CLIENT && rec->u.event.kind == STORE_KIND_COMMAND &&
 		    !(rec->u.event.flags & STORE_F_DROPPED) &&
@@ -542,6 +600,7 @@ store_sums_apply(struct store *st)
 		bind_i64(&b, e->bytes[STORE_SIDE_CLIENT]);
 		bind_i64(&b, e->bytes[STORE_SIDE_UPSTREAM]);
 		bind_i64(&b, e->bytes[STORE_SIDE_PROXY]);
+		bind_i64(&b, e->content_bytes);
 		if (e->helo != NULL)
 			bind_text_len(&b, e->helo, e->helo_len);
 		else
@@ -618,6 +677,14 @@ bind_text_len(struct binder *b, const char *s, size_t len)
 	b->idx++;
 	if (b->rc == SQLITE_OK)
 		b->rc = sqlite3_bind_text64(b->stmt, b->idx, s, len, SQLITE_STATIC, SQLITE_UTF8);
+}
+
+static void
+bind_null(struct binder *b)
+{
+	b->idx++;
+	if (b->rc == SQLITE_OK)
+		b->rc = sqlite3_bind_null(b->stmt, b->idx);
 }
 
 static void

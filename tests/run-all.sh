@@ -390,10 +390,15 @@ run_fuzz() {
 		pool_wait "$JOBS"
 		# -max_len above the 64 KiB bounds so the caps are reached; UBSan
 		# is built fatal (-fno-sanitize-recover=all), these make sure.
+		# libFuzzer replays the whole corpus before -max_total_time counts
+		# (fuzz_session's takes a minute on a quiet machine, several on a
+		# loaded one), so the outer timeout only catches a hang; -timeout
+		# flags one slow input.
 		(
 			t0=$(date +%s)
 			ASAN_OPTIONS=abort_on_error=0:detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-				timeout -k 10 $((FUZZ_SECONDS + 120)) "$bin" -max_total_time="$FUZZ_SECONDS" -print_final_stats=1 \
+				timeout -k 10 $((FUZZ_SECONDS + 900)) "$bin" -max_total_time="$FUZZ_SECONDS" -timeout=120 \
+				-print_final_stats=1 \
 				-max_len="$FUZZ_MAX_LEN" -dict="$dict" -artifact_prefix="$work/artifacts/" "$work/corpus" >"$out" 2>&1
 			echo "$? $(($(date +%s) - t0))" >"$work/rc"
 		) &

@@ -408,6 +408,21 @@ wait_quiet() {
 		fi
 	done
 }
+# utime+stime of smtptap's store writer thread (named smtptap-writer), in ticks
+writer_ticks() {
+	local d c st
+	for d in /proc/"$1"/task/*; do
+		c=$(<"$d/comm") 2>/dev/null || continue
+		[[ $c == smtptap-writer ]] || continue
+		st=$(<"$d/stat") 2>/dev/null || return 1
+		st=${st##*) }
+		# shellcheck disable=SC2086
+		set -- $st
+		echo $((${12} + ${13}))
+		return 0
+	done
+	return 1
+}
 vm_hwm_kb() { awk '/^VmHWM:/{print $2}' "/proc/$1/status" 2>/dev/null; }
 
 # ---- the relays: start_<relay> T SINKPORT -> sets RELAY_PID, RELAY_PORT ----
@@ -555,7 +570,7 @@ measure() {
 	local b0 b1 k0 k1 src_ticks="" other="" sink_ticks=""
 	local tls=${W_TLS[$w]} up="" src_port="" ss_pid="" sc_pid="" ssp="" scp="" warm=0 wout
 	local sc0="" sc1="" ss0="" ss1="" sc_ticks="" ss_ticks="" tls_sessions="" forge="" sess=${W_SESS[$w]} expect
-	local dbargs _sessions _tls_both _resumed
+	local dbargs _sessions _tls_both _resumed wr0="" wr1="" wr_ticks=""
 	mkdir -p "$t"
 	n=${COUNT[$w]}
 	[[ $relay == aiosmtpd ]] && n=${COUNT_AIOSMTPD[$w]}
@@ -616,6 +631,7 @@ measure() {
 			-t sink@example.com -M bench.example)
 		[[ ${W_REUSE[$w]} == 1 ]] && args+=(-d)
 		[[ -n $RELAY_PID ]] && c0=$(cpu_ticks "$RELAY_PID")
+		[[ $relay == smtptap* ]] && wr0=$(writer_ticks "$RELAY_PID")
 		[[ -n $sc_pid ]] && sc0=$(cpu_ticks "$sc_pid") && ss0=$(cpu_ticks "$ss_pid")
 		k0=$(cpu_ticks "$sink_pid")
 		b0=$(sys_busy_ticks)
@@ -647,6 +663,7 @@ measure() {
 		if [[ -n $RELAY_PID ]]; then
 			if alive "$RELAY_PID"; then
 				c1=$(cpu_ticks "$RELAY_PID")
+				[[ -n $wr0 ]] && wr1=$(writer_ticks "$RELAY_PID") && wr_ticks=$((wr1 - wr0))
 				rss=$(vm_hwm_kb "$RELAY_PID")
 				cpu=$((c1 - c0))
 			else
@@ -736,14 +753,15 @@ measure() {
 	# workload relay rep status msgs wall cpu_ticks clk_tck rss_kb flush_s db_rows
 	# db_bytes sink_msgs note cpu_ticks_incl_stop other_cpus src_ticks sink_ticks
 	# stunnel_client_ticks stunnel_server_ticks warmup_msgs tls_sessions forge_line
-	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+	# writer_ticks (smtptap's store writer thread until smtp-source ended)
+	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
 		"$w" "$relay" "$rep" "$status" "$n" "${wall:-}" "${cpu:-}" "$CLK_TCK" "${rss:-}" \
 		"$flush" "$db_rows" "$db_bytes" "${sink_msgs:-}" "$note" "$cpu_all" "$other" \
-		"${src_ticks:-}" "${sink_ticks:-}" "${sc_ticks:-}" "${ss_ticks:-}" "$warm" "$tls_sessions" "$forge" >>"$RESULTS"
+		"${src_ticks:-}" "${sink_ticks:-}" "${sc_ticks:-}" "${ss_ticks:-}" "$warm" "$tls_sessions" "$forge" "$wr_ticks" >>"$RESULTS"
 	if [[ $status == ok ]]; then
 		printf 'bench: %s %-11s rep %s: %6d msgs in %7.3fs = %9.1f msg/s%s%s\n' "$w" "$relay" "$rep" "$n" "$wall" \
 			"$(awk -v n="$n" -v t="$wall" 'BEGIN{print n/t}')" \
-			"${RELAY_PID:+, cpu $(awk -v c="$cpu_all" -v k="$CLK_TCK" -v n="$n" 'BEGIN{printf "%.0f", c/k/n*1e6}') us/msg, rss $((rss / 1024)) MB}${flush:+, stop ${flush}s}${other:+, other load $other CPUs}" \
+			"${RELAY_PID:+, cpu $(awk -v c="$cpu_all" -v k="$CLK_TCK" -v n="$n" 'BEGIN{printf "%.0f", c/k/n*1e6}') us/msg${wr_ticks:+ (writer $(awk -v c="$wr_ticks" -v k="$CLK_TCK" -v n="$n" 'BEGIN{printf "%.0f", c/k/n*1e6}'))}, rss $((rss / 1024)) MB}${flush:+, stop ${flush}s}${other:+, other load $other CPUs}" \
 			"${sc_ticks:+, stunnel $(awk -v c="$sc_ticks" -v s="$ss_ticks" -v k="$CLK_TCK" -v n="$n" -v w="$wall" \
 				'BEGIN{printf "%.0f+%.0f us/msg (%.2f+%.2f CPUs)", c/k/n*1e6, s/k/n*1e6, c/k/w, s/k/w}')}${forge:+; $forge}"
 	fi

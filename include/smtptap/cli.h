@@ -25,5 +25,7 @@ int cli_export(int argc, char **argv);	 /* cli_export.c */
 int cli_ca(int argc, char **argv);	 /* cli_ca.c */
 int cli_rules(int argc, char **argv);	 /* cli_rules.c */
 int cli_prune(int argc, char **argv);	 /* cli_prune.c */
+int cli_replay(int argc, char **argv);	 /* cli_replay.c */
+int cli_mock(int argc, char **argv);	 /* cli_mock.c */
 
 #endif

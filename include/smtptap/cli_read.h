@@ -36,6 +36,15 @@ struct cli_session {
 	/* the summary the writer keeps (NULL / 0 when unknown) */
 	char *client_ip, *helo, *auth_mech, *auth_user, *client_tls_version, *upstream_tls_version;
 	int64_t nevents, ntransactions, client_bytes, upstream_bytes, proxy_bytes;
+	int64_t replay_of; /* a replay or mock: the session it replays, 0 none */
+	/* The sessions replaying this one (cli_read_session_load reads them;
+	 * a session copied from a listing has none loaded). */
+	struct cli_replay_ref {
+		int64_t id;
+		char mode[16];
+	} *replays;
+	size_t nreplays;
+	bool replays_loaded;
 };
 
 /* An event flag's name, as --json and the transcript's tags spell it. */

@@ -66,6 +66,8 @@ struct leg {
 	bool close_after_flush; /* close once the output is empty */
 	bool reset_on_close;	/* leg_reset_after_flush(): no close_notify, an RST */
 	bool reading;		/* EV_READ wanted by the session */
+	bool inproc;		/* one end of a bufferevent pair: no socket, never TLS */
+	uint64_t nqueued;	/* bytes queued for the peer so far (leg_write, leg_write_from) */
 	int64_t tls_started_us;
 	unsigned long tls_error; /* first OpenSSL error of the last failure, 0 none */
 	int read_timeout, write_timeout; /* seconds, 0 none */
@@ -103,6 +105,17 @@ struct leg {
  * Reading starts disabled.  Returns 0, or -1 (the socket is closed). */
 int leg_accept(struct leg *leg, struct event_base *base, evutil_socket_t fd, const struct sockaddr *peer,
 	       leg_cb cb, void *arg);
+
+/*
+ * Take over one end of a bufferevent pair (bufferevent_pair_new): a peer
+ * in the same process, such as replay's recorded client.  `name` is what
+ * stands for its address.  Bytes cross the pair as they are queued (no
+ * socket, no flush needed); the leg never upgrades to TLS; closing it
+ * tells the other end with an EOF.  The leg owns bev from now on, even on
+ * failure.  Returns 0, or -1.
+ */
+int leg_pair(struct leg *leg, struct event_base *base, struct bufferevent *bev, const char *name, leg_cb cb,
+	     void *arg);
 
 /*
  * Connect to sa (salen > 0), or resolve host through dns first.  Events:

@@ -17,6 +17,7 @@
 #define PROXY_LISTEN_MAX 16
 
 struct rules;
+struct recording;
 
 /* TLS on a leg: off, auto (client leg: offer STARTTLS exactly when the
  * upstream does; upstream leg: STARTTLS when offered), STARTTLS, or TLS
@@ -43,6 +44,9 @@ struct proxy_route {
 	int upstream_salen; /* 0: a host name, resolved per session */
 	enum proxy_tls_mode client_tls;	  /* resolved: never AUTO in sink mode */
 	enum proxy_tls_mode upstream_tls;
+	/* `smtptap mock`: sink mode whose replies come from this recording
+	 * (mock.h); NULL otherwise. */
+	const struct recording *mock;
 };
 
 struct proxy_config {

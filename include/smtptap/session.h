@@ -30,6 +30,7 @@ struct store;
 struct rules;
 struct tls;
 struct evdns_base;
+struct bufferevent;
 struct session;
 
 /* What all sessions of one proxy share; owned by the proxy. */
@@ -60,9 +61,35 @@ int session_ctx_init(struct session_ctx *ctx, struct event_base *base, struct ev
 void session_ctx_free(struct session_ctx *ctx);
 
 /* Take over a socket accepted by `route`'s listener (named `listener`,
- * its actual address).  Returns 0, or -1 (the socket is closed). */
+ * its actual address).  A route with a mock (proxy.h) makes a mock
+ * session.  Returns 0, or -1 (the socket is closed). */
 int session_start(struct session_ctx *ctx, evutil_socket_t fd, const struct sockaddr *peer, int peerlen,
 		  const struct proxy_route *route, const char *listener);
+
+/* What makes a session other than an ordinary client connection: replay
+ * (replay.c) starts one whose client is the recording. */
+struct session_origin {
+	const char *mode;      /* sessions.mode: "replay", "mock"; NULL: "relay" or "sink" */
+	int64_t replay_of;     /* the recorded session it replays, 0 none */
+	/* The recorded client sends STARTTLS itself: with --upstream-tls
+	 * starttls, its STARTTLS upgrades the upstream leg (no prelude). */
+	bool client_starttls;
+	/* Called once the session is freed, with its outcome (static) and
+	 * its one-line detail ("" none; valid during the call). */
+	void (*on_end)(void *arg, int64_t id, const char *outcome, const char *detail);
+	void *arg;
+};
+
+/*
+ * A session whose client is in this process: bev is one end of a
+ * bufferevent pair (the caller writes the client's bytes into the other
+ * end and reads the replies from it).  The client leg never speaks TLS: a
+ * client STARTTLS upgrades the upstream leg only, and the client side goes
+ * on in plaintext once the 220 is through.  Takes bev over, even on
+ * failure.  Returns 0 with the new session's id in *id, or -1.
+ */
+int session_start_inproc(struct session_ctx *ctx, struct bufferevent *bev, const char *name,
+			 const struct proxy_route *route, const struct session_origin *origin, int64_t *id);
 
 /* Shutdown: close every session now (their outcome is "shutdown"). */
 void session_ctx_close_all(struct session_ctx *ctx);

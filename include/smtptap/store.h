@@ -58,6 +58,10 @@ enum store_kind {
 #define STORE_F_TO_UPSTREAM 0x20 /* proxy bytes went to the upstream leg */
 #define STORE_F_INCOMPLETE 0x40	 /* a line cut short by a close or a bound */
 #define STORE_F_RULE 0x80	 /* a fault rule made, changed or dropped it */
+/* A client command or AUTH line read before smtptap had passed the client
+ * any reply since its previous one: the client sent it without waiting
+ * (PIPELINING).  Replay sends such commands in the same batch. */
+#define STORE_F_PIPELINED 0x100
 
 const char *store_side_name(enum store_side side); /* "client", ... */
 const char *store_kind_name(enum store_kind kind); /* "command", ... */
@@ -104,7 +108,8 @@ struct store_session {
 	const char *listener;	   /* "127.0.0.1:2525" */
 	const char *client;	   /* "127.0.0.1:53422" */
 	const char *upstream;	   /* as configured, NULL in sink mode */
-	const char *mode;	   /* "relay" or "sink" */
+	const char *mode;	   /* "relay", "sink", "replay" or "mock" */
+	int64_t replay_of;	   /* replay, mock: the session it replays, 0 none */
 };
 void store_session_open(struct store *st, const struct store_session *s);
 
@@ -142,6 +147,25 @@ struct store_event {
 	size_t raw_len;
 };
 void store_event_add(struct store *st, const struct store_event *ev);
+
+/*
+ * Message data gathered by the caller straight into a queued record, so
+ * that a big event is copied once (from the socket buffer into it), not
+ * twice: store_data_new() gives room for `cap` bytes (of session
+ * `session_id`, for error messages) at store_data_buf();
+ * store_data_add() queues the first ev->raw_len of them as the raw bytes
+ * of event `ev` (ev->raw and ev->text are ignored) and takes the buffer
+ * over; store_data_free() drops one that is not added.  NULL when memory
+ * is short (counted as a lost record).
+ */
+struct store_data;
+struct store_data *store_data_new(struct store *st, int64_t session_id, size_t cap);
+void *store_data_buf(struct store_data *d);
+/* Room for `cap` bytes, the bytes so far kept; NULL when memory is short
+ * (d is then still valid, and still the caller's). */
+struct store_data *store_data_grow(struct store *st, struct store_data *d, size_t cap);
+void store_data_add(struct store *st, struct store_data *d, const struct store_event *ev);
+void store_data_free(struct store_data *d);
 
 /* A transaction starts with each MAIL FROM command; (session_id, idx)
  * names it.  The session writes it once, usually with its MAIL reply. */
@@ -229,7 +253,8 @@ struct store_prune_result {
 	int64_t bytes;		   /* recorded bytes of the deleted sessions (sessions.*_bytes) */
 	int64_t first_id, last_id; /* the range of session ids deleted (0 when none) */
 	int64_t file_before, file_after; /* the file's size */
-	int64_t data_before, data_after; /* bytes of pages in use */
+	int64_t data_before, data_after; /* bytes of pages in use, and of message content referred to */
+	int64_t segments, segment_bytes;  /* content segment files deleted, and their size */
 	bool incremental;	   /* auto_vacuum=INCREMENTAL: freed pages go back to the file system */
 };
 
@@ -266,6 +291,7 @@ struct store_session_row {
 	const char *client_tls_version, *upstream_tls_version;
 	int64_t nmessages, nevents, ntransactions;
 	int64_t client_bytes, upstream_bytes, proxy_bytes;
+	int64_t replay_of; /* a replay or mock: the session it replays, 0 none */
 };
 
 struct store_event_row {
@@ -328,6 +354,9 @@ int store_reader_sessions(struct store_reader *rd, int limit, store_session_cb c
 /* One session: returns 0 found, 1 not found, -1 error.  Its callback
  * should return 0 (a stop value of 1 would read as "not found"). */
 int store_reader_session(struct store_reader *rd, int64_t id, store_session_cb cb, void *arg, char *err,
+			 size_t errsz);
+/* The sessions that replay or mock session `id` (replay_of), oldest first. */
+int store_reader_replays(struct store_reader *rd, int64_t id, store_session_cb cb, void *arg, char *err,
 			 size_t errsz);
 int store_reader_events(struct store_reader *rd, int64_t session_id, store_event_cb cb, void *arg, char *err,
 			size_t errsz);

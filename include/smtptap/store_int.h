@@ -28,6 +28,7 @@
 
 #include <sqlite3.h>
 
+#include "smtptap/content.h"
 #include "smtptap/log.h"
 #include "smtptap/store.h"
 
@@ -62,6 +63,10 @@
 #define STORE_AUTH_MECH_MAX 64
 #define STORE_AUTH_USER_MAX 512
 
+#ifndef STORE_CONTENT_MIN
+#define STORE_CONTENT_MIN 1
+#endif
+
 enum store_op {
 	STORE_OP_SESSION_OPEN,
 	STORE_OP_SESSION_ADDR,
@@ -86,7 +91,7 @@ struct store_rec {
 	enum store_op op;
 	union {
 		struct {
-			int64_t id, started_us;
+			int64_t id, started_us, replay_of;
 			const char *listener, *client, *upstream, *mode;
 		} session;
 		struct {
@@ -170,13 +175,15 @@ struct store_sum {
 	int64_t id;
 	int64_t nevents, ntransactions, nmessages;
 	int64_t bytes[3]; /* by enum store_side */
+	int64_t content_bytes; /* of the events whose bytes went to a segment */
 	const char *helo;
 	size_t helo_len;
 };
 
 /*
- * Thread ownership: the sqlite3 handle and its statements belong to the
- * writer thread from pthread_create() until pthread_join(); the id counters
+ * Thread ownership: the sqlite3 handle, its statements and the content
+ * writer belong to the writer thread from pthread_create() until
+ * pthread_join(); the id counters
  * belong to the event loop; the queue, the backlog and the failure count
  * are shared under st->lock.
  */
@@ -185,6 +192,7 @@ struct store {
 	int lockfd; /* the file, flock()ed while open */
 	sqlite3 *db;
 	sqlite3_stmt *stmt[STMT_COUNT];
+	struct content_writer *content; /* message data segments (content.h) */
 
 	/* event loop thread only */
 	int64_t next_session_id, next_message_id;

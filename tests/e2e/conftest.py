@@ -10,6 +10,7 @@ Environment:
 """
 
 import base64
+import glob
 import hashlib
 import json
 import os
@@ -864,3 +865,18 @@ def tools_required():
             if shutil.which(n) is None and not os.path.exists(n):
                 fail_missing("%s is not installed (tools/install-deps.sh installs it)" % n)
     return need
+
+
+def db_bytes(db):
+    """Every byte of the database (main file, WAL, shm, and the content
+    segments under PATH-content/)."""
+    out = b""
+    for path in sorted(glob.glob(db + "*")):
+        if os.path.isdir(path):
+            for seg in sorted(glob.glob(os.path.join(path, "*"))):
+                with open(seg, "rb") as f:
+                    out += f.read()
+            continue
+        with open(path, "rb") as f:
+            out += f.read()
+    return out

@@ -49,6 +49,8 @@ Every wait is bounded: expect, expect_closed and read_all give up after
 thresholds) and the script stops with an error that says what was expected
 and what arrived.  A Conn exposes:
   .received     every byte read, in order
+  .reads        the same, one entry per recv() (the batches the peer
+                sent, as far as TCP kept them together)
   .sent         every byte written, in order
   .got          {name: bytes} from expect/read_all steps with a name
   .done         the script ran to its end (or to its stall)
@@ -156,6 +158,7 @@ class Conn:
         self.role = role
         self.label = label
         self.received = b""
+        self.reads = []
         self.sent = b""
         self.got = {}
         self.done = False
@@ -221,6 +224,7 @@ class Conn:
                 self.peer_closed = True
                 return False
             self.received += d
+            self.reads.append(d)
             self._pending += d
             return True
 

@@ -1,25 +1,15 @@
 """AUTH passes through; credentials are redacted in the database by default."""
 
 import base64
-import glob
 import smtplib
 import subprocess
 
 import pytest
 
-from conftest import export_eml, only_session, show_json, show_raw
+from conftest import db_bytes, export_eml, only_session, show_json, show_raw
 
 USER = "mailuser@example.com"
 PASSWORD = "s3cret-Pa55"
-
-
-def db_bytes(db):
-    """Every byte of the database (main file, WAL, shm)."""
-    out = b""
-    for path in sorted(glob.glob(db + "*")):
-        with open(path, "rb") as f:
-            out += f.read()
-    return out
 
 
 PLAIN_IR = base64.b64encode(b"\0" + USER.encode() + b"\0" + PASSWORD.encode())  # AUTH PLAIN <this>

@@ -124,6 +124,15 @@ def test_database_mode_0600(smtptap, tmp_path):
         assert os.path.exists(path), "%s does not exist while the proxy runs" % path
         mode = stat.S_IMODE(os.stat(path).st_mode)
         assert mode == 0o600, "%s has mode %o" % (path, mode)
+    # the message content beside it: the directory 0700, each segment 0600
+    d = p.db + "-content"
+    mode = stat.S_IMODE(os.stat(d).st_mode)
+    assert mode == 0o700, "%s has mode %o" % (d, mode)
+    segs = sorted(os.listdir(d))
+    assert segs, "no content segment in %s" % d
+    for name in segs:
+        mode = stat.S_IMODE(os.stat(os.path.join(d, name)).st_mode)
+        assert mode == 0o600, "%s/%s has mode %o" % (d, name, mode)
     p.stop()
     mode = stat.S_IMODE(os.stat(p.db).st_mode)
     assert mode == 0o600, "database %s has mode %o after the proxy stopped" % (p.db, mode)

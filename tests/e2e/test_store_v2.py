@@ -14,7 +14,7 @@ import sqlite3
 
 import pytest
 
-from conftest import (RECORD_TIMEOUT, RawClient, only_session, run_cli, sessions_list, show_json,
+from conftest import (RECORD_TIMEOUT, db_bytes, RawClient, only_session, run_cli, sessions_list, show_json,
                       stuff_data, wait_sessions, wait_until)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -215,11 +215,7 @@ def test_auth_user_kept_password_not(aiosmtpd_factory, smtptap, mech):
     sess = only_session(p.db)
     assert sess["auth_mech"] == mech and sess["auth_user"] == user
     assert sess["helo"] == "auth.example"
-    dump = b""
-    for path in sorted(os.listdir(os.path.dirname(p.db))):
-        if path.startswith(os.path.basename(p.db)):
-            with open(os.path.join(os.path.dirname(p.db), path), "rb") as f:
-                dump += f.read()
+    dump = db_bytes(p.db)
     for secret in (password.encode(), base64.b64encode(password.encode()),
                    base64.b64encode(b"\0" + user.encode() + b"\0" + password.encode())):
         assert secret not in dump, secret

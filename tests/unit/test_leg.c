@@ -599,6 +599,91 @@ test_write_from_moves(void **state)
 }
 
 /* ------------------------------------------------------------------------
+ * In-process legs (a bufferevent pair: replay's recorded client).
+ */
+
+struct pair_end {
+	struct evbuffer *got;
+	bool eof;
+};
+
+static void
+pair_end_readcb(struct bufferevent *bev, void *arg)
+{
+	struct pair_end *e = arg;
+
+	assert_int_equal(evbuffer_add_buffer(e->got, bufferevent_get_input(bev)), 0);
+}
+
+static void
+pair_end_eventcb(struct bufferevent *bev, short what, void *arg)
+{
+	struct pair_end *e = arg;
+
+	(void)bev;
+	if (what & BEV_EVENT_EOF)
+		e->eof = true;
+}
+
+/* Bytes cross both ways as they are queued (no flush, no socket); reading
+ * is gated like a socket's; the leg never upgrades to TLS; closing it
+ * after its output is through tells the other end with an EOF. */
+static void
+test_pair_leg(void **state)
+{
+	struct fx *f = *state;
+	struct bufferevent *pair[2];
+	struct pair_end e = { .got = evbuffer_new() };
+	unsigned char *big = malloc(BIG);
+	SSL_CTX *ctx;
+
+	assert_non_null(e.got);
+	assert_non_null(big);
+	assert_int_equal(bufferevent_pair_new(f->base, 0, pair), 0);
+	assert_int_equal(leg_pair(&f->a.leg, f->base, pair[1], "(test)", probe_cb, &f->a), 0);
+	assert_true(f->a.leg.inproc && f->a.leg.open);
+	assert_string_equal(f->a.leg.addr, "(test)");
+	bufferevent_setcb(pair[0], pair_end_readcb, NULL, pair_end_eventcb, &e);
+
+	/* the other end writes while the leg does not read: nothing yet */
+	assert_int_equal(bufferevent_write(pair[0], "EHLO x\r\n", 8), 0);
+	spin(f, 5);
+	assert_int_equal(f->a.n[LEG_EV_READ], 0);
+	leg_set_reading(&f->a.leg, true);
+	WAIT(f, f->a.n[LEG_EV_READ] > 0);
+	assert_buf(f->a.got, "EHLO x\r\n");
+
+	/* a big reply waits in the leg while the other end does not read */
+	fill_pattern(big, BIG);
+	leg_write(&f->a.leg, big, BIG);
+	leg_flush(&f->a.leg);
+	assert_true(leg_output_len(&f->a.leg) > 0);
+	assert_int_equal(f->a.leg.nqueued, BIG);
+	bufferevent_enable(pair[0], EV_READ);
+	WAIT(f, evbuffer_get_length(e.got) == BIG);
+	assert_pattern(e.got, BIG);
+	WAIT(f, f->a.n[LEG_EV_DRAINED] > 0);
+
+	/* never TLS */
+	ctx = SSL_CTX_new(TLS_method());
+	assert_non_null(ctx);
+	assert_int_equal(leg_start_tls(&f->a.leg, SSL_new(ctx), true), -1);
+	SSL_CTX_free(ctx);
+
+	/* the last words, then EOF at the other end */
+	evbuffer_drain(e.got, evbuffer_get_length(e.got));
+	leg_write(&f->a.leg, "221 bye\r\n", 9);
+	leg_close_after_flush(&f->a.leg);
+	leg_flush(&f->a.leg);
+	WAIT(f, e.eof);
+	assert_false(f->a.leg.open);
+	assert_buf(e.got, "221 bye\r\n");
+	bufferevent_free(pair[0]);
+	evbuffer_free(e.got);
+	free(big);
+}
+
+/* ------------------------------------------------------------------------
  * Closing.
  */
 
@@ -850,6 +935,7 @@ main(void)
 		cmocka_unit_test_setup_teardown(test_backpressure_and_drained, fx_setup, fx_teardown),
 		cmocka_unit_test_setup_teardown(test_write_timeout, fx_setup, fx_teardown),
 		cmocka_unit_test_setup_teardown(test_write_from_moves, fx_setup, fx_teardown),
+		cmocka_unit_test_setup_teardown(test_pair_leg, fx_setup, fx_teardown),
 		cmocka_unit_test_setup_teardown(test_close_after_flush, fx_setup, fx_teardown),
 		cmocka_unit_test_setup_teardown(test_close_reset_and_now, fx_setup, fx_teardown),
 		cmocka_unit_test_setup_teardown(test_connect_refused, fx_setup, fx_teardown),
