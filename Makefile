@@ -62,7 +62,7 @@ $(O)/obj/gen_schema.o: $(O)/gen/schema.c
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) -c -o $@ $<
 
-$(O)/tests/%: tests/unit/%.c $(LIB_OBJS)
+$(O)/tests/%: tests/unit/%.c $(wildcard tests/unit/*.h) $(LIB_OBJS)
 	@mkdir -p $(@D)
 	$(CC) $(BASE_CFLAGS) $(LDFLAGS) -o $@ $< $(LIB_OBJS) $(LIBS) -lcmocka
 
