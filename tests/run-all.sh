@@ -358,8 +358,14 @@ EOF
 # run_fuzz: each fuzzer on a scratch copy of its corpus, JOBS at once (each
 # has its own work directory; fuzz_session its own /dev/shm scratch and port)
 run_fuzz() {
-	local p=0 f=0 s=0 bin name corpus work out rc secs any=0 launched=""
-	for bin in build/fuzz/fuzz_*; do
+	local p=0 f=0 s=0 bin name corpus work out rc secs any=0 launched="" order
+	# Biggest kept corpus first: replaying it outlasts FUZZ_SECONDS
+	# (fuzz_session's takes most of the phase), the others fit beside it.
+	order=$(for bin in build/fuzz/fuzz_*; do
+		n=$(basename "$bin")
+		echo "$(du -s --apparent-size "tests/fuzz/corpus/${n#fuzz_}" 2>/dev/null | cut -f1) $bin"
+	done | sort -k1,1nr -k2 | cut -d' ' -f2)
+	for bin in $order; do
 		[ -f "$bin" ] && [ -x "$bin" ] || continue
 		case "$bin" in *.d | *.o) continue ;; esac
 		any=1
