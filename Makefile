@@ -43,7 +43,7 @@ FUZZ_BINS := $(FUZZ_SRCS:tests/fuzz/%.c=build/fuzz/%)
 FUZZ_LIB_SRCS := src/smtp.c src/mime.c src/json.c src/jsonread.c src/rules.c src/rules_parse.c src/rules_regex.c \
 	src/recording.c src/mock.c
 
-.PHONY: all deps run check unit e2e fuzz fuzz-bins fuzz-minimise coverage cov-fuzz-bins bench bench-rules install uninstall clean asan
+.PHONY: all deps run check unit e2e fuzz fuzz-bins fuzz-minimise coverage cov-fuzz-bins bench bench-rules bench-reader install uninstall clean asan
 
 all: $(O)/smtptap
 
@@ -192,6 +192,17 @@ $(O)/bench/rules_decide: tools/bench/rules_decide.c $(O)/obj/rules.o $(O)/obj/ru
 
 bench-rules: $(O)/bench/rules_decide
 	./$(O)/bench/rules_decide
+
+# `smtptap sessions` on a database of 100,000 sessions: the default listing
+# and --to ADDR --since ... (tools/bench/reader.py), in ms: a measurement,
+# never a pass/fail.  READER_BENCH_ARGS="--sessions N --runs R --db PATH".
+$(O)/bench/reader_query: tools/bench/reader_query.c $(LIB_OBJS)
+	@mkdir -p $(@D)
+	$(CC) $(BASE_CFLAGS) $(LDFLAGS) -o $@ $< $(LIB_OBJS) $(LIBS)
+
+bench-reader: all $(O)/bench/reader_query
+	/usr/bin/python3 tools/bench/reader.py --smtptap ./$(O)/smtptap --query ./$(O)/bench/reader_query \
+		$(READER_BENCH_ARGS)
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1

@@ -74,7 +74,7 @@ cli_mock(int argc, char **argv)
 	};
 	static struct proxy_config cfg;
 	struct proxy_route *r = &cfg.routes[0];
-	struct store_reader *rd;
+	struct reader *rd;
 	struct recording *rec = NULL;
 	const char *listen = "127.0.0.1:2525", *client_tls = NULL;
 	char host[256], port[8], err[512];
@@ -168,7 +168,7 @@ cli_mock(int argc, char **argv)
 	if ((rd = cli_read_open(cfg.db_path)) == NULL)
 		return CLI_EXIT_FAIL;
 	rc = recording_load(rd, id, 0, &rec, err, sizeof(err));
-	store_reader_close(rd);
+	reader_close(rd);
 	if (rc > 0) {
 		log_warnx("no session %" PRId64 " in %s", id, cfg.db_path);
 		return CLI_EXIT_NOTFOUND;

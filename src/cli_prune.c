@@ -185,7 +185,7 @@ cli_prune(int argc, char **argv)
 		return CLI_EXIT_USAGE;
 	}
 	o.before_us = util_now_us() - age_us;
-	cli_read_fmt_rfc3339(before, sizeof(before), o.before_us);
+	util_fmt_rfc3339(before, sizeof(before), o.before_us);
 	if (store_prune(db, &o, &r, err, sizeof(err)) < 0) {
 		log_warnx("--db %s: %s", db, err);
 		return CLI_EXIT_FAIL;

@@ -1,10 +1,10 @@
 /*
  * cli_read.c - see cli_read.h: the ground the read-side subcommands share.
  *
- * Everything comes from the database through the store reader, one row at
- * a time; rows live only during their callback, so whatever must outlast
- * one (the session header, the message list) is copied, and no callback
- * starts another walk on the same reader.
+ * Everything comes from the database through the reader (reader.h), one
+ * row at a time; rows live only during their callback, so whatever must
+ * outlast one (the session header, the message list) is copied, and no
+ * callback starts another walk on the same reader.
  */
 #include "smtptap/cli_read.h"
 
@@ -21,18 +21,7 @@
 #include "smtptap/log.h"
 #include "smtptap/util.h"
 
-const struct cli_read_flag cli_read_flags[] = {
-	{ STORE_F_INJECTED, "injected" },     { STORE_F_ALTERED, "altered" },
-	{ STORE_F_DROPPED, "dropped" },	      { STORE_F_REDACTED, "redacted" },
-	{ STORE_F_TO_CLIENT, "to-client" },   { STORE_F_TO_UPSTREAM, "to-upstream" },
-	{ STORE_F_INCOMPLETE, "incomplete" }, { STORE_F_RULE, "rule" },
-	{ STORE_F_PIPELINED, "pipelined" },
-};
-
-const size_t cli_read_nflags = sizeof(cli_read_flags) / sizeof(cli_read_flags[0]);
-
-static char *cli_read_strdup_opt(const char *s, bool *nomem);
-static int cli_read_session_copy_cb(const struct store_session_row *row, void *arg);
+static int cli_read_session_copy_cb(const struct reader_session *row, void *arg);
 
 /* ------------------------------------------------------------------------
  * The database, the session ID, the session row.
@@ -60,150 +49,45 @@ cli_read_parse_id(const char *cmd, int argc, char **argv, int64_t *out)
 	return 0;
 }
 
-struct store_reader *
+struct reader *
 cli_read_open(const char *db)
 {
-	struct store_reader *rd;
+	struct reader *rd;
 	char err[512];
 
-	rd = store_reader_open(db, err, sizeof(err));
+	rd = reader_open(db, err, sizeof(err));
 	if (rd == NULL)
 		log_warnx("--db %s: %s", db, err);
 	return rd;
 }
 
-/* strdup that keeps NULL as NULL and notes a failure in *nomem, so that a
- * row's columns are copied in a row and checked once. */
-static char *
-cli_read_strdup_opt(const char *s, bool *nomem)
-{
-	char *d;
-
-	if (s == NULL)
-		return NULL;
-	if ((d = strdup(s)) == NULL)
-		*nomem = true;
-	return d;
-}
-
-/* Returns 0, or -1 when out of memory (dst is then freed and zeroed). */
-int
-cli_read_session_copy(struct cli_session *dst, const struct store_session_row *row)
-{
-	bool nomem = false;
-
-	memset(dst, 0, sizeof(*dst));
-	dst->id = row->id;
-	dst->started_us = row->started_us;
-	dst->ended_us = row->ended_us;
-	dst->nmessages = row->nmessages;
-	dst->listener = cli_read_strdup_opt(row->listener, &nomem);
-	dst->client = cli_read_strdup_opt(row->client, &nomem);
-	dst->upstream = cli_read_strdup_opt(row->upstream, &nomem);
-	dst->upstream_addr = cli_read_strdup_opt(row->upstream_addr, &nomem);
-	dst->mode = cli_read_strdup_opt(row->mode, &nomem);
-	dst->client_tls = cli_read_strdup_opt(row->client_tls, &nomem);
-	dst->upstream_tls = cli_read_strdup_opt(row->upstream_tls, &nomem);
-	dst->outcome = cli_read_strdup_opt(row->outcome, &nomem);
-	dst->detail = cli_read_strdup_opt(row->detail, &nomem);
-	dst->client_ip = cli_read_strdup_opt(row->client_ip, &nomem);
-	dst->helo = cli_read_strdup_opt(row->helo, &nomem);
-	dst->auth_mech = cli_read_strdup_opt(row->auth_mech, &nomem);
-	dst->auth_user = cli_read_strdup_opt(row->auth_user, &nomem);
-	dst->client_tls_version = cli_read_strdup_opt(row->client_tls_version, &nomem);
-	dst->upstream_tls_version = cli_read_strdup_opt(row->upstream_tls_version, &nomem);
-	dst->nevents = row->nevents;
-	dst->ntransactions = row->ntransactions;
-	dst->client_bytes = row->client_bytes;
-	dst->upstream_bytes = row->upstream_bytes;
-	dst->proxy_bytes = row->proxy_bytes;
-	dst->replay_of = row->replay_of;
-	if (nomem) {
-		cli_read_session_free(dst);
-		return -1;
-	}
-	return 0;
-}
-
-void
-cli_read_session_free(struct cli_session *s)
-{
-	free(s->listener);
-	free(s->client);
-	free(s->upstream);
-	free(s->upstream_addr);
-	free(s->mode);
-	free(s->client_tls);
-	free(s->upstream_tls);
-	free(s->outcome);
-	free(s->detail);
-	free(s->client_ip);
-	free(s->helo);
-	free(s->auth_mech);
-	free(s->auth_user);
-	free(s->client_tls_version);
-	free(s->upstream_tls_version);
-	free(s->replays);
-	memset(s, 0, sizeof(*s));
-}
-
-/* Stops with 2 when out of memory. */
-static int
-cli_read_replay_cb(const struct store_session_row *row, void *arg)
-{
-	struct cli_session *s = arg;
-	struct cli_replay_ref *n;
-
-	if ((n = realloc(s->replays, (s->nreplays + 1) * sizeof(*n))) == NULL)
-		return 2;
-	s->replays = n;
-	n[s->nreplays].id = row->id;
-	snprintf(n[s->nreplays].mode, sizeof(n[s->nreplays].mode), "%s", row->mode != NULL ? row->mode : "");
-	s->nreplays++;
-	return 0;
-}
-
 /* Stops with 2 when out of memory (1 would read as "not found"). */
 static int
-cli_read_session_copy_cb(const struct store_session_row *row, void *arg)
+cli_read_session_copy_cb(const struct reader_session *row, void *arg)
 {
-	return cli_read_session_copy(arg, row) == 0 ? 0 : 2;
+	return reader_session_dup(arg, row) == 0 ? 0 : 1;
 }
 
-/*
- * Read session `id` into *s (freed by the caller with cli_read_session_free).
- * Returns CLI_EXIT_OK, or CLI_EXIT_NOTFOUND / CLI_EXIT_FAIL, reported.
- */
 int
-cli_read_session_load(struct store_reader *rd, const char *db, int64_t id, struct cli_session *s)
+cli_read_session_load(struct reader *rd, const char *db, int64_t id, struct reader_session *s)
 {
 	char err[512];
 	int r;
 
 	memset(s, 0, sizeof(*s));
-	r = store_reader_session(rd, id, cli_read_session_copy_cb, s, err, sizeof(err));
-	if (r < 0) {
+	r = reader_session(rd, id, cli_read_session_copy_cb, s, err, sizeof(err));
+	if (r == READER_ERROR) {
 		log_warnx("reading session %" PRId64 " from %s: %s", id, db, err);
-		cli_read_session_free(s);
 		return CLI_EXIT_FAIL;
 	}
-	if (r == 1) {
+	if (r == READER_NOTFOUND) {
 		log_warnx("no session %" PRId64 " in %s", id, db);
 		return CLI_EXIT_NOTFOUND;
 	}
-	if (r == 0)
-		r = store_reader_replays(rd, id, cli_read_replay_cb, s, err, sizeof(err));
-	if (r < 0) {
-		log_warnx("reading the replays of session %" PRId64 " from %s: %s", id, db, err);
-		cli_read_session_free(s);
-		return CLI_EXIT_FAIL;
-	}
 	if (r != 0) {
 		log_warnx("reading session %" PRId64 ": out of memory", id);
-		cli_read_session_free(s);
 		return CLI_EXIT_FAIL;
 	}
-	s->replays_loaded = true;
 	return CLI_EXIT_OK;
 }
 
@@ -244,22 +128,6 @@ cli_read_fmt_local(char *buf, size_t bufsz, int64_t us, bool precise)
 	if (strftime(zone, sizeof(zone), "%z", &tm) == 0)
 		zone[0] = '\0';
 	snprintf(buf + n, bufsz - n, ".%06" PRId64 " %s", frac, zone);
-}
-
-/* RFC 3339 in UTC with microseconds: "2024-05-01T12:02:03.123456Z". */
-void
-cli_read_fmt_rfc3339(char *buf, size_t bufsz, int64_t us)
-{
-	int64_t sec, frac;
-	time_t t;
-	struct tm tm;
-
-	CLI_SPLIT_US(us, sec, frac);
-	t = (time_t)sec;
-	if (gmtime_r(&t, &tm) == NULL)
-		memset(&tm, 0, sizeof(tm));
-	snprintf(buf, bufsz, "%04d-%02d-%02dT%02d:%02d:%02d.%06" PRId64 "Z", tm.tm_year + 1900, tm.tm_mon + 1,
-		 tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, frac);
 }
 
 /* Precise: "83.123456s".  Otherwise short for a table: "0.52s", "12.3s",

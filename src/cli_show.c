@@ -19,6 +19,8 @@
 #include "smtptap/cli_tls.h"
 #include "smtptap/export.h"
 #include "smtptap/log.h"
+#include "smtptap/reader.h"
+#include "smtptap/reader_json.h"
 #include "smtptap/store.h"
 
 /* Width of the "+12.345678" column. */
@@ -38,6 +40,8 @@ struct cli_show {
 	unsigned pend_flags;
 	enum store_side pend_side;
 	int tagw; /* width of the current event's tags, to align its lines */
+	const struct reader_replay *replays; /* the sessions replaying this one */
+	size_t nreplays;
 	/* --raw */
 	int side; /* -1: every side */
 	size_t nredacted;
@@ -46,21 +50,21 @@ struct cli_show {
 static void cli_show_usage(FILE *f);
 static void cli_show_summary_line(FILE *f, const char *label, const char *value);
 static void cli_show_put_indented(FILE *f, const char *s, const char *indent);
-static void cli_show_replays(FILE *f, const struct cli_session *s, const char *mode, const char *label);
-static void cli_show_header(struct cli_show *sh, const struct cli_session *s);
+static void cli_show_replays(FILE *f, const struct reader_replay *v, size_t n, const char *mode, const char *label);
+static void cli_show_header(struct cli_show *sh, const struct reader_session *s);
 static const char *cli_show_side_color(enum store_side side);
 static const char *cli_show_side_marker(enum store_side side, unsigned flags);
 static void cli_show_begin(struct cli_show *sh, bool first, int64_t t_us, enum store_side side, unsigned flags,
 			   const char *kind);
 static void cli_show_end(struct cli_show *sh);
-static void cli_show_lines(struct cli_show *sh, const struct store_event_row *ev, const char *kind,
+static void cli_show_lines(struct cli_show *sh, const struct reader_event *ev, const char *kind,
 			   const char *p, size_t len, bool wire, bool *first);
 static void cli_show_flush_data(struct cli_show *sh);
-static int cli_show_event_cb(const struct store_event_row *ev, void *arg);
-static int cli_show_raw_cb(const struct store_event_row *ev, void *arg);
-static int cli_show_message_cb(const struct store_message_row *m, void *arg);
-static int cli_show_transaction_cb(const struct store_transaction_row *t, void *arg);
-static void cli_show_rcpts(FILE *f, const struct store_rcpt_row *r, size_t n);
+static int cli_show_event_cb(const struct reader_event *ev, void *arg);
+static int cli_show_raw_cb(const struct reader_event *ev, void *arg);
+static int cli_show_message_cb(const struct reader_message *m, void *arg);
+static int cli_show_transaction_cb(const struct reader_transaction *t, void *arg);
+static void cli_show_rcpts(FILE *f, const struct reader_rcpt *r, size_t n);
 static void cli_show_reply(FILE *f, int code, const char *reply, const char *indent);
 
 static void
@@ -106,20 +110,21 @@ cli_show_put_indented(FILE *f, const char *s, const char *indent)
 	cli_read_put_escaped_str(f, s);
 }
 
-/* "replayed as  sessions 12, 15": the sessions of that mode replaying s. */
+/* "replayed as  sessions 12, 15": the sessions of that mode replaying
+ * this one. */
 static void
-cli_show_replays(FILE *f, const struct cli_session *s, const char *mode, const char *label)
+cli_show_replays(FILE *f, const struct reader_replay *v, size_t nv, const char *mode, const char *label)
 {
 	size_t i, n = 0;
 
-	for (i = 0; i < s->nreplays; i++)
-		n += strcmp(s->replays[i].mode, mode) == 0;
+	for (i = 0; i < nv; i++)
+		n += strcmp(v[i].mode, mode) == 0;
 	if (n == 0)
 		return;
 	fprintf(f, "\n%-12s session%s ", label, n > 1 ? "s" : "");
-	for (i = 0; i < s->nreplays; i++) {
-		if (strcmp(s->replays[i].mode, mode) == 0)
-			fprintf(f, "%" PRId64 "%s", s->replays[i].id, --n > 0 ? ", " : "");
+	for (i = 0; i < nv; i++) {
+		if (strcmp(v[i].mode, mode) == 0)
+			fprintf(f, "%" PRId64 "%s", v[i].id, --n > 0 ? ", " : "");
 	}
 }
 
@@ -127,7 +132,7 @@ cli_show_replays(FILE *f, const struct cli_session *s, const char *mode, const c
  * escaped.  A TLS leg's record is stored as JSON for --json; here it is a
  * sentence (cli_tls.c), absent for a plaintext leg. */
 static void
-cli_show_header(struct cli_show *sh, const struct cli_session *s)
+cli_show_header(struct cli_show *sh, const struct reader_session *s)
 {
 	FILE *f = sh->out->f;
 	const char *b = sh->color ? CLI_C_BOLD : "", *e = sh->color ? CLI_C_RESET : "";
@@ -154,8 +159,8 @@ cli_show_header(struct cli_show *sh, const struct cli_session *s)
 	if (s->replay_of > 0)
 		fprintf(f, "\n%-12s session %" PRId64, s->mode != NULL && strcmp(s->mode, "mock") == 0 ? "mock of" : "replay of",
 			s->replay_of);
-	cli_show_replays(f, s, "replay", "replayed as");
-	cli_show_replays(f, s, "mock", "mocked as");
+	cli_show_replays(f, sh->replays, sh->nreplays, "replay", "replayed as");
+	cli_show_replays(f, sh->replays, sh->nreplays, "mock", "mocked as");
 	cli_read_fmt_local(buf, sizeof(buf), s->started_us, true);
 	fprintf(f, "\nstarted      %s\n", buf);
 	if (s->ended_us != 0) {
@@ -240,12 +245,12 @@ cli_show_begin(struct cli_show *sh, bool first, int64_t t_us, enum store_side si
 		return;
 	}
 	sh->tagw = 0;
-	for (i = 0; i < cli_read_nflags; i++) {
+	for (i = 0; i < reader_json_nflags; i++) {
 		/* the marker already says where smtptap's bytes went */
-		if (!(flags & cli_read_flags[i].flag) || (cli_read_flags[i].flag & (STORE_F_TO_CLIENT | STORE_F_TO_UPSTREAM)))
+		if (!(flags & reader_json_flags[i].flag) || (reader_json_flags[i].flag & (STORE_F_TO_CLIENT | STORE_F_TO_UPSTREAM)))
 			continue;
-		fprintf(f, "%s[%s]%s ", sh->color ? CLI_C_PROXY : "", cli_read_flags[i].name, col);
-		sh->tagw += (int)strlen(cli_read_flags[i].name) + 3;
+		fprintf(f, "%s[%s]%s ", sh->color ? CLI_C_PROXY : "", reader_json_flags[i].name, col);
+		sh->tagw += (int)strlen(reader_json_flags[i].name) + 3;
 	}
 	if (kind != NULL) {
 		fprintf(f, "[%s] ", kind);
@@ -266,7 +271,7 @@ cli_show_end(struct cli_show *sh)
  * whether the event's first line is still to come.
  */
 static void
-cli_show_lines(struct cli_show *sh, const struct store_event_row *ev, const char *kind, const char *p,
+cli_show_lines(struct cli_show *sh, const struct reader_event *ev, const char *kind, const char *p,
 	       size_t len, bool wire, bool *first)
 {
 	FILE *f = sh->out->f;
@@ -315,7 +320,7 @@ cli_show_flush_data(struct cli_show *sh)
 }
 
 static int
-cli_show_event_cb(const struct store_event_row *ev, void *arg)
+cli_show_event_cb(const struct reader_event *ev, void *arg)
 {
 	struct cli_show *sh = arg;
 	const char *kind = NULL;
@@ -358,7 +363,7 @@ cli_show_event_cb(const struct store_event_row *ev, void *arg)
 }
 
 static int
-cli_show_raw_cb(const struct store_event_row *ev, void *arg)
+cli_show_raw_cb(const struct reader_event *ev, void *arg)
 {
 	struct cli_show *sh = arg;
 
@@ -395,7 +400,7 @@ static const char cli_show_indent[] = "                ";
 
 /* "  rcpt to      <address> params: reply", one line each. */
 static void
-cli_show_rcpts(FILE *f, const struct store_rcpt_row *r, size_t n)
+cli_show_rcpts(FILE *f, const struct reader_rcpt *r, size_t n)
 {
 	size_t i;
 
@@ -414,7 +419,7 @@ cli_show_rcpts(FILE *f, const struct store_rcpt_row *r, size_t n)
 }
 
 static int
-cli_show_message_cb(const struct store_message_row *m, void *arg)
+cli_show_message_cb(const struct reader_message *m, void *arg)
 {
 	static const char *const ind = cli_show_indent;
 	struct cli_show *sh = arg;
@@ -455,7 +460,7 @@ cli_show_message_cb(const struct store_message_row *m, void *arg)
  * with a message was shown with it.
  */
 static int
-cli_show_transaction_cb(const struct store_transaction_row *t, void *arg)
+cli_show_transaction_cb(const struct reader_transaction *t, void *arg)
 {
 	struct cli_show *sh = arg;
 	FILE *f = sh->out->f;
@@ -492,10 +497,11 @@ cli_show(int argc, char **argv)
 		{ NULL, 0, NULL, 0 },
 	};
 	const char *db = CLI_DEFAULT_DB, *side_arg = NULL;
-	struct store_reader *rd = NULL;
+	struct reader *rd = NULL;
 	struct export_message *msgs = NULL;
-	size_t nmsgs = 0;
-	struct cli_session s;
+	struct reader_replay *replays = NULL;
+	size_t nmsgs = 0, nreplays = 0;
+	struct reader_session s;
 	struct cli_show sh;
 	struct cli_out out;
 	bool as_json = false, raw = false;
@@ -553,8 +559,15 @@ cli_show(int argc, char **argv)
 
 	if ((rd = cli_read_open(db)) == NULL)
 		return CLI_EXIT_FAIL;
+	/* One request: the header, the transcript and the messages are one
+	 * snapshot, even while a proxy records into the file. */
+	if (reader_begin(rd, err, sizeof(err)) < 0) {
+		log_warnx("reading %s: %s", db, err);
+		reader_close(rd);
+		return CLI_EXIT_FAIL;
+	}
 	if ((rc = cli_read_session_load(rd, db, id, &s)) != CLI_EXIT_OK) {
-		store_reader_close(rd);
+		reader_close(rd);
 		return rc;
 	}
 	cli_out_open(&out, NULL, NULL);
@@ -563,7 +576,7 @@ cli_show(int argc, char **argv)
 	if (as_json)
 		rc = cli_json_doc(rd, db, &s, &out);
 	else if (raw) {
-		r = store_reader_events(rd, id, cli_show_raw_cb, &sh, err, sizeof(err));
+		r = reader_events(rd, id, READER_BYTES_ALL, cli_show_raw_cb, &sh, err, sizeof(err));
 		if (r < 0) {
 			log_warnx("reading session %" PRId64 " from %s: %s", id, db, err);
 			rc = CLI_EXIT_FAIL;
@@ -581,24 +594,32 @@ cli_show(int argc, char **argv)
 		}
 		sh.msgs = msgs;
 		sh.nmsgs = nmsgs;
+		if (reader_replays(rd, id, &replays, &nreplays, err, sizeof(err)) < 0) {
+			log_warnx("reading the replays of session %" PRId64 " from %s: %s", id, db, err);
+			rc = CLI_EXIT_FAIL;
+			goto done;
+		}
+		sh.replays = replays;
+		sh.nreplays = nreplays;
 		sh.color = log_color_enabled(STDOUT_FILENO);
 		cli_show_header(&sh, &s);
-		r = store_reader_events(rd, id, cli_show_event_cb, &sh, err, sizeof(err));
+		r = reader_events(rd, id, READER_BYTES_LINES, cli_show_event_cb, &sh, err, sizeof(err));
 		if (r == 0) {
 			cli_show_flush_data(&sh);
-			r = store_reader_messages(rd, id, cli_show_message_cb, &sh, err, sizeof(err));
+			r = reader_messages(rd, id, cli_show_message_cb, &sh, err, sizeof(err));
 		}
 		if (r == 0)
-			r = store_reader_transactions(rd, id, cli_show_transaction_cb, &sh, err, sizeof(err));
+			r = reader_transactions(rd, id, cli_show_transaction_cb, &sh, err, sizeof(err));
 		if (r < 0) {
 			log_warnx("reading session %" PRId64 " from %s: %s", id, db, err);
 			rc = CLI_EXIT_FAIL;
 		}
 	}
 done:
+	free(replays);
 	export_message_list_free(msgs, nmsgs);
-	cli_read_session_free(&s);
-	store_reader_close(rd);
+	reader_session_free(&s);
+	reader_close(rd);
 	if (cli_out_close(&out) < 0 && rc == CLI_EXIT_OK)
 		rc = CLI_EXIT_FAIL;
 	return rc;

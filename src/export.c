@@ -1,13 +1,10 @@
 /*
  * export.c - .eml and mboxrd writers, see export.h.
  *
- * The stored chunks of a DATA message are the wire stream: dot-stuffed and
- * ending with the "." line.  They go through smtp_data_scan(), the same
- * state machine the proxy used while relaying, in slices of EXPORT_SLICE
- * bytes so the unstuffing buffer stays small whatever the chunk size.
- * If a stream was cut short right after a line-start "." (or ".\r"), those
- * held-back bytes are dropped: they were a stuffing dot or the start of the
- * terminator, never message content we can be sure of.
+ * The message comes from the reader already as the client meant it
+ * (reader_message_content, READER_CONTENT_MESSAGE: a DATA stream
+ * dot-unstuffed, BDAT chunks as they are), in pieces, and goes straight
+ * to the file or through the mboxrd quoting filter.
  */
 #include "smtptap/export.h"
 
@@ -16,16 +13,10 @@
 #include <string.h>
 #include <time.h>
 
-#include "smtptap/smtp.h"
-#include "smtptap/store.h"
+#include "smtptap/reader.h"
 
-#define EXPORT_SLICE (64 * 1024)
-
-/* One export in progress: where the bytes go and how they are unstuffed. */
+/* One export in progress: where the bytes go. */
 struct export_ctx {
-	bool unstuff;		 /* a DATA message (else BDAT: as stored) */
-	struct smtp_data data;	 /* unstuffing state */
-	char *buf;		 /* EXPORT_SLICE + 2 bytes, see smtp_data_scan */
 	FILE *out;		 /* .eml: written straight here */
 	struct export_mboxrd *q; /* mbox: written through the quoting filter */
 	int werr;		 /* errno of the failed write */
@@ -37,11 +28,10 @@ struct export_list {
 	bool nomem;
 };
 
-static int export_list_cb(const struct store_message_row *row, void *arg);
-static int export_put(struct export_ctx *x, const void *p, size_t len);
+static int export_list_cb(const struct reader_message *row, void *arg);
 static int export_chunk_cb(const void *data, size_t len, void *arg);
-static int export_stream(struct store_reader *rd, const struct export_message *m, struct export_ctx *x,
-			 char *err, size_t errsz);
+static int export_stream(struct reader *rd, const struct export_message *m, struct export_ctx *x, char *err,
+			 size_t errsz);
 static int export_mboxrd_emit(struct export_mboxrd *q, const void *p, size_t len);
 static int export_mboxrd_release(struct export_mboxrd *q);
 
@@ -53,7 +43,7 @@ static const char export_from[] = "From ";
  */
 
 static int
-export_list_cb(const struct store_message_row *row, void *arg)
+export_list_cb(const struct reader_message *row, void *arg)
 {
 	struct export_list *l = arg;
 	struct export_message *m, *nv;
@@ -90,14 +80,14 @@ export_list_cb(const struct store_message_row *row, void *arg)
 }
 
 int
-export_message_list(struct store_reader *rd, int64_t session_id, struct export_message **out, size_t *n,
-		    char *err, size_t errsz)
+export_message_list(struct reader *rd, int64_t session_id, struct export_message **out, size_t *n, char *err,
+		    size_t errsz)
 {
 	struct export_list l;
 	int r;
 
 	memset(&l, 0, sizeof(l));
-	r = store_reader_messages(rd, session_id, export_list_cb, &l, err, errsz);
+	r = reader_messages(rd, session_id, export_list_cb, &l, err, errsz);
 	if (r != 0 || l.nomem) {
 		if (l.nomem)
 			snprintf(err, errsz, "out of memory listing the messages");
@@ -122,21 +112,23 @@ export_message_list_free(struct export_message *v, size_t n)
 }
 
 /* ------------------------------------------------------------------------
- * Streaming the stored chunks.
+ * Streaming the message.
  */
 
-/* Returns 0, or 1 to stop the walk after a failed write. */
+/* Returns 0, or 1 to stop the stream after a failed write. */
 static int
-export_put(struct export_ctx *x, const void *p, size_t len)
+export_chunk_cb(const void *data, size_t len, void *arg)
 {
+	struct export_ctx *x = arg;
+
 	if (x->q != NULL) {
-		if (export_mboxrd_write(x->q, p, len) < 0) {
+		if (export_mboxrd_write(x->q, data, len) < 0) {
 			x->werr = x->q->err;
 			return 1;
 		}
 		return 0;
 	}
-	if (len > 0 && fwrite(p, 1, len, x->out) != len) {
+	if (len > 0 && fwrite(data, 1, len, x->out) != len) {
 		x->werr = errno != 0 ? errno : EIO;
 		return 1;
 	}
@@ -144,52 +136,23 @@ export_put(struct export_ctx *x, const void *p, size_t len)
 }
 
 static int
-export_chunk_cb(const void *data, size_t len, void *arg)
-{
-	struct export_ctx *x = arg;
-	const char *p = data;
-	size_t n, used, olen;
-
-	if (!x->unstuff)
-		return export_put(x, p, len);
-	/* Bytes after the terminator (there should be none) are not part
-	 * of the message. */
-	while (len > 0 && x->data.st != SMTP_DATA_DONE) {
-		n = len < EXPORT_SLICE ? len : EXPORT_SLICE;
-		used = smtp_data_scan(&x->data, p, n, x->buf, &olen);
-		if (export_put(x, x->buf, olen) != 0)
-			return 1;
-		p += used;
-		len -= used;
-	}
-	return 0;
-}
-
-static int
-export_stream(struct store_reader *rd, const struct export_message *m, struct export_ctx *x, char *err,
-	      size_t errsz)
+export_stream(struct reader *rd, const struct export_message *m, struct export_ctx *x, char *err, size_t errsz)
 {
 	int r;
 
-	x->unstuff = strcmp(m->transport, "bdat") != 0;
-	smtp_data_init(&x->data);
-	x->buf = NULL;
-	if (x->unstuff && (x->buf = malloc(EXPORT_SLICE + 2)) == NULL) {
-		snprintf(err, errsz, "out of memory");
-		return EXPORT_EDB;
-	}
-	r = store_reader_message_data(rd, m->id, export_chunk_cb, x, err, errsz);
-	free(x->buf);
-	x->buf = NULL;
+	r = reader_message_content(rd, m->id, READER_CONTENT_MESSAGE, export_chunk_cb, x, err, errsz);
 	if (r == 1) {
 		snprintf(err, errsz, "%s", strerror(x->werr));
 		return EXPORT_EWRITE;
 	}
-	return r == 0 ? EXPORT_OK : EXPORT_EDB;
+	/* A message listed a moment ago is there (the caller's request). */
+	if (r == READER_NOTFOUND)
+		snprintf(err, errsz, "message %d is gone (pruned meanwhile?)", m->idx);
+	return r == READER_OK ? EXPORT_OK : EXPORT_EDB;
 }
 
 int
-export_write_eml(struct store_reader *rd, const struct export_message *m, FILE *out, char *err, size_t errsz)
+export_write_eml(struct reader *rd, const struct export_message *m, FILE *out, char *err, size_t errsz)
 {
 	struct export_ctx x;
 
@@ -199,7 +162,7 @@ export_write_eml(struct store_reader *rd, const struct export_message *m, FILE *
 }
 
 int
-export_write_mbox(struct store_reader *rd, const struct export_message *m, FILE *out, char *err, size_t errsz)
+export_write_mbox(struct reader *rd, const struct export_message *m, FILE *out, char *err, size_t errsz)
 {
 	struct export_ctx x;
 	struct export_mboxrd q;

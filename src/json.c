@@ -1,14 +1,18 @@
 /*
  * json.c - streaming JSON writer and validator, see json.h.
  *
- * Output goes through stdio one piece at a time; runs of bytes that need no
- * escaping are written with a single fwrite() since strings may be long
- * (a multi-line EHLO reply, a redacted AUTH line, a JSON blob).
+ * Output goes through stdio (or into the memory buffer) one piece at a
+ * time; runs of bytes that need no escaping are written with a single
+ * fwrite() since strings may be long (a multi-line EHLO reply, a redacted
+ * AUTH line, a JSON blob).  json_put() is the one place that knows where
+ * the text goes.
  */
 #include "smtptap/json.h"
 
 #include <errno.h>
 #include <inttypes.h>
+#include <stddef.h>
+#include <stdlib.h>
 #include <string.h>
 
 struct json_scan {
@@ -18,6 +22,7 @@ struct json_scan {
 
 static void json_fail(struct json *j, int err);
 static void json_put(struct json *j, const void *p, size_t len);
+static int json_mem_grow(struct json *j, size_t need);
 static void json_newline(struct json *j, int depth);
 static void json_separate(struct json *j);
 static bool json_value_begin(struct json *j);
@@ -36,9 +41,76 @@ static bool json_is_hex(unsigned char c);
 void
 json_init(struct json *j, FILE *f, int levels)
 {
-	memset(j, 0, sizeof(*j));
+	memset(j, 0, offsetof(struct json, obuf));
 	j->f = f;
 	j->levels = levels;
+}
+
+void
+json_init_mem(struct json *j, size_t max, int levels)
+{
+	memset(j, 0, offsetof(struct json, obuf));
+	j->max = max;
+	j->levels = levels;
+}
+
+const char *
+json_mem_data(const struct json *j, size_t *len)
+{
+	*len = j->len;
+	return j->buf;
+}
+
+char *
+json_mem_take(struct json *j, size_t *len)
+{
+	char *p;
+
+	/* Room for the NUL is made here, past the text (and past max:
+	 * the bound is on the text). */
+	if (j->buf == NULL || (j->len == j->cap && json_mem_grow(j, 1) < 0)) {
+		json_mem_free(j);
+		*len = 0;
+		return NULL;
+	}
+	p = j->buf;
+	p[j->len] = '\0';
+	*len = j->len;
+	j->buf = NULL;
+	j->len = j->cap = 0;
+	return p;
+}
+
+void
+json_mem_free(struct json *j)
+{
+	free(j->buf);
+	j->buf = NULL;
+	j->len = j->cap = 0;
+}
+
+/* Make room for need more bytes in the buffer (doubling, from 4 KiB).
+ * Returns 0, or -1 when memory is short. */
+static int
+json_mem_grow(struct json *j, size_t need)
+{
+	size_t cap = j->cap == 0 ? 4096 : j->cap;
+	char *p;
+
+	if (need > SIZE_MAX - j->len)
+		return -1;
+	while (cap - j->len < need) {
+		if (cap > SIZE_MAX / 2)
+			return -1;
+		cap *= 2;
+	}
+	if (cap == j->cap)
+		return 0;
+	if ((p = realloc(j->buf, cap)) == NULL)
+		return -1;
+	j->buf = p;
+	j->cap = cap;
+	return 0;
 }
 
 /* The first failure wins: later ones are usually its consequences. */
@@ -56,8 +128,29 @@ json_put(struct json *j, const void *p, size_t len)
 {
 	if (j->failed || len == 0)
 		return;
-	if (fwrite(p, 1, len, j->f) != len)
-		json_fail(j, errno != 0 ? errno : EIO);
+	if (j->f != NULL) {
+		if (len > sizeof(j->obuf) - j->olen && json_flush(j) < 0)
+			return;
+		if (len >= sizeof(j->obuf)) {
+			/* a long string: straight out */
+			if (fwrite(p, 1, len, j->f) != len)
+				json_fail(j, errno != 0 ? errno : EIO);
+			return;
+		}
+		memcpy(j->obuf + j->olen, p, len);
+		j->olen += len;
+		return;
+	}
+	if (j->max != 0 && (len > j->max || j->len > j->max - len)) {
+		json_fail(j, EMSGSIZE);
+		return;
+	}
+	if (j->cap - j->len < len && json_mem_grow(j, len) < 0) {
+		json_fail(j, ENOMEM);
+		return;
+	}
+	memcpy(j->buf + j->len, p, len);
+	j->len += len;
 }
 
 /* A line break, then the indentation of nesting level `depth`. */
@@ -329,12 +422,30 @@ json_kv_null(struct json *j, const char *key)
 }
 
 int
+json_flush(struct json *j)
+{
+	size_t n = j->olen;
+
+	/* What was written before a misuse still goes out (as it did
+	 * unbuffered); nothing more after a write error. */
+	j->olen = 0;
+	if (j->f != NULL && n > 0 && !(j->failed && j->err != 0) && fwrite(j->obuf, 1, n, j->f) != n) {
+		if (!j->failed) {
+			j->failed = true;
+			j->err = errno != 0 ? errno : EIO;
+		}
+	}
+	return j->failed ? -1 : 0;
+}
+
+int
 json_finish(struct json *j)
 {
 	/* A document that never got its value, or left something open. */
 	if (j->depth != 0 || j->after_key || !j->done)
 		json_fail(j, 0);
 	json_put(j, "\n", 1);
+	json_flush(j);
 	return j->failed ? -1 : 0;
 }
 

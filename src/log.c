@@ -55,6 +55,8 @@ log_info(const char *fmt, ...)
 {
 	va_list ap;
 
+	if (log_level < 0)
+		return;
 	va_start(ap, fmt);
 	log_emit(fmt, ap, 0);
 	va_end(ap);

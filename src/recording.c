@@ -18,11 +18,11 @@
 #include "smtptap/jsonread.h"
 
 static void rec_fail(struct recording *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static struct rec_unit *rec_unit_new(struct recording *r, const struct store_event_row *ev,
+static struct rec_unit *rec_unit_new(struct recording *r, const struct reader_event *ev,
 				     enum rec_unit_kind kind);
 static int rec_spool(struct recording *r, const void *p, size_t len);
-static int rec_add_reply(struct recording *r, const struct store_event_row *ev);
-static int rec_add_data(struct recording *r, const struct store_event_row *ev);
+static int rec_add_reply(struct recording *r, const struct reader_event *ev);
+static int rec_add_data(struct recording *r, const struct reader_event *ev);
 static void rec_tls_mode(const char *json, char *out, size_t outsz);
 static char *rec_strdup(struct recording *r, const char *s);
 static void rec_link(struct recording *r);
@@ -115,7 +115,7 @@ rec_tls_mode(const char *json, char *out, size_t outsz)
 }
 
 int
-recording_session(struct recording *r, const struct store_session_row *row)
+recording_session(struct recording *r, const struct reader_session *row)
 {
 	r->mode = rec_strdup(r, row->mode);
 	r->client = rec_strdup(r, row->client);
@@ -191,7 +191,7 @@ recording_data_read(const struct recording *r, uint64_t off, void *buf, size_t l
 
 /* A new unit for client event ev; NULL when out of memory. */
 static struct rec_unit *
-rec_unit_new(struct recording *r, const struct store_event_row *ev, enum rec_unit_kind kind)
+rec_unit_new(struct recording *r, const struct reader_event *ev, enum rec_unit_kind kind)
 {
 	struct rec_unit *u;
 	bool new_group;
@@ -251,7 +251,7 @@ rec_unit_new(struct recording *r, const struct store_event_row *ev, enum rec_uni
 }
 
 static int
-rec_add_reply(struct recording *r, const struct store_event_row *ev)
+rec_add_reply(struct recording *r, const struct reader_event *ev)
 {
 	struct rec_reply *rp;
 
@@ -292,7 +292,7 @@ rec_add_reply(struct recording *r, const struct store_event_row *ev)
 
 /* Message bytes: the rest of a BDAT chunk, or a DATA stream. */
 static int
-rec_add_data(struct recording *r, const struct store_event_row *ev)
+rec_add_data(struct recording *r, const struct reader_event *ev)
 {
 	struct rec_unit *u = r->nunits > 0 ? &r->units[r->nunits - 1] : NULL;
 	size_t len = ev->raw != NULL ? ev->raw_len : 0;
@@ -342,7 +342,7 @@ rec_add_data(struct recording *r, const struct store_event_row *ev)
 }
 
 int
-recording_add(struct recording *r, const struct store_event_row *ev)
+recording_add(struct recording *r, const struct reader_event *ev)
 {
 	struct rec_unit *u;
 	struct smtp_cmd cmd;

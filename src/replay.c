@@ -58,7 +58,7 @@ struct replay {
 	struct event_base *base;
 	struct evdns_base *dns;
 	struct store *store;
-	struct store_reader *rd;
+	struct reader *rd;
 	struct tls *tls;
 	struct proxy_config cfg;
 	struct session_ctx ctx;
@@ -226,7 +226,7 @@ replay_run(const struct replay_opts *o, const int64_t *ids, size_t nids, bool di
 		log_warnx("cannot set up the DNS resolver");
 		goto out;
 	}
-	if ((rp.rd = store_reader_open(o->db, err, sizeof(err))) == NULL) {
+	if ((rp.rd = reader_open(o->db, err, sizeof(err))) == NULL) {
 		log_warnx("--db %s: %s", o->db, err);
 		goto out;
 	}
@@ -274,7 +274,7 @@ out:
 		rc = -1;
 	}
 	if (rp.rd != NULL)
-		store_reader_close(rp.rd);
+		reader_close(rp.rd);
 	if (rp.dns != NULL)
 		evdns_base_free(rp.dns, 1);
 	if (rp.base != NULL)
@@ -334,6 +334,18 @@ rp_start(struct replay *rp, int64_t id)
 	}
 	if (r < 0) {
 		rp_result_error(rp, id, NULL, false, "%s", err);
+		return;
+	}
+	if (o->skip_redacted && rec->redacted && o->auth_user == NULL) {
+		struct replay_result res;
+
+		memset(&res, 0, sizeof(res));
+		res.id = id;
+		res.rec = rec;
+		res.skipped = true;
+		snprintf(res.errmsg, sizeof(res.errmsg), "recorded with its AUTH credentials redacted (give --auth USER:PASS)");
+		rp->cb(&res, rp->arg);
+		recording_free(rec);
 		return;
 	}
 	if (replay_check(rec, o, rp->diff, err, sizeof(err)) < 0) {

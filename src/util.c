@@ -8,6 +8,7 @@
 #include <inttypes.h>
 #include <netinet/in.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -182,6 +183,109 @@ util_parse_size(const char *s, uint64_t *out)
 		return -1;
 	*out = v * mul;
 	return 0;
+}
+
+/* An address in text into family and bytes, IPv4-mapped IPv6 as IPv4.
+ * Returns 0 or -1. */
+static int
+util_parse_ip(const char *s, size_t len, int *family, uint8_t addr[16])
+{
+	static const uint8_t mapped[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
+	char buf[INET6_ADDRSTRLEN + 1];
+
+	if (len > 0 && s[0] == '[' && s[len - 1] == ']') {
+		s++;
+		len -= 2;
+	}
+	if (len == 0 || len >= sizeof(buf))
+		return -1;
+	memcpy(buf, s, len);
+	buf[len] = '\0';
+	memset(addr, 0, 16);
+	if (inet_pton(AF_INET, buf, addr) == 1) {
+		*family = AF_INET;
+		return 0;
+	}
+	if (inet_pton(AF_INET6, buf, addr) != 1)
+		return -1;
+	*family = AF_INET6;
+	if (memcmp(addr, mapped, sizeof(mapped)) == 0) {
+		memmove(addr, addr + 12, 4);
+		memset(addr + 4, 0, 12);
+		*family = AF_INET;
+	}
+	return 0;
+}
+
+int
+util_parse_cidr(const char *s, struct util_cidr *out, const char **why)
+{
+	const char *slash = strchr(s, '/');
+	size_t alen = slash != NULL ? (size_t)(slash - s) : strlen(s);
+	unsigned max;
+	bool mapped;
+	long pfx;
+
+	if (util_parse_ip(s, alen, &out->family, out->addr) < 0) {
+		*why = "expected an IP address or a block such as 192.0.2.1, 10.0.0.0/8, ::1 or 2001:db8::/32";
+		return -1;
+	}
+	/* "::ffff:10.0.0.0/104" is 10.0.0.0/8: a v6 prefix over the mapping */
+	mapped = out->family == AF_INET && memchr(s, ':', alen) != NULL;
+	max = out->family == AF_INET && !mapped ? 32 : 128;
+	out->prefix = out->family == AF_INET ? 32 : 128;
+	if (slash == NULL)
+		return 0;
+	if (util_parse_int(slash + 1, 0, max, &pfx) < 0 || slash[1] < '0' || slash[1] > '9') {
+		*why = max == 32 ? "an IPv4 prefix runs from 0 to 32" : "an IPv6 prefix runs from 0 to 128";
+		return -1;
+	}
+	if (mapped) {
+		if (pfx < 96) {
+			*why = "an IPv4-mapped block needs a prefix from 96 to 128";
+			return -1;
+		}
+		pfx -= 96;
+	}
+	out->prefix = (unsigned)pfx;
+	return 0;
+}
+
+int
+util_cidr_match(const struct util_cidr *c, const char *ip)
+{
+	uint8_t a[16];
+	unsigned full, rest;
+	int family;
+
+	if (ip == NULL || util_parse_ip(ip, strlen(ip), &family, a) < 0 || family != c->family)
+		return 0;
+	full = c->prefix / 8;
+	rest = c->prefix % 8;
+	if (memcmp(a, c->addr, full) != 0)
+		return 0;
+	return rest == 0 || ((a[full] ^ c->addr[full]) & (uint8_t)(0xff << (8 - rest))) == 0;
+}
+
+/* RFC 3339 in UTC with microseconds: "2024-05-01T12:02:03.123456Z". */
+void
+util_fmt_rfc3339(char *buf, size_t bufsz, int64_t us)
+{
+	int64_t sec, frac;
+	time_t t;
+	struct tm tm;
+
+	sec = us / 1000000;
+	frac = us % 1000000;
+	if (frac < 0) {
+		frac += 1000000;
+		sec--;
+	}
+	t = (time_t)sec;
+	if (gmtime_r(&t, &tm) == NULL)
+		memset(&tm, 0, sizeof(tm));
+	snprintf(buf, bufsz, "%04d-%02d-%02dT%02d:%02d:%02d.%06" PRId64 "Z", tm.tm_year + 1900, tm.tm_mon + 1,
+		 tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, frac);
 }
 
 void

@@ -1,27 +1,20 @@
 /*
- * cli_json.h - a session as JSON, shared by `show --json`, `export --json`
- * (one document: session, events, messages) and `sessions --json` (the
- * session objects alone).
+ * cli_json.h - `show --json` and `export --json`: one session's JSON
+ * document (reader_json.c) written to a command's output, with its
+ * errors reported the CLI's way.
  */
 #ifndef SMTPTAP_CLI_JSON_H
 #define SMTPTAP_CLI_JSON_H
 
-#include <stdbool.h>
-
 #include "smtptap/cli_out.h"
-#include "smtptap/cli_read.h"
-#include "smtptap/json.h"
-#include "smtptap/store.h"
-
-/* The session object, with the summary the writer keeps. */
-void cli_json_session(struct json *j, const struct cli_session *s);
+#include "smtptap/reader.h"
 
 /*
  * {"session": {...}, "events": [...], "messages": [...], "transactions":
- * [...]} for session s.
+ * [...]} for session s (read in the current request).
  * Returns CLI_EXIT_OK (write errors are left in out->werr for
  * cli_out_close) or CLI_EXIT_FAIL after reporting a database error.
  */
-int cli_json_doc(struct store_reader *rd, const char *db, const struct cli_session *s, struct cli_out *out);
+int cli_json_doc(struct reader *rd, const char *db, const struct reader_session *s, struct cli_out *out);
 
 #endif

@@ -1,10 +1,9 @@
 /*
  * export.h - write recorded messages as .eml files or mboxrd mailboxes.
  *
- * A message's content is never held in memory: its stored wire chunks are
- * read one at a time (store_reader_message_data), dot-unstuffed on the fly
- * for DATA messages (smtp_data_scan), and written out.  BDAT messages carry
- * no stuffing, so their chunks are written as stored.
+ * A message's content is never held in memory: the reader streams it in
+ * pieces (reader_message_content), dot-unstuffed on the fly for DATA
+ * messages, and they are written out as they come.
  */
 #ifndef SMTPTAP_EXPORT_H
 #define SMTPTAP_EXPORT_H
@@ -14,17 +13,16 @@
 #include <stdint.h>
 #include <stdio.h>
 
-struct store_reader;
-struct store_message_row;
+struct reader;
 
 /*
  * What an export needs to know about one message: an owned copy of part
- * of a store_message_row, so the reader is free for the data walk (a row
+ * of a reader_message, so the reader is free for the data walk (a row
  * lives only during its callback, and a callback must not start another
  * walk on the same reader).
  */
 struct export_message {
-	int64_t id;	    /* store id, for store_reader_message_data */
+	int64_t id;	    /* messages.id, for reader_message_content */
 	int64_t session_id;
 	int idx;	    /* 1-based within the session */
 	int64_t started_us; /* when DATA/BDAT began: the mbox date */
@@ -40,7 +38,7 @@ struct export_message {
  * caller (free with export_message_list_free).  Returns 0, or -1 with a
  * reason in err.  An empty session gives *out NULL and *n 0.
  */
-int export_message_list(struct store_reader *rd, int64_t session_id, struct export_message **out, size_t *n,
+int export_message_list(struct reader *rd, int64_t session_id, struct export_message **out, size_t *n,
 			char *err, size_t errsz);
 void export_message_list_free(struct export_message *v, size_t n);
 
@@ -51,12 +49,12 @@ void export_message_list_free(struct export_message *v, size_t n);
 
 /* The message exactly as the client sent it: dot-unstuffed, without the
  * terminating "." line. */
-int export_write_eml(struct store_reader *rd, const struct export_message *m, FILE *out, char *err,
+int export_write_eml(struct reader *rd, const struct export_message *m, FILE *out, char *err,
 		     size_t errsz);
 
 /* One mboxrd (RFC 4155) entry: "From " line, the quoted message, a
  * missing final newline supplied, then an empty line. */
-int export_write_mbox(struct store_reader *rd, const struct export_message *m, FILE *out, char *err,
+int export_write_mbox(struct reader *rd, const struct export_message *m, FILE *out, char *err,
 		      size_t errsz);
 
 /*

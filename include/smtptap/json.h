@@ -1,8 +1,15 @@
 /*
- * json.h - a small streaming JSON writer (RFC 8259) to a FILE *.
+ * json.h - a small streaming JSON writer (RFC 8259) to a FILE * or to a
+ * growable memory buffer.
  *
- * Nothing is built in memory: each call writes its piece at once, so a
- * document can be as long as the session it describes.  Commas, colons and
+ * To a FILE nothing is built in memory: the pieces go out through a
+ * small buffer of the writer's own (JSON_OBUF bytes, one fwrite() for
+ * many pieces instead of one each), so a document can be as long as the
+ * session it describes; json_finish() (or json_flush()) writes out the
+ * rest.  To
+ * memory (json_init_mem: an HTTP response, a test) the text grows in one
+ * buffer up to a bound the caller sets, and is the same text byte for
+ * byte as the FILE would have received.  Commas, colons and
  * indentation are placed by the writer, which remembers, per open
  * container, whether something was written into it yet.
  *
@@ -32,9 +39,14 @@
 #include <stdio.h>
 
 #define JSON_DEPTH_MAX 32
+#define JSON_OBUF 4096
 
 struct json {
-	FILE *f;
+	FILE *f;	 /* the output, or NULL: the memory buffer below */
+	char *buf;	 /* json_init_mem: the text so far (not NUL-terminated) */
+	size_t len, cap;
+	size_t max;	 /* the buffer never grows past this; 0: no bound */
+	size_t olen;	 /* bytes in obuf */
 	int levels;	 /* containers nested this deep get a line per member */
 	int depth;	 /* open containers */
 	bool failed;	 /* a write failed or the calls were out of order */
@@ -45,9 +57,27 @@ struct json {
 	 * still empty (no comma before the next member)? */
 	bool is_object[JSON_DEPTH_MAX + 1];
 	bool empty[JSON_DEPTH_MAX + 1];
+	/* Last, so that json_init() need not clear it: a FILE target's text
+	 * not yet handed to stdio. */
+	char obuf[JSON_OBUF];
 };
 
 void json_init(struct json *j, FILE *f, int levels);
+/*
+ * Write into a memory buffer owned by j instead, growing it as needed up
+ * to max bytes (0: no bound).  Going past max, or running out of memory,
+ * is a write error like a full disk: sticky, j->err EMSGSIZE or ENOMEM.
+ * Read the text with json_mem_data(); release it with json_mem_free().
+ */
+void json_init_mem(struct json *j, size_t max, int levels);
+/* The text written so far (*len bytes, not NUL-terminated; NULL when
+ * nothing was written). */
+const char *json_mem_data(const struct json *j, size_t *len);
+/* Hand the buffer to the caller (who free()s it) and forget it: j can be
+ * given json_init_mem() again.  NUL-terminated; NULL if nothing was
+ * written or memory ran short. */
+char *json_mem_take(struct json *j, size_t *len);
+void json_mem_free(struct json *j);
 
 void json_object_begin(struct json *j);
 void json_object_end(struct json *j);
@@ -74,7 +104,11 @@ void json_kv_int(struct json *j, const char *key, int64_t v);
 void json_kv_bool(struct json *j, const char *key, bool v);
 void json_kv_null(struct json *j, const char *key);
 
-/* End the document with a newline.  Returns 0, or -1 when a write failed
+/* Hand what the FILE target holds to stdio (a caller writing to the same
+ * FILE between JSON calls needs this first).  Returns 0 or -1. */
+int json_flush(struct json *j);
+
+/* End the document with a newline (and flush a FILE target).  Returns 0, or -1 when a write failed
  * (j->err holds its errno) or the calls did not form one balanced value
  * (j->err is 0). */
 int json_finish(struct json *j);

@@ -12,7 +12,8 @@
 
 #define LOG_PRINTF(a, b) __attribute__((format(printf, a, b)))
 
-/* verbosity: 0 = errors and one line per session, 1 = -v, 2 = -vv */
+/* verbosity: -1 = errors only (a batch replay), 0 = errors and one line per
+ * session, 1 = -v, 2 = -vv */
 void log_init(int verbosity);
 int log_verbosity(void);
 

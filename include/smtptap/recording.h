@@ -7,7 +7,7 @@
  * pipelining FIFO again).
  *
  * Loading (recording_load) is the one place that reads the store, through
- * the reader's walkers; everything after it is pure.  The builder
+ * the reader (reader.h), in one request; everything after it is pure.  The builder
  * (recording_new, recording_session, recording_add, recording_finish)
  * takes rows, not a database, so unit tests drive it with made-up events.
  *
@@ -30,6 +30,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "smtptap/reader.h"
 #include "smtptap/smtp.h"
 #include "smtptap/store.h"
 
@@ -130,13 +131,13 @@ struct recording {
  * Read session `id` from the store into *out (freed with recording_free).
  * Returns 0, 1 when there is no such session, -1 with a reason in err.
  */
-int recording_load(struct store_reader *rd, int64_t id, unsigned flags, struct recording **out, char *err,
+int recording_load(struct reader *rd, int64_t id, unsigned flags, struct recording **out, char *err,
 		   size_t errsz);
 
 /* The builder, for recording_load and unit tests: rows in, in seq order. */
 struct recording *recording_new(int64_t session_id, unsigned flags);
-int recording_session(struct recording *r, const struct store_session_row *row);
-int recording_add(struct recording *r, const struct store_event_row *ev);
+int recording_session(struct recording *r, const struct reader_session *row);
+int recording_add(struct recording *r, const struct reader_event *ev);
 void recording_finish(struct recording *r);
 void recording_free(struct recording *r);
 

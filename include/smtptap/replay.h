@@ -45,6 +45,9 @@ struct replay_opts {
 	int reply_timeout, connect_timeout; /* seconds */
 	int verbosity;
 	unsigned concurrency;	/* sessions at once, >= 1 */
+	/* A session recorded with its credentials redacted, without --auth:
+	 * a result with `skipped` set (batch replay) instead of an error. */
+	bool skip_redacted;
 };
 
 /* What became of one unit of the recording. */
@@ -73,6 +76,7 @@ struct replay_result {
 	size_t ndiff;		   /* units (and greeting) that differ */
 	bool error;		   /* not replayed, or could not reach the server: errmsg says why */
 	bool notfound;		   /* ... because there is no such session */
+	bool skipped;		   /* not replayed, by choice (skip_redacted): errmsg says why */
 	char errmsg[512];
 };
 

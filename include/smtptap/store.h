@@ -15,8 +15,9 @@
  * transactions, events and messages can be linked without a round trip to
  * the writer.
  *
- * Reading (the CLI): store_reader_* open the file read-only and walk rows
- * with callbacks; a row's pointers are valid only during its callback.
+ * Reading: reader.h, over the read-only connection store_reader_open()
+ * makes; store_reader_event_bytes() is the one function that knows where
+ * an event's bytes are kept.
  *
  * Schema: sql/NNN_*.sql, applied in order while PRAGMA user_version is
  * lower than NNN.  See docs/architecture.md for the tables.
@@ -270,8 +271,12 @@ struct store_prune_result {
 int store_prune(const char *path, const struct store_prune_opts *opts, struct store_prune_result *res, char *err,
 		size_t errsz);
 
-/* ---- reading (CLI, any thread, read-only) ---- */
+/* ---- reading (any thread, read-only) ---- */
 
+/*
+ * A read-only connection to the database, for the reader (reader.h, which
+ * runs every query of the recording on it and is what consumers use).
+ */
 struct store_reader;
 
 /* Returns NULL with a reason in err (missing file, not an smtptap
@@ -280,93 +285,25 @@ struct store_reader;
 struct store_reader *store_reader_open(const char *path, char *err, size_t errsz);
 void store_reader_close(struct store_reader *rd);
 
-struct store_session_row {
-	int64_t id;
-	int64_t started_us, ended_us; /* ended_us 0 while live */
-	const char *listener, *client, *upstream, *upstream_addr, *mode;
-	const char *client_tls, *upstream_tls; /* JSON text or NULL */
-	const char *outcome, *detail;	       /* NULL while live */
-	/* the summary the writer keeps */
-	const char *client_ip, *helo, *auth_mech, *auth_user; /* NULL when unknown */
-	const char *client_tls_version, *upstream_tls_version;
-	int64_t nmessages, nevents, ntransactions;
-	int64_t client_bytes, upstream_bytes, proxy_bytes;
-	int64_t replay_of; /* a replay or mock: the session it replays, 0 none */
-};
+struct sqlite3;
+struct sqlite3 *store_reader_db(struct store_reader *rd);
 
-struct store_event_row {
-	int64_t seq, t_us;
-	enum store_side side;
-	enum store_kind kind;
-	unsigned flags;
-	int64_t message_row;		/* 0 if none */
-	int64_t answers_seq, cause_seq; /* 0 if none */
-	const char *text; /* NULL if none */
-	const void *raw;  /* NULL if none */
-	size_t raw_len;
-};
-
-struct store_rcpt_row {
-	const char *address, *params, *reply;
-	int reply_code;
-	int64_t rcpt_seq; /* 0 if unknown */
-};
-
-struct store_message_row {
-	int64_t id, session_id;
-	int idx;
-	int64_t started_us, ended_us;
-	const char *mail_from, *mail_params, *transport;
-	int64_t size;
-	bool complete;
-	const char *subject, *from, *to, *message_id_hdr, *date;
-	int reply_code;
-	const char *reply;
-	int transaction_idx;	/* its transaction's idx, 0 if none */
-	int mail_code;		/* the reply to its MAIL, 0 if none was seen */
-	const char *mail_reply;
-	const struct store_rcpt_row *rcpts; /* the transaction's recipients */
-	size_t nrcpts;
-};
-
-struct store_transaction_row {
-	int idx;
-	int64_t started_us, mail_seq;
-	const char *mail_from, *mail_params;
-	int mail_code; /* 0 if no reply was seen */
-	const char *mail_reply;
-	int64_t nmessages; /* messages of this transaction */
-	const struct store_rcpt_row *rcpts;
-	size_t nrcpts;
-};
-
-/* Callbacks return 0 to go on, anything else to stop (which is returned).
- * The walkers return 0 when done, -1 on a database error (err filled). */
-typedef int (*store_session_cb)(const struct store_session_row *row, void *arg);
-typedef int (*store_event_cb)(const struct store_event_row *row, void *arg);
-typedef int (*store_message_cb)(const struct store_message_row *row, void *arg);
-typedef int (*store_transaction_cb)(const struct store_transaction_row *row, void *arg);
+/* Where an event's bytes are: the rest of the store only needs these. */
+/* SQL for the number of bytes an events row holds (NULL when none),
+ * computed without reading them. */
+#define STORE_READ_EVENT_LENGTH "coalesce(length(raw), content_length)"
+/* The bytes of content are handed out in pieces of at most this. */
+#define STORE_READ_CHUNK (64u * 1024)
+/* Returns 0 to go on, anything else to stop (which is returned). */
 typedef int (*store_chunk_cb)(const void *data, size_t len, void *arg);
-
-/* The most recent `limit` sessions (all if limit <= 0), oldest first. */
-int store_reader_sessions(struct store_reader *rd, int limit, store_session_cb cb, void *arg, char *err,
-			  size_t errsz);
-/* One session: returns 0 found, 1 not found, -1 error.  Its callback
- * should return 0 (a stop value of 1 would read as "not found"). */
-int store_reader_session(struct store_reader *rd, int64_t id, store_session_cb cb, void *arg, char *err,
-			 size_t errsz);
-/* The sessions that replay or mock session `id` (replay_of), oldest first. */
-int store_reader_replays(struct store_reader *rd, int64_t id, store_session_cb cb, void *arg, char *err,
-			 size_t errsz);
-int store_reader_events(struct store_reader *rd, int64_t session_id, store_event_cb cb, void *arg, char *err,
-			size_t errsz);
-int store_reader_messages(struct store_reader *rd, int64_t session_id, store_message_cb cb, void *arg,
-			  char *err, size_t errsz);
-/* A session's transactions, in order, each with its recipients. */
-int store_reader_transactions(struct store_reader *rd, int64_t session_id, store_transaction_cb cb, void *arg,
-			      char *err, size_t errsz);
-/* The wire bytes of a message (STORE_KIND_DATA events), in order. */
-int store_reader_message_data(struct store_reader *rd, int64_t message_row, store_chunk_cb cb, void *arg,
-			      char *err, size_t errsz);
+/*
+ * The bytes of the events row `rowid`, in order, in pieces of at most
+ * STORE_READ_CHUNK: the one function that knows where they are stored (in
+ * the row, or in a content segment).  No call when the row has none or
+ * does not exist.  Returns 0, cb's non-zero value if it stopped, or -1
+ * with err (a missing or short segment, a database error).
+ */
+int store_reader_event_bytes(struct store_reader *rd, int64_t rowid, store_chunk_cb cb, void *arg, char *err,
+			     size_t errsz);
 
 #endif

@@ -41,6 +41,26 @@ int util_parse_age(const char *s, int64_t *out_us);
  * "KiB" and lower case too): "500M", "2G", "1048576".  Returns 0, or -1.
  */
 int util_parse_size(const char *s, uint64_t *out);
+/*
+ * An address block: "10.0.0.0/8", "2001:db8::/32", or one address
+ * ("192.0.2.1", "::1", "[::1]": prefix 32 or 128).  An IPv4-mapped IPv6
+ * address ("::ffff:192.0.2.1") counts as its IPv4 address, so a v4 block
+ * matches v4 clients of a dual-stack listener too.  Host bits past the
+ * prefix are ignored.
+ */
+struct util_cidr {
+	int family; /* AF_INET or AF_INET6 */
+	uint8_t addr[16];
+	unsigned prefix;
+};
+/* Returns 0, or -1 with a reason in why (static text). */
+int util_parse_cidr(const char *s, struct util_cidr *out, const char **why);
+/* Is the address written in ip (as inet_ntop writes it) inside c? */
+int util_cidr_match(const struct util_cidr *c, const char *ip);
+
+/* RFC 3339 in UTC with microseconds: "2024-05-01T12:02:03.123456Z"
+ * (what --json prints for a time). */
+void util_fmt_rfc3339(char *buf, size_t bufsz, int64_t us);
 /* "1.2 MiB", "512 B": for people. */
 void util_fmt_bytes(char *buf, size_t bufsz, int64_t n);
 

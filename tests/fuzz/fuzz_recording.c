@@ -162,7 +162,7 @@ run_mock(const struct recording *r, const uint8_t *p, size_t len)
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-	struct store_session_row row = { .id = 1, .mode = "relay" };
+	struct reader_session row = { .id = 1, .mode = "relay" };
 	struct recording *r = recording_new(1, 0);
 	int64_t seq = 0, connect_seq = 0;
 	size_t pos = 0;
@@ -174,7 +174,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	while (pos + 4 <= size) {
 		uint8_t head = data[pos], flags = data[pos + 1], back = data[pos + 2];
 		size_t len = data[pos + 3];
-		struct store_event_row ev;
+		struct reader_event ev;
 
 		pos += 4;
 		if (len == 0 && (head & 7) == 7)

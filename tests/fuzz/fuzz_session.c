@@ -95,6 +95,7 @@
 #include "smtptap/rules.h"
 #include "smtptap/session.h"
 #include "smtptap/session_int.h"
+#include "smtptap/reader.h"
 #include "smtptap/store.h"
 #include "smtptap/tls.h"
 
@@ -281,10 +282,10 @@ static void	fuzz_client_tls(struct fuzz_run *);
 static long	fuzz_bio_cb(BIO *, int, const char *, size_t, int, long, int, size_t *);
 static void	fuzz_step(struct fuzz_run *);
 static void	fuzz_send(struct fuzz_run *, int, const uint8_t *, size_t, struct fuzz_buf *);
-static int	fuzz_event_cb(const struct store_event_row *, void *);
-static int	fuzz_session_cb(const struct store_session_row *, void *);
+static int	fuzz_event_cb(const struct reader_event *, void *);
+static int	fuzz_session_cb(const struct reader_session *, void *);
 static void	fuzz_check(struct fuzz_run *);
-static int	fuzz_dump_cb(const struct store_event_row *, void *);
+static int	fuzz_dump_cb(const struct reader_event *, void *);
 static void	fuzz_dump(void);
 
 static char fuzz_dir[64], fuzz_template[128], fuzz_db[128];
@@ -699,8 +700,11 @@ fuzz_client_tls(struct fuzz_run *r)
 	fuzz_append(&r->c_sent, r->hs.p, r->hs.len);
 }
 
+/* Every session (there is one). */
+static const struct reader_filter fuzz_all;
+
 static int
-fuzz_session_cb(const struct store_session_row *row, void *arg)
+fuzz_session_cb(const struct reader_session *row, void *arg)
 {
 	int64_t *id = arg;
 
@@ -709,7 +713,7 @@ fuzz_session_cb(const struct store_session_row *row, void *arg)
 }
 
 static int
-fuzz_event_cb(const struct store_event_row *ev, void *arg)
+fuzz_event_cb(const struct reader_event *ev, void *arg)
 {
 	struct fuzz_rec *rec = arg;
 	bool fwd = !(ev->flags & (STORE_F_DROPPED | STORE_F_ALTERED));
@@ -768,7 +772,7 @@ fuzz_event_cb(const struct store_event_row *ev, void *arg)
 /* One event on the saved stderr, bytes escaped: what a failure report
  * shows so the failing exchange can be read without a debugger. */
 static int
-fuzz_dump_cb(const struct store_event_row *ev, void *arg)
+fuzz_dump_cb(const struct reader_event *ev, void *arg)
 {
 	const unsigned char *p = ev->raw;
 	size_t i;
@@ -791,35 +795,35 @@ fuzz_dump_cb(const struct store_event_row *ev, void *arg)
 static void
 fuzz_dump(void)
 {
-	struct store_reader *rd;
+	struct reader *rd;
 	char err[256];
 	int64_t sid = 0;
 
-	if ((rd = store_reader_open(fuzz_db, err, sizeof(err))) == NULL)
+	if ((rd = reader_open(fuzz_db, err, sizeof(err))) == NULL)
 		return;
 	dprintf(fuzz_errfd, "fuzz_session: the recorded events:\n");
-	if (store_reader_sessions(rd, 0, fuzz_session_cb, &sid, err, sizeof(err)) == 0 && sid != 0)
-		store_reader_events(rd, sid, fuzz_dump_cb, NULL, err, sizeof(err));
-	store_reader_close(rd);
+	if (reader_sessions(rd, &fuzz_all, NULL, fuzz_session_cb, &sid, NULL, err, sizeof(err)) == 0 && sid != 0)
+		reader_events(rd, sid, READER_BYTES_ALL, fuzz_dump_cb, NULL, err, sizeof(err));
+	reader_close(rd);
 }
 
 /* Read the database back and compare with what the peers saw. */
 static void
 fuzz_check(struct fuzz_run *r)
 {
-	struct store_reader *rd;
+	struct reader *rd;
 	struct fuzz_rec rec;
 	char err[256];
 	int64_t sid = 0;
 
 	memset(&rec, 0, sizeof(rec));
-	if ((rd = store_reader_open(fuzz_db, err, sizeof(err))) == NULL)
-		fuzz_fail("store_reader_open: %s", err);
-	if (store_reader_sessions(rd, 0, fuzz_session_cb, &sid, err, sizeof(err)) != 0 || sid == 0)
+	if ((rd = reader_open(fuzz_db, err, sizeof(err))) == NULL)
+		fuzz_fail("reader_open: %s", err);
+	if (reader_sessions(rd, &fuzz_all, NULL, fuzz_session_cb, &sid, NULL, err, sizeof(err)) != 0 || sid == 0)
 		fuzz_fail("no session recorded: %s", err);
-	if (store_reader_events(rd, sid, fuzz_event_cb, &rec, err, sizeof(err)) != 0)
-		fuzz_fail("store_reader_events: %s", err);
-	store_reader_close(rd);
+	if (reader_events(rd, sid, READER_BYTES_ALL, fuzz_event_cb, &rec, err, sizeof(err)) != 0)
+		fuzz_fail("reader_events: %s", err);
+	reader_close(rd);
 	if (rec.bad)
 		fuzz_fail_dump("%s", rec.why);
 	if (!fuzz_prefix(&rec.client, &r->c_sent))

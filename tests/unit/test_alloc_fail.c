@@ -50,6 +50,7 @@
 #include "smtptap/mime.h"
 #include "smtptap/rules.h"
 #include "smtptap/smtp.h"
+#include "smtptap/reader.h"
 #include "smtptap/store.h"
 
 /* A bound on N per operation, so a broken loop ends (the largest,
@@ -105,13 +106,13 @@ static enum run_result check_recorded(const char *, int64_t, int64_t);
 static enum run_result op_store_open(struct fixture *, char *, size_t);
 static enum run_result op_store_record(struct fixture *, char *, size_t);
 static enum run_result op_store_recover(struct fixture *, char *, size_t);
-static int outcome_cb(const struct store_session_row *, void *);
+static int outcome_cb(const struct reader_session *, void *);
 static enum run_result op_store_read(struct fixture *, char *, size_t);
 static enum run_result op_export(struct fixture *, char *, size_t);
 static enum run_result op_rules(struct fixture *, char *, size_t);
-static int count_event_cb(const struct store_event_row *, void *);
-static int count_session_cb(const struct store_session_row *, void *);
-static int count_message_cb(const struct store_message_row *, void *);
+static int count_event_cb(const struct reader_event *, void *);
+static int count_session_cb(const struct reader_session *, void *);
+static int count_message_cb(const struct reader_message *, void *);
 static int sum_chunk_cb(const void *, size_t, void *);
 
 /* ------------------------------------------------------------------------
@@ -596,8 +597,11 @@ op_store_record(struct fixture *fx, char *why, size_t whysz)
 	return check_recorded(fx->work, sid, mid);
 }
 
+/* Every session. */
+static const struct reader_filter all;
+
 static int
-outcome_cb(const struct store_session_row *row, void *arg)
+outcome_cb(const struct reader_session *row, void *arg)
 {
 	bool *ok = arg;
 
@@ -610,7 +614,7 @@ outcome_cb(const struct store_session_row *row, void *arg)
 static enum run_result
 op_store_recover(struct fixture *fx, char *why, size_t whysz)
 {
-	struct store_reader *rd;
+	struct reader *rd;
 	struct store *st;
 	char err[256] = "";
 	bool ok = false;
@@ -628,10 +632,10 @@ op_store_recover(struct fixture *fx, char *why, size_t whysz)
 	}
 	if (rc != 0)
 		return RUN_ERROR;
-	if ((rd = store_reader_open(fx->work, err, sizeof(err))) == NULL)
+	if ((rd = reader_open(fx->work, err, sizeof(err))) == NULL)
 		OP_FAIL("reading back %s: %s", fx->work, err);
-	OP_CHECK((store_reader_sessions(rd, 0, outcome_cb, &ok, err, sizeof(err))) == (0));
-	store_reader_close(rd);
+	OP_CHECK((reader_sessions(rd, &all, NULL, outcome_cb, &ok, NULL, err, sizeof(err))) == (0));
+	reader_close(rd);
 	if (!ok)
 		OP_FAIL("store_open succeeded but the crashed session is not marked interrupted");
 	return RUN_OK;
@@ -644,7 +648,7 @@ struct counts {
 };
 
 static int
-count_session_cb(const struct store_session_row *row, void *arg)
+count_session_cb(const struct reader_session *row, void *arg)
 {
 	struct counts *c = arg;
 
@@ -656,7 +660,7 @@ count_session_cb(const struct store_session_row *row, void *arg)
 }
 
 static int
-count_event_cb(const struct store_event_row *row, void *arg)
+count_event_cb(const struct reader_event *row, void *arg)
 {
 	struct counts *c = arg;
 
@@ -666,7 +670,7 @@ count_event_cb(const struct store_event_row *row, void *arg)
 }
 
 static int
-count_message_cb(const struct store_message_row *row, void *arg)
+count_message_cb(const struct reader_message *row, void *arg)
 {
 	struct counts *c = arg;
 
@@ -692,18 +696,18 @@ sum_chunk_cb(const void *data, size_t len, void *arg)
 static enum run_result
 check_recorded(const char *path, int64_t sid, int64_t mid)
 {
-	struct store_reader *rd;
+	struct reader *rd;
 	struct counts c = { .bytes_ok = true };
 	char err[256];
 
-	rd = store_reader_open(path, err, sizeof(err));
+	rd = reader_open(path, err, sizeof(err));
 	if (rd == NULL)
 		OP_FAIL("reading back %s: %s", path, err);
-	OP_CHECK((store_reader_session(rd, sid, count_session_cb, &c, err, sizeof(err))) == (0));
-	OP_CHECK((store_reader_events(rd, sid, count_event_cb, &c, err, sizeof(err))) == (0));
-	OP_CHECK((store_reader_messages(rd, sid, count_message_cb, &c, err, sizeof(err))) == (0));
-	OP_CHECK((store_reader_message_data(rd, mid, sum_chunk_cb, &c, err, sizeof(err))) == (0));
-	store_reader_close(rd);
+	OP_CHECK((reader_session(rd, sid, count_session_cb, &c, err, sizeof(err))) == (0));
+	OP_CHECK((reader_events(rd, sid, READER_BYTES_NONE, count_event_cb, &c, err, sizeof(err))) == (0));
+	OP_CHECK((reader_messages(rd, sid, count_message_cb, &c, err, sizeof(err))) == (0));
+	OP_CHECK((reader_message_content(rd, mid, READER_CONTENT_WIRE, sum_chunk_cb, &c, err, sizeof(err))) == (0));
+	reader_close(rd);
 	if (c.nsessions != 1 || c.nevents != NEVENTS || c.nmessages != 1 || c.nrcpts != 2 ||
 	    c.data_len != sizeof(wire) - 1 || !c.bytes_ok)
 		OP_FAIL("store_close returned 0 but the session is not all there: %d sessions, %d events, "
@@ -716,22 +720,26 @@ check_recorded(const char *path, int64_t sid, int64_t mid)
 static enum run_result
 op_store_read(struct fixture *fx, char *why, size_t whysz)
 {
-	struct store_reader *rd;
+	struct reader *rd;
 	struct counts c = { .bytes_ok = true };
 	char err[256] = "";
 	int r = 0;
 
 	atomic_store(&armed, true);
-	rd = store_reader_open(fx->db, err, sizeof(err));
+	rd = reader_open(fx->db, err, sizeof(err));
 	if (rd != NULL) {
-		r = store_reader_sessions(rd, 0, count_session_cb, &c, err, sizeof(err));
+		/* one request, every walk (and the event bytes loaded) */
+		r = reader_begin(rd, err, sizeof(err));
 		if (r == 0)
-			r = store_reader_events(rd, fx->sid, count_event_cb, &c, err, sizeof(err));
+			r = reader_sessions(rd, &all, NULL, count_session_cb, &c, NULL, err, sizeof(err));
 		if (r == 0)
-			r = store_reader_messages(rd, fx->sid, count_message_cb, &c, err, sizeof(err));
+			r = reader_events(rd, fx->sid, READER_BYTES_ALL, count_event_cb, &c, err, sizeof(err));
 		if (r == 0)
-			r = store_reader_message_data(rd, fx->mid, sum_chunk_cb, &c, err, sizeof(err));
-		store_reader_close(rd);
+			r = reader_messages(rd, fx->sid, count_message_cb, &c, err, sizeof(err));
+		if (r == 0)
+			r = reader_message_content(rd, fx->mid, READER_CONTENT_WIRE, sum_chunk_cb, &c, err, sizeof(err));
+		reader_end(rd);
+		reader_close(rd);
 	}
 	atomic_store(&armed, false);
 	if (rd == NULL || r != 0) {
@@ -752,7 +760,7 @@ op_store_read(struct fixture *fx, char *why, size_t whysz)
 static enum run_result
 op_export(struct fixture *fx, char *why, size_t whysz)
 {
-	struct store_reader *rd;
+	struct reader *rd;
 	struct export_message *list = NULL;
 	char err[256] = "", *eml_out = NULL, *mbox_out = NULL;
 	size_t n = 0, eml_len = 0, mbox_len = 0;
@@ -763,8 +771,8 @@ op_export(struct fixture *fx, char *why, size_t whysz)
 	f1 = open_memstream(&eml_out, &eml_len);
 	f2 = open_memstream(&mbox_out, &mbox_len);
 	OP_CHECK(f1 != NULL && f2 != NULL);
-	/* store_reader_open is tortured with the readers: unarmed here. */
-	rd = store_reader_open(fx->db, err, sizeof(err));
+	/* reader_open is tortured with the readers: unarmed here. */
+	rd = reader_open(fx->db, err, sizeof(err));
 	atomic_store(&armed, true);
 	if (rd != NULL) {
 		r = export_message_list(rd, fx->sid, &list, &n, err, sizeof(err));
@@ -775,7 +783,7 @@ op_export(struct fixture *fx, char *why, size_t whysz)
 		}
 		if (r == 0)
 			export_message_list_free(list, n);
-		store_reader_close(rd);
+		reader_close(rd);
 	}
 	atomic_store(&armed, false);
 	OP_CHECK((fclose(f1)) == (0));

@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "smtptap/export.h"
+#include "smtptap/reader.h"
 #include "smtptap/store.h"
 
 struct fixture {
@@ -43,8 +44,8 @@ static void stuff(const char *msg, size_t len, struct bytes *wire);
 static int64_t add_message(struct store *st, int64_t sid, int idx, int64_t *seq, const char *transport,
 			   const char *mail_from, const char *wire, size_t wlen, size_t maxchunk, bool complete,
 			   uint64_t size);
-static struct store_reader *reader_ok(const char *db);
-static void export_to(struct store_reader *rd, const struct export_message *m, bool mbox, struct bytes *out);
+static struct reader *reader_ok(const char *db);
+static void export_to(struct reader *rd, const struct export_message *m, bool mbox, struct bytes *out);
 
 /* ------------------------------------------------------------------------
  * Helpers.
@@ -259,20 +260,20 @@ add_message(struct store *st, int64_t sid, int idx, int64_t *seq, const char *tr
 	return m.id;
 }
 
-static struct store_reader *
+static struct reader *
 reader_ok(const char *db)
 {
-	struct store_reader *rd;
+	struct reader *rd;
 	char err[256];
 
-	rd = store_reader_open(db, err, sizeof(err));
+	rd = reader_open(db, err, sizeof(err));
 	if (rd == NULL)
-		fail_msg("store_reader_open(%s): %s", db, err);
+		fail_msg("reader_open(%s): %s", db, err);
 	return rd;
 }
 
 static void
-export_to(struct store_reader *rd, const struct export_message *m, bool mbox, struct bytes *out)
+export_to(struct reader *rd, const struct export_message *m, bool mbox, struct bytes *out)
 {
 	char err[256];
 	FILE *f;
@@ -434,7 +435,7 @@ test_eml_unstuffing_roundtrip(void **state)
 	struct fixture *fx = *state;
 	struct store_session s;
 	struct export_message *list;
-	struct store_reader *rd;
+	struct reader *rd;
 	struct bytes wire, got;
 	struct store *st;
 	char err[256];
@@ -502,7 +503,7 @@ test_eml_unstuffing_roundtrip(void **state)
 	assert_int_equal(export_message_list(rd, sid + 100, &list, &n, err, sizeof(err)), 0);
 	assert_int_equal(n, 0);
 	assert_null(list);
-	store_reader_close(rd);
+	reader_close(rd);
 }
 
 static void
@@ -514,7 +515,7 @@ test_mbox_from_database(void **state)
 	struct fixture *fx = *state;
 	struct store_session s;
 	struct export_message *list;
-	struct store_reader *rd;
+	struct reader *rd;
 	struct bytes wire, got;
 	struct store *st;
 	char err[256];
@@ -552,7 +553,7 @@ test_mbox_from_database(void **state)
 		fclose(f);
 	}
 	export_message_list_free(list, n);
-	store_reader_close(rd);
+	reader_close(rd);
 }
 
 int

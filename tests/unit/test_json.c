@@ -439,6 +439,107 @@ test_write_error(void **state)
 	fclose(f);
 }
 
+/* One document written through the given writer (a FILE or memory):
+ * nesting, every value type, a long string that makes the buffer grow. */
+static void
+write_sample(struct json *j)
+{
+	static char big[10000];
+	int i;
+
+	memset(big, 'a', sizeof(big) - 1);
+	json_object_begin(j);
+	json_kv_int(j, "n", -42);
+	json_kv_bool(j, "t", true);
+	json_kv_null(j, "z");
+	json_kv_string(j, "s", "caf\xc3\xa9 \"quoted\"\n\x01\xff");
+	json_key(j, "a");
+	json_array_begin(j);
+	for (i = 0; i < 50; i++) {
+		json_object_begin(j);
+		json_kv_int(j, "i", i);
+		json_key(j, "raw");
+		json_raw(j, "{\"x\": [1, 2]}");
+		json_object_end(j);
+	}
+	json_array_end(j);
+	json_kv_string(j, "big", big);
+	json_object_end(j);
+}
+
+/* The memory target gives the FILE's text byte for byte, whatever the
+ * layout, and hands the buffer over NUL-terminated. */
+static void
+test_mem_same_as_file(void **state)
+{
+	static const int levels[] = { 0, 1, 2, JSON_DEPTH_MAX };
+	struct capture c;
+	struct json j, m;
+	const char *file, *data;
+	char *taken;
+	size_t i, len, tlen;
+
+	(void)state;
+	for (i = 0; i < sizeof(levels) / sizeof(levels[0]); i++) {
+		cap_open(&c);
+		json_init(&j, c.f, levels[i]);
+		write_sample(&j);
+		assert_int_equal(json_finish(&j), 0);
+		file = cap_close(&c);
+
+		json_init_mem(&m, 0, levels[i]);
+		write_sample(&m);
+		assert_int_equal(json_finish(&m), 0);
+		data = json_mem_data(&m, &len);
+		assert_int_equal(len, strlen(file));
+		assert_memory_equal(data, file, len);
+		taken = json_mem_take(&m, &tlen);
+		assert_non_null(taken);
+		assert_int_equal(tlen, len);
+		assert_int_equal(strlen(taken), len);
+		assert_string_equal(taken, file);
+		free(taken);
+		/* taken: the writer holds nothing any more */
+		assert_null(json_mem_data(&m, &len));
+		assert_int_equal(len, 0);
+		json_mem_free(&m);
+	}
+}
+
+/* Past its bound the buffer stops growing: a sticky write error, the text
+ * so far kept (and never longer than the bound). */
+static void
+test_mem_bound(void **state)
+{
+	struct json m;
+	size_t len;
+	char *t;
+
+	(void)state;
+	json_init_mem(&m, 100, 0);
+	write_sample(&m);
+	assert_true(m.failed);
+	assert_int_equal(m.err, EMSGSIZE);
+	assert_int_equal(json_finish(&m), -1);
+	assert_true(json_mem_data(&m, &len) != NULL);
+	assert_true(len <= 100);
+	json_mem_free(&m);
+
+	/* exactly at the bound is fine */
+	json_init_mem(&m, 8, 0);
+	json_string(&m, "abcde"); /* "abcde" plus the newline: 8 bytes */
+	assert_int_equal(json_finish(&m), 0);
+	t = json_mem_take(&m, &len);
+	assert_string_equal(t, "\"abcde\"\n");
+	free(t);
+
+	/* nothing written: nothing to take */
+	json_init_mem(&m, 0, 0);
+	assert_null(json_mem_take(&m, &len));
+	assert_int_equal(len, 0);
+	json_mem_free(&m);
+}
+
 static void
 test_valid(void **state)
 {
@@ -499,6 +600,8 @@ main(void)
 		cmocka_unit_test(test_misuse),
 		cmocka_unit_test(test_depth_limit),
 		cmocka_unit_test(test_write_error),
+		cmocka_unit_test(test_mem_same_as_file),
+		cmocka_unit_test(test_mem_bound),
 		cmocka_unit_test(test_valid),
 	};
 

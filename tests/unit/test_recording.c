@@ -26,7 +26,7 @@ struct mk {
 static void
 mk_init(struct mk *m, unsigned flags)
 {
-	struct store_session_row row = { .id = 7, .mode = "relay", .upstream = "mx.example:25" };
+	struct reader_session row = { .id = 7, .mode = "relay", .upstream = "mx.example:25" };
 
 	memset(m, 0, sizeof(*m));
 	m->r = recording_new(7, flags);
@@ -40,7 +40,7 @@ static int64_t
 mk_ev(struct mk *m, enum store_side side, enum store_kind kind, unsigned flags, int64_t msg, int64_t answers,
       const char *raw)
 {
-	struct store_event_row ev = {
+	struct reader_event ev = {
 		.seq = ++m->seq,
 		.t_us = (m->t += 1000),
 		.side = side,

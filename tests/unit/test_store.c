@@ -1,5 +1,6 @@
 /*
- * test_store.c - unit tests for the SQLite store (src/store.c, store_read.c).
+ * test_store.c - unit tests for the SQLite store (src/store.c, store_read.c),
+ * read back through the reader (reader.h, tested on its own in test_reader.c).
  *
  * Each test gets a fresh directory under /tmp (mkdtemp), removed with
  * everything in it afterwards.  Rows read back are copied out of the
@@ -32,6 +33,7 @@
 
 #include "smtptap/content.h"
 #include "smtptap/log.h"
+#include "smtptap/reader.h"
 #include "smtptap/schema.h"
 #include "smtptap/store.h"
 #include "smtptap/util.h"
@@ -61,7 +63,7 @@ struct ev_list {
 };
 
 struct sess_list {
-	struct store_session_row v[64];
+	struct reader_session v[64];
 	char *strs[64][10];
 	size_t n;
 };
@@ -100,20 +102,20 @@ static void path_in(const struct fixture *, const char *, char *, size_t);
 static mode_t file_mode(const char *);
 static void wait_drained(struct store *);
 static struct store *open_ok(const char *);
-static struct store_reader *reader_ok(const char *);
+static struct reader *reader_ok(const char *);
 static int64_t db_int(const char *, const char *);
 static void db_exec(const char *, const char *);
 static void add_event(struct store *, int64_t, int64_t, enum store_side, enum store_kind, unsigned, int64_t,
 		      const char *, const void *, size_t);
 static void add_session(struct store *, int64_t, const char *);
-static int ev_collect_cb(const struct store_event_row *, void *);
+static int ev_collect_cb(const struct reader_event *, void *);
 static void ev_list_free(struct ev_list *);
-static int sess_collect_cb(const struct store_session_row *, void *);
+static int sess_collect_cb(const struct reader_session *, void *);
 static void sess_list_free(struct sess_list *);
-static int msg_collect_cb(const struct store_message_row *, void *);
+static int msg_collect_cb(const struct reader_message *, void *);
 static void msg_list_free(struct msg_list *);
 static int buf_append_cb(const void *, size_t, void *);
-static int buf_events_cb(const struct store_event_row *, void *);
+static int buf_events_cb(const struct reader_event *, void *);
 static int sum_chunk_cb(const void *, size_t, void *);
 static void fill_random(unsigned char *, size_t, uint32_t *);
 static double now_s(void);
@@ -122,6 +124,19 @@ static double cpu_s(void);
 /* ------------------------------------------------------------------------
  * Helpers.
  */
+
+/* The `limit` newest sessions (all when limit <= 0), oldest first: what
+ * `smtptap sessions` lists, through the reader (reader.h). */
+static int
+rd_sessions(struct reader *rd, int limit, reader_session_cb cb, void *arg, char *err, size_t errsz)
+{
+	static const struct reader_filter all;
+	struct reader_page pg = { 0 };
+
+	pg.limit = limit > 0 ? limit : 0;
+	pg.oldest_first = true;
+	return reader_sessions(rd, &all, &pg, cb, arg, NULL, err, errsz);
+}
 
 static int
 setup_dir(void **state)
@@ -226,14 +241,14 @@ open_ok(const char *path)
 	return st;
 }
 
-static struct store_reader *
+static struct reader *
 reader_ok(const char *path)
 {
 	char err[256] = "";
-	struct store_reader *rd = store_reader_open(path, err, sizeof(err));
+	struct reader *rd = reader_open(path, err, sizeof(err));
 
 	if (rd == NULL)
-		fail_msg("store_reader_open(%s): %s", path, err);
+		fail_msg("reader_open(%s): %s", path, err);
 	return rd;
 }
 
@@ -300,7 +315,7 @@ add_session(struct store *st, int64_t id, const char *upstream)
 }
 
 static int
-ev_collect_cb(const struct store_event_row *row, void *arg)
+ev_collect_cb(const struct reader_event *row, void *arg)
 {
 	struct ev_list *l = arg;
 	struct ev_copy *c;
@@ -345,10 +360,10 @@ ev_list_free(struct ev_list *l)
 }
 
 static int
-sess_collect_cb(const struct store_session_row *row, void *arg)
+sess_collect_cb(const struct reader_session *row, void *arg)
 {
 	struct sess_list *l = arg;
-	struct store_session_row *c;
+	struct reader_session *c;
 	char **s;
 
 	assert_true(l->n < 64);
@@ -381,7 +396,7 @@ sess_list_free(struct sess_list *l)
 }
 
 static int
-msg_collect_cb(const struct store_message_row *row, void *arg)
+msg_collect_cb(const struct reader_message *row, void *arg)
 {
 	struct msg_list *l = arg;
 	struct msg_copy *c;
@@ -568,7 +583,7 @@ test_newer_version_refused(void **state)
 	struct fixture *fx = *state;
 	char err[256] = "";
 	struct store *st;
-	struct store_reader *rd;
+	struct reader *rd;
 
 	assert_int_equal(store_close(open_ok(fx->db)), 0);
 	db_exec(fx->db, "PRAGMA user_version = 999");
@@ -577,7 +592,7 @@ test_newer_version_refused(void **state)
 	assert_non_null(strstr(err, "database schema version 999 is newer than this smtptap"));
 	assert_non_null(strstr(err, "upgrade smtptap"));
 	err[0] = '\0';
-	rd = store_reader_open(fx->db, err, sizeof(err));
+	rd = reader_open(fx->db, err, sizeof(err));
 	assert_null(rd);
 	assert_non_null(strstr(err, "newer than this smtptap"));
 	/* Refusing did not touch it. */
@@ -592,7 +607,7 @@ test_garbage_file_refused(void **state)
 				   "padding padding padding padding padding padding padding padding\r\n";
 	char err[256] = "", back[sizeof(junk)];
 	struct store *st;
-	struct store_reader *rd;
+	struct reader *rd;
 	int fd;
 
 	fd = open(fx->db, O_CREAT | O_WRONLY, 0600);
@@ -603,7 +618,7 @@ test_garbage_file_refused(void **state)
 	assert_null(st);
 	assert_non_null(strstr(err, "not an SQLite database"));
 	err[0] = '\0';
-	rd = store_reader_open(fx->db, err, sizeof(err));
+	rd = reader_open(fx->db, err, sizeof(err));
 	assert_null(rd);
 	assert_non_null(strstr(err, "not an SQLite database"));
 	/* Not a byte changed. */
@@ -618,7 +633,7 @@ test_foreign_sqlite_refused(void **state)
 {
 	struct fixture *fx = *state;
 	char err[256] = "", other[160];
-	struct store_reader *rd;
+	struct reader *rd;
 
 	/* Someone else's database, with and without a user_version. */
 	db_exec(fx->db, "CREATE TABLE contacts (name TEXT); INSERT INTO contacts VALUES ('x')");
@@ -629,7 +644,7 @@ test_foreign_sqlite_refused(void **state)
 	assert_null(store_open(fx->db, err, sizeof(err)));
 	assert_non_null(strstr(err, "not an smtptap one"));
 	err[0] = '\0';
-	rd = store_reader_open(fx->db, err, sizeof(err));
+	rd = reader_open(fx->db, err, sizeof(err));
 	assert_null(rd);
 	assert_non_null(strstr(err, "not an smtptap database"));
 	assert_int_equal(db_int(fx->db, "SELECT count(*) FROM sqlite_master"), 1);
@@ -638,7 +653,7 @@ test_foreign_sqlite_refused(void **state)
 	path_in(fx, "empty.db", other, sizeof(other));
 	close(open(other, O_CREAT | O_WRONLY, 0600));
 	err[0] = '\0';
-	assert_null(store_reader_open(other, err, sizeof(err)));
+	assert_null(reader_open(other, err, sizeof(err)));
 	assert_non_null(strstr(err, "not an smtptap database"));
 }
 
@@ -652,14 +667,14 @@ test_open_errors(void **state)
 	assert_null(store_open(path, err, sizeof(err)));
 	assert_non_null(strstr(err, "No such file or directory"));
 	err[0] = '\0';
-	assert_null(store_reader_open(path, err, sizeof(err)));
+	assert_null(reader_open(path, err, sizeof(err)));
 	assert_non_null(strstr(err, "No such file or directory"));
 	err[0] = '\0';
 	assert_null(store_open(fx->dir, err, sizeof(err)));
 	assert_true(err[0] != '\0');
 	/* The reader never creates anything. */
 	path_in(fx, "absent.db", path, sizeof(path));
-	assert_null(store_reader_open(path, err, sizeof(err)));
+	assert_null(reader_open(path, err, sizeof(err)));
 	assert_true(access(path, F_OK) != 0);
 }
 
@@ -668,7 +683,7 @@ test_second_writer_refused(void **state)
 {
 	struct fixture *fx = *state;
 	char err[256] = "";
-	struct store_reader *rd;
+	struct reader *rd;
 	struct store *st;
 
 	st = open_ok(fx->db);
@@ -680,7 +695,7 @@ test_second_writer_refused(void **state)
 	assert_int_equal(db_int(fx->db, "SELECT count(*) FROM sessions WHERE outcome IS NULL"), 1);
 	/* ...and readers are welcome. */
 	rd = reader_ok(fx->db);
-	store_reader_close(rd);
+	reader_close(rd);
 	assert_int_equal(store_close(st), 0);
 	assert_int_equal(store_close(open_ok(fx->db)), 0);
 }
@@ -694,7 +709,7 @@ test_reopen_keeps_data_and_ids(void **state)
 {
 	struct fixture *fx = *state;
 	struct sess_list sl = { 0 };
-	struct store_reader *rd;
+	struct reader *rd;
 	struct store *st;
 	int64_t s1, s2, m1;
 
@@ -722,7 +737,7 @@ test_reopen_keeps_data_and_ids(void **state)
 	assert_int_equal(store_close(st), 0);
 
 	rd = reader_ok(fx->db);
-	assert_int_equal(store_reader_sessions(rd, 0, sess_collect_cb, &sl, NULL, 0), 0);
+	assert_int_equal(rd_sessions(rd, 0, sess_collect_cb, &sl, NULL, 0), 0);
 	assert_int_equal(sl.n, 3);
 	assert_int_equal(sl.v[0].id, 1);
 	assert_string_equal(sl.v[0].mode, "sink");
@@ -742,7 +757,7 @@ test_reopen_keeps_data_and_ids(void **state)
 	assert_int_equal(sl.v[1].nmessages, 1);
 	assert_int_equal(sl.v[2].id, 3);
 	sess_list_free(&sl);
-	store_reader_close(rd);
+	reader_close(rd);
 }
 
 static void
@@ -752,7 +767,7 @@ test_events_roundtrip_bytes(void **state)
 	static const unsigned char nul_raw[] = { 'M', 'A', 'I', 'L', 0, ' ', 0xff, 0xfe, '\r', '\n', 0 };
 	static const char latin1[] = "caf\xe9 \xff\x80 not utf-8";
 	struct ev_list el = { 0 };
-	struct store_reader *rd;
+	struct reader *rd;
 	struct store *st;
 
 	st = open_ok(fx->db);
@@ -769,7 +784,7 @@ test_events_roundtrip_bytes(void **state)
 	assert_int_equal(store_close(st), 0);
 
 	rd = reader_ok(fx->db);
-	assert_int_equal(store_reader_events(rd, 1, ev_collect_cb, &el, NULL, 0), 0);
+	assert_int_equal(reader_events(rd, 1, READER_BYTES_ALL, ev_collect_cb, &el, NULL, 0), 0);
 	assert_int_equal(el.n, 7);
 	assert_int_equal(el.v[0].seq, 1);
 	assert_int_equal(el.v[0].t_us, 1700000000000001);
@@ -809,7 +824,7 @@ test_events_roundtrip_bytes(void **state)
 	assert_int_equal(db_int(fx->db, "SELECT count(*) FROM events WHERE side = 'upstream' AND kind = 'reply'"), 1);
 	assert_int_equal(db_int(fx->db, "SELECT count(*) FROM events WHERE message_row IS NULL"), 6);
 	assert_int_equal(db_int(fx->db, "SELECT typeof(raw) = 'blob' FROM events WHERE seq = 1"), 1);
-	store_reader_close(rd);
+	reader_close(rd);
 }
 
 static void
@@ -818,7 +833,7 @@ test_message_data_1mib(void **state)
 	struct fixture *fx = *state;
 	const size_t total = 1024 * 1024;
 	struct buf out = { 0 }, other = { 0 };
-	struct store_reader *rd;
+	struct reader *rd;
 	struct store *st;
 	unsigned char *msg;
 	uint32_t seed = 12345, lcg = 7;
@@ -852,17 +867,18 @@ test_message_data_1mib(void **state)
 	assert_int_equal(store_close(st), 0);
 
 	rd = reader_ok(fx->db);
-	assert_int_equal(store_reader_message_data(rd, 1, buf_append_cb, &out, NULL, 0), 0);
+	assert_int_equal(reader_message_content(rd, 1, READER_CONTENT_WIRE, buf_append_cb, &out, NULL, 0), 0);
 	assert_int_equal(out.len, total);
 	assert_int_equal(out.nchunks, nchunks);
 	assert_memory_equal(out.p, msg, total);
-	assert_int_equal(store_reader_message_data(rd, 2, buf_append_cb, &other, NULL, 0), 0);
+	assert_int_equal(reader_message_content(rd, 2, READER_CONTENT_WIRE, buf_append_cb, &other, NULL, 0), 0);
 	assert_int_equal(other.len, 3 * nchunks);
-	/* An unknown message is simply empty. */
+	/* An unknown message is not found, and gives nothing. */
 	other.len = 0;
-	assert_int_equal(store_reader_message_data(rd, 99, buf_append_cb, &other, NULL, 0), 0);
+	assert_int_equal(reader_message_content(rd, 99, READER_CONTENT_WIRE, buf_append_cb, &other, NULL, 0),
+			 READER_NOTFOUND);
 	assert_int_equal(other.len, 0);
-	store_reader_close(rd);
+	reader_close(rd);
 	free(out.p);
 	free(other.p);
 	free(msg);
@@ -879,7 +895,7 @@ test_messages_with_recipients(void **state)
 		{ .address = "carol@ex\xe4mple.org" },
 	};
 	struct msg_list ml = { 0 };
-	struct store_reader *rd;
+	struct reader *rd;
 	struct store *st;
 	int64_t m1, m2;
 	size_t i;
@@ -932,7 +948,7 @@ test_messages_with_recipients(void **state)
 	assert_int_equal(store_close(st), 0);
 
 	rd = reader_ok(fx->db);
-	assert_int_equal(store_reader_messages(rd, 1, msg_collect_cb, &ml, NULL, 0), 0);
+	assert_int_equal(reader_messages(rd, 1, msg_collect_cb, &ml, NULL, 0), 0);
 	assert_int_equal(ml.n, 2);
 	assert_int_equal(ml.v[0].id, m1);
 	assert_int_equal(ml.v[0].session_id, 1);
@@ -979,9 +995,9 @@ test_messages_with_recipients(void **state)
 	assert_int_equal(db_int(fx->db, "SELECT count(*) FROM recipients WHERE reply_code IS NULL"), 1);
 	assert_int_equal(db_int(fx->db, "SELECT upstream_code IS NULL FROM messages WHERE idx = 2"), 1);
 	/* Another session has none. */
-	assert_int_equal(store_reader_messages(rd, 2, msg_collect_cb, &ml, NULL, 0), 0);
+	assert_int_equal(reader_messages(rd, 2, msg_collect_cb, &ml, NULL, 0), 0);
 	assert_int_equal(ml.n, 0);
-	store_reader_close(rd);
+	reader_close(rd);
 }
 
 static void
@@ -989,7 +1005,7 @@ test_session_tls_and_upstream_addr(void **state)
 {
 	struct fixture *fx = *state;
 	struct sess_list sl = { 0 };
-	struct store_reader *rd;
+	struct reader *rd;
 	struct store *st;
 
 	st = open_ok(fx->db);
@@ -1003,7 +1019,7 @@ test_session_tls_and_upstream_addr(void **state)
 	assert_int_equal(store_close(st), 0);
 
 	rd = reader_ok(fx->db);
-	assert_int_equal(store_reader_session(rd, 1, sess_collect_cb, &sl, NULL, 0), 0);
+	assert_int_equal(reader_session(rd, 1, sess_collect_cb, &sl, NULL, 0), 0);
 	assert_int_equal(sl.n, 1);
 	assert_string_equal(sl.v[0].upstream_addr, "[::1]:25");
 	assert_string_equal(sl.v[0].client_tls, "{\"mode\":\"starttls\"}");
@@ -1011,7 +1027,7 @@ test_session_tls_and_upstream_addr(void **state)
 	assert_string_equal(sl.v[0].outcome, "closed");
 	assert_int_equal(sl.v[0].ended_us, 99);
 	sess_list_free(&sl);
-	store_reader_close(rd);
+	reader_close(rd);
 }
 
 /* ------------------------------------------------------------------------
@@ -1024,7 +1040,7 @@ test_interrupted_on_reopen(void **state)
 	struct fixture *fx = *state;
 	struct sess_list sl = { 0 };
 	struct msg_list ml = { 0 };
-	struct store_reader *rd;
+	struct reader *rd;
 	struct store *st;
 
 	st = open_ok(fx->db);
@@ -1039,16 +1055,16 @@ test_interrupted_on_reopen(void **state)
 	assert_int_equal(store_close(st), 0);
 
 	rd = reader_ok(fx->db);
-	assert_int_equal(store_reader_session(rd, 2, sess_collect_cb, &sl, NULL, 0), 0);
+	assert_int_equal(reader_session(rd, 2, sess_collect_cb, &sl, NULL, 0), 0);
 	assert_null(sl.v[0].outcome);
 	assert_int_equal(sl.v[0].ended_us, 0);
 	sess_list_free(&sl);
-	store_reader_close(rd);
+	reader_close(rd);
 
 	st = open_ok(fx->db);
 	assert_int_equal(store_close(st), 0);
 	rd = reader_ok(fx->db);
-	assert_int_equal(store_reader_sessions(rd, 0, sess_collect_cb, &sl, NULL, 0), 0);
+	assert_int_equal(rd_sessions(rd, 0, sess_collect_cb, &sl, NULL, 0), 0);
 	assert_int_equal(sl.n, 2);
 	assert_string_equal(sl.v[0].outcome, "quit");
 	assert_int_equal(sl.v[0].ended_us, 5);
@@ -1057,12 +1073,12 @@ test_interrupted_on_reopen(void **state)
 	/* Ended at its last recorded event. */
 	assert_int_equal(sl.v[1].ended_us, 1700000000000002);
 	sess_list_free(&sl);
-	assert_int_equal(store_reader_messages(rd, 2, msg_collect_cb, &ml, NULL, 0), 0);
+	assert_int_equal(reader_messages(rd, 2, msg_collect_cb, &ml, NULL, 0), 0);
 	assert_int_equal(ml.n, 1);
 	assert_false(ml.v[0].complete);
 	assert_int_equal(db_int(fx->db, "SELECT complete FROM messages WHERE id = 1"), 0);
 	msg_list_free(&ml);
-	store_reader_close(rd);
+	reader_close(rd);
 }
 
 static void
@@ -1071,21 +1087,21 @@ test_reader_while_writer_open(void **state)
 	struct fixture *fx = *state;
 	struct sess_list sl = { 0 };
 	struct ev_list el = { 0 };
-	struct store_reader *rd;
+	struct reader *rd;
 	struct store *st;
 	int64_t i;
 
 	st = open_ok(fx->db);
 	/* A reader on a fresh recording that has nothing in it yet. */
 	rd = reader_ok(fx->db);
-	assert_int_equal(store_reader_sessions(rd, 10, sess_collect_cb, &sl, NULL, 0), 0);
+	assert_int_equal(rd_sessions(rd, 10, sess_collect_cb, &sl, NULL, 0), 0);
 	assert_int_equal(sl.n, 0);
 
 	add_session(st, 1, NULL);
 	for (i = 1; i <= 50; i++)
 		add_event(st, 1, i, STORE_SIDE_CLIENT, STORE_KIND_COMMAND, 0, 0, NULL, "NOOP\r\n", 6);
 	wait_drained(st);
-	assert_int_equal(store_reader_sessions(rd, 10, sess_collect_cb, &sl, NULL, 0), 0);
+	assert_int_equal(rd_sessions(rd, 10, sess_collect_cb, &sl, NULL, 0), 0);
 	assert_int_equal(sl.n, 1);
 	assert_int_equal(sl.v[0].nevents, 50);
 	assert_null(sl.v[0].outcome);
@@ -1097,7 +1113,7 @@ test_reader_while_writer_open(void **state)
 	store_session_close(st, 1, 7, "quit", NULL);
 	wait_drained(st);
 	/* ...and each walk sees everything committed before it. */
-	assert_int_equal(store_reader_events(rd, 1, ev_collect_cb, &el, NULL, 0), 0);
+	assert_int_equal(reader_events(rd, 1, READER_BYTES_ALL, ev_collect_cb, &el, NULL, 0), 0);
 	assert_int_equal(el.n, 100);
 	for (i = 0; i < 100; i++)
 		assert_int_equal(el.v[i].seq, i + 1);
@@ -1105,10 +1121,10 @@ test_reader_while_writer_open(void **state)
 
 	/* A second reader opened while writing, closed after the writer. */
 	assert_int_equal(store_close(st), 0);
-	assert_int_equal(store_reader_session(rd, 1, sess_collect_cb, &sl, NULL, 0), 0);
+	assert_int_equal(reader_session(rd, 1, sess_collect_cb, &sl, NULL, 0), 0);
 	assert_string_equal(sl.v[0].outcome, "quit");
 	sess_list_free(&sl);
-	store_reader_close(rd);
+	reader_close(rd);
 }
 
 /*
@@ -1123,7 +1139,7 @@ test_content_in_segments(void **state)
 	struct fixture *fx = *state;
 	struct ev_list el = { 0 };
 	struct buf out = { 0 };
-	struct store_reader *rd;
+	struct reader *rd;
 	struct store *st;
 	char dir[256], seg[300];
 	unsigned char big[100000];
@@ -1153,20 +1169,20 @@ test_content_in_segments(void **state)
 	assert_int_equal(file_mode(seg), 0600);
 
 	rd = reader_ok(fx->db);
-	assert_int_equal(store_reader_message_data(rd, 7, buf_append_cb, &out, NULL, 0), 0);
+	assert_int_equal(reader_message_content(rd, 7, READER_CONTENT_WIRE, buf_append_cb, &out, NULL, 0), 0);
 	assert_int_equal(out.len, 15 + sizeof(big));
 	assert_memory_equal(out.p, "Subject: a\r\n\r\n", 15);
 	assert_memory_equal(out.p + 15, big, sizeof(big));
 	/* Handed out in pieces of at most CONTENT_READ_CHUNK. */
 	assert_int_equal(out.nchunks, 1 + (sizeof(big) + CONTENT_READ_CHUNK - 1) / CONTENT_READ_CHUNK);
-	assert_int_equal(store_reader_events(rd, 1, ev_collect_cb, &el, NULL, 0), 0);
+	assert_int_equal(reader_events(rd, 1, READER_BYTES_ALL, ev_collect_cb, &el, NULL, 0), 0);
 	assert_int_equal(el.n, 5);
 	assert_int_equal(el.v[2].raw_len, sizeof(big));
 	assert_memory_equal(el.v[2].raw, big, sizeof(big));
 	assert_true(el.v[3].has_raw);
 	assert_int_equal(el.v[3].raw_len, 0);
 	assert_int_equal(el.v[4].raw_len, 8);
-	store_reader_close(rd);
+	reader_close(rd);
 	ev_list_free(&el);
 	free(out.p);
 }
@@ -1178,7 +1194,7 @@ test_content_reopen_appends(void **state)
 {
 	struct fixture *fx = *state;
 	struct buf out = { 0 };
-	struct store_reader *rd;
+	struct reader *rd;
 	struct store *st;
 	char dir[256], seg[300];
 	int fd;
@@ -1202,14 +1218,14 @@ test_content_reopen_appends(void **state)
 	assert_int_equal(db_int(fx->db, "SELECT content_offset FROM events WHERE message_row = 2"), 11);
 
 	rd = reader_ok(fx->db);
-	assert_int_equal(store_reader_message_data(rd, 1, buf_append_cb, &out, NULL, 0), 0);
+	assert_int_equal(reader_message_content(rd, 1, READER_CONTENT_WIRE, buf_append_cb, &out, NULL, 0), 0);
 	assert_int_equal(out.len, 5);
 	assert_memory_equal(out.p, "first", 5);
 	out.len = 0;
-	assert_int_equal(store_reader_message_data(rd, 2, buf_append_cb, &out, NULL, 0), 0);
+	assert_int_equal(reader_message_content(rd, 2, READER_CONTENT_WIRE, buf_append_cb, &out, NULL, 0), 0);
 	assert_int_equal(out.len, 6);
 	assert_memory_equal(out.p, "second", 6);
-	store_reader_close(rd);
+	reader_close(rd);
 	free(out.p);
 }
 
@@ -1220,7 +1236,7 @@ test_content_missing_reported(void **state)
 {
 	struct fixture *fx = *state;
 	struct buf out = { 0 };
-	struct store_reader *rd;
+	struct reader *rd;
 	struct store *st;
 	char dir[256], seg[300], err[512] = "";
 
@@ -1233,26 +1249,26 @@ test_content_missing_reported(void **state)
 	assert_int_equal(unlink(seg), 0);
 
 	rd = reader_ok(fx->db);
-	assert_int_equal(store_reader_message_data(rd, 1, buf_append_cb, &out, err, sizeof(err)), -1);
+	assert_int_equal(reader_message_content(rd, 1, READER_CONTENT_WIRE, buf_append_cb, &out, err, sizeof(err)), -1);
 	assert_non_null(strstr(err, "0000000001.seg"));
 	assert_non_null(strstr(err, "-content"));
 	err[0] = '\0';
-	assert_int_equal(store_reader_events(rd, 1, buf_events_cb, NULL, err, sizeof(err)), -1);
+	assert_int_equal(reader_events(rd, 1, READER_BYTES_ALL, buf_events_cb, NULL, err, sizeof(err)), -1);
 	assert_non_null(strstr(err, "0000000001.seg"));
-	store_reader_close(rd);
+	reader_close(rd);
 
 	/* A segment cut short is reported too. */
 	assert_int_equal(close(open(seg, O_WRONLY | O_CREAT, 0600)), 0);
 	rd = reader_ok(fx->db);
 	err[0] = '\0';
-	assert_int_equal(store_reader_message_data(rd, 1, buf_append_cb, &out, err, sizeof(err)), -1);
+	assert_int_equal(reader_message_content(rd, 1, READER_CONTENT_WIRE, buf_append_cb, &out, err, sizeof(err)), -1);
 	assert_non_null(strstr(err, "shorter than the database says"));
-	store_reader_close(rd);
+	reader_close(rd);
 	free(out.p);
 }
 
 static int
-buf_events_cb(const struct store_event_row *row, void *arg)
+buf_events_cb(const struct reader_event *row, void *arg)
 {
 	(void)row;
 	(void)arg;
@@ -1322,7 +1338,7 @@ test_content_upgrade_from_v1(void **state)
 {
 	struct fixture *fx = *state;
 	struct buf out = { 0 };
-	struct store_reader *rd;
+	struct reader *rd;
 	struct store *st;
 	char sql[256];
 
@@ -1336,10 +1352,10 @@ test_content_upgrade_from_v1(void **state)
 
 	/* An old database reads as it is, before any proxy migrated it. */
 	rd = reader_ok(fx->db);
-	assert_int_equal(store_reader_message_data(rd, 1, buf_append_cb, &out, NULL, 0), 0);
+	assert_int_equal(reader_message_content(rd, 1, READER_CONTENT_WIRE, buf_append_cb, &out, NULL, 0), 0);
 	assert_int_equal(out.len, 4);
 	assert_memory_equal(out.p, "old!", 4);
-	store_reader_close(rd);
+	reader_close(rd);
 
 	st = open_ok(fx->db);
 	add_session(st, 2, NULL);
@@ -1350,14 +1366,14 @@ test_content_upgrade_from_v1(void **state)
 
 	rd = reader_ok(fx->db);
 	out.len = 0;
-	assert_int_equal(store_reader_message_data(rd, 1, buf_append_cb, &out, NULL, 0), 0);
+	assert_int_equal(reader_message_content(rd, 1, READER_CONTENT_WIRE, buf_append_cb, &out, NULL, 0), 0);
 	assert_int_equal(out.len, 4);
 	assert_memory_equal(out.p, "old!", 4);
 	out.len = 0;
-	assert_int_equal(store_reader_message_data(rd, 2, buf_append_cb, &out, NULL, 0), 0);
+	assert_int_equal(reader_message_content(rd, 2, READER_CONTENT_WIRE, buf_append_cb, &out, NULL, 0), 0);
 	assert_int_equal(out.len, 3);
 	assert_memory_equal(out.p, "new", 3);
-	store_reader_close(rd);
+	reader_close(rd);
 	free(out.p);
 }
 
@@ -1372,7 +1388,7 @@ test_content_segment_roll(void **state)
 	struct fixture *fx = *state;
 	const size_t ev_len = 256 * 1024, nev = CONTENT_SEGMENT_MAX / (256 * 1024) + 3;
 	struct byte_sum want = { 0, 0 }, got = { 0, 0 };
-	struct store_reader *rd;
+	struct reader *rd;
 	struct store *st;
 	unsigned char *chunk;
 	char dir[256], seg[300];
@@ -1407,8 +1423,8 @@ test_content_segment_roll(void **state)
 
 	/* Streamed back in order, a piece at a time. */
 	rd = reader_ok(fx->db);
-	assert_int_equal(store_reader_message_data(rd, 1, sum_chunk_cb, &got, NULL, 0), 0);
-	store_reader_close(rd);
+	assert_int_equal(reader_message_content(rd, 1, READER_CONTENT_WIRE, sum_chunk_cb, &got, NULL, 0), 0);
+	reader_close(rd);
 	assert_int_equal(got.n, want.n);
 	assert_int_equal(got.sum, want.sum);
 	free(chunk);
@@ -1463,7 +1479,7 @@ test_100k_events(void **state)
 	struct fixture *fx = *state;
 	struct sess_list sl = { 0 };
 	struct ev_list el = { 0 };
-	struct store_reader *rd;
+	struct reader *rd;
 	struct store *st;
 	char line[64];
 	int64_t sid, seq, total = 0, nseq = TEST_UNDER_VALGRIND() ? 200 : 2000;
@@ -1488,7 +1504,7 @@ test_100k_events(void **state)
 
 	assert_int_equal(db_int(fx->db, "SELECT count(*) FROM events"), 50 * nseq);
 	rd = reader_ok(fx->db);
-	assert_int_equal(store_reader_sessions(rd, 0, sess_collect_cb, &sl, NULL, 0), 0);
+	assert_int_equal(rd_sessions(rd, 0, sess_collect_cb, &sl, NULL, 0), 0);
 	assert_int_equal(sl.n, 50);
 	for (i = 0; i < sl.n; i++) {
 		assert_int_equal(sl.v[i].nevents, nseq);
@@ -1496,7 +1512,7 @@ test_100k_events(void **state)
 	}
 	assert_int_equal(total, 50 * nseq);
 	sess_list_free(&sl);
-	assert_int_equal(store_reader_events(rd, 37, ev_collect_cb, &el, NULL, 0), 0);
+	assert_int_equal(reader_events(rd, 37, READER_BYTES_ALL, ev_collect_cb, &el, NULL, 0), 0);
 	assert_int_equal(el.n, (size_t)nseq);
 	for (i = 0; i < el.n; i++) {
 		n = snprintf(line, sizeof(line), "RCPT TO:<u37-%zu@example.org>\r\n", i + 1);
@@ -1505,7 +1521,7 @@ test_100k_events(void **state)
 		assert_memory_equal(el.v[i].raw, line, (size_t)n);
 	}
 	ev_list_free(&el);
-	store_reader_close(rd);
+	reader_close(rd);
 }
 
 static void
@@ -1513,7 +1529,7 @@ test_sessions_limit(void **state)
 {
 	struct fixture *fx = *state;
 	struct sess_list sl = { 0 };
-	struct store_reader *rd;
+	struct reader *rd;
 	struct store *st;
 	int64_t i;
 
@@ -1526,24 +1542,24 @@ test_sessions_limit(void **state)
 
 	rd = reader_ok(fx->db);
 	/* The newest three, oldest first. */
-	assert_int_equal(store_reader_sessions(rd, 3, sess_collect_cb, &sl, NULL, 0), 0);
+	assert_int_equal(rd_sessions(rd, 3, sess_collect_cb, &sl, NULL, 0), 0);
 	assert_int_equal(sl.n, 3);
 	assert_int_equal(sl.v[0].id, 8);
 	assert_int_equal(sl.v[1].id, 9);
 	assert_int_equal(sl.v[2].id, 10);
 	sess_list_free(&sl);
-	assert_int_equal(store_reader_sessions(rd, 0, sess_collect_cb, &sl, NULL, 0), 0);
+	assert_int_equal(rd_sessions(rd, 0, sess_collect_cb, &sl, NULL, 0), 0);
 	assert_int_equal(sl.n, 10);
 	for (i = 0; i < 10; i++)
 		assert_int_equal(sl.v[i].id, i + 1);
 	sess_list_free(&sl);
-	assert_int_equal(store_reader_sessions(rd, -1, sess_collect_cb, &sl, NULL, 0), 0);
+	assert_int_equal(rd_sessions(rd, -1, sess_collect_cb, &sl, NULL, 0), 0);
 	assert_int_equal(sl.n, 10);
 	sess_list_free(&sl);
-	assert_int_equal(store_reader_sessions(rd, 1000, sess_collect_cb, &sl, NULL, 0), 0);
+	assert_int_equal(rd_sessions(rd, 1000, sess_collect_cb, &sl, NULL, 0), 0);
 	assert_int_equal(sl.n, 10);
 	sess_list_free(&sl);
-	store_reader_close(rd);
+	reader_close(rd);
 }
 
 static void
@@ -1552,7 +1568,7 @@ test_session_not_found_and_stop(void **state)
 	struct fixture *fx = *state;
 	struct sess_list sl = { 0 };
 	struct ev_list el = { .stop_after = 3 };
-	struct store_reader *rd;
+	struct reader *rd;
 	struct store *st;
 	int64_t i;
 
@@ -1563,19 +1579,19 @@ test_session_not_found_and_stop(void **state)
 	assert_int_equal(store_close(st), 0);
 
 	rd = reader_ok(fx->db);
-	assert_int_equal(store_reader_session(rd, 2, sess_collect_cb, &sl, NULL, 0), 1);
+	assert_int_equal(reader_session(rd, 2, sess_collect_cb, &sl, NULL, 0), READER_NOTFOUND);
 	assert_int_equal(sl.n, 0);
-	assert_int_equal(store_reader_session(rd, 1, sess_collect_cb, &sl, NULL, 0), 0);
+	assert_int_equal(reader_session(rd, 1, sess_collect_cb, &sl, NULL, 0), 0);
 	assert_int_equal(sl.n, 1);
 	sess_list_free(&sl);
 	/* A callback's non-zero value stops the walk and is returned. */
-	assert_int_equal(store_reader_events(rd, 1, ev_collect_cb, &el, NULL, 0), 7);
+	assert_int_equal(reader_events(rd, 1, READER_BYTES_ALL, ev_collect_cb, &el, NULL, 0), 7);
 	assert_int_equal(el.n, 3);
 	ev_list_free(&el);
 	/* Events of a missing session: none, not an error. */
-	assert_int_equal(store_reader_events(rd, 99, ev_collect_cb, &el, NULL, 0), 0);
+	assert_int_equal(reader_events(rd, 99, READER_BYTES_ALL, ev_collect_cb, &el, NULL, 0), 0);
 	assert_int_equal(el.n, 0);
-	store_reader_close(rd);
+	reader_close(rd);
 }
 
 static void
@@ -1830,7 +1846,7 @@ struct tx_list {
 };
 
 static int
-tx_collect_cb(const struct store_transaction_row *row, void *arg)
+tx_collect_cb(const struct reader_transaction *row, void *arg)
 {
 	struct tx_list *l = arg;
 	struct tx_copy *c;
@@ -1875,7 +1891,7 @@ check_v1_migrated(const char *path)
 {
 	struct msg_list ml = { 0 };
 	struct tx_list tl = { 0 };
-	struct store_reader *rd;
+	struct reader *rd;
 	char buf[256];
 
 	assert_int_equal(db_int(path, "PRAGMA user_version"), schema_migrations[schema_nmigrations - 1].version);
@@ -1918,7 +1934,7 @@ check_v1_migrated(const char *path)
 			 0);
 	/* what readers get */
 	rd = reader_ok(path);
-	assert_int_equal(store_reader_messages(rd, 1, msg_collect_cb, &ml, NULL, 0), 0);
+	assert_int_equal(reader_messages(rd, 1, msg_collect_cb, &ml, NULL, 0), 0);
 	assert_int_equal(ml.n, 1);
 	assert_string_equal(ml.v[0].message_id, "<m1@example.com>");
 	assert_int_equal(ml.v[0].nrcpts, 2);
@@ -1926,7 +1942,7 @@ check_v1_migrated(const char *path)
 	assert_int_equal(ml.v[0].rcpt_code[1], 550);
 	assert_string_equal(ml.v[0].rcpt_params[1], "NOTIFY=NEVER");
 	msg_list_free(&ml);
-	assert_int_equal(store_reader_transactions(rd, 2, tx_collect_cb, &tl, NULL, 0), 0);
+	assert_int_equal(reader_transactions(rd, 2, tx_collect_cb, &tl, NULL, 0), 0);
 	assert_int_equal(tl.n, 1);
 	assert_int_equal(tl.v[0].nmessages, 1);
 	assert_string_equal(tl.v[0].mail_from, "");
@@ -1934,7 +1950,7 @@ check_v1_migrated(const char *path)
 	assert_int_equal(tl.v[0].nrcpts, 1);
 	assert_int_equal(tl.v[0].rcpt_code[0], 0);
 	tx_list_free(&tl);
-	store_reader_close(rd);
+	reader_close(rd);
 }
 
 static void
@@ -1965,12 +1981,12 @@ test_migrate_v1_by_reader(void **state)
 	struct fixture *fx = *state;
 
 	make_v1(fx->db);
-	store_reader_close(reader_ok(fx->db)); /* upgrades the file */
+	reader_close(reader_ok(fx->db)); /* upgrades the file */
 	check_v1_migrated(fx->db);
 	/* the live session stays live: readers recover nothing */
 	assert_int_equal(db_int(fx->db, "SELECT outcome IS NULL FROM sessions WHERE id = 3"), 1);
 	/* an upgraded file is not upgraded again */
-	store_reader_close(reader_ok(fx->db));
+	reader_close(reader_ok(fx->db));
 	assert_int_equal(db_int(fx->db, "PRAGMA user_version"), schema_migrations[schema_nmigrations - 1].version);
 }
 
@@ -1986,11 +2002,11 @@ test_migrate_refused_while_old_proxy_records(void **state)
 	fd = open(fx->db, O_RDWR);
 	assert_true(fd >= 0);
 	assert_int_equal(flock(fd, LOCK_EX | LOCK_NB), 0);
-	assert_null(store_reader_open(fx->db, err, sizeof(err)));
+	assert_null(reader_open(fx->db, err, sizeof(err)));
 	assert_non_null(strstr(err, "older smtptap proxy is recording into it"));
 	assert_int_equal(db_int(fx->db, "PRAGMA user_version"), 1);
 	close(fd);
-	store_reader_close(reader_ok(fx->db));
+	reader_close(reader_ok(fx->db));
 	assert_int_equal(db_int(fx->db, "PRAGMA user_version"), schema_migrations[schema_nmigrations - 1].version);
 }
 
@@ -2096,7 +2112,7 @@ test_transactions_recipients_links(void **state)
 	struct tx_list tl = { 0 };
 	struct msg_list ml = { 0 };
 	struct ev_list el = { 0 };
-	struct store_reader *rd;
+	struct reader *rd;
 	struct store *st;
 	int64_t mid;
 
@@ -2130,7 +2146,7 @@ test_transactions_recipients_links(void **state)
 	assert_int_equal(store_close(st), 0);
 
 	rd = reader_ok(fx->db);
-	assert_int_equal(store_reader_transactions(rd, 1, tx_collect_cb, &tl, NULL, 0), 0);
+	assert_int_equal(reader_transactions(rd, 1, tx_collect_cb, &tl, NULL, 0), 0);
 	assert_int_equal(tl.n, 2);
 	assert_int_equal(tl.v[0].idx, 1);
 	assert_int_equal(tl.v[0].mail_code, 250);
@@ -2146,14 +2162,14 @@ test_transactions_recipients_links(void **state)
 	assert_string_equal(tl.v[1].rcpt_addr[0], "nodata@x");
 	assert_int_equal(tl.v[1].rcpt_code[0], 503);
 	tx_list_free(&tl);
-	assert_int_equal(store_reader_messages(rd, 1, msg_collect_cb, &ml, NULL, 0), 0);
+	assert_int_equal(reader_messages(rd, 1, msg_collect_cb, &ml, NULL, 0), 0);
 	assert_int_equal(ml.n, 1);
 	assert_int_equal(ml.v[0].nrcpts, 2); /* its transaction's */
 	msg_list_free(&ml);
-	assert_int_equal(store_reader_events(rd, 1, ev_collect_cb, &el, NULL, 0), 0);
+	assert_int_equal(reader_events(rd, 1, READER_BYTES_ALL, ev_collect_cb, &el, NULL, 0), 0);
 	assert_int_equal(el.n, 4);
 	ev_list_free(&el);
-	store_reader_close(rd);
+	reader_close(rd);
 	assert_int_equal(db_int(fx->db, "SELECT count(*) FROM events WHERE answers_seq = 1"), 3);
 	assert_int_equal(db_int(fx->db, "SELECT seq FROM events WHERE cause_seq = 3"), 4);
 	assert_int_equal(db_int(fx->db, "SELECT count(*) FROM events WHERE answers_seq IS NULL AND cause_seq IS NULL"),

@@ -167,6 +167,75 @@ test_fmt_bytes(void **state)
 	assert_string_equal(buf, "5.0 GiB");
 }
 
+/* Address blocks: v4, v6, one address, IPv4-mapped clients, bad ones. */
+static void
+test_cidr(void **state)
+{
+	struct util_cidr c;
+	const char *why;
+
+	(void)state;
+	assert_int_equal(util_parse_cidr("10.0.0.0/8", &c, &why), 0);
+	assert_int_equal(c.family, AF_INET);
+	assert_int_equal(c.prefix, 8);
+	assert_true(util_cidr_match(&c, "10.255.1.2"));
+	assert_true(util_cidr_match(&c, "::ffff:10.1.2.3")); /* a dual-stack listener's v4 client */
+	assert_false(util_cidr_match(&c, "11.0.0.1"));
+	assert_false(util_cidr_match(&c, "::1"));
+	assert_false(util_cidr_match(&c, NULL));
+	assert_false(util_cidr_match(&c, "garbage"));
+
+	assert_int_equal(util_parse_cidr("192.168.1.77/26", &c, &why), 0); /* host bits ignored */
+	assert_true(util_cidr_match(&c, "192.168.1.64"));
+	assert_true(util_cidr_match(&c, "192.168.1.127"));
+	assert_false(util_cidr_match(&c, "192.168.1.128"));
+	assert_false(util_cidr_match(&c, "192.168.1.63"));
+
+	assert_int_equal(util_parse_cidr("192.0.2.1", &c, &why), 0);
+	assert_int_equal(c.prefix, 32);
+	assert_true(util_cidr_match(&c, "192.0.2.1"));
+	assert_false(util_cidr_match(&c, "192.0.2.2"));
+
+	assert_int_equal(util_parse_cidr("0.0.0.0/0", &c, &why), 0);
+	assert_true(util_cidr_match(&c, "1.2.3.4"));
+	assert_false(util_cidr_match(&c, "2001:db8::1"));
+
+	assert_int_equal(util_parse_cidr("2001:db8::/32", &c, &why), 0);
+	assert_int_equal(c.family, AF_INET6);
+	assert_true(util_cidr_match(&c, "2001:db8:ffff::1"));
+	assert_false(util_cidr_match(&c, "2001:db9::1"));
+	assert_int_equal(util_parse_cidr("[::1]", &c, &why), 0);
+	assert_int_equal(c.prefix, 128);
+	assert_true(util_cidr_match(&c, "::1"));
+	assert_true(util_cidr_match(&c, "0:0::1"));
+	assert_int_equal(util_parse_cidr("::ffff:10.0.0.0/104", &c, &why), 0);
+	assert_int_equal(c.family, AF_INET);
+	assert_int_equal(c.prefix, 8);
+	assert_true(util_cidr_match(&c, "10.9.9.9"));
+
+	assert_int_equal(util_parse_cidr("10.0.0.0/33", &c, &why), -1);
+	assert_int_equal(util_parse_cidr("2001:db8::/129", &c, &why), -1);
+	assert_int_equal(util_parse_cidr("10.0.0.0/", &c, &why), -1);
+	assert_int_equal(util_parse_cidr("10.0.0/8", &c, &why), -1);
+	assert_int_equal(util_parse_cidr("example.com", &c, &why), -1);
+	assert_int_equal(util_parse_cidr("", &c, &why), -1);
+	assert_int_equal(util_parse_cidr("::ffff:10.0.0.0/8", &c, &why), -1);
+}
+
+static void
+test_fmt_rfc3339(void **state)
+{
+	char buf[64];
+
+	(void)state;
+	util_fmt_rfc3339(buf, sizeof(buf), 1700000000123456LL);
+	assert_string_equal(buf, "2023-11-14T22:13:20.123456Z");
+	util_fmt_rfc3339(buf, sizeof(buf), 0);
+	assert_string_equal(buf, "1970-01-01T00:00:00.000000Z");
+	util_fmt_rfc3339(buf, sizeof(buf), -1);
+	assert_string_equal(buf, "1969-12-31T23:59:59.999999Z");
+}
+
 int
 main(void)
 {
@@ -175,6 +244,7 @@ main(void)
 		cmocka_unit_test(test_split_errors), cmocka_unit_test(test_format_addr),
 		cmocka_unit_test(test_parse_int), cmocka_unit_test(test_parse_age),
 		cmocka_unit_test(test_parse_size), cmocka_unit_test(test_fmt_bytes),
+		cmocka_unit_test(test_cidr), cmocka_unit_test(test_fmt_rfc3339),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
