@@ -19,6 +19,14 @@
 #              (200000); a crash, leak or UBSan report is a failure
 # (coverage is separate: make coverage, tools/coverage.sh)
 #
+# Parallelism (the phases themselves run one after the other):
+#   JOBS       make -j, and how many unit binaries, valgrind runs or fuzzers
+#              run at once (default: nproc)
+#   E2E_JOBS   pytest-xdist workers for each e2e section (default 2; 1 runs
+#              pytest without xdist).  The suite mostly waits (on proxies,
+#              peers, timeouts), so two workers nearly halve it.
+# The summary gives each phase's wall-clock seconds and the load average.
+#
 # A build failure counts as a failure (never as "0 tests").  The last line
 # is always "N passed, N failed, N skipped"; the exit status is non-zero if
 # anything failed.
@@ -34,6 +42,8 @@ FUZZ_SKIP=${FUZZ_SKIP-}
 # Safety nets only (a hung run must end); no test relies on them.
 E2E_TIMEOUT=${E2E_TIMEOUT:-1500}
 UNIT_TIMEOUT=${UNIT_TIMEOUT:-300}
+JOBS=${JOBS:-$(nproc 2>/dev/null || echo 1)}
+E2E_JOBS=${E2E_JOBS:-2}
 
 ONLY=all
 while [ $# -gt 0 ]; do
@@ -48,7 +58,7 @@ while [ $# -gt 0 ]; do
 		shift
 		;;
 	-h | --help)
-		sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'
+		sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'
 		exit 0
 		;;
 	*)
@@ -69,6 +79,9 @@ START=$(date +%s)
 TOTAL_P=0 TOTAL_F=0 TOTAL_S=0
 SUMMARY=""
 FAILED_ITEMS=""
+# Wall-clock seconds per phase (a phase runs from one banner to the next),
+# printed in the summary so a slow run shows where its time went.
+TIMES="" PHASE="" PHASE_T0=$START
 
 # record SECTION PASSED FAILED SKIPPED
 record() {
@@ -80,12 +93,39 @@ record() {
 	echo "== $1: $2 passed, $3 failed, $4 skipped"
 }
 
+# pool_wait N: return once fewer than N of our background jobs run (each
+# job records its own outcome in a file; the caller reports them in order).
+POOL=0
+pool_wait() {
+	while [ "$POOL" -ge "$1" ]; do
+		wait -n
+		POOL=$((POOL - 1))
+	done
+}
+
+# pool_drain: wait for every background job
+pool_drain() {
+	wait
+	POOL=0
+}
+
 fail_item() {
 	FAILED_ITEMS="${FAILED_ITEMS}  $1
 "
 }
 
+# phase_end: close the running phase's timer (banner and the summary call it)
+phase_end() {
+	local now
+	now=$(date +%s)
+	[ -n "$PHASE" ] && TIMES="${TIMES}$(printf '  %-40s %5d s' "$PHASE" $((now - PHASE_T0)))
+"
+	PHASE="" PHASE_T0=$now
+}
+
 banner() {
+	phase_end
+	PHASE="$*"
 	echo
 	echo "==================== $* ($(($(date +%s) - START)) s) ===================="
 }
@@ -95,8 +135,8 @@ banner() {
 build() {
 	local section=$1 log=$2
 	shift 2
-	echo "+ make $*"
-	if make "$@" >"$log" 2>&1; then
+	echo "+ make -j$JOBS $*"
+	if make -j"$JOBS" "$@" >"$log" 2>&1; then
 		return 0
 	fi
 	tail -n 40 "$log"
@@ -116,14 +156,24 @@ unit_bins() {
 	done
 }
 
-# run_unit SECTION DIR: every cmocka binary, counts from its output
+# run_unit SECTION DIR: every cmocka binary (JOBS at once: each has its own
+# temporary directories), counts from its output
 run_unit() {
 	local section=$1 dir=$2 p=0 f=0 s=0 bin out rc np nf ns any=0
 	for bin in $(unit_bins "$dir"); do
+		out="$TMP/$(basename "$bin").$section.out"
+		pool_wait "$JOBS"
+		(
+			timeout -k 10 "$UNIT_TIMEOUT" "$bin" >"$out" 2>&1
+			echo $? >"$out.rc"
+		) &
+		POOL=$((POOL + 1))
+	done
+	pool_drain
+	for bin in $(unit_bins "$dir"); do
 		any=1
 		out="$TMP/$(basename "$bin").$section.out"
-		timeout -k 10 "$UNIT_TIMEOUT" "$bin" >"$out" 2>&1
-		rc=$?
+		rc=$(cat "$out.rc" 2>/dev/null || echo 125)
 		np=$(sed -n 's/^\[  PASSED  \] \([0-9][0-9]*\) test(s)\..*/\1/p' "$out" | awk '{s+=$1} END {print s+0}')
 		nf=$(sed -n 's/^\[  FAILED  \] \([0-9][0-9]*\) test(s).*/\1/p' "$out" | awk '{s+=$1} END {print s+0}')
 		ns=$(sed -n 's/^\[  SKIPPED \] \([0-9][0-9]*\) test(s).*/\1/p' "$out" | awk '{s+=$1} END {print s+0}')
@@ -177,15 +227,27 @@ run_valgrind() {
    ...
 }
 SUPP
+	# JOBS at once: valgrind is CPU-bound and single-threaded
+	for bin in $(unit_bins "$dir"); do
+		out="$TMP/$(basename "$bin").valgrind.out"
+		pool_wait "$JOBS"
+		(
+			t0=$(date +%s)
+			timeout -k 10 $((UNIT_TIMEOUT * 4)) valgrind --suppressions="$TMP/valgrind.supp" --leak-check=full \
+				--errors-for-leak-kinds=definite,indirect --error-exitcode=99 "$bin" >"$out" 2>&1
+			echo $? >"$out.rc"
+			echo $(($(date +%s) - t0)) >"$out.secs"
+		) &
+		POOL=$((POOL + 1))
+	done
+	pool_drain
 	for bin in $(unit_bins "$dir"); do
 		any=1
 		out="$TMP/$(basename "$bin").valgrind.out"
-		timeout -k 10 $((UNIT_TIMEOUT * 4)) valgrind --suppressions="$TMP/valgrind.supp" --leak-check=full \
-			--errors-for-leak-kinds=definite,indirect --error-exitcode=99 "$bin" >"$out" 2>&1
-		rc=$?
+		rc=$(cat "$out.rc" 2>/dev/null || echo 125)
 		if [ "$rc" -eq 0 ]; then
 			p=$((p + 1))
-			echo "   $(basename "$bin"): clean"
+			echo "   $(basename "$bin"): clean ($(cat "$out.secs") s)"
 		else
 			f=$((f + 1))
 			echo "!! $(basename "$bin") under valgrind: exit $rc"
@@ -203,7 +265,7 @@ SUPP
 
 # run_e2e SECTION BIN SANITIZER(0|1)
 run_e2e() {
-	local section=$1 bin=$2 san=$3 xml="$TMP/$1.xml" rc counts
+	local section=$1 bin=$2 san=$3 xml="$TMP/$1.xml" rc counts par=""
 	if [ ! -x "$bin" ]; then
 		echo "!! $bin does not exist"
 		fail_item "$section: $bin missing"
@@ -216,7 +278,18 @@ run_e2e() {
 		record "$section" 0 1 0
 		return
 	fi
-	echo "+ SMTPTAP_BIN=$bin SMTPTAP_SANITIZER=$san $PY -m pytest tests/e2e"
+	# pytest-xdist: tests that share a module fixture carry an xdist_group
+	# mark and stay on one worker (--dist loadgroup); each worker has its
+	# own temporary directories under --basetemp, ports are picked at run
+	# time, and the junit report (which the counts below read) is merged.
+	if [ "$E2E_JOBS" -gt 1 ]; then
+		if "$PY" -c 'import xdist' 2>/dev/null; then
+			par="-n $E2E_JOBS --dist loadgroup"
+		else
+			echo "   (pytest-xdist is not installed: one worker; tools/install-deps.sh installs it)"
+		fi
+	fi
+	echo "+ SMTPTAP_BIN=$bin SMTPTAP_SANITIZER=$san $PY -m pytest $par tests/e2e"
 	(
 		cd "$ROOT/tests/e2e" || exit 2
 		export SMTPTAP_BIN="$ROOT/$bin"
@@ -227,7 +300,8 @@ run_e2e() {
 		fi
 		export PYTHONDONTWRITEBYTECODE=1
 		# pytest's own temp directories go under our scratch directory
-		timeout -k 30 "$E2E_TIMEOUT" "$PY" -m pytest -q -p no:cacheprovider -rfEs --durations=10 \
+		# shellcheck disable=SC2086 # $par is words
+		timeout -k 30 "$E2E_TIMEOUT" "$PY" -m pytest $par -q -p no:cacheprovider -rfEs --durations=10 \
 			--basetemp="$TMP/$section-tmp" --junitxml="$xml" .
 	)
 	rc=$?
@@ -281,10 +355,17 @@ EOF
 	record "$section" "$p" "$f" "$s"
 }
 
-# run_fuzz: each fuzzer on a scratch copy of its corpus
+# run_fuzz: each fuzzer on a scratch copy of its corpus, JOBS at once (each
+# has its own work directory; fuzz_session its own /dev/shm scratch and port)
 run_fuzz() {
-	local p=0 f=0 s=0 bin name corpus work out rc any=0
-	for bin in build/fuzz/fuzz_*; do
+	local p=0 f=0 s=0 bin name corpus work out rc secs any=0 launched="" order
+	# Biggest kept corpus first: replaying it outlasts FUZZ_SECONDS
+	# (fuzz_session's takes most of the phase), the others fit beside it.
+	order=$(for bin in build/fuzz/fuzz_*; do
+		n=$(basename "$bin")
+		echo "$(du -s --apparent-size "tests/fuzz/corpus/${n#fuzz_}" 2>/dev/null | cut -f1) $bin"
+	done | sort -k1,1nr -k2 | cut -d' ' -f2)
+	for bin in $order; do
 		[ -f "$bin" ] && [ -x "$bin" ] || continue
 		case "$bin" in *.d | *.o) continue ;; esac
 		any=1
@@ -312,21 +393,33 @@ run_fuzz() {
 			f=$((f + 1))
 			continue
 		fi
+		pool_wait "$JOBS"
 		# -max_len above the 64 KiB bounds so the caps are reached; UBSan
 		# is built fatal (-fno-sanitize-recover=all), these make sure.
 		# libFuzzer replays the whole corpus before -max_total_time counts
 		# (fuzz_session's takes a minute on a quiet machine, several on a
 		# loaded one), so the outer timeout only catches a hang; -timeout
 		# flags one slow input.
-		ASAN_OPTIONS=abort_on_error=0:detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-			timeout -k 10 $((FUZZ_SECONDS + 900)) "$bin" -max_total_time="$FUZZ_SECONDS" -timeout=120 \
-			-print_final_stats=1 \
-			-max_len="$FUZZ_MAX_LEN" -dict="$dict" -artifact_prefix="$work/artifacts/" "$work/corpus" >"$out" 2>&1
-		rc=$?
+		(
+			t0=$(date +%s)
+			ASAN_OPTIONS=abort_on_error=0:detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+				timeout -k 10 $((FUZZ_SECONDS + 900)) "$bin" -max_total_time="$FUZZ_SECONDS" -timeout=120 \
+				-print_final_stats=1 \
+				-max_len="$FUZZ_MAX_LEN" -dict="$dict" -artifact_prefix="$work/artifacts/" "$work/corpus" >"$out" 2>&1
+			echo "$? $(($(date +%s) - t0))" >"$work/rc"
+		) &
+		POOL=$((POOL + 1))
+		launched="$launched $name"
+	done
+	pool_drain
+	for name in $launched; do
+		work="$TMP/fuzz-$name"
+		out="$work/log"
+		read -r rc secs 2>/dev/null <"$work/rc" || { rc=125 secs=0; }
 		# A UBSan report without a crash would still be a finding.
 		if [ "$rc" -eq 0 ] && ! ls "$work/artifacts" | grep -q . && ! grep -q 'runtime error' "$out"; then
 			p=$((p + 1))
-			echo "   $name: $(grep -E '^stat::number_of_executed_units' "$out" | awk '{print $2}') runs, no crash"
+			echo "   $name: $(grep -E '^stat::number_of_executed_units' "$out" | awk '{print $2}') runs in $secs s, no crash"
 		else
 			f=$((f + 1))
 			echo "!! $name: exit $rc"
@@ -395,8 +488,10 @@ if want fuzz; then
 	fi
 fi
 
+phase_end
 echo
-echo "==================== summary ($(($(date +%s) - START)) s) ===================="
+echo "==================== summary ($(($(date +%s) - START)) s, load $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null)) ===================="
+printf '%s' "$TIMES"
 printf '%s' "$SUMMARY"
 if [ -n "$FAILED_ITEMS" ]; then
 	echo "failed:"

@@ -5,7 +5,7 @@
 set -eu
 
 BUILD_PKGS="build-essential pkg-config libevent-dev libssl-dev libsqlite3-dev sqlite3"
-TEST_PKGS="libcmocka-dev clang libclang-rt-14-dev valgrind python3 python3-pytest python3-aiosmtpd python3-cryptography \
+TEST_PKGS="libcmocka-dev clang libclang-rt-14-dev valgrind python3 python3-pytest python3-pytest-xdist python3-aiosmtpd python3-cryptography \
 libnet-ssleay-perl libio-socket-ssl-perl \
 swaks postfix curl msmtp openssl php-cli libphp-phpmailer nodejs node-nodemailer time"
 BENCH_PKGS="haproxy time stunnel4"

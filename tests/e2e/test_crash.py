@@ -69,15 +69,18 @@ def sender(proxy, client, sent, stop):
 
 
 def committed(db):
-    """Complete messages in the database, read while the proxy writes it."""
+    """(complete messages, messages begun and not ended) in the database,
+    read while the proxy writes it."""
     try:
         con = sqlite3.connect("file:%s?mode=ro" % db, uri=True, timeout=5)
         try:
-            return con.execute("SELECT count(*) FROM messages WHERE complete = 1").fetchone()[0]
+            done, open_ = con.execute("SELECT coalesce(sum(complete = 1), 0), coalesce(sum(complete IS NULL), 0) "
+                                      "FROM messages").fetchone()
+            return done, open_
         finally:
             con.close()
     except sqlite3.Error:
-        return 0
+        return 0, 0
 
 
 def test_sigkill_mid_load_then_restart(tmp_path):
@@ -91,8 +94,16 @@ def test_sigkill_mid_load_then_restart(tmp_path):
             t = threading.Thread(target=sender, args=(proxy, c, sent, stop), daemon=True)
             t.start()
             threads.append(t)
-        wait_until(lambda: committed(db) >= COMMITTED_BEFORE_KILL, SAFETY_TIMEOUT, interval=0.02,
-                   what="%d committed messages" % COMMITTED_BEFORE_KILL)
+        # Enough committed, and a message begun in the database but not
+        # ended: the kill cuts it.  (Without the second condition all four
+        # clients could be between messages -- building the next one, or
+        # waiting for the last one's reply -- and nothing was cut: seen
+        # under pytest-xdist, with another test running beside this one.)
+        def ready():
+            done, open_ = committed(db)
+            return done >= COMMITTED_BEFORE_KILL and open_ >= 1
+        wait_until(ready, SAFETY_TIMEOUT, interval=0.02,
+                   what="%d committed messages and one in flight" % COMMITTED_BEFORE_KILL)
         # Mid-load: every client is still connected and sending.
         assert all(t.is_alive() for t in threads), "a client stopped before the kill"
         os.kill(proxy.pid, signal.SIGKILL)

@@ -2,11 +2,12 @@
 `smtptap proxy --rules FILE`.
 
 - A real queueing client, a private Postfix instance (its own main.cf,
-  master.cf and queue under the test's tmp_path, retry timers of a few
-  seconds) relaying through smtptap to aiosmtpd: answered 451 on MAIL in its
-  first two sessions, it backs off, retries and delivers on the third; the
-  transcript shows the three sessions and the two injected 451s, and the
-  upstream got the message once.
+  master.cf and logs under the test's tmp_path, its queue in a short
+  directory of its own, retry timers of a few seconds) relaying through
+  smtptap to aiosmtpd: answered 451 on MAIL in its first two sessions, it
+  backs off, retries and delivers on the third; the transcript shows the
+  three sessions and the two injected 451s, and the upstream got the
+  message once.
 - The duplicate-delivery test: the upstream's 250 after DATA rewritten to a
   451 in the first session makes the same Postfix deliver the message again;
   the upstream has it twice and the transcript shows both deliveries.
@@ -25,6 +26,7 @@ import signal
 import smtplib
 import socket
 import subprocess
+import tempfile
 import time
 
 import pytest
@@ -88,8 +90,12 @@ class PostfixClient:
     """Postfix master, its queue manager and smtp(8) client, configured to
     relay every message to relayhost [127.0.0.1]:relay_port (smtptap), with
     retry timers of a few seconds.  Messages are submitted over SMTP to its own
-    smtpd on 127.0.0.1:submit_port.  Configuration, queue and logs live in
-    `dir` (under the test's tmp_path).
+    smtpd on 127.0.0.1:submit_port.  Configuration and logs live in `dir`
+    (under the test's tmp_path); the queue in a short directory of its own
+    (removed by cleanup()): Postfix names its unix-domain sockets
+    (public/postlog, ...) by absolute path, at most 107 bytes, and a
+    tmp_path can be longer (pytest-xdist adds popen-gwN/, TMPDIR may be
+    long): the instance then did not start, with nothing in its logs.
 
     Postfix's daemons change into the queue directory as root, then drop
     privileges to the postfix user, and reach their files relative to it;
@@ -100,7 +106,8 @@ class PostfixClient:
     def __init__(self, dir, relay_port):
         self.dir = str(dir)
         self.conf = os.path.join(self.dir, "etc")
-        self.queue = os.path.join(self.dir, "queue")
+        self.queue = tempfile.mkdtemp(prefix="smtptap-pfq-")
+        os.chmod(self.queue, 0o755)  # the daemons reach it as postfix
         # relative to the queue directory (see above)
         self.data = os.path.join(self.queue, "data")
         self.maillog = os.path.join(self.dir, "maillog")
@@ -118,6 +125,7 @@ class PostfixClient:
                 return
         log = self.log()
         self.stop()
+        self.cleanup()
         raise AssertionError("Postfix did not start; log:\n%s" % log[-3000:])
 
     def _write_config(self):
@@ -285,6 +293,10 @@ class PostfixClient:
         if self._err is not None and not self._err.closed:
             self._err.close()
 
+    def cleanup(self):
+        """Remove the queue directory (after stop())."""
+        shutil.rmtree(self.queue, ignore_errors=True)
+
 
 @pytest.fixture
 def postfix_client(tmp_path):
@@ -303,6 +315,7 @@ def postfix_client(tmp_path):
     yield make
     for p in started:
         p.stop()
+        p.cleanup()
 
 
 def postfix_message(tag):

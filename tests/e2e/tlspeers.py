@@ -509,8 +509,11 @@ class PostfixUpstream:
     def _write_config(self, certfile, keyfile):
         deliver = os.path.join(self.dir, "deliver.sh")
         with open(deliver, "w") as f:
-            # pipe(8) runs this as `nobody` with the message on stdin
-            f.write("#!/bin/sh\nexec cat > \"%s/msg.$$.$(date +%%s%%N).eml\"\n" % self.maildir)
+            # pipe(8) runs this as `nobody` with the message on stdin; the
+            # .eml name appears only once the message is whole (a reader
+            # polling the directory saw an empty file on a loaded machine)
+            f.write("#!/bin/sh\nf=\"%s/msg.$$.$(date +%%s%%N)\"\ncat > \"$f.part\" && mv \"$f.part\" \"$f.eml\"\n"
+                    % self.maildir)
         os.chmod(deliver, 0o755)
         main = {
             "compatibility_level": "3.6",
@@ -625,7 +628,7 @@ class PostfixUpstream:
 
     def delivered(self):
         """The delivered messages' bytes (in delivery order)."""
-        files = [os.path.join(self.maildir, n) for n in os.listdir(self.maildir)]
+        files = [os.path.join(self.maildir, n) for n in os.listdir(self.maildir) if n.endswith(".eml")]
         files.sort(key=os.path.getmtime)
         out = []
         for p in files:

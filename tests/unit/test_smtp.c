@@ -17,6 +17,7 @@
 #include <cmocka.h>
 
 #include "smtptap/smtp.h"
+#include "under_valgrind.h"
 
 #define NBUFS 64
 
@@ -1589,17 +1590,19 @@ test_data_split_equivalence(void **state)
 
 /*
  * Every string up to 7 bytes over the alphabet that matters (".", CR, LF,
- * a letter), against the reference and under every split.
+ * a letter), against the reference and under every split.  Under valgrind
+ * up to 5 bytes (the terminator's length: every state of the scanner, in
+ * 1/16 of the time; a minute saved); natively and under ASan all 7.
  */
 static void
 test_data_exhaustive_small(void **state)
 {
 	static const char alpha[] = { '.', '\r', '\n', 'a' };
 	char buf[8];
-	size_t n, k, code, total, c;
+	size_t n, k, code, total, c, nmax = TEST_UNDER_VALGRIND() ? 5 : 7;
 
 	(void)state;
-	for (n = 0; n <= 7; n++) {
+	for (n = 0; n <= nmax; n++) {
 		total = (size_t)1 << (2 * n);
 		for (code = 0; code < total; code++) {
 			c = code;
