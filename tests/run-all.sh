@@ -79,9 +79,10 @@ START=$(date +%s)
 TOTAL_P=0 TOTAL_F=0 TOTAL_S=0
 SUMMARY=""
 FAILED_ITEMS=""
-# Wall-clock seconds per phase (a phase runs from one banner to the next),
-# printed in the summary so a slow run shows where its time went.
-TIMES="" PHASE="" PHASE_T0=$START
+# Wall-clock and CPU seconds per phase (a phase runs from one banner to the
+# next), printed in the summary so a slow run shows where its time went; on
+# a shared machine the CPU seconds vary less than the wall-clock ones.
+TIMES="" PHASE="" PHASE_T0=$START PHASE_CPU0=0
 
 # record SECTION PASSED FAILED SKIPPED
 record() {
@@ -114,13 +115,23 @@ fail_item() {
 "
 }
 
+# cpu_now: CPU_NOW = user+sys seconds of every child waited for so far
+# (bash's `times`, run in this shell: a subshell would count its own)
+cpu_now() {
+	times >"$TMP/times"
+	CPU_NOW=$(awk 'NR == 2 { s = 0; for (i = 1; i <= 2; i++) { gsub(",", ".", $i); split($i, a, /[ms]/);
+		s += a[1] * 60 + a[2] } printf "%d\n", s }' "$TMP/times")
+}
+
 # phase_end: close the running phase's timer (banner and the summary call it)
 phase_end() {
 	local now
 	now=$(date +%s)
-	[ -n "$PHASE" ] && TIMES="${TIMES}$(printf '  %-40s %5d s' "$PHASE" $((now - PHASE_T0)))
+	cpu_now
+	[ -n "$PHASE" ] && TIMES="${TIMES}$(printf '  %-40s %5d s, %5d s CPU' "$PHASE" $((now - PHASE_T0)) \
+		$((CPU_NOW - PHASE_CPU0)))
 "
-	PHASE="" PHASE_T0=$now
+	PHASE="" PHASE_T0=$now PHASE_CPU0=$CPU_NOW
 }
 
 banner() {
@@ -490,7 +501,7 @@ fi
 
 phase_end
 echo
-echo "==================== summary ($(($(date +%s) - START)) s, load $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null)) ===================="
+echo "==================== summary ($(($(date +%s) - START)) s, $CPU_NOW s CPU, load $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null)) ===================="
 printf '%s' "$TIMES"
 printf '%s' "$SUMMARY"
 if [ -n "$FAILED_ITEMS" ]; then
