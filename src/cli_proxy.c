@@ -292,15 +292,8 @@ cli_proxy(int argc, char **argv)
 	long n;
 	int c, rc;
 
-	memset(&cfg, 0, sizeof(cfg));
+	proxy_config_init(&cfg);
 	cfg.db_path = CLI_DEFAULT_DB;
-	cfg.redact_auth = true;
-	cfg.idle_timeout = 300;
-	cfg.reply_timeout = 600;
-	cfg.connect_timeout = 30;
-	cfg.grace = 10;
-	cfg.max_sessions = 1000;
-	cfg.tls.upstream_verify = true;
 
 	optind = 1;
 	while ((c = getopt_long(argc, argv, "l:u:sd:vh", opts, NULL)) != -1) {

@@ -64,6 +64,19 @@ static void proxy_listeners_enable(struct proxy *px, bool on);
 static int proxy_free(struct proxy *px);
 static struct event_base *proxy_base_new(void);
 
+void
+proxy_config_init(struct proxy_config *cfg)
+{
+	memset(cfg, 0, sizeof(*cfg));
+	cfg->redact_auth = true;
+	cfg->idle_timeout = 300;
+	cfg->reply_timeout = 600;
+	cfg->connect_timeout = 30;
+	cfg->grace = 10;
+	cfg->max_sessions = 1000;
+	cfg->tls.upstream_verify = true;
+}
+
 int
 proxy_run(const struct proxy_config *cfg)
 {

@@ -71,6 +71,11 @@ struct proxy_config {
 	uint64_t rules_seed;
 };
 
+/* Zero *cfg and set the defaults every command that runs the proxy shares
+ * (redaction on, RFC 5321's timeouts, upstream verification on); the
+ * caller sets db_path and its routes. */
+void proxy_config_init(struct proxy_config *cfg);
+
 /* Run until SIGTERM/SIGINT and the grace period are over.  Returns 0 on a
  * clean stop, -1 if start-up failed or records could not be written to
  * the database (reason already printed). */
