@@ -267,6 +267,26 @@ content_writer_roll(struct content_writer *w, char *err, size_t errsz)
 	return 0;
 }
 
+/*
+ * Drop the just-synced pages [from, to) from the page cache.  Recorded
+ * content is read rarely and much later (show, export, replay), so keeping
+ * it cached only pushes out pages other programs use; and a page-cache
+ * write that always lands on a newly allocated page costs several times
+ * the copy itself (measured: ~1.3 ms of CPU per MiB appended, ~0.3 ms
+ * with the pages dropped after each sync, because the freed pages are
+ * reused at once; docs/performance.md, notes part "page cache").  The
+ * pages are clean once fdatasync() has returned, so this loses nothing;
+ * the partial page at `to` is kept (the advice covers whole pages only),
+ * and the next append fills it.  Advice only: a failure changes nothing
+ * that matters.
+ */
+static void
+content_writer_drop_cache(struct content_writer *w, int64_t from, int64_t to)
+{
+	if (to > from)
+		(void)posix_fadvise(w->fd, (off_t)from, (off_t)(to - from), POSIX_FADV_DONTNEED);
+}
+
 int
 content_writer_sync(struct content_writer *w, char *err, size_t errsz)
 {
@@ -277,6 +297,7 @@ content_writer_sync(struct content_writer *w, char *err, size_t errsz)
 		goto fail;
 	}
 	w->dirty = false;
+	content_writer_drop_cache(w, w->base, w->end);
 	w->base = w->end;
 	return 0;
 
