@@ -75,7 +75,11 @@ static const char *const store_stmt_sql[STMT_COUNT] = {
 	[STMT_SESSION_SUMMARY] = "UPDATE sessions SET nevents = nevents + ?, ntransactions = ntransactions + ?, "
 				 "nmessages = nmessages + ?, client_bytes = client_bytes + ?, "
 				 "upstream_bytes = upstream_bytes + ?, proxy_bytes = proxy_bytes + ?, "
-				 "content_bytes = content_bytes + ?, helo = coalesce(?, helo) WHERE id = ?",
+				 "content_bytes = content_bytes + ?, helo = coalesce(?, helo), "
+				 "upstream_addr = coalesce(?, upstream_addr), "
+				 "ended_us = CASE WHEN ?10 THEN ?11 ELSE ended_us END, "
+				 "outcome = CASE WHEN ?10 THEN ?12 ELSE outcome END, "
+				 "detail = CASE WHEN ?10 THEN ?13 ELSE detail END WHERE id = ?14",
 	[STMT_EVENT] = "INSERT INTO events (session_id, seq, t_us, side, kind, flags, message_row, answers_seq, "
 		       "cause_seq, text, raw, content_segment, content_offset, content_length) "
 		       "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -89,6 +93,10 @@ static const char *const store_stmt_sql[STMT_COUNT] = {
 	[STMT_MESSAGE_CLOSE] = "UPDATE messages SET ended_us = ?, size = ?, complete = ?, subject = ?, "
 			       "from_hdr = ?, to_hdr = ?, message_id_hdr = ?, date_hdr = ?, upstream_code = ?, "
 			       "upstream_reply = ? WHERE id = ?",
+	[STMT_MESSAGE_WHOLE] = "INSERT INTO messages (id, session_id, transaction_idx, idx, started_us, mail_from, "
+			       "mail_params, transport, ended_us, size, complete, subject, from_hdr, to_hdr, "
+			       "message_id_hdr, date_hdr, upstream_code, upstream_reply) "
+			       "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
 };
 
 static int store_create_file(struct store *st, mode_t *mode, char *err, size_t errsz);

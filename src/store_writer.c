@@ -48,6 +48,9 @@ static void store_sum_rec(struct store *st, const struct store_rec *rec);
 static int store_sums_apply(struct store *st);
 static void store_sums_reset(struct store *st);
 static int store_step(struct store *st, struct binder *b, const struct store_rec *rec);
+static int store_write_message_open(struct store *st, const struct store_rec *rec);
+static int store_write_message_close(struct store *st, const struct store_rec *rec);
+static uint64_t store_msgs_flush(struct store *st);
 static int store_exec_stmt(struct store *st, enum store_stmt which);
 static void store_rec_describe(const struct store_rec *rec, char *buf, size_t bufsz);
 
@@ -211,7 +214,7 @@ static uint64_t
 store_write_batch(struct store *st, struct store_rec *batch, size_t n)
 {
 	struct store_rec *rec, *next;
-	uint64_t nlost = 0, intx = 0;
+	uint64_t nlost = 0, intx = 0, nfailed;
 	size_t left = n;
 	char err[256];
 	int rc;
@@ -237,12 +240,24 @@ store_write_batch(struct store *st, struct store_rec *batch, size_t n)
 		/* Rolled back: so are the rows the summaries counted, and
 		 * the content references die with them. */
 		store_sums_reset(st);
+		st->msg_npending = 0;
 		content_writer_discard(st->content);
 		nlost += intx;
 		intx = 0;
 		if (store_exec_stmt(st, STMT_BEGIN) != SQLITE_OK) {
 			nlost += left - 1;
 			goto out;
+		}
+	}
+	if ((nfailed = store_msgs_flush(st)) > 0) {
+		if (sqlite3_get_autocommit(st->db)) {
+			nlost += intx; /* rolled back: every row of the batch */
+			intx = 0;
+			store_sums_reset(st);
+			content_writer_discard(st->content);
+		} else {
+			nlost += nfailed;
+			intx -= nfailed;
 		}
 	}
 	if (store_sums_apply(st) < 0 && sqlite3_get_autocommit(st->db)) {
@@ -265,6 +280,7 @@ store_write_batch(struct store *st, struct store_rec *batch, size_t n)
 	}
 out:
 	store_sums_reset(st);
+	st->msg_npending = 0;
 	for (rec = batch; rec != NULL; rec = next) {
 		next = rec->next;
 		free(rec);
@@ -302,16 +318,31 @@ store_write_rec(struct store *st, const struct store_rec *rec)
 		return store_step(st, &b, rec);
 	case STORE_OP_SESSION_ADDR:
 	case STORE_OP_SESSION_TLS:
-		if (rec->op == STORE_OP_SESSION_ADDR)
+		if (rec->op == STORE_OP_SESSION_ADDR) {
+			/* Set with the batch's summary of the session (its
+			 * own UPDATE only when memory is short). */
+			struct store_sum *e = store_sum_get(st, rec->u.set.id);
+
+			if (e != NULL) {
+				e->upstream_addr = rec->u.set.value;
+				return 0;
+			}
 			bind_start(&b, st->stmt[STMT_SESSION_ADDR]);
-		else if (rec->u.set.side == STORE_SIDE_CLIENT)
+		} else if (rec->u.set.side == STORE_SIDE_CLIENT)
 			bind_start(&b, st->stmt[STMT_SESSION_CLIENT_TLS]);
 		else
 			bind_start(&b, st->stmt[STMT_SESSION_UPSTREAM_TLS]);
 		bind_text(&b, rec->u.set.value);
 		bind_i64(&b, rec->u.set.id);
 		return store_step(st, &b, rec);
-	case STORE_OP_SESSION_CLOSE:
+	case STORE_OP_SESSION_CLOSE: {
+		struct store_sum *e = store_sum_get(st, rec->u.close.id);
+
+		if (e != NULL) { /* as the upstream address above */
+			e->close = rec;
+			return 0;
+		}
+	}
 		bind_start(&b, st->stmt[STMT_SESSION_CLOSE]);
 		bind_i64(&b, rec->u.close.ended_us);
 		bind_text(&b, rec->u.close.outcome);
@@ -383,32 +414,104 @@ store_write_rec(struct store *st, const struct store_rec *rec)
 		bind_text(&b, rec->u.rcpt.reply);
 		return store_step(st, &b, rec);
 	case STORE_OP_MESSAGE_OPEN:
-		bind_start(&b, st->stmt[STMT_MESSAGE_OPEN]);
-		bind_i64(&b, rec->u.msg.id);
-		bind_i64(&b, rec->u.msg.session_id);
-		bind_i64_or_null(&b, rec->u.msg.transaction_idx);
-		bind_i64(&b, rec->u.msg.idx);
-		bind_i64(&b, rec->u.msg.started_us);
-		bind_text(&b, rec->u.msg.mail_from);
-		bind_text(&b, rec->u.msg.mail_params);
-		bind_text(&b, rec->u.msg.transport);
-		return store_step(st, &b, rec);
+		/* Written with its end if that comes in this batch. */
+		if (st->msg_npending < STORE_MSG_PENDING_MAX) {
+			st->msg_pending[st->msg_npending++] = rec;
+			return 0;
+		}
+		return store_write_message_open(st, rec);
 	case STORE_OP_MESSAGE_CLOSE:
-		bind_start(&b, st->stmt[STMT_MESSAGE_CLOSE]);
-		bind_i64(&b, rec->u.msg_end.ended_us);
-		bind_i64(&b, rec->u.msg_end.size);
-		bind_i64(&b, rec->u.msg_end.complete ? 1 : 0);
-		bind_text(&b, rec->u.msg_end.subject);
-		bind_text(&b, rec->u.msg_end.from);
-		bind_text(&b, rec->u.msg_end.to);
-		bind_text(&b, rec->u.msg_end.message_id_hdr);
-		bind_text(&b, rec->u.msg_end.date);
-		bind_i64_or_null(&b, rec->u.msg_end.reply_code);
-		bind_text(&b, rec->u.msg_end.reply);
-		bind_i64(&b, rec->u.msg_end.id);
-		return store_step(st, &b, rec);
+		return store_write_message_close(st, rec);
 	}
 	return -1;
+}
+
+/* bind the columns of a MESSAGE_OPEN record, in STMT_MESSAGE_OPEN's order
+ * (STMT_MESSAGE_WHOLE starts with the same eight) */
+static void
+bind_message_open(struct binder *b, const struct store_rec *rec)
+{
+	bind_i64(b, rec->u.msg.id);
+	bind_i64(b, rec->u.msg.session_id);
+	bind_i64_or_null(b, rec->u.msg.transaction_idx);
+	bind_i64(b, rec->u.msg.idx);
+	bind_i64(b, rec->u.msg.started_us);
+	bind_text(b, rec->u.msg.mail_from);
+	bind_text(b, rec->u.msg.mail_params);
+	bind_text(b, rec->u.msg.transport);
+}
+
+/* bind what a MESSAGE_CLOSE record sets, in STMT_MESSAGE_CLOSE's order
+ * (STMT_MESSAGE_WHOLE ends with the same ten) */
+static void
+bind_message_close(struct binder *b, const struct store_rec *rec)
+{
+	bind_i64(b, rec->u.msg_end.ended_us);
+	bind_i64(b, rec->u.msg_end.size);
+	bind_i64(b, rec->u.msg_end.complete ? 1 : 0);
+	bind_text(b, rec->u.msg_end.subject);
+	bind_text(b, rec->u.msg_end.from);
+	bind_text(b, rec->u.msg_end.to);
+	bind_text(b, rec->u.msg_end.message_id_hdr);
+	bind_text(b, rec->u.msg_end.date);
+	bind_i64_or_null(b, rec->u.msg_end.reply_code);
+	bind_text(b, rec->u.msg_end.reply);
+}
+
+static int
+store_write_message_open(struct store *st, const struct store_rec *rec)
+{
+	struct binder b;
+
+	bind_start(&b, st->stmt[STMT_MESSAGE_OPEN]);
+	bind_message_open(&b, rec);
+	return store_step(st, &b, rec);
+}
+
+/* One INSERT of the whole row when the message was opened in this batch
+ * (still pending), otherwise an UPDATE of the row an earlier batch wrote. */
+static int
+store_write_message_close(struct store *st, const struct store_rec *rec)
+{
+	struct binder b;
+	size_t i;
+
+	for (i = st->msg_npending; i-- > 0;) {
+		const struct store_rec *open = st->msg_pending[i];
+
+		if (open->u.msg.id != rec->u.msg_end.id)
+			continue;
+		st->msg_pending[i] = st->msg_pending[--st->msg_npending];
+		bind_start(&b, st->stmt[STMT_MESSAGE_WHOLE]);
+		bind_message_open(&b, open);
+		bind_message_close(&b, rec);
+		return store_step(st, &b, rec);
+	}
+	bind_start(&b, st->stmt[STMT_MESSAGE_CLOSE]);
+	bind_message_close(&b, rec);
+	bind_i64(&b, rec->u.msg_end.id);
+	return store_step(st, &b, rec);
+}
+
+/* Write the messages opened in this batch whose end has not come yet.
+ * Returns how many could not be written; after a failure that rolled the
+ * transaction back the rest are not tried (the caller counts them lost
+ * with the transaction). */
+static uint64_t
+store_msgs_flush(struct store *st)
+{
+	uint64_t nfailed = 0;
+	size_t i;
+
+	for (i = 0; i < st->msg_npending; i++) {
+		if (store_write_message_open(st, st->msg_pending[i]) == 0)
+			continue;
+		nfailed++;
+		if (sqlite3_get_autocommit(st->db))
+			break;
+	}
+	st->msg_npending = 0;
+	return nfailed;
 }
 
 /* Run a bound row statement and make it ready for the next row; its
@@ -605,6 +708,17 @@ store_sums_apply(struct store *st)
 			bind_text_len(&b, e->helo, e->helo_len);
 		else
 			bind_text(&b, NULL);
+		bind_text(&b, e->upstream_addr);
+		bind_i64(&b, e->close != NULL);
+		if (e->close != NULL) {
+			bind_i64(&b, e->close->u.close.ended_us);
+			bind_text(&b, e->close->u.close.outcome);
+			bind_text(&b, e->close->u.close.detail);
+		} else {
+			bind_null(&b);
+			bind_null(&b);
+			bind_null(&b);
+		}
 		bind_i64(&b, e->id);
 		if (b.rc == SQLITE_OK && (b.rc = sqlite3_step(b.stmt)) == SQLITE_DONE)
 			b.rc = SQLITE_OK;
