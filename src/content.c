@@ -424,16 +424,62 @@ content_reader_read(struct content_reader *r, const struct content_loc *loc, con
  * reclaiming
  */
 
+static int
+content_cmp_i64(const void *a, const void *b)
+{
+	int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+
+	return (x > y) - (x < y);
+}
+
+/* The numbers of the segments in dir below `below`, sorted, into *out
+ * (malloc'ed, the caller frees it).  Returns how many, or -1 with err. */
+static ssize_t
+content_list_below(const char *dir, int64_t below, int64_t **out, char *err, size_t errsz)
+{
+	int64_t *v = NULL, *nv, n;
+	size_t len = 0, cap = 0;
+	struct dirent *de;
+	DIR *d;
+
+	*out = NULL;
+	if ((d = opendir(dir)) == NULL) {
+		util_errf(err, errsz, "%s: %s", dir, strerror(errno));
+		return -1;
+	}
+	while ((de = readdir(d)) != NULL) {
+		if ((n = content_seg_number(de->d_name)) == 0 || n >= below)
+			continue;
+		if (len == cap) {
+			cap = cap ? 2 * cap : 64;
+			if ((nv = realloc(v, cap * sizeof(*v))) == NULL) {
+				util_errf(err, errsz, "out of memory");
+				free(v);
+				closedir(d);
+				return -1;
+			}
+			v = nv;
+		}
+		v[len++] = n;
+	}
+	closedir(d);
+	if (len > 1)
+		qsort(v, len, sizeof(*v), content_cmp_i64);
+	*out = v;
+	return (ssize_t)len;
+}
+
 int
 content_sweep(sqlite3 *db, const char *db_path, uint64_t *bytes_freed, char *err, size_t errsz)
 {
 	char dir[CONTENT_PATH_MAX], path[CONTENT_PATH_MAX + 300];
 	sqlite3_stmt *stmt = NULL;
-	struct dirent *de;
+	int64_t newest, *segs = NULL, lo, hi;
+	bool *keep = NULL;
+	ssize_t nsegs;
+	size_t i = 0, k;
 	struct stat sb;
-	int64_t newest, n;
-	int deleted = 0, rc;
-	DIR *d;
+	int deleted = 0, rc = SQLITE_DONE;
 
 	if (bytes_freed != NULL)
 		*bytes_freed = 0;
@@ -445,29 +491,47 @@ content_sweep(sqlite3 *db, const char *db_path, uint64_t *bytes_freed, char *err
 		return -1;
 	if (newest == 0)
 		return 0;
-	/* events_content makes this one index probe per segment. */
-	if (sqlite3_prepare_v2(db, "SELECT EXISTS (SELECT 1 FROM events WHERE content_segment = ?1)", -1, &stmt,
-			       NULL) != SQLITE_OK) {
+	if ((nsegs = content_list_below(dir, newest, &segs, err, errsz)) <= 0)
+		return nsegs < 0 ? -1 : 0;
+	if ((keep = calloc((size_t)nsegs, sizeof(*keep))) == NULL) {
+		util_errf(err, errsz, "out of memory");
+		free(segs);
+		return -1;
+	}
+	/*
+	 * Keep every segment inside some session's range.  The ranges come
+	 * in order of their start (the index sessions_content), so one walk
+	 * through the sorted segments does: one below the current range's
+	 * start is below every later start too.
+	 */
+	if (sqlite3_prepare_v2(db,
+			       "SELECT content_seg_first, content_seg_last FROM sessions "
+			       "WHERE content_seg_first IS NOT NULL ORDER BY content_seg_first, content_seg_last",
+			       -1, &stmt, NULL) != SQLITE_OK) {
 		util_errf(err, errsz, "cannot look up content references: %s", sqlite3_errmsg(db));
-		return -1;
+		deleted = -1;
+		goto out;
 	}
-	if ((d = opendir(dir)) == NULL) {
-		util_errf(err, errsz, "%s: %s", dir, strerror(errno));
-		sqlite3_finalize(stmt);
-		return -1;
+	while (i < (size_t)nsegs && (rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+		lo = sqlite3_column_int64(stmt, 0);
+		hi = sqlite3_column_int64(stmt, 1);
+		while (i < (size_t)nsegs && segs[i] < lo)
+			i++;
+		/* Segments up to an earlier, overlapping range's end are
+		 * behind i already: kept. */
+		for (k = i; k < (size_t)nsegs && segs[k] <= hi; k++)
+			keep[k] = true;
+		i = k;
 	}
-	while ((de = readdir(d)) != NULL) {
-		if ((n = content_seg_number(de->d_name)) == 0 || n >= newest)
+	if (i < (size_t)nsegs && rc != SQLITE_DONE) {
+		util_errf(err, errsz, "cannot look up content references: %s", sqlite3_errmsg(db));
+		deleted = -1;
+		goto out;
+	}
+	for (k = 0; k < (size_t)nsegs; k++) {
+		if (keep[k])
 			continue;
-		sqlite3_reset(stmt);
-		if (sqlite3_bind_int64(stmt, 1, n) != SQLITE_OK || (rc = sqlite3_step(stmt)) != SQLITE_ROW) {
-			util_errf(err, errsz, "cannot look up content references: %s", sqlite3_errmsg(db));
-			deleted = -1;
-			break;
-		}
-		if (sqlite3_column_int(stmt, 0) != 0)
-			continue;
-		snprintf(path, sizeof(path), "%s/%s", dir, de->d_name);
+		snprintf(path, sizeof(path), "%s/" CONTENT_SEG_FMT, dir, segs[k]);
 		if (stat(path, &sb) == 0 && bytes_freed != NULL)
 			*bytes_freed += (uint64_t)sb.st_size;
 		if (unlink(path) < 0 && errno != ENOENT) {
@@ -477,7 +541,9 @@ content_sweep(sqlite3 *db, const char *db_path, uint64_t *bytes_freed, char *err
 		}
 		deleted++;
 	}
-	closedir(d);
+out:
 	sqlite3_finalize(stmt);
+	free(keep);
+	free(segs);
 	return deleted;
 }

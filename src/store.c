@@ -79,7 +79,11 @@ static const char *const store_stmt_sql[STMT_COUNT] = {
 				 "upstream_addr = coalesce(?, upstream_addr), "
 				 "ended_us = CASE WHEN ?10 THEN ?11 ELSE ended_us END, "
 				 "outcome = CASE WHEN ?10 THEN ?12 ELSE outcome END, "
-				 "detail = CASE WHEN ?10 THEN ?13 ELSE detail END WHERE id = ?14",
+				 "detail = CASE WHEN ?10 THEN ?13 ELSE detail END, "
+				 "content_seg_first = CASE WHEN ?15 IS NULL THEN content_seg_first "
+				 "ELSE min(coalesce(content_seg_first, ?15), ?15) END, "
+				 "content_seg_last = CASE WHEN ?16 IS NULL THEN content_seg_last "
+				 "ELSE max(coalesce(content_seg_last, ?16), ?16) END WHERE id = ?14",
 	[STMT_EVENT] = "INSERT INTO events (session_id, seq, t_us, side, kind, flags, message_row, answers_seq, "
 		       "cause_seq, text, raw, content_segment, content_offset, content_length) "
 		       "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",

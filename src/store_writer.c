@@ -45,6 +45,7 @@ static uint64_t store_write_batch(struct store *st, struct store_rec *batch, siz
 static int store_write_rec(struct store *st, const struct store_rec *rec);
 static struct store_sum *store_sum_get(struct store *st, int64_t id);
 static void store_sum_rec(struct store *st, const struct store_rec *rec);
+static int store_sum_segment(struct store *st, int64_t id, int64_t segment);
 static int store_sums_apply(struct store *st);
 static void store_sums_reset(struct store *st);
 static int store_step(struct store *st, struct binder *b, const struct store_rec *rec);
@@ -260,8 +261,13 @@ store_write_batch(struct store *st, struct store_rec *batch, size_t n)
 			intx -= nfailed;
 		}
 	}
-	if (store_sums_apply(st) < 0 && sqlite3_get_autocommit(st->db)) {
-		nlost += intx; /* the summary's failure rolled the rows back */
+	if (store_sums_apply(st) < 0) {
+		/* The summaries must agree with the rows, and a content range
+		 * that is not recorded would let prune delete bytes that rows
+		 * refer to: none of the batch may commit. */
+		if (!sqlite3_get_autocommit(st->db))
+			store_exec_stmt(st, STMT_ROLLBACK);
+		nlost += intx;
 		intx = 0;
 		content_writer_discard(st->content);
 	}
@@ -371,6 +377,12 @@ store_write_rec(struct store *st, const struct store_rec *rec)
 				sqlite3_reset(b.stmt);
 				sqlite3_clear_bindings(b.stmt);
 				store_count_lost(st, 0, "store: cannot record message content: %s", err);
+				return STORE_CONTENT_FAILED;
+			}
+			if (store_sum_segment(st, rec->u.event.session_id, loc.segment) < 0) {
+				sqlite3_reset(b.stmt);
+				sqlite3_clear_bindings(b.stmt);
+				store_count_lost(st, 0, "store: cannot record message content: out of memory");
 				return STORE_CONTENT_FAILED;
 			}
 			bind_null(&b);
@@ -644,6 +656,22 @@ store_sum_get(struct store *st, int64_t id)
 	}
 }
 
+/* Widen session id's segment range to take in `segment`.  Returns 0, or
+ * -1 when memory is short: the content's row must then not commit. */
+static int
+store_sum_segment(struct store *st, int64_t id, int64_t segment)
+{
+	struct store_sum *e = store_sum_get(st, id);
+
+	if (e == NULL)
+		return -1;
+	if (e->seg_first == 0 || segment < e->seg_first)
+		e->seg_first = segment;
+	if (segment > e->seg_last)
+		e->seg_last = segment;
+	return 0;
+}
+
 /* Count a written record in its session's summary. */
 static void
 store_sum_rec(struct store *st, const struct store_rec *rec)
@@ -720,6 +748,13 @@ store_sums_apply(struct store *st)
 			bind_null(&b);
 		}
 		bind_i64(&b, e->id);
+		if (e->seg_first > 0) {
+			bind_i64(&b, e->seg_first);
+			bind_i64(&b, e->seg_last);
+		} else {
+			bind_null(&b);
+			bind_null(&b);
+		}
 		if (b.rc == SQLITE_OK && (b.rc = sqlite3_step(b.stmt)) == SQLITE_DONE)
 			b.rc = SQLITE_OK;
 		if (b.rc != SQLITE_OK) {
@@ -731,8 +766,8 @@ store_sums_apply(struct store *st)
 		sqlite3_clear_bindings(b.stmt);
 		memset(e, 0, sizeof(*e));
 		st->sums_n--;
-		if (rc < 0 && sqlite3_get_autocommit(st->db))
-			break; /* rolled back: the rest is moot */
+		if (rc < 0)
+			break; /* the caller rolls the batch back: the rest is moot */
 	}
 	store_sums_reset(st);
 	return rc;

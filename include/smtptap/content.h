@@ -105,8 +105,10 @@ int content_reader_read(struct content_reader *r, const struct content_loc *loc,
 /* ---- reclaiming space (prune) ---- */
 
 /*
- * Delete the segments of `db_path` that no event of `db` refers to, except
- * the newest (a proxy may be appending to it).  Call it inside a write
+ * Delete the segments of `db_path` outside every session's segment range
+ * (sessions.content_seg_first/_last, kept by the writer: so no event of
+ * `db` refers to them), except the newest (a proxy may be appending to
+ * it).  Call it inside a write
  * transaction on `db` (BEGIN IMMEDIATE): no writer can then be between
  * appending bytes and committing the rows that refer to them.  Returns
  * the number of segments deleted (0 when there is no directory), or -1

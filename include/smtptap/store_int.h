@@ -184,6 +184,11 @@ struct store_sum {
 	 * session per message costs the writer two statements fewer). */
 	const char *upstream_addr;
 	const struct store_rec *close; /* STORE_OP_SESSION_CLOSE, or NULL */
+	/* The content segments this batch appended the session's bytes to
+	 * (0: none).  prune keeps every segment inside a session's range
+	 * (sql/006_content_ranges.sql), so a batch whose range cannot be
+	 * recorded must not commit. */
+	int64_t seg_first, seg_last;
 };
 
 /* Messages opened in a batch wait for their end in the same batch, so that

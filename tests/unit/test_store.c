@@ -1307,8 +1307,13 @@ test_content_sweep(void **state)
 	assert_int_equal(sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
 	assert_int_equal(content_sweep(db, fx->db, &freed, err, sizeof(err)), 1);
 	assert_int_equal(freed, 4);
+	/* The writer recorded which segments the session's content is in. */
+	assert_int_equal(db_int(fx->db, "SELECT content_seg_first FROM sessions WHERE id = 1"), 1);
+	assert_int_equal(db_int(fx->db, "SELECT content_seg_last FROM sessions WHERE id = 1"), 1);
 	/* The session goes (prune), and with it segment 1's last reference. */
-	assert_int_equal(sqlite3_exec(db, "DELETE FROM events WHERE session_id = 1", NULL, NULL, NULL), SQLITE_OK);
+	assert_int_equal(sqlite3_exec(db, "DELETE FROM events WHERE session_id = 1; DELETE FROM sessions WHERE id = 1",
+				      NULL, NULL, NULL),
+			 SQLITE_OK);
 	assert_int_equal(content_sweep(db, fx->db, &freed, err, sizeof(err)), 1);
 	assert_int_equal(freed, 10);
 	assert_int_equal(sqlite3_exec(db, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
@@ -1326,6 +1331,73 @@ test_content_sweep(void **state)
 	add_event(st, 2, 1, STORE_SIDE_CLIENT, STORE_KIND_DATA, 0, 2, NULL, "new", 3);
 	assert_int_equal(store_close(st), 0);
 	assert_int_equal(db_int(fx->db, "SELECT content_segment FROM events WHERE message_row = 2"), 3);
+}
+
+/*
+ * Segments are kept while any session's range covers them: overlapping
+ * ranges, gaps between them, and ranges that end in order of their start
+ * or not.  Segment 7 is the newest and never deleted.
+ */
+static void
+test_content_sweep_ranges(void **state)
+{
+	struct fixture *fx = *state;
+	char dir[256], path[300], err[256] = "";
+	uint64_t freed = 0;
+	sqlite3 *db;
+	int i;
+
+	assert_int_equal(store_close(open_ok(fx->db)), 0); /* the schema */
+	assert_int_equal(content_dir_path(fx->db, dir, sizeof(dir)), 0);
+	for (i = 1; i <= 7; i++) {
+		snprintf(path, sizeof(path), "%s/%010d.seg", dir, i);
+		assert_int_equal(close(open(path, O_WRONLY | O_CREAT, 0600)), 0);
+	}
+	/* 1: [1,4]; 2: [2,2]; 3: [6,6]; 4: no content. */
+	db_exec(fx->db, "INSERT INTO sessions (id, started_us, mode, content_seg_first, content_seg_last) VALUES "
+			"(1, 1, 'proxy', 1, 4), (2, 2, 'proxy', 2, 2), (3, 3, 'proxy', 6, 6), (4, 4, 'proxy', NULL, NULL)");
+	assert_int_equal(sqlite3_open(fx->db, &db), SQLITE_OK);
+	assert_int_equal(content_sweep(db, fx->db, &freed, err, sizeof(err)), 1); /* 5 */
+	assert_int_equal(sqlite3_exec(db, "DELETE FROM sessions WHERE id = 1", NULL, NULL, NULL), SQLITE_OK);
+	assert_int_equal(content_sweep(db, fx->db, &freed, err, sizeof(err)), 3); /* 1, 3, 4 */
+	for (i = 1; i <= 7; i++) {
+		snprintf(path, sizeof(path), "%s/%010d.seg", dir, i);
+		assert_int_equal(access(path, F_OK) == 0, i == 2 || i == 6 || i == 7);
+	}
+	assert_int_equal(sqlite3_exec(db, "DELETE FROM sessions", NULL, NULL, NULL), SQLITE_OK);
+	assert_int_equal(content_sweep(db, fx->db, &freed, err, sizeof(err)), 2); /* 2, 6 */
+	sqlite3_close(db);
+	snprintf(path, sizeof(path), "%s/%010d.seg", dir, 7);
+	assert_int_equal(access(path, F_OK), 0);
+}
+
+/*
+ * Migration 006 on a schema-5 file: each session's segment range comes from
+ * its events, and the per-event index goes.
+ */
+static void
+test_content_ranges_migration(void **state)
+{
+	struct fixture *fx = *state;
+
+	assert_int_equal(store_close(open_ok(fx->db)), 0);
+	/* Back to schema 5 as 005 left it. */
+	db_exec(fx->db, "DROP INDEX sessions_content;"
+			"ALTER TABLE sessions DROP COLUMN content_seg_first;"
+			"ALTER TABLE sessions DROP COLUMN content_seg_last;"
+			"CREATE INDEX events_content ON events (content_segment) WHERE content_segment IS NOT NULL;"
+			"PRAGMA user_version = 5;"
+			"INSERT INTO sessions (id, started_us, mode, outcome) VALUES (1, 1, 'proxy', 'quit'),"
+			" (2, 2, 'proxy', 'quit');"
+			"INSERT INTO events (session_id, seq, t_us, side, kind, content_segment, content_offset,"
+			" content_length) VALUES (1, 1, 1, 'client', 'data', 2, 0, 5), (1, 2, 2, 'client', 'data', 3, 0, 5),"
+			" (2, 1, 3, 'client', 'command', NULL, NULL, NULL)");
+	assert_int_equal(store_close(open_ok(fx->db)), 0);
+	assert_int_equal(db_int(fx->db, "PRAGMA user_version"), 6);
+	assert_int_equal(db_int(fx->db, "SELECT content_seg_first FROM sessions WHERE id = 1"), 2);
+	assert_int_equal(db_int(fx->db, "SELECT content_seg_last FROM sessions WHERE id = 1"), 3);
+	assert_int_equal(db_int(fx->db, "SELECT content_seg_first IS NULL FROM sessions WHERE id = 2"), 1);
+	assert_int_equal(db_int(fx->db, "SELECT count(*) FROM sqlite_schema WHERE name = 'events_content'"), 0);
 }
 
 /*
@@ -2424,6 +2496,8 @@ main(void)
 		cmocka_unit_test_setup_teardown(test_content_reopen_appends, setup_dir, teardown_dir),
 		cmocka_unit_test_setup_teardown(test_content_missing_reported, setup_dir, teardown_dir),
 		cmocka_unit_test_setup_teardown(test_content_sweep, setup_dir, teardown_dir),
+		cmocka_unit_test_setup_teardown(test_content_sweep_ranges, setup_dir, teardown_dir),
+		cmocka_unit_test_setup_teardown(test_content_ranges_migration, setup_dir, teardown_dir),
 		cmocka_unit_test_setup_teardown(test_content_upgrade_from_v1, setup_dir, teardown_dir),
 		cmocka_unit_test_setup_teardown(test_content_segment_roll, setup_dir, teardown_dir),
 		cmocka_unit_test_setup_teardown(test_backlog_returns_to_zero, setup_dir, teardown_dir),
