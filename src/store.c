@@ -636,8 +636,9 @@ store_free(struct store *st)
 	content_writer_close(st->content);
 	while ((rec = st->head) != NULL) {
 		st->head = rec->next;
-		free(rec);
+		store_rec_free(rec);
 	}
+	store_pool_release(st);
 	if (st->sync_ready) {
 		pthread_cond_destroy(&st->cond);
 		pthread_mutex_destroy(&st->lock);

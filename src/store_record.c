@@ -3,15 +3,17 @@
  *
  * The event loop must never wait for the disk, and the buffers it records
  * from (evbuffers, stack strings) are gone by the time the writer runs, so
- * each recording call copies its arguments into one self-contained malloc'd
- * record and appends it to the queue the writer thread (store_writer.c)
- * drains.  Freeing a written record is a single free(), and its allocation
- * size is exactly what the backlog counts.
+ * each recording call copies its arguments into one self-contained record
+ * and appends it to the queue the writer thread (store_writer.c) drains.
+ * Small records are cut from shared blocks, message data has an allocation
+ * of its own (struct store_pool_block); either way store_rec_free() is the
+ * one way to free one, and the record's size is what the backlog counts.
  */
 #include "smtptap/store.h"
 
 #include <inttypes.h>
 #include <pthread.h>
+#include <stdalign.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -25,6 +27,9 @@ static void store_session_set(struct store *st, enum store_op op, int64_t sessio
 			      const char *value, const char *value2);
 static struct store_rec *store_rec_alloc(struct store *st, enum store_op op, size_t extra, const char *what,
 					 int64_t id);
+static struct store_rec *store_rec_alloc_own(struct store *st, enum store_op op, size_t extra, const char *what,
+					     int64_t id);
+static void store_pool_unref(struct store_pool_block *b);
 static size_t rec_strsize(const char *s);
 static const char *rec_strcpy(char **cur, const char *s);
 static void store_enqueue(struct store *st, struct store_rec *rec);
@@ -187,7 +192,7 @@ store_data_new(struct store *st, int64_t session_id, size_t cap)
 		store_count_lost(st, 1, "s=%" PRId64 " store: cannot queue %zu bytes of message data", session_id, cap);
 		return NULL;
 	}
-	rec = store_rec_alloc(st, STORE_OP_EVENT, cap, "session", session_id);
+	rec = store_rec_alloc_own(st, STORE_OP_EVENT, cap, "session", session_id);
 	return (struct store_data *)rec;
 }
 
@@ -235,7 +240,7 @@ store_data_add(struct store *st, struct store_data *d, const struct store_event 
 void
 store_data_free(struct store_data *d)
 {
-	free(d);
+	store_rec_free((struct store_rec *)d);
 }
 
 void
@@ -363,9 +368,40 @@ store_backlog_bytes(struct store *st)
 }
 
 /* A record with `extra` bytes of data[], or NULL (counted and logged) when
- * memory is short; `what` and `id` name the row it was for ("session" 42). */
+ * memory is short; `what` and `id` name the row it was for ("session" 42).
+ * Cut from the event loop's block when small (see store_int.h). */
 static struct store_rec *
 store_rec_alloc(struct store *st, enum store_op op, size_t extra, const char *what, int64_t id)
+{
+	const size_t align = alignof(max_align_t);
+	size_t size = offsetof(struct store_rec, data) + extra, room;
+	struct store_pool_block *b = st->pool;
+	struct store_rec *rec;
+
+	if (extra > STORE_POOL_REC_MAX)
+		return store_rec_alloc_own(st, op, extra, what, id);
+	room = (size + align - 1) & ~(align - 1);
+	if (b == NULL || b->used + room > STORE_POOL_BLOCK) {
+		if ((b = malloc(sizeof(*b) + STORE_POOL_BLOCK)) == NULL)
+			return store_rec_alloc_own(st, op, extra, what, id); /* it reports */
+		atomic_init(&b->refs, 1); /* the event loop's, while it fills it */
+		b->used = 0;
+		store_pool_release(st);
+		st->pool = b;
+	}
+	rec = (struct store_rec *)(void *)(b->data + b->used);
+	b->used += room;
+	atomic_fetch_add_explicit(&b->refs, 1, memory_order_relaxed);
+	rec->next = NULL;
+	rec->block = b;
+	rec->size = size;
+	rec->op = op;
+	return rec;
+}
+
+/* As store_rec_alloc(), always with a malloc() of its own. */
+static struct store_rec *
+store_rec_alloc_own(struct store *st, enum store_op op, size_t extra, const char *what, int64_t id)
 {
 	struct store_rec *rec;
 	size_t size = offsetof(struct store_rec, data) + extra;
@@ -377,9 +413,38 @@ store_rec_alloc(struct store *st, enum store_op op, size_t extra, const char *wh
 		return NULL;
 	}
 	rec->next = NULL;
+	rec->block = NULL;
 	rec->size = size;
 	rec->op = op;
 	return rec;
+}
+
+/* Drop one reference to b; the last one frees it.  acq_rel: whatever a
+ * thread did with the block's records happens before the free. */
+static void
+store_pool_unref(struct store_pool_block *b)
+{
+	if (atomic_fetch_sub_explicit(&b->refs, 1, memory_order_acq_rel) == 1)
+		free(b);
+}
+
+void
+store_rec_free(struct store_rec *rec)
+{
+	if (rec == NULL)
+		return;
+	if (rec->block != NULL)
+		store_pool_unref(rec->block);
+	else
+		free(rec);
+}
+
+void
+store_pool_release(struct store *st)
+{
+	if (st->pool != NULL)
+		store_pool_unref(st->pool);
+	st->pool = NULL;
 }
 
 static size_t

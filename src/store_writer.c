@@ -289,7 +289,7 @@ out:
 	st->msg_npending = 0;
 	for (rec = batch; rec != NULL; rec = next) {
 		next = rec->next;
-		free(rec);
+		store_rec_free(rec);
 	}
 	return nlost;
 }
@@ -534,6 +534,9 @@ store_step(struct store *st, struct binder *b, const struct store_rec *rec)
 	char what[128];
 	int rc = b->rc;
 
+	/* All bound, or stale bindings would be read (see below). */
+	if (rc == SQLITE_OK && b->idx != sqlite3_bind_parameter_count(b->stmt))
+		rc = b->rc = SQLITE_MISUSE;
 	if (rc == SQLITE_OK) {
 		rc = sqlite3_step(b->stmt);
 		if (rc == SQLITE_DONE)
@@ -545,8 +548,11 @@ store_step(struct store *st, struct binder *b, const struct store_rec *rec)
 		store_count_lost(st, 0, "store: cannot write %s: %s", what,
 			   b->rc != SQLITE_OK ? sqlite3_errstr(rc) : sqlite3_errmsg(st->db));
 	}
+	/* No sqlite3_clear_bindings(): every statement binds all of its
+	 * parameters before each step (bind_start() counts from the first),
+	 * so the bindings left behind, pointers into a record about to be
+	 * freed, are never read. */
 	sqlite3_reset(b->stmt);
-	sqlite3_clear_bindings(b->stmt);
 	return rc == SQLITE_OK ? 0 : -1;
 }
 
@@ -755,6 +761,8 @@ store_sums_apply(struct store *st)
 			bind_null(&b);
 			bind_null(&b);
 		}
+		if (b.rc == SQLITE_OK && b.idx != sqlite3_bind_parameter_count(b.stmt))
+			b.rc = SQLITE_MISUSE;
 		if (b.rc == SQLITE_OK && (b.rc = sqlite3_step(b.stmt)) == SQLITE_DONE)
 			b.rc = SQLITE_OK;
 		if (b.rc != SQLITE_OK) {
@@ -762,8 +770,7 @@ store_sums_apply(struct store *st)
 					 sqlite3_errmsg(st->db));
 			rc = -1;
 		}
-		sqlite3_reset(b.stmt);
-		sqlite3_clear_bindings(b.stmt);
+		sqlite3_reset(b.stmt); /* bindings: as in store_step() */
 		memset(e, 0, sizeof(*e));
 		st->sums_n--;
 		if (rc < 0)

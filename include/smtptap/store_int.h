@@ -22,6 +22,8 @@
 #define SMTPTAP_STORE_INT_H
 
 #include <pthread.h>
+#include <stdalign.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -85,9 +87,31 @@ enum store_op {
  * One queued write.  Every pointer in the union points into data[] (or is
  * NULL), so the record owns all it refers to.
  */
+/*
+ * Small records are cut from blocks of STORE_POOL_BLOCK bytes instead of
+ * a malloc() each: a record was malloc()ed by the event loop and free()d
+ * by the writer thread, and that cross-thread pair cost more than a third
+ * of what a 1 KiB message spent in malloc (callgrind: ~33k instructions
+ * per message in the event loop, ~8k in the writer).  The event loop
+ * fills one block at a time (bump allocation); a block counts the records
+ * cut from it that are not yet freed, plus one while it is being filled,
+ * and whoever drops the count to zero frees it.  Message data records
+ * (store_data_*) are grown and shrunk with realloc(): they, and anything
+ * over STORE_POOL_REC_MAX, keep a malloc() of their own.
+ */
+#define STORE_POOL_BLOCK (64u * 1024)
+#define STORE_POOL_REC_MAX (4u * 1024)
+
+struct store_pool_block {
+	atomic_size_t refs;
+	size_t used; /* bytes of data[] handed out (the event loop's) */
+	alignas(max_align_t) unsigned char data[];
+};
+
 struct store_rec {
 	struct store_rec *next;
-	size_t size; /* the whole allocation */
+	struct store_pool_block *block; /* cut from this block, or NULL: a malloc() of its own */
+	size_t size; /* the record's bytes (what the backlog counts) */
 	enum store_op op;
 	union {
 		struct {
@@ -212,6 +236,7 @@ struct store {
 
 	/* event loop thread only */
 	int64_t next_session_id, next_message_id;
+	struct store_pool_block *pool; /* the block small records are cut from, or NULL */
 
 	/* writer thread only (set before it starts) */
 	struct store_options opts;
@@ -238,6 +263,11 @@ struct store {
 	uint64_t nlost;	     /* records not written */
 	bool lost_logged;
 };
+
+/* Free a record (any thread; see struct store_pool_block). */
+void store_rec_free(struct store_rec *rec);
+/* The event loop lets go of the block it is filling (store_close()). */
+void store_pool_release(struct store *st);
 
 /* The writer thread's body (store_writer.c); store.c starts it with st as
  * its argument and store_close() joins it. */
