@@ -31,16 +31,18 @@ cli_prune_usage(FILE *f)
 	      "\n"
 	      "Delete recorded sessions that ended longer than AGE ago, each whole\n"
 	      "(its events, transactions, recipients and messages with it; a session\n"
-	      "still open is never touched), then give the freed space back to the\n"
-	      "file system.  Safe while a proxy records into the same file.\n"
+	      "still open is never touched), and the message content files no session\n"
+	      "refers to any more.  Space freed inside the database file is reused by\n"
+	      "new recordings (--vacuum shrinks the file).  Safe while a proxy records\n"
+	      "into the same file.\n"
 	      "\n"
 	      "  -a, --older-than AGE  e.g. 30m, 12h, 7d, 2w (units s, m, h, d, w;\n"
 	      "                        combined as in 1d12h)\n"
 	      "  -d, --db PATH         database file (default ./smtptap.db)\n"
 	      "  -n, --dry-run         say what would be deleted, change nothing\n"
-	      "      --vacuum          afterwards rewrite the whole file (VACUUM): shrinks a\n"
-	      "                        database made before schema 2, which otherwise only\n"
-	      "                        reuses the space; needs no proxy recording into it\n"
+	      "      --vacuum          afterwards rewrite the whole file (VACUUM) so that it\n"
+	      "                        shrinks by the space freed; needs no proxy recording\n"
+	      "                        into it\n"
 	      "  -j, --json            the result as a JSON object\n"
 	      "  -h, --help            this help\n",
 	      f);
@@ -79,9 +81,8 @@ cli_prune_text(FILE *f, const char *age, const char *before, bool dry, const str
 			r->segments == 1 ? "" : "s", a);
 	}
 	if (!r->incremental && r->sessions > 0)
-		fputs("note: this database predates auto_vacuum: the freed space is reused for new recordings,\n"
-		      "but the file does not shrink; run once with --vacuum (no proxy recording into it)\n"
-		      "to shrink it and to let later prunes shrink it too\n",
+		fputs("note: the space freed inside the database file is reused by new recordings;\n"
+		      "--vacuum (with no proxy recording into it) shrinks the file instead\n",
 		      f);
 }
 

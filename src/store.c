@@ -350,15 +350,18 @@ store_configure(struct store *st, char *err, size_t errsz)
 	bool wal = false;
 	int rc;
 
-	/* Both only take effect on a new file, before its first table.
-	 * Message data comes in chunks of up to 64 KiB: bigger pages mean
-	 * fewer overflow pages per chunk, and measured ~30% more MB/s than
-	 * 4 KiB at no cost to small rows.  INCREMENTAL auto_vacuum lets prune
-	 * and retention give freed pages back to the file system in bounded
-	 * steps (PRAGMA incremental_vacuum) instead of a whole-file VACUUM; an
-	 * older file keeps its mode, and prune says so. */
-	if (sqlite3_exec(st->db, "PRAGMA page_size = " STORE_PAGE_SIZE "; PRAGMA auto_vacuum = INCREMENTAL", NULL,
-			 NULL, NULL) != SQLITE_OK) {
+	/* Only takes effect on a new file, before its first table.  16 KiB
+	 * pages measured ~30% more MB/s than 4 KiB when message data lived
+	 * in the file, and still cost small rows less than 4 KiB pages do.
+	 *
+	 * No auto_vacuum: message content, the bulk of a recording, lives in
+	 * segment files that prune deletes outright, and the pages it frees
+	 * in the file are reused by new recordings.  auto_vacuum's pointer
+	 * maps cost the writer ~28% of its CPU on 1 KiB messages (~13 us of
+	 * ~46 per message; docs/performance.md, notes part "small
+	 * messages").  A file made with INCREMENTAL keeps it, and prune
+	 * still gives its pages back; prune --vacuum shrinks any file. */
+	if (sqlite3_exec(st->db, "PRAGMA page_size = " STORE_PAGE_SIZE, NULL, NULL, NULL) != SQLITE_OK) {
 		util_errf(err, errsz, "cannot configure it: %s", sqlite3_errmsg(st->db));
 		return -1;
 	}

@@ -479,11 +479,14 @@ store_prune(const char *path, const struct store_prune_opts *o, struct store_pru
 				      : strerror(errno));
 			goto out;
 		}
-		if (sqlite3_exec(db, "PRAGMA auto_vacuum = INCREMENTAL; VACUUM;", NULL, NULL, NULL) != SQLITE_OK) {
+		/* NONE, as new files are made (store_configure()): a file
+		 * made INCREMENTAL by an earlier smtptap stops paying for the
+		 * pointer maps on every insert. */
+		if (sqlite3_exec(db, "PRAGMA auto_vacuum = NONE; VACUUM;", NULL, NULL, NULL) != SQLITE_OK) {
 			util_errf(err, errsz, "VACUUM: %s", sqlite3_errmsg(db));
 			goto out;
 		}
-		res->incremental = true;
+		res->incremental = false;
 	} else if (store_incremental_vacuum(db, 0) < 0) {
 		util_errf(err, errsz, "cannot give the freed space back: %s", sqlite3_errmsg(db));
 		goto out;

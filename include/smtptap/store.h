@@ -256,17 +256,20 @@ struct store_prune_result {
 	int64_t file_before, file_after; /* the file's size */
 	int64_t data_before, data_after; /* bytes of pages in use, and of message content referred to */
 	int64_t segments, segment_bytes;  /* content segment files deleted, and their size */
-	bool incremental;	   /* auto_vacuum=INCREMENTAL: freed pages go back to the file system */
+	bool incremental;	   /* auto_vacuum=INCREMENTAL (a file made by an earlier smtptap): freed
+				      pages go back to the file system; otherwise new recordings reuse them */
 };
 
 /*
  * Delete whole sessions (their events, transactions, recipients and
  * messages with them, in one transaction each), never a live one: every
  * session that ended before opts->before_us, and then the oldest ended
- * ones while the pages in use exceed opts->max_bytes.  Then give the freed
- * pages back to the file system (incremental vacuum) when the file allows
- * it.  Safe while a proxy records into the file.  Returns 0, or -1 with a
- * reason in err.
+ * ones while the pages in use exceed opts->max_bytes.  Then delete the
+ * content segments no session refers to, and give the freed pages back to
+ * the file system when the file allows it (incremental vacuum; otherwise
+ * new recordings reuse them, or opts->vacuum rewrites the file).  Safe
+ * while a proxy records into the file (but not with opts->vacuum).
+ * Returns 0, or -1 with a reason in err.
  */
 int store_prune(const char *path, const struct store_prune_opts *opts, struct store_prune_result *res, char *err,
 		size_t errsz);
