@@ -155,11 +155,8 @@ cli_export_batch(const char *db, const struct reader_filter *f, int fmt, const c
 		free(p);
 		return CLI_EXIT_FAIL;
 	}
-	if (fmt != FMT_EML && cli_out_open(&out, path, db) < 0) {
-		reader_close(rd);
-		free(p);
-		return CLI_EXIT_FAIL;
-	}
+	/* The output (mbox, JSONL) is opened at the first thing to write:
+	 * an export that matches nothing leaves -o FILE as it was. */
 	memset(&pg, 0, sizeof(pg));
 	pg.limit = CLI_EXPORT_PAGE;
 	pg.oldest_first = true;
@@ -180,6 +177,10 @@ cli_export_batch(const char *db, const struct reader_filter *f, int fmt, const c
 
 			nsessions++;
 			if (fmt == FMT_JSONL) {
+				if (out.f == NULL && cli_out_open(&out, path, db) < 0) {
+					rc = CLI_EXIT_FAIL;
+					break;
+				}
 				json_init(&line, out.f, 0);
 				if (reader_json_document(rd, s, &line, err, sizeof(err)) != READER_OK) {
 					log_warnx("reading session %" PRId64 " from %s: %s", s->id, db, err);
@@ -197,7 +198,10 @@ cli_export_batch(const char *db, const struct reader_filter *f, int fmt, const c
 			for (k = 0; k < nmsgs && rc == CLI_EXIT_OK && out.werr == 0; k++) {
 				nmessages++;
 				if (fmt == FMT_MBOX) {
-					rc = cli_export_one(rd, db, &msgs[k], true, &out);
+					if (out.f == NULL && cli_out_open(&out, path, db) < 0)
+						rc = CLI_EXIT_FAIL;
+					else
+						rc = cli_export_one(rd, db, &msgs[k], true, &out);
 					continue;
 				}
 				snprintf(name, sizeof(name), "%" PRId64 "-%d.eml", s->id, msgs[k].idx);
@@ -234,7 +238,9 @@ cli_export_batch(const char *db, const struct reader_filter *f, int fmt, const c
 			  nsessions, nsessions == 1 ? "" : "s", nsessions == 1 ? "es" : "");
 		rc = CLI_EXIT_NOTFOUND;
 	}
-	if (cli_out_close(&out) < 0 && rc == CLI_EXIT_OK)
+	if (rc == CLI_EXIT_FAIL)
+		cli_out_discard(&out); /* cut short: not a file to trust */
+	else if (cli_out_close(&out) < 0 && rc == CLI_EXIT_OK)
 		rc = CLI_EXIT_FAIL;
 	return rc;
 }

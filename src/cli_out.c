@@ -86,6 +86,21 @@ cli_out_close(struct cli_out *o)
 	return -1;
 }
 
+void
+cli_out_discard(struct cli_out *o)
+{
+	if (o->f == NULL)
+		return;
+	if (o->is_stdout) {
+		fflush(o->f);
+	} else {
+		fclose(o->f);
+		if (o->is_reg && unlink(o->path) == 0)
+			log_warnx("%s: incomplete file removed", o->path);
+	}
+	o->f = NULL;
+}
+
 /* Where to write `name` given -o: into it when it is a directory, else to
  * it (NULL: standard output).  Returns 0, or -1 (reported). */
 int

@@ -32,6 +32,9 @@ void cli_out_check(struct cli_out *o);
  * removed.  Returns 0, or -1 (reported).  A closed or never opened one
  * (zeroed) is fine. */
 int cli_out_close(struct cli_out *o);
+/* Close without keeping what was written: a regular file we created is
+ * removed (the caller has reported why).  A closed one is fine. */
+void cli_out_discard(struct cli_out *o);
 /* Where to write `name` given -o: into it when it is a directory, else to
  * it (NULL: standard output).  Returns 0, or -1 (reported). */
 int cli_out_target(char *buf, size_t bufsz, const char *opath, const char *name);

@@ -213,6 +213,14 @@ def test_export_mbox_all_and_filter(smtptap, tmp_path):
     assert got == run_cli("export", 2, "--db", p.db, "--mbox").out + run_cli("export", 4, "--db", p.db, "--mbox").out
     assert run_cli("export", "--db", p.db, "--mbox", "--rcpt", "x1@a.example", "--since", "1d").out == got
     assert "no session" in run_cli("export", "--db", p.db, "--mbox", "--until", "2001-01-01", expect=3).err
+    # nothing matched: -o is not created, and an existing file keeps its bytes
+    for fmt in ("--mbox", "--jsonl"):
+        none = tmp_path / ("none" + fmt)
+        run_cli("export", "--db", p.db, fmt, "--until", "2001-01-01", "-o", none, expect=3)
+        assert not none.exists()
+        none.write_bytes(b"kept")
+        run_cli("export", "--db", p.db, fmt, "--until", "2001-01-01", "-o", none, expect=3)
+        assert none.read_bytes() == b"kept"
 
 
 def test_export_eml_many_sessions_into_dir(smtptap, tmp_path):
