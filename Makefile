@@ -43,7 +43,7 @@ FUZZ_BINS := $(FUZZ_SRCS:tests/fuzz/%.c=build/fuzz/%)
 FUZZ_LIB_SRCS := src/smtp.c src/mime.c src/json.c src/jsonread.c src/rules.c src/rules_parse.c src/rules_regex.c \
 	src/recording.c src/mock.c
 
-.PHONY: all deps run check unit e2e fuzz fuzz-bins fuzz-minimise coverage cov-fuzz-bins bench bench-rules bench-reader install uninstall clean asan
+.PHONY: all deps run check unit e2e fuzz fuzz-bins fuzz-minimise coverage cov-fuzz-bins bench bench-rules bench-reader bench-segment install uninstall clean asan
 
 all: $(O)/smtptap
 
@@ -203,6 +203,16 @@ $(O)/bench/reader_query: tools/bench/reader_query.c $(LIB_OBJS)
 bench-reader: all $(O)/bench/reader_query
 	/usr/bin/python3 tools/bench/reader.py --smtptap ./$(O)/smtptap --query ./$(O)/bench/reader_query \
 		$(READER_BENCH_ARGS)
+
+# What appending 1 MiB to a content segment costs the writer: buffered,
+# buffered with the synced pages dropped (what content.c does), O_DIRECT
+# (tools/bench/segment_write.c): a measurement, never a pass/fail.
+$(O)/bench/segment_write: tools/bench/segment_write.c
+	@mkdir -p $(@D)
+	$(CC) -std=c11 $(WARN) -O2 -o $@ $<
+
+bench-segment: $(O)/bench/segment_write
+	for m in 0 1 2; do ./$(O)/bench/segment_write $$m 300 $(O)/bench/segment_write.tmp || exit 1; done
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1
