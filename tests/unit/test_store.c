@@ -1334,6 +1334,62 @@ test_content_sweep(void **state)
 }
 
 /*
+ * The writer folds records of one batch together (a message's start and
+ * end into one INSERT, a session's upstream address and end into its
+ * summary UPDATE): rows come out the same whether a batch boundary falls
+ * between them or not.
+ */
+static void
+test_rows_across_batches(void **state)
+{
+	struct fixture *fx = *state;
+	struct store *st;
+	int64_t m1, m2, m3;
+
+	st = open_ok(fx->db);
+	add_session(st, 1, "mx.example:25");
+	add_session(st, 2, "mx.example:25");
+	m1 = store_message_new_id(st);
+	m2 = store_message_new_id(st);
+	m3 = store_message_new_id(st);
+	/* m1: opened and ended in one batch */
+	store_message_open(st, &(struct store_message){
+		.id = m1, .session_id = 1, .idx = 1, .started_us = 10, .mail_from = "a@example.com", .transport = "data" });
+	store_message_close(st, &(struct store_message_end){
+		.id = m1, .ended_us = 20, .size = 5, .complete = true, .subject = "one", .reply_code = 250, .reply = "250 ok" });
+	/* m2: opened in this batch, ended in the next; m3: never ended */
+	store_message_open(st, &(struct store_message){
+		.id = m2, .session_id = 1, .idx = 2, .started_us = 30, .mail_from = "b@example.com", .transport = "bdat" });
+	store_message_open(st, &(struct store_message){
+		.id = m3, .session_id = 2, .idx = 1, .started_us = 35, .mail_from = "c@example.com", .transport = "data" });
+	store_session_set_upstream_addr(st, 1, "192.0.2.1:25");
+	wait_drained(st);
+	assert_int_equal(db_int(fx->db, "SELECT count(*) FROM messages"), 3);
+	assert_int_equal(db_int(fx->db, "SELECT complete IS NULL AND ended_us IS NULL FROM messages WHERE id = 2"), 1);
+	store_message_close(st, &(struct store_message_end){
+		.id = m2, .ended_us = 40, .size = 7, .complete = true, .subject = "two", .reply_code = 250, .reply = "250 ok" });
+	store_session_close(st, 1, 50, "quit", NULL);
+	store_session_set_upstream_addr(st, 2, "192.0.2.2:25");
+	store_session_close(st, 2, 60, "client-closed", "gone");
+	assert_int_equal(store_close(st), 0);
+
+	assert_int_equal(db_int(fx->db, "SELECT count(*) FROM messages WHERE id = 1 AND started_us = 10 AND ended_us = 20 "
+					"AND size = 5 AND complete = 1 AND subject = 'one' AND mail_from = 'a@example.com' "
+					"AND upstream_code = 250"),
+			 1);
+	assert_int_equal(db_int(fx->db, "SELECT count(*) FROM messages WHERE id = 2 AND started_us = 30 AND ended_us = 40 "
+					"AND size = 7 AND complete = 1 AND subject = 'two' AND transport = 'bdat'"),
+			 1);
+	assert_int_equal(db_int(fx->db, "SELECT count(*) FROM messages WHERE id = 3 AND complete IS NULL"), 1);
+	assert_int_equal(db_int(fx->db, "SELECT count(*) FROM sessions WHERE id = 1 AND upstream_addr = '192.0.2.1:25' "
+					"AND ended_us = 50 AND outcome = 'quit' AND detail IS NULL AND nmessages = 2"),
+			 1);
+	assert_int_equal(db_int(fx->db, "SELECT count(*) FROM sessions WHERE id = 2 AND upstream_addr = '192.0.2.2:25' "
+					"AND ended_us = 60 AND outcome = 'client-closed' AND detail = 'gone'"),
+			 1);
+}
+
+/*
  * Segments are kept while any session's range covers them: overlapping
  * ranges, gaps between them, and ranges that end in order of their start
  * or not.  Segment 7 is the newest and never deleted.
@@ -2515,6 +2571,7 @@ main(void)
 		cmocka_unit_test_setup_teardown(test_content_reopen_appends, setup_dir, teardown_dir),
 		cmocka_unit_test_setup_teardown(test_content_missing_reported, setup_dir, teardown_dir),
 		cmocka_unit_test_setup_teardown(test_content_sweep, setup_dir, teardown_dir),
+		cmocka_unit_test_setup_teardown(test_rows_across_batches, setup_dir, teardown_dir),
 		cmocka_unit_test_setup_teardown(test_content_sweep_ranges, setup_dir, teardown_dir),
 		cmocka_unit_test_setup_teardown(test_content_ranges_migration, setup_dir, teardown_dir),
 		cmocka_unit_test_setup_teardown(test_content_upgrade_from_v1, setup_dir, teardown_dir),
