@@ -30,6 +30,19 @@ static struct store_rec *store_rec_alloc(struct store *st, enum store_op op, siz
 static struct store_rec *store_rec_alloc_own(struct store *st, enum store_op op, size_t extra, const char *what,
 					     int64_t id);
 static void store_pool_unref(struct store_pool_block *b);
+/* Under AddressSanitizer every record is an allocation of its own, so
+ * that a write past a record's end is caught, not lost inside a block. */
+#if defined(__SANITIZE_ADDRESS__)
+#define STORE_POOL_OFF 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define STORE_POOL_OFF 1
+#endif
+#endif
+#ifndef STORE_POOL_OFF
+#define STORE_POOL_OFF 0
+#endif
+
 static size_t rec_strsize(const char *s);
 static const char *rec_strcpy(char **cur, const char *s);
 static void store_enqueue(struct store *st, struct store_rec *rec);
@@ -378,7 +391,7 @@ store_rec_alloc(struct store *st, enum store_op op, size_t extra, const char *wh
 	struct store_pool_block *b = st->pool;
 	struct store_rec *rec;
 
-	if (extra > STORE_POOL_REC_MAX)
+	if (extra > STORE_POOL_REC_MAX || STORE_POOL_OFF)
 		return store_rec_alloc_own(st, op, extra, what, id);
 	room = (size + align - 1) & ~(align - 1);
 	if (b == NULL || b->used + room > STORE_POOL_BLOCK) {
