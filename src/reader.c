@@ -70,6 +70,7 @@ enum reader_stmt {
 	RS_RCPTS,
 	RS_MESSAGE_TRANSPORT,
 	RS_MESSAGE_DATA,
+	RS_MESSAGE_DATA_ORPHAN,
 	RS_REPLAYS,
 	RS_COUNT
 };
@@ -150,6 +151,9 @@ static const char *const reader_session_cols[] = {
 };
 #define READER_NSESSION_COLS (sizeof(reader_session_cols) / sizeof(reader_session_cols[0]))
 
+/* INT64_MAX, for SQL text: an open range's end. */
+#define STORE_SEQ_MAX "9223372036854775807"
+
 static const char *const reader_stmt_sql[RS_COUNT] = {
 	[RS_SESSION] = NULL, /* built from reader_session_cols */
 	[RS_EVENTS] = "SELECT rowid, seq, t_us, side, kind, flags, message_row, text, answers_seq, cause_seq, "
@@ -166,9 +170,15 @@ static const char *const reader_stmt_sql[RS_COUNT] = {
 	[RS_RCPTS] = "SELECT address, params, reply_code, reply_text, rcpt_seq FROM recipients "
 		     "WHERE session_id = ?1 AND transaction_idx = ?2 ORDER BY idx",
 	[RS_MESSAGE_TRANSPORT] = "SELECT transport FROM messages WHERE id = ?1",
-	/* events_message (message_row, seq) gives them in order: no sort */
-	[RS_MESSAGE_DATA] = "SELECT rowid FROM events WHERE message_row = ?1 AND kind = 'data' "
-			    "ORDER BY message_row, seq",
+	/* Within the message's seq range of its session (sql/007_message_seqs.sql):
+	 * a range of events_session_seq, in order, no sort. */
+	[RS_MESSAGE_DATA] = "SELECT e.rowid FROM messages m JOIN events e ON e.session_id = m.session_id "
+			    "AND e.seq BETWEEN coalesce(m.data_seq_first, 0) AND coalesce(m.data_seq_last, " STORE_SEQ_MAX ") "
+			    "WHERE m.id = ?1 AND e.message_row = ?1 AND e.kind = 'data' ORDER BY e.seq",
+	/* A data event whose message row is missing (a damaged or hand-made
+	 * file): found by a scan of every event. */
+	[RS_MESSAGE_DATA_ORPHAN] = "SELECT rowid FROM events WHERE message_row = ?1 AND kind = 'data' "
+				   "ORDER BY session_id, seq",
 	/* sessions_replay_of (sql/004_replay.sql): the replays alone */
 	[RS_REPLAYS] = "SELECT id, mode FROM sessions WHERE replay_of = ?1 ORDER BY id",
 };
@@ -1612,6 +1622,7 @@ reader_message_content(struct reader *rd, int64_t message_row, enum reader_conte
 		       void *arg, char *err, size_t errsz)
 {
 	struct reader_unstuff u;
+	enum reader_stmt which;
 	sqlite3_stmt *stmt;
 	const char *transport;
 	bool unstuff, found;
@@ -1646,7 +1657,8 @@ reader_message_content(struct reader *rd, int64_t message_row, enum reader_conte
 			return READER_ERROR;
 		}
 	}
-	if (reader_stmt_get(rd, RS_MESSAGE_DATA, &stmt, err, errsz) < 0) {
+	which = found ? RS_MESSAGE_DATA : RS_MESSAGE_DATA_ORPHAN;
+	if (reader_stmt_get(rd, which, &stmt, err, errsz) < 0) {
 		free(u.buf);
 		return READER_ERROR;
 	}
@@ -1663,7 +1675,7 @@ reader_message_content(struct reader *rd, int64_t message_row, enum reader_conte
 	}
 	if (ret == READER_OK && rc != SQLITE_DONE)
 		ret = reader_db_error(rd, err, errsz);
-	reader_stmt_put(rd, RS_MESSAGE_DATA);
+	reader_stmt_put(rd, which);
 	free(u.buf);
 	if (ret == READER_OK && !found)
 		return READER_NOTFOUND;

@@ -244,6 +244,8 @@ session_msg_open(struct session *s, struct msg *m)
 		.mail_from = s->env.mail_from ? s->env.mail_from : "",
 		.mail_params = s->env.mail_params,
 		.transport = m->bdat ? "bdat" : "data",
+		/* Its data events get seqs from here on (messages.data_seq_first). */
+		.data_seq_first = s->seq + 1,
 	});
 }
 
@@ -290,6 +292,7 @@ session_msg_close(struct session *s, struct msg *m, int code, const char *reply)
 		.date = session_nonempty(sum ? sum->date : NULL),
 		.reply_code = code,
 		.reply = reply,
+		.data_seq_last = s->seq, /* its data was flushed above */
 	});
 	if (s->ctx->cfg->verbosity > 0)
 		log_info("s=%" PRId64 " ** message %d: %" PRIu64 " bytes%s, subject \"%s\", final reply %d", s->id, m->idx,

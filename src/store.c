@@ -93,14 +93,14 @@ static const char *const store_stmt_sql[STMT_COUNT] = {
 	[STMT_RCPT] = "INSERT INTO recipients (session_id, transaction_idx, idx, rcpt_seq, address, params, "
 		      "reply_code, reply_text) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
 	[STMT_MESSAGE_OPEN] = "INSERT INTO messages (id, session_id, transaction_idx, idx, started_us, mail_from, "
-			      "mail_params, transport) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+			      "mail_params, transport, data_seq_first) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
 	[STMT_MESSAGE_CLOSE] = "UPDATE messages SET ended_us = ?, size = ?, complete = ?, subject = ?, "
 			       "from_hdr = ?, to_hdr = ?, message_id_hdr = ?, date_hdr = ?, upstream_code = ?, "
-			       "upstream_reply = ? WHERE id = ?",
+			       "upstream_reply = ?, data_seq_last = ? WHERE id = ?",
 	[STMT_MESSAGE_WHOLE] = "INSERT INTO messages (id, session_id, transaction_idx, idx, started_us, mail_from, "
-			       "mail_params, transport, ended_us, size, complete, subject, from_hdr, to_hdr, "
-			       "message_id_hdr, date_hdr, upstream_code, upstream_reply) "
-			       "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+			       "mail_params, transport, data_seq_first, ended_us, size, complete, subject, from_hdr, "
+			       "to_hdr, message_id_hdr, date_hdr, upstream_code, upstream_reply, data_seq_last) "
+			       "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
 };
 
 static int store_create_file(struct store *st, mode_t *mode, char *err, size_t errsz);

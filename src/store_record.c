@@ -336,6 +336,7 @@ store_message_open(struct store *st, const struct store_message *m)
 	rec->u.msg.transaction_idx = m->transaction_idx;
 	rec->u.msg.started_us = m->started_us;
 	rec->u.msg.idx = m->idx;
+	rec->u.msg.data_seq_first = m->data_seq_first;
 	rec->u.msg.mail_from = rec_strcpy(&cur, m->mail_from);
 	rec->u.msg.mail_params = rec_strcpy(&cur, m->mail_params);
 	rec->u.msg.transport = rec_strcpy(&cur, m->transport);
@@ -359,6 +360,7 @@ store_message_close(struct store *st, const struct store_message_end *m)
 	rec->u.msg_end.ended_us = m->ended_us;
 	rec->u.msg_end.size = m->size > INT64_MAX ? INT64_MAX : (int64_t)m->size;
 	rec->u.msg_end.complete = m->complete;
+	rec->u.msg_end.data_seq_last = m->data_seq_last;
 	rec->u.msg_end.subject = rec_strcpy(&cur, m->subject);
 	rec->u.msg_end.from = rec_strcpy(&cur, m->from);
 	rec->u.msg_end.to = rec_strcpy(&cur, m->to);

@@ -439,7 +439,7 @@ store_write_rec(struct store *st, const struct store_rec *rec)
 }
 
 /* bind the columns of a MESSAGE_OPEN record, in STMT_MESSAGE_OPEN's order
- * (STMT_MESSAGE_WHOLE starts with the same eight) */
+ * (STMT_MESSAGE_WHOLE starts with the same nine) */
 static void
 bind_message_open(struct binder *b, const struct store_rec *rec)
 {
@@ -451,10 +451,11 @@ bind_message_open(struct binder *b, const struct store_rec *rec)
 	bind_text(b, rec->u.msg.mail_from);
 	bind_text(b, rec->u.msg.mail_params);
 	bind_text(b, rec->u.msg.transport);
+	bind_i64_or_null(b, rec->u.msg.data_seq_first); /* 0: not known */
 }
 
 /* bind what a MESSAGE_CLOSE record sets, in STMT_MESSAGE_CLOSE's order
- * (STMT_MESSAGE_WHOLE ends with the same ten) */
+ * (STMT_MESSAGE_WHOLE ends with the same eleven) */
 static void
 bind_message_close(struct binder *b, const struct store_rec *rec)
 {
@@ -468,6 +469,7 @@ bind_message_close(struct binder *b, const struct store_rec *rec)
 	bind_text(b, rec->u.msg_end.date);
 	bind_i64_or_null(b, rec->u.msg_end.reply_code);
 	bind_text(b, rec->u.msg_end.reply);
+	bind_i64_or_null(b, rec->u.msg_end.data_seq_last); /* 0: not known */
 }
 
 static int

@@ -210,6 +210,8 @@ struct store_message {
 	const char *mail_from;	/* path without <>; "" for the null sender */
 	const char *mail_params; /* or NULL */
 	const char *transport;	/* "data" or "bdat" */
+	int64_t data_seq_first; /* no data event of the message will have a lower seq
+				   (0: not known; readers then look from the session's start) */
 };
 void store_message_open(struct store *st, const struct store_message *m);
 
@@ -221,6 +223,8 @@ struct store_message_end {
 	const char *subject, *from, *to, *message_id_hdr, *date; /* decoded summaries */
 	int reply_code;	   /* upstream's final reply, 0 if none */
 	const char *reply; /* its full text, or NULL */
+	int64_t data_seq_last; /* no data event of the message has a higher seq
+				  (0: not known; readers then look to the session's end) */
 };
 void store_message_close(struct store *st, const struct store_message_end *m);
 

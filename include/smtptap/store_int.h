@@ -153,12 +153,12 @@ struct store_rec {
 			const char *address, *params, *reply;
 		} rcpt;
 		struct {
-			int64_t id, session_id, started_us;
+			int64_t id, session_id, started_us, data_seq_first;
 			int idx, transaction_idx;
 			const char *mail_from, *mail_params, *transport;
 		} msg;
 		struct {
-			int64_t id, ended_us, size;
+			int64_t id, ended_us, size, data_seq_last;
 			bool complete;
 			const char *subject, *from, *to, *message_id_hdr, *date;
 			int reply_code;

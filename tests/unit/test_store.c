@@ -551,8 +551,8 @@ test_migration_sets_user_version(void **state)
 					"('sessions', 'events', 'messages', 'recipients')"),
 			 4);
 	assert_int_equal(db_int(fx->db, "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name IN "
-					"('events_session_seq', 'events_message', 'messages_session')"),
-			 3);
+					"('events_session_seq', 'messages_session')"),
+			 2);
 	assert_int_equal(db_int(fx->db, "PRAGMA page_size"), 16384);
 	/* WAL is a property of the file: it stays after close. */
 	assert_int_equal(db_int(fx->db, "SELECT journal_mode = 'wal' FROM pragma_journal_mode"), 1);
@@ -1442,18 +1442,28 @@ test_content_ranges_migration(void **state)
 			"ALTER TABLE sessions DROP COLUMN content_seg_first;"
 			"ALTER TABLE sessions DROP COLUMN content_seg_last;"
 			"CREATE INDEX events_content ON events (content_segment) WHERE content_segment IS NOT NULL;"
+			"ALTER TABLE messages DROP COLUMN data_seq_first;"
+			"ALTER TABLE messages DROP COLUMN data_seq_last;"
+			"CREATE INDEX events_message ON events (message_row, seq) WHERE message_row IS NOT NULL;"
 			"PRAGMA user_version = 5;"
 			"INSERT INTO sessions (id, started_us, mode, outcome) VALUES (1, 1, 'proxy', 'quit'),"
 			" (2, 2, 'proxy', 'quit');"
-			"INSERT INTO events (session_id, seq, t_us, side, kind, content_segment, content_offset,"
-			" content_length) VALUES (1, 1, 1, 'client', 'data', 2, 0, 5), (1, 2, 2, 'client', 'data', 3, 0, 5),"
-			" (2, 1, 3, 'client', 'command', NULL, NULL, NULL)");
+			"INSERT INTO messages (id, session_id, idx, started_us) VALUES (7, 1, 1, 1), (8, 2, 1, 3);"
+			"INSERT INTO events (session_id, seq, t_us, side, kind, message_row, content_segment, content_offset,"
+			" content_length) VALUES (1, 1, 1, 'client', 'command', NULL, NULL, NULL, NULL),"
+			" (1, 2, 1, 'client', 'data', 7, 2, 0, 5), (1, 3, 2, 'client', 'data', 7, 3, 0, 5),"
+			" (2, 1, 3, 'client', 'command', NULL, NULL, NULL, NULL)");
 	assert_int_equal(store_close(open_ok(fx->db)), 0);
-	assert_int_equal(db_int(fx->db, "PRAGMA user_version"), 6);
+	assert_int_equal(db_int(fx->db, "PRAGMA user_version"), schema_migrations[schema_nmigrations - 1].version);
 	assert_int_equal(db_int(fx->db, "SELECT content_seg_first FROM sessions WHERE id = 1"), 2);
 	assert_int_equal(db_int(fx->db, "SELECT content_seg_last FROM sessions WHERE id = 1"), 3);
 	assert_int_equal(db_int(fx->db, "SELECT content_seg_first IS NULL FROM sessions WHERE id = 2"), 1);
 	assert_int_equal(db_int(fx->db, "SELECT count(*) FROM sqlite_schema WHERE name = 'events_content'"), 0);
+	/* 007: each message's data seq range from its events; none: empty */
+	assert_int_equal(db_int(fx->db, "SELECT data_seq_first FROM messages WHERE id = 7"), 2);
+	assert_int_equal(db_int(fx->db, "SELECT data_seq_last FROM messages WHERE id = 7"), 3);
+	assert_int_equal(db_int(fx->db, "SELECT data_seq_first > data_seq_last FROM messages WHERE id = 8"), 1);
+	assert_int_equal(db_int(fx->db, "SELECT count(*) FROM sqlite_schema WHERE name = 'events_message'"), 0);
 }
 
 /*
