@@ -642,15 +642,18 @@ session_auth_command(struct session *s, const struct smtp_cmd *cmd)
 	size_t i;
 
 	s->auth_mech_next[0] = '\0';
+	s->auth_mech[0] = s->auth_user[0] = '\0';
 	if (n == 0)
 		return;
 	for (i = 0; i < n; i++)
 		mech[i] = cmd->auth_mech.p[i] >= 'a' && cmd->auth_mech.p[i] <= 'z' ? (char)(cmd->auth_mech.p[i] - 32)
 										     : cmd->auth_mech.p[i];
 	mech[n] = '\0';
+	memcpy(s->auth_mech, mech, n + 1);
 	if (cmd->auth_initial.len > 0 &&
 	    smtp_auth_user(cmd->auth_mech, cmd->auth_initial.p, cmd->auth_initial.len, user, sizeof(user)) > 0) {
 		store_session_set_auth(s->ctx->store, s->id, mech, user);
+		snprintf(s->auth_user, sizeof(s->auth_user), "%s", user);
 		return;
 	}
 	store_session_set_auth(s->ctx->store, s->id, mech, NULL);
@@ -671,8 +674,10 @@ session_auth_line(struct session *s, const char *line, size_t len)
 
 	if (mech.len == 0)
 		return;
-	if (smtp_auth_user(mech, line, len, user, sizeof(user)) > 0)
+	if (smtp_auth_user(mech, line, len, user, sizeof(user)) > 0) {
 		store_session_set_auth(s->ctx->store, s->id, s->auth_mech_next, user);
+		snprintf(s->auth_user, sizeof(s->auth_user), "%s", user);
+	}
 	s->auth_mech_next[0] = '\0';
 }
 

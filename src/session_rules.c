@@ -825,6 +825,12 @@ session_rules_reply(struct session *s, struct evbuffer *reply, enum store_side s
 		} else if (head != NULL) {
 			u.verb = head->verb;
 		}
+		if (u.verb == SMTP_VERB_AUTH) {
+			/* What the exchange has told so far: a LOGIN user is
+			 * known from the reply to its first line on. */
+			u.auth_mech = s->auth_mech[0] != '\0' ? s->auth_mech : NULL;
+			u.auth_user = s->auth_user[0] != '\0' ? s->auth_user : NULL;
+		}
 		if (d != NULL)
 			session_rules_fired(s, d, "greeting");
 		else if ((d = session_rules_decide(s, &u)) != NULL)

@@ -288,6 +288,11 @@ struct session {
 	/* AUTH: the mechanism whose next response line names the user (LOGIN
 	 * or PLAIN without an initial response, CRAM-MD5, XOAUTH2), "" if none */
 	char auth_mech_next[16];
+	/* The AUTH exchange in progress (or last): its mechanism, upper
+	 * case, and the user name once decoded, for rules on its replies
+	 * (`on reply auth user ~ ...`, a LOGIN user named after the command). */
+	char auth_mech[AUTH_MECH_MAX];
+	char auth_user[AUTH_USER_MAX];
 	int in_callback;
 	const char *outcome; /* static string: first cause wins */
 	char detail[256];

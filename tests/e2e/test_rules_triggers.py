@@ -109,6 +109,38 @@ def test_auth_trigger_mechanism_and_user(mode, rules_env):
         assert b"czNjcmV0" not in b"".join(env.up.conns())
 
 
+def test_reply_auth_user_named_after_the_command(rules_env):
+    """`on reply auth ... user ~`: a LOGIN user, named on the line after
+    the command, is known to the rules on the replies that follow it; a
+    PLAIN initial response on the reply to the command itself."""
+    r = rules('on reply auth code 235 user ~ "^mallory$" rewrite 535 5.7.8 "mallory refused by rule"')
+    env = rules_env(r, "relay", "plain", auth=True)
+
+    def b64(text):
+        return base64.b64encode(text.encode()).decode()
+
+    c = env.session()
+    c.expect("AUTH LOGIN", 334)
+    c.expect(b64("mallory"), 334)
+    got = c.cmd(b64("s3cret"))
+    assert (got.code, got.lines) == (535, ["5.7.8 mallory refused by rule"]), got
+    c.expect("QUIT", 221)
+    check_fired(env.doc(1), r, 3, "reply")
+    c = env.session()
+    got = c.cmd("AUTH PLAIN " + plain_ir("mallory", "s3cret"))
+    assert (got.code, got.lines) == (535, ["5.7.8 mallory refused by rule"]), got
+    c.expect("QUIT", 221)
+    check_fired(env.doc(2), r, 3, "reply")
+    # another user: the upstream's own 235
+    c = env.session()
+    c.expect("AUTH LOGIN", 334)
+    c.expect(b64("alice"), 334)
+    c.expect(b64("s3cret"), 235)
+    c.expect("QUIT", 221)
+    assert not fired_events(env.doc(3), 3)
+    assert [u for _, u in env.up.auth_seen] == [b"mallory", b"mallory", b"alice"], env.up.auth_seen
+
+
 def test_auth_after_upstream_reset_is_redacted(rules_env):
     """After a rule reset the upstream (a refused message end), smtptap
     answers the client itself: an AUTH then is refused with 421, and its
