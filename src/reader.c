@@ -151,9 +151,6 @@ static const char *const reader_session_cols[] = {
 };
 #define READER_NSESSION_COLS (sizeof(reader_session_cols) / sizeof(reader_session_cols[0]))
 
-/* INT64_MAX, for SQL text: an open range's end. */
-#define STORE_SEQ_MAX "9223372036854775807"
-
 static const char *const reader_stmt_sql[RS_COUNT] = {
 	[RS_SESSION] = NULL, /* built from reader_session_cols */
 	[RS_EVENTS] = "SELECT rowid, seq, t_us, side, kind, flags, message_row, text, answers_seq, cause_seq, "
@@ -169,12 +166,13 @@ static const char *const reader_stmt_sql[RS_COUNT] = {
 			    "AND m.transaction_idx = t.idx) FROM transactions t WHERE t.session_id = ?1 ORDER BY t.idx",
 	[RS_RCPTS] = "SELECT address, params, reply_code, reply_text, rcpt_seq FROM recipients "
 		     "WHERE session_id = ?1 AND transaction_idx = ?2 ORDER BY idx",
-	[RS_MESSAGE_TRANSPORT] = "SELECT transport FROM messages WHERE id = ?1",
-	/* Within the message's seq range of its session (sql/007_message_seqs.sql):
-	 * a range of events_session_seq, in order, no sort. */
-	[RS_MESSAGE_DATA] = "SELECT e.rowid FROM messages m JOIN events e ON e.session_id = m.session_id "
-			    "AND e.seq BETWEEN coalesce(m.data_seq_first, 0) AND coalesce(m.data_seq_last, " STORE_SEQ_MAX ") "
-			    "WHERE m.id = ?1 AND e.message_row = ?1 AND e.kind = 'data' ORDER BY e.seq",
+	/* A message's transport, and where its data events are: its session's
+	 * events between its data seqs (sql/007_message_seqs.sql; NULL: open) */
+	[RS_MESSAGE_TRANSPORT] = "SELECT transport, session_id, data_seq_first, data_seq_last FROM messages WHERE id = ?1",
+	/* ?2 session, ?3..?4 the seq range: a range of events_session_seq,
+	 * in order, no sort */
+	[RS_MESSAGE_DATA] = "SELECT rowid FROM events WHERE session_id = ?2 AND seq BETWEEN ?3 AND ?4 "
+			    "AND message_row = ?1 AND kind = 'data' ORDER BY seq",
 	/* A data event whose message row is missing (a damaged or hand-made
 	 * file): found by a scan of every event. */
 	[RS_MESSAGE_DATA_ORPHAN] = "SELECT rowid FROM events WHERE message_row = ?1 AND kind = 'data' "
@@ -1626,6 +1624,7 @@ reader_message_content(struct reader *rd, int64_t message_row, enum reader_conte
 	sqlite3_stmt *stmt;
 	const char *transport;
 	bool unstuff, found;
+	int64_t session_id = 0, seq_first = 0, seq_last = INT64_MAX;
 	int rc, ret = READER_OK;
 
 	if (reader_stmt_get(rd, RS_MESSAGE_TRANSPORT, &stmt, err, errsz) < 0)
@@ -1641,6 +1640,11 @@ reader_message_content(struct reader *rd, int64_t message_row, enum reader_conte
 	if (found) {
 		transport = reader_text(stmt, 0);
 		unstuff = how == READER_CONTENT_MESSAGE && (transport == NULL || strcmp(transport, "bdat") != 0);
+		session_id = sqlite3_column_int64(stmt, 1);
+		if (sqlite3_column_type(stmt, 2) != SQLITE_NULL)
+			seq_first = sqlite3_column_int64(stmt, 2);
+		if (sqlite3_column_type(stmt, 3) != SQLITE_NULL)
+			seq_last = sqlite3_column_int64(stmt, 3);
 	} else
 		unstuff = how == READER_CONTENT_MESSAGE;
 	reader_stmt_put(rd, RS_MESSAGE_TRANSPORT);
@@ -1662,7 +1666,10 @@ reader_message_content(struct reader *rd, int64_t message_row, enum reader_conte
 		free(u.buf);
 		return READER_ERROR;
 	}
-	if (sqlite3_bind_int64(stmt, 1, message_row) != SQLITE_OK)
+	if (sqlite3_bind_int64(stmt, 1, message_row) != SQLITE_OK ||
+	    (found && (sqlite3_bind_int64(stmt, 2, session_id) != SQLITE_OK ||
+		       sqlite3_bind_int64(stmt, 3, seq_first) != SQLITE_OK ||
+		       sqlite3_bind_int64(stmt, 4, seq_last) != SQLITE_OK)))
 		rc = SQLITE_ERROR;
 	else
 		rc = SQLITE_ROW;
