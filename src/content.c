@@ -274,7 +274,7 @@ content_writer_roll(struct content_writer *w, char *err, size_t errsz)
  * write that always lands on a newly allocated page costs several times
  * the copy itself (measured: ~1.3 ms of CPU per MiB appended, ~0.3 ms
  * with the pages dropped after each sync, because the freed pages are
- * reused at once; docs/performance.md, notes part "page cache").  The
+ * reused at once; docs/performance.md, notes part "small").  The
  * pages are clean once fdatasync() has returned, so this loses nothing;
  * the partial page at `to` is kept (the advice covers whole pages only),
  * and the next append fills it.  Advice only: a failure changes nothing

@@ -637,48 +637,46 @@ void
 session_auth_command(struct session *s, const struct smtp_cmd *cmd)
 {
 	static const char *const named[] = { "PLAIN", "LOGIN", "CRAM-MD5", "XOAUTH2" };
-	char mech[AUTH_MECH_MAX], user[AUTH_USER_MAX];
-	size_t n = cmd->auth_mech.len < sizeof(mech) - 1 ? cmd->auth_mech.len : sizeof(mech) - 1;
+	size_t n = cmd->auth_mech.len < sizeof(s->auth_mech) - 1 ? cmd->auth_mech.len : sizeof(s->auth_mech) - 1;
 	size_t i;
 
-	s->auth_mech_next[0] = '\0';
+	s->auth_user_next = false;
 	s->auth_mech[0] = s->auth_user[0] = '\0';
 	if (n == 0)
 		return;
 	for (i = 0; i < n; i++)
-		mech[i] = cmd->auth_mech.p[i] >= 'a' && cmd->auth_mech.p[i] <= 'z' ? (char)(cmd->auth_mech.p[i] - 32)
-										     : cmd->auth_mech.p[i];
-	mech[n] = '\0';
-	memcpy(s->auth_mech, mech, n + 1);
-	if (cmd->auth_initial.len > 0 &&
-	    smtp_auth_user(cmd->auth_mech, cmd->auth_initial.p, cmd->auth_initial.len, user, sizeof(user)) > 0) {
-		store_session_set_auth(s->ctx->store, s->id, mech, user);
-		snprintf(s->auth_user, sizeof(s->auth_user), "%s", user);
+		s->auth_mech[i] = cmd->auth_mech.p[i] >= 'a' && cmd->auth_mech.p[i] <= 'z'
+					  ? (char)(cmd->auth_mech.p[i] - 32)
+					  : cmd->auth_mech.p[i];
+	s->auth_mech[n] = '\0';
+	if (cmd->auth_initial.len > 0 && smtp_auth_user(cmd->auth_mech, cmd->auth_initial.p, cmd->auth_initial.len,
+							s->auth_user, sizeof(s->auth_user)) > 0) {
+		store_session_set_auth(s->ctx->store, s->id, s->auth_mech, s->auth_user);
 		return;
 	}
-	store_session_set_auth(s->ctx->store, s->id, mech, NULL);
+	s->auth_user[0] = '\0';
+	store_session_set_auth(s->ctx->store, s->id, s->auth_mech, NULL);
 	/* No initial response: the first response line names the user. */
 	if (cmd->auth_initial.len > 0)
 		return;
 	for (i = 0; i < sizeof(named) / sizeof(named[0]); i++) {
-		if (strcmp(mech, named[i]) == 0)
-			snprintf(s->auth_mech_next, sizeof(s->auth_mech_next), "%s", named[i]);
+		if (strcmp(s->auth_mech, named[i]) == 0)
+			s->auth_user_next = true;
 	}
 }
 
 void
 session_auth_line(struct session *s, const char *line, size_t len)
 {
-	struct smtp_str mech = { s->auth_mech_next, strlen(s->auth_mech_next) };
-	char user[AUTH_USER_MAX];
+	struct smtp_str mech = { s->auth_mech, strlen(s->auth_mech) };
 
-	if (mech.len == 0)
+	if (!s->auth_user_next)
 		return;
-	if (smtp_auth_user(mech, line, len, user, sizeof(user)) > 0) {
-		store_session_set_auth(s->ctx->store, s->id, s->auth_mech_next, user);
-		snprintf(s->auth_user, sizeof(s->auth_user), "%s", user);
-	}
-	s->auth_mech_next[0] = '\0';
+	s->auth_user_next = false;
+	if (smtp_auth_user(mech, line, len, s->auth_user, sizeof(s->auth_user)) > 0)
+		store_session_set_auth(s->ctx->store, s->id, s->auth_mech, s->auth_user);
+	else
+		s->auth_user[0] = '\0';
 }
 
 /*

@@ -358,8 +358,8 @@ store_configure(struct store *st, char *err, size_t errsz)
 	 * segment files that prune deletes outright, and the pages it frees
 	 * in the file are reused by new recordings.  auto_vacuum's pointer
 	 * maps cost the writer ~28% of its CPU on 1 KiB messages (~13 us of
-	 * ~46 per message; docs/performance.md, notes part "small
-	 * messages").  A file made with INCREMENTAL keeps it, and prune
+	 * ~46 per message; docs/performance.md, notes part
+	 * "small").  A file made with INCREMENTAL keeps it, and prune
 	 * still gives its pages back; prune --vacuum shrinks any file. */
 	if (sqlite3_exec(st->db, "PRAGMA page_size = " STORE_PAGE_SIZE, NULL, NULL, NULL) != SQLITE_OK) {
 		util_errf(err, errsz, "cannot configure it: %s", sqlite3_errmsg(st->db));

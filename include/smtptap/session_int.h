@@ -285,14 +285,14 @@ struct session {
 	bool client_said;
 
 	bool freeing;
-	/* AUTH: the mechanism whose next response line names the user (LOGIN
-	 * or PLAIN without an initial response, CRAM-MD5, XOAUTH2), "" if none */
-	char auth_mech_next[16];
 	/* The AUTH exchange in progress (or last): its mechanism, upper
-	 * case, and the user name once decoded, for rules on its replies
-	 * (`on reply auth user ~ ...`, a LOGIN user named after the command). */
+	 * case, and the user name once decoded (summary, and rules on its
+	 * replies: `on reply auth user ~ ...`, a LOGIN user named after the
+	 * command).  auth_user_next: the next response line names the user
+	 * (LOGIN or PLAIN without an initial response, CRAM-MD5, XOAUTH2). */
 	char auth_mech[AUTH_MECH_MAX];
 	char auth_user[AUTH_USER_MAX];
+	bool auth_user_next;
 	int in_callback;
 	const char *outcome; /* static string: first cause wins */
 	char detail[256];
